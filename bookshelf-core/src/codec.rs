@@ -1,0 +1,683 @@
+//! Turning domain events into stored JSON and back, with schema evolution.
+//!
+//! A domain event type is a Rust enum with serde's default (externally
+//! tagged) representation. Each variant is one event type: its name becomes
+//! the envelope's `event_type`, and its content becomes the `payload`.
+//!
+//! ```
+//! use bookshelf_core::codec::{DomainEvent, EventCodec};
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Debug, PartialEq, Serialize, Deserialize)]
+//! enum BookEvent {
+//!     BookAdded { title: String },
+//!     BookRemoved,
+//! }
+//! impl DomainEvent for BookEvent {}
+//!
+//! let encoded = bookshelf_core::codec::encode(&BookEvent::BookAdded { title: "Dune".into() })?;
+//! assert_eq!(encoded.event_type, "BookAdded");
+//! assert_eq!(encoded.payload.get(), r#"{"title":"Dune"}"#);
+//!
+//! let codec = EventCodec::<BookEvent>::new();
+//! let decoded = codec.decode(&encoded.event_type, encoded.schema_version, &encoded.payload)?;
+//! assert_eq!(decoded, BookEvent::BookAdded { title: "Dune".into() });
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # Schema evolution
+//!
+//! When an event's shape changes, raise its [`DomainEvent::schema_version`]
+//! and register an [`Upcasters`] step that turns the old JSON into the new.
+//! Old events stay in the store as they were written; they are upcast on read,
+//! one version at a time, and then decoded into the current type. An upcaster
+//! may also rename the event type.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use serde::de::{self, DeserializeOwned, DeserializeSeed, Deserializer, EnumAccess, VariantAccess, Visitor};
+use serde::Serialize;
+use serde_json::value::RawValue;
+use serde_json::Value;
+
+use crate::envelope::{Envelope, RecordedEvent};
+
+/// A domain event type: a serde enum whose variants are the event types.
+///
+/// Both methods have defaults; most event types implement the trait with an
+/// empty block.
+pub trait DomainEvent: Serialize + DeserializeOwned + Send + Sync + 'static {
+    /// The current schema version of the given event type. Defaults to 1.
+    fn schema_version(event_type: &str) -> u32 {
+        let _ = event_type;
+        1
+    }
+
+    /// The steps that turn older schema versions into current ones. Called
+    /// once when an [`EventCodec`] is built. Defaults to none.
+    fn upcasters() -> Upcasters {
+        Upcasters::new()
+    }
+}
+
+/// Why an event could not be encoded.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EncodeError {
+    /// The event did not serialize as an externally tagged enum variant.
+    #[error("an event must serialize as an enum variant (serde's default representation), got {0}")]
+    NotAnEnum(String),
+    /// serde_json failed.
+    #[error("event could not be serialized: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+/// Why a stored event could not be decoded into a domain event.
+///
+/// Projections treat these as poison events: they report them, set them aside
+/// and go on.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// The event type is not a variant of the domain event enum.
+    #[error("unknown event type {event_type:?}")]
+    UnknownEventType {
+        /// The stored type name.
+        event_type: String,
+    },
+    /// The event was written by a newer schema than this code knows.
+    #[error("event type {event_type:?} has schema version {found}, newer than the {current} this code knows")]
+    SchemaTooNew {
+        /// The stored type name.
+        event_type: String,
+        /// The stored schema version.
+        found: u32,
+        /// The newest version this code knows.
+        current: u32,
+    },
+    /// No upcaster takes this event type from this version.
+    #[error("no upcaster for event type {event_type:?} from schema version {from}")]
+    MissingUpcaster {
+        /// The type name at this step.
+        event_type: String,
+        /// The schema version at this step.
+        from: u32,
+    },
+    /// An upcaster refused the stored JSON.
+    #[error("upcasting {event_type:?} from schema version {from} failed: {message}")]
+    Upcast {
+        /// The type name at this step.
+        event_type: String,
+        /// The schema version at this step.
+        from: u32,
+        /// What the upcaster said.
+        message: String,
+    },
+    /// The payload did not match the event type's fields.
+    #[error("payload of {event_type:?} does not match the event: {source}")]
+    Payload {
+        /// The type name.
+        event_type: String,
+        /// serde_json's account.
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// An encoded domain event: the parts of a [`crate::NewEvent`] that come from
+/// the event itself.
+#[derive(Debug)]
+pub struct EncodedEvent {
+    /// The variant name.
+    pub event_type: String,
+    /// The current schema version of that type.
+    pub schema_version: u32,
+    /// The variant's content as JSON (`null` for a unit variant).
+    pub payload: Box<RawValue>,
+}
+
+/// Encodes a domain event into its type name, schema version and payload.
+///
+/// # Errors
+/// [`EncodeError::NotAnEnum`] when `event` is not an enum variant in serde's
+/// default representation; [`EncodeError::Json`] when serialization fails.
+pub fn encode<E: DomainEvent>(event: &E) -> Result<EncodedEvent, EncodeError> {
+    let (event_type, content) = match serde_json::to_value(event)? {
+        Value::String(unit_variant) => (unit_variant, Value::Null),
+        Value::Object(map) if map.len() == 1 => map.into_iter().next().expect("the map has one entry"),
+        other => return Err(EncodeError::NotAnEnum(other.to_string())),
+    };
+    if !variant_names::<E>().contains(&event_type.as_str()) {
+        return Err(EncodeError::NotAnEnum(format!("{{{event_type:?}: ...}}")));
+    }
+    let payload = serde_json::value::to_raw_value(&content)?;
+    let schema_version = E::schema_version(&event_type);
+    Ok(EncodedEvent {
+        event_type,
+        schema_version,
+        payload,
+    })
+}
+
+/// The variant names of a serde enum, read from its `Deserialize` impl.
+///
+/// Returns an empty list for a type that is not an enum.
+pub fn variant_names<E: DeserializeOwned>() -> &'static [&'static str] {
+    struct Probe(Option<&'static [&'static str]>);
+    #[derive(Debug)]
+    struct Stop;
+    impl fmt::Display for Stop {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("probe")
+        }
+    }
+    impl std::error::Error for Stop {}
+    impl de::Error for Stop {
+        fn custom<T: fmt::Display>(_: T) -> Self {
+            Stop
+        }
+    }
+    impl<'de> Deserializer<'de> for &mut Probe {
+        type Error = Stop;
+        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Stop> {
+            Err(Stop)
+        }
+        fn deserialize_enum<V: Visitor<'de>>(
+            self,
+            _: &'static str,
+            variants: &'static [&'static str],
+            _: V,
+        ) -> Result<V::Value, Stop> {
+            self.0 = Some(variants);
+            Err(Stop)
+        }
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
+            bytes byte_buf option unit unit_struct newtype_struct seq tuple
+            tuple_struct map struct identifier ignored_any
+        }
+    }
+    let mut probe = Probe(None);
+    let _ = E::deserialize(&mut probe);
+    probe.0.unwrap_or(&[])
+}
+
+/// One upcasting step's view of an event: its type name and payload, both of
+/// which the step may change.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpcastEvent {
+    /// The event type name; a step may rename it.
+    pub event_type: String,
+    /// The payload as a JSON value.
+    pub payload: Value,
+}
+
+type UpcastFn = dyn Fn(&mut UpcastEvent) -> Result<(), String> + Send + Sync;
+
+/// A chain of upcasting steps, each taking one event type from schema version
+/// `n` to `n + 1`.
+///
+/// ```
+/// use bookshelf_core::codec::Upcasters;
+/// // Version 1 of BookAdded had "name"; version 2 calls it "title".
+/// let upcasters = Upcasters::new().add("BookAdded", 1, |event| {
+///     let name = event.payload.get_mut("name").map(serde_json::Value::take);
+///     let name = name.ok_or("BookAdded v1 without a name")?;
+///     event.payload["title"] = name;
+///     Ok(())
+/// });
+/// # let _ = upcasters;
+/// ```
+#[derive(Clone, Default)]
+pub struct Upcasters {
+    steps: HashMap<(String, u32), Arc<UpcastFn>>,
+}
+
+impl Upcasters {
+    /// No steps.
+    pub fn new() -> Self {
+        Upcasters::default()
+    }
+
+    /// Adds the step that takes `event_type` from schema version
+    /// `from_version` to `from_version + 1`. The step may rename the type;
+    /// the next step is then looked up under the new name.
+    pub fn add(
+        mut self,
+        event_type: impl Into<String>,
+        from_version: u32,
+        step: impl Fn(&mut UpcastEvent) -> Result<(), String> + Send + Sync + 'static,
+    ) -> Self {
+        self.steps.insert((event_type.into(), from_version), Arc::new(step));
+        self
+    }
+
+    fn step(&self, event_type: &str, version: u32) -> Option<&Arc<UpcastFn>> {
+        self.steps.get(&(event_type.to_owned(), version))
+    }
+}
+
+impl fmt::Debug for Upcasters {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_set().entries(self.steps.keys()).finish()
+    }
+}
+
+/// Decodes stored events into one domain event type, upcasting old schema
+/// versions on the way.
+///
+/// Build one per projection or repository and reuse it: building reads the
+/// enum's variant names and the upcasters once.
+pub struct EventCodec<E> {
+    names: &'static [&'static str],
+    upcasters: Upcasters,
+    _event: PhantomData<fn() -> E>,
+}
+
+impl<E> Clone for EventCodec<E> {
+    fn clone(&self) -> Self {
+        EventCodec {
+            names: self.names,
+            upcasters: self.upcasters.clone(),
+            _event: PhantomData,
+        }
+    }
+}
+
+impl<E> fmt::Debug for EventCodec<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EventCodec")
+            .field("event_types", &self.names)
+            .field("upcasters", &self.upcasters)
+            .finish()
+    }
+}
+
+impl<E: DomainEvent> Default for EventCodec<E> {
+    fn default() -> Self {
+        EventCodec::new()
+    }
+}
+
+impl<E: DomainEvent> EventCodec<E> {
+    /// A codec with `E`'s own upcasters.
+    pub fn new() -> Self {
+        EventCodec {
+            names: variant_names::<E>(),
+            upcasters: E::upcasters(),
+            _event: PhantomData,
+        }
+    }
+
+    /// Whether `event_type` is one of `E`'s types, or an older name that an
+    /// upcaster renames.
+    pub fn knows(&self, event_type: &str) -> bool {
+        self.names.contains(&event_type) || self.upcasters.steps.keys().any(|(name, _)| name == event_type)
+    }
+
+    /// Decodes one payload.
+    ///
+    /// # Errors
+    /// A [`DecodeError`] saying which part did not fit.
+    pub fn decode(&self, event_type: &str, schema_version: u32, payload: &RawValue) -> Result<E, DecodeError> {
+        if self.is_current(event_type, schema_version)? {
+            return decode_variant(event_type, payload.get());
+        }
+        let payload = serde_json::from_str(payload.get()).map_err(|source| payload_error(event_type, source))?;
+        let mut event = UpcastEvent {
+            event_type: event_type.to_owned(),
+            payload,
+        };
+        // Each step raises the version by one and the steps are finite, so
+        // this ends.
+        let mut version = schema_version;
+        while !self.is_current(&event.event_type, version)? {
+            let Some(step) = self.upcasters.step(&event.event_type, version) else {
+                return Err(if self.names.contains(&event.event_type.as_str()) {
+                    DecodeError::MissingUpcaster {
+                        event_type: event.event_type,
+                        from: version,
+                    }
+                } else {
+                    DecodeError::UnknownEventType {
+                        event_type: event.event_type,
+                    }
+                });
+            };
+            let before = event.event_type.clone();
+            step(&mut event).map_err(|message| DecodeError::Upcast {
+                event_type: before,
+                from: version,
+                message,
+            })?;
+            version += 1;
+        }
+        E::deserialize(TaggedValue {
+            tag: &event.event_type,
+            content: event.payload,
+        })
+        .map_err(|source| payload_error(&event.event_type, source))
+    }
+
+    /// Whether `(event_type, version)` is a current variant of `E`; an error
+    /// when it is a variant of `E` at a version newer than the code.
+    fn is_current(&self, event_type: &str, version: u32) -> Result<bool, DecodeError> {
+        if !self.names.contains(&event_type) {
+            return Ok(false);
+        }
+        let current = E::schema_version(event_type);
+        if version > current {
+            return Err(DecodeError::SchemaTooNew {
+                event_type: event_type.to_owned(),
+                found: version,
+                current,
+            });
+        }
+        Ok(version == current)
+    }
+
+    /// Decodes a recorded event into an envelope around the domain event.
+    ///
+    /// # Errors
+    /// A [`DecodeError`] saying which part did not fit.
+    pub fn decode_envelope(&self, record: &RecordedEvent) -> Result<Envelope<E>, DecodeError> {
+        let event = self.decode(&record.event_type, record.schema_version, &record.payload)?;
+        Ok(record.with_payload(event))
+    }
+}
+
+fn payload_error(event_type: &str, source: serde_json::Error) -> DecodeError {
+    DecodeError::Payload {
+        event_type: event_type.to_owned(),
+        source,
+    }
+}
+
+/// Decodes the variant `tag` of `E` from its content's JSON text in one pass,
+/// without building an intermediate map.
+fn decode_variant<E: DeserializeOwned>(tag: &str, content: &str) -> Result<E, DecodeError> {
+    let mut json = serde_json::Deserializer::from_str(content);
+    let event = E::deserialize(TaggedStr { tag, json: &mut json }).map_err(|source| payload_error(tag, source))?;
+    json.end().map_err(|source| payload_error(tag, source))?;
+    Ok(event)
+}
+
+/// A deserializer that presents `(tag, content)` as an externally tagged enum.
+struct TaggedStr<'a, 'j> {
+    tag: &'a str,
+    json: &'j mut serde_json::Deserializer<serde_json::de::StrRead<'a>>,
+}
+
+impl<'de, 'j> Deserializer<'de> for TaggedStr<'de, 'j> {
+    type Error = serde_json::Error;
+    fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
+        visitor.visit_enum(self)
+    }
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
+        bytes byte_buf option unit unit_struct newtype_struct seq tuple
+        tuple_struct map struct enum identifier ignored_any
+    }
+}
+
+impl<'de, 'j> EnumAccess<'de> for TaggedStr<'de, 'j> {
+    type Error = serde_json::Error;
+    type Variant = Self;
+    fn variant_seed<V: DeserializeSeed<'de>>(self, seed: V) -> Result<(V::Value, Self), Self::Error> {
+        let tag = seed.deserialize(de::value::StrDeserializer::<serde_json::Error>::new(self.tag))?;
+        Ok((tag, self))
+    }
+}
+
+impl<'de, 'j> VariantAccess<'de> for TaggedStr<'de, 'j> {
+    type Error = serde_json::Error;
+    fn unit_variant(self) -> Result<(), Self::Error> {
+        // A unit variant is written with a `null` payload; accept `{}` too.
+        struct Unit;
+        impl<'de> Visitor<'de> for Unit {
+            type Value = ();
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("null or an empty object")
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+                Ok(())
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+                match map.next_key::<de::IgnoredAny>()? {
+                    None => Ok(()),
+                    Some(_) => Err(de::Error::custom("a unit event carries no fields")),
+                }
+            }
+        }
+        self.json.deserialize_any(Unit)
+    }
+    fn newtype_variant_seed<T: DeserializeSeed<'de>>(self, seed: T) -> Result<T::Value, Self::Error> {
+        seed.deserialize(&mut *self.json)
+    }
+    fn tuple_variant<V: Visitor<'de>>(self, len: usize, visitor: V) -> Result<V::Value, Self::Error> {
+        self.json.deserialize_tuple(len, visitor)
+    }
+    fn struct_variant<V: Visitor<'de>>(
+        self,
+        fields: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, Self::Error> {
+        self.json.deserialize_struct("", fields, visitor)
+    }
+}
+
+/// The same as [`TaggedStr`], over an already parsed (upcast) value.
+struct TaggedValue<'a> {
+    tag: &'a str,
+    content: Value,
+}
+
+impl<'de> Deserializer<'de> for TaggedValue<'_> {
+    type Error = serde_json::Error;
+    fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
+        visitor.visit_enum(self)
+    }
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
+        bytes byte_buf option unit unit_struct newtype_struct seq tuple
+        tuple_struct map struct enum identifier ignored_any
+    }
+}
+
+impl<'de> EnumAccess<'de> for TaggedValue<'_> {
+    type Error = serde_json::Error;
+    type Variant = ValueVariant;
+    fn variant_seed<V: DeserializeSeed<'de>>(self, seed: V) -> Result<(V::Value, ValueVariant), Self::Error> {
+        let tag = seed.deserialize(de::value::StrDeserializer::<serde_json::Error>::new(self.tag))?;
+        Ok((tag, ValueVariant(self.content)))
+    }
+}
+
+/// A variant's content as an already parsed value.
+struct ValueVariant(Value);
+
+impl<'de> VariantAccess<'de> for ValueVariant {
+    type Error = serde_json::Error;
+    fn unit_variant(self) -> Result<(), Self::Error> {
+        match self.0 {
+            Value::Null => Ok(()),
+            Value::Object(map) if map.is_empty() => Ok(()),
+            _ => Err(de::Error::custom("a unit event carries no fields")),
+        }
+    }
+    fn newtype_variant_seed<T: DeserializeSeed<'de>>(self, seed: T) -> Result<T::Value, Self::Error> {
+        seed.deserialize(self.0)
+    }
+    fn tuple_variant<V: Visitor<'de>>(self, len: usize, visitor: V) -> Result<V::Value, Self::Error> {
+        self.0.deserialize_tuple(len, visitor)
+    }
+    fn struct_variant<V: Visitor<'de>>(
+        self,
+        fields: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, Self::Error> {
+        self.0.deserialize_struct("", fields, visitor)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    enum Ev {
+        Added { title: String, pages: u32 },
+        Renamed(String),
+        Moved(u32, u32),
+        Removed,
+    }
+
+    impl DomainEvent for Ev {
+        fn schema_version(event_type: &str) -> u32 {
+            match event_type {
+                "Added" => 3,
+                _ => 1,
+            }
+        }
+        fn upcasters() -> Upcasters {
+            Upcasters::new()
+                // v1 was called "Created" and had "name".
+                .add("Created", 1, |e| {
+                    e.event_type = "Added".into();
+                    let name = e.payload.get_mut("name").map(Value::take).ok_or("no name")?;
+                    e.payload["title"] = name;
+                    Ok(())
+                })
+                // v2 had no page count.
+                .add("Added", 2, |e| {
+                    e.payload["pages"] = Value::from(0);
+                    Ok(())
+                })
+        }
+    }
+
+    fn raw(s: &str) -> Box<RawValue> {
+        RawValue::from_string(s.to_owned()).unwrap()
+    }
+
+    #[test]
+    fn every_variant_shape_round_trips() {
+        let codec = EventCodec::<Ev>::new();
+        for event in [
+            Ev::Added {
+                title: "Dune".into(),
+                pages: 412,
+            },
+            Ev::Renamed("Dune Messiah".into()),
+            Ev::Moved(1, 2),
+            Ev::Removed,
+        ] {
+            let encoded = encode(&event).unwrap();
+            let back = codec
+                .decode(&encoded.event_type, encoded.schema_version, &encoded.payload)
+                .unwrap();
+            assert_eq!(back, event);
+        }
+    }
+
+    #[test]
+    fn variant_names_come_from_serde() {
+        assert_eq!(variant_names::<Ev>(), &["Added", "Renamed", "Moved", "Removed"]);
+        assert!(variant_names::<String>().is_empty());
+    }
+
+    #[test]
+    fn stored_old_forms_are_upcast_through_the_chain() {
+        let codec = EventCodec::<Ev>::new();
+        // As written by version 1 of the code, under its old name.
+        let v1 = codec.decode("Created", 1, &raw(r#"{"name":"Dune"}"#)).unwrap();
+        assert_eq!(
+            v1,
+            Ev::Added {
+                title: "Dune".into(),
+                pages: 0
+            }
+        );
+        // As written by version 2.
+        let v2 = codec.decode("Added", 2, &raw(r#"{"title":"Emma"}"#)).unwrap();
+        assert_eq!(
+            v2,
+            Ev::Added {
+                title: "Emma".into(),
+                pages: 0
+            }
+        );
+        assert!(codec.knows("Created"));
+    }
+
+    #[test]
+    fn decode_errors_say_what_is_wrong() {
+        let codec = EventCodec::<Ev>::new();
+        assert!(matches!(
+            codec.decode("Exploded", 1, &raw("{}")),
+            Err(DecodeError::UnknownEventType { event_type }) if event_type == "Exploded"
+        ));
+        assert!(matches!(
+            codec.decode("Added", 4, &raw("{}")),
+            Err(DecodeError::SchemaTooNew {
+                found: 4,
+                current: 3,
+                ..
+            })
+        ));
+        assert!(matches!(
+            codec.decode("Added", 1, &raw("{}")),
+            Err(DecodeError::MissingUpcaster { from: 1, .. })
+        ));
+        assert!(matches!(
+            codec.decode("Created", 1, &raw("{}")),
+            Err(DecodeError::Upcast { message, .. }) if message == "no name"
+        ));
+        assert!(matches!(
+            codec.decode("Added", 3, &raw(r#"{"title":5}"#)),
+            Err(DecodeError::Payload { .. })
+        ));
+        assert!(matches!(
+            codec.decode("Removed", 1, &raw(r#"{"x":1}"#)),
+            Err(DecodeError::Payload { .. })
+        ));
+    }
+
+    #[test]
+    fn encoding_a_non_enum_is_an_error() {
+        #[derive(Serialize, Deserialize)]
+        struct NotAnEnum {
+            a: u32,
+        }
+        impl DomainEvent for NotAnEnum {}
+        assert!(matches!(encode(&NotAnEnum { a: 1 }), Err(EncodeError::NotAnEnum(_))));
+    }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn any_event() -> impl Strategy<Value = Ev> {
+            prop_oneof![
+                (".*", any::<u32>()).prop_map(|(title, pages)| Ev::Added { title, pages }),
+                ".*".prop_map(Ev::Renamed),
+                (any::<u32>(), any::<u32>()).prop_map(|(a, b)| Ev::Moved(a, b)),
+                Just(Ev::Removed),
+            ]
+        }
+
+        proptest! {
+            #[test]
+            fn decode_of_encode_is_identity(event in any_event()) {
+                let codec = EventCodec::<Ev>::new();
+                let encoded = encode(&event).unwrap();
+                let back = codec.decode(&encoded.event_type, encoded.schema_version, &encoded.payload).unwrap();
+                prop_assert_eq!(back, event);
+            }
+        }
+    }
+}

@@ -1,0 +1,348 @@
+//! Identifiers and the event envelope: what a store records around each event.
+//!
+//! # The JSON form
+//!
+//! A [`RecordedEvent`] serializes to one JSON object. The field names below are
+//! stable: stores and topics written by one version of Bookshelf are read by
+//! the next.
+//!
+//! ```json
+//! {
+//!   "event_id": "6f1c2f3e-7d0a-4a5b-9a55-0c7f2d3a4b5c",
+//!   "stream_id": "book-42",
+//!   "version": 3,
+//!   "position": 1017,
+//!   "recorded_at": "2026-11-22T17:00:00.123456Z",
+//!   "event_type": "BookRead",
+//!   "schema_version": 1,
+//!   "metadata": { "correlation_id": "req-7", "causation_id": "cmd-9", "extra": { "user": "ann" } },
+//!   "payload": { "book_id": "42", "read_at": "2026-11-22T17:00:00Z" }
+//! }
+//! ```
+//!
+//! * `version` counts the events of the stream: the first event of a stream has
+//!   version 1.
+//! * `position` is the event's place in the store's global log, starting at 0.
+//! * `metadata` fields that are empty are left out when writing and read as
+//!   empty when missing; `metadata` itself may be missing.
+//! * `payload` is the event's own data, as produced by serde from the event
+//!   type's variant (see [`crate::codec`]).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use uuid::Uuid;
+
+/// The identity of one stream of events, usually `"<category>-<id>"`, such as
+/// `"book-42"`.
+///
+/// Cloning is cheap: the text is shared.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct StreamId(Arc<str>);
+
+impl StreamId {
+    /// A stream id from its full text.
+    pub fn new(id: impl AsRef<str>) -> Self {
+        StreamId(Arc::from(id.as_ref()))
+    }
+
+    /// The stream of one aggregate instance: `"<category>-<id>"`.
+    ///
+    /// ```
+    /// use bookshelf_core::StreamId;
+    /// let stream = StreamId::for_aggregate("book", "42");
+    /// assert_eq!(stream.as_str(), "book-42");
+    /// assert_eq!(stream.category(), "book");
+    /// ```
+    pub fn for_aggregate(category: &str, id: &str) -> Self {
+        StreamId(Arc::from(format!("{category}-{id}")))
+    }
+
+    /// The full text of the id.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The part before the first `-`, or the whole id when there is none.
+    pub fn category(&self) -> &str {
+        self.0.split_once('-').map_or(&self.0, |(category, _)| category)
+    }
+}
+
+impl fmt::Display for StreamId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for StreamId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "StreamId({:?})", &*self.0)
+    }
+}
+
+impl From<&str> for StreamId {
+    fn from(id: &str) -> Self {
+        StreamId::new(id)
+    }
+}
+
+impl From<String> for StreamId {
+    fn from(id: String) -> Self {
+        StreamId(Arc::from(id))
+    }
+}
+
+/// How many events a stream holds; the version of its last event.
+///
+/// An empty (or missing) stream is at [`Version::INITIAL`], 0; its first event
+/// has version 1.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Version(pub u64);
+
+impl Version {
+    /// The version of a stream with no events.
+    pub const INITIAL: Version = Version(0);
+
+    /// The version after this one.
+    pub fn next(self) -> Version {
+        Version(self.0 + 1)
+    }
+}
+
+impl fmt::Display for Version {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// A place in a store's global log. The first event is at position 0.
+///
+/// A position used as a checkpoint names the *next* event to read, so a view
+/// that has applied the event at position `p` keeps `p.next()`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Position(pub u64);
+
+impl Position {
+    /// The start of the log.
+    pub const START: Position = Position(0);
+
+    /// The position after this one.
+    pub fn next(self) -> Position {
+        Position(self.0 + 1)
+    }
+}
+
+impl fmt::Display for Position {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// The unique id of one event, chosen when the event is created.
+///
+/// Stores use it to recognise an event they already hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct EventId(pub Uuid);
+
+impl EventId {
+    /// A new random (v4) id.
+    pub fn new() -> Self {
+        EventId(Uuid::new_v4())
+    }
+}
+
+impl Default for EventId {
+    fn default() -> Self {
+        EventId::new()
+    }
+}
+
+impl fmt::Display for EventId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// What travels with an event besides its payload: where it came from.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Metadata {
+    /// Ties together everything done for one outside request (an HTTP
+    /// request's `x-correlation-id`, for example).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correlation_id: Option<String>,
+    /// The id of the command or event that caused this event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub causation_id: Option<String>,
+    /// Free key-value pairs.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub extra: BTreeMap<String, String>,
+}
+
+impl Metadata {
+    /// Metadata with a correlation id.
+    pub fn correlated(correlation_id: impl Into<String>) -> Self {
+        Metadata {
+            correlation_id: Some(correlation_id.into()),
+            ..Metadata::default()
+        }
+    }
+
+    /// Sets the causation id.
+    pub fn caused_by(mut self, causation_id: impl Into<String>) -> Self {
+        self.causation_id = Some(causation_id.into());
+        self
+    }
+
+    /// Adds a free key-value pair.
+    pub fn with(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.extra.insert(key.into(), value.into());
+        self
+    }
+}
+
+/// An event about to be appended: everything but what the store assigns
+/// (stream, version, position and time).
+#[derive(Clone, Debug)]
+pub struct NewEvent {
+    /// The event's id; a store may use it to recognise a retried append.
+    pub event_id: EventId,
+    /// The event type name, such as `"BookRead"`.
+    pub event_type: String,
+    /// The schema version of `payload`.
+    pub schema_version: u32,
+    /// Correlation, causation and free key-values.
+    pub metadata: Metadata,
+    /// The payload as JSON.
+    pub payload: Box<RawValue>,
+}
+
+/// An event with everything around it. `P` is the payload: raw JSON as
+/// stored ([`RecordedEvent`]) or a decoded domain event.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Envelope<P> {
+    /// The event's unique id.
+    pub event_id: EventId,
+    /// The stream the event belongs to.
+    pub stream_id: StreamId,
+    /// The event's version in its stream (1 for the first).
+    pub version: Version,
+    /// The event's place in the store's global log (0 for the first).
+    pub position: Position,
+    /// When the store recorded the event.
+    pub recorded_at: DateTime<Utc>,
+    /// The event type name, such as `"BookRead"`.
+    pub event_type: String,
+    /// The schema version the payload was written with.
+    pub schema_version: u32,
+    /// Correlation, causation and free key-values.
+    #[serde(default)]
+    pub metadata: Metadata,
+    /// The event itself.
+    pub payload: P,
+}
+
+/// An event as a store holds it, with its payload as raw JSON.
+pub type RecordedEvent = Envelope<Box<RawValue>>;
+
+impl<P> Envelope<P> {
+    /// The same envelope around another payload.
+    pub fn with_payload<Q>(&self, payload: Q) -> Envelope<Q> {
+        Envelope {
+            event_id: self.event_id,
+            stream_id: self.stream_id.clone(),
+            version: self.version,
+            position: self.position,
+            recorded_at: self.recorded_at,
+            event_type: self.event_type.clone(),
+            schema_version: self.schema_version,
+            metadata: self.metadata.clone(),
+            payload,
+        }
+    }
+}
+
+impl RecordedEvent {
+    /// The stable JSON form of this event (see the [module docs](self)).
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("a recorded event always serializes: its fields are plain data")
+    }
+
+    /// Reads the stable JSON form of an event.
+    ///
+    /// # Errors
+    /// A [`serde_json::Error`] when `json` is not a valid envelope.
+    pub fn from_json(json: &str) -> Result<Self, serde_json::Error> {
+        serde_json::from_str(json)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> RecordedEvent {
+        Envelope {
+            event_id: EventId::new(),
+            stream_id: StreamId::for_aggregate("book", "42"),
+            version: Version(3),
+            position: Position(1017),
+            recorded_at: Utc::now(),
+            event_type: "BookRead".into(),
+            schema_version: 1,
+            metadata: Metadata::correlated("req-7").caused_by("cmd-9").with("user", "ann"),
+            payload: RawValue::from_string(r#"{"book_id":"42"}"#.into()).unwrap(),
+        }
+    }
+
+    #[test]
+    fn json_form_round_trips_and_uses_stable_field_names() {
+        let event = sample();
+        let json = event.to_json();
+        let value: serde_json::Value = serde_json::from_str(&json).unwrap();
+        for field in [
+            "event_id",
+            "stream_id",
+            "version",
+            "position",
+            "recorded_at",
+            "event_type",
+            "schema_version",
+            "metadata",
+            "payload",
+        ] {
+            assert!(value.get(field).is_some(), "missing field {field} in {json}");
+        }
+        assert_eq!(value["metadata"]["correlation_id"], "req-7");
+        assert_eq!(value["metadata"]["extra"]["user"], "ann");
+        let back = RecordedEvent::from_json(&json).unwrap();
+        assert_eq!(back.event_id, event.event_id);
+        assert_eq!(back.stream_id, event.stream_id);
+        assert_eq!(back.metadata, event.metadata);
+        assert_eq!(back.payload.get(), event.payload.get());
+        assert_eq!(back.recorded_at, event.recorded_at);
+    }
+
+    #[test]
+    fn metadata_may_be_missing_in_stored_json() {
+        let json = r#"{"event_id":"6f1c2f3e-7d0a-4a5b-9a55-0c7f2d3a4b5c","stream_id":"book-1",
+            "version":1,"position":0,"recorded_at":"2026-11-22T17:00:00Z","event_type":"BookAdded",
+            "schema_version":1,"payload":{}}"#;
+        let event = RecordedEvent::from_json(json).unwrap();
+        assert_eq!(event.metadata, Metadata::default());
+    }
+
+    #[test]
+    fn stream_category_is_the_part_before_the_first_dash() {
+        assert_eq!(StreamId::new("book-1-2").category(), "book");
+        assert_eq!(StreamId::new("plain").category(), "plain");
+    }
+}

@@ -1,0 +1,417 @@
+//! The command runtime: load an aggregate, handle a command, append the
+//! events with the version it was loaded at.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::aggregate::Aggregate;
+use crate::codec::{self, DecodeError, EncodeError, EventCodec};
+use crate::envelope::{Metadata, NewEvent, Position, StreamId, Version};
+use crate::snapshot::{Snapshot, SnapshotStore};
+use crate::store::{EventStore, ExpectedVersion, StoreError};
+use crate::EventId;
+
+/// Why a command was not carried out. Nothing was appended in any case.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CommandError<E: std::error::Error + 'static> {
+    /// The aggregate refused the command.
+    #[error("command rejected: {0}")]
+    Rejected(#[source] E),
+    /// The stream moved on since it was loaded (or was not at the version the
+    /// caller expected), and retries, if any, were used up.
+    #[error("version conflict on {stream}: expected {expected}, found version {actual}")]
+    Conflict {
+        /// The aggregate's stream.
+        stream: StreamId,
+        /// What the append expected.
+        expected: ExpectedVersion,
+        /// The version found.
+        actual: Version,
+    },
+    /// A stored event of the aggregate could not be decoded.
+    #[error("event {version} of {stream} could not be decoded: {source}")]
+    Decode {
+        /// The aggregate's stream.
+        stream: StreamId,
+        /// The event's version.
+        version: Version,
+        /// What was wrong.
+        #[source]
+        source: DecodeError,
+    },
+    /// A new event could not be encoded.
+    #[error(transparent)]
+    Encode(#[from] EncodeError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(StoreError),
+}
+
+impl<E: std::error::Error + 'static> From<StoreError> for CommandError<E> {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::Conflict {
+                stream,
+                expected,
+                actual,
+            } => CommandError::Conflict {
+                stream,
+                expected,
+                actual,
+            },
+            other => CommandError::Store(other),
+        }
+    }
+}
+
+/// What to do when an append loses a race with another writer.
+///
+/// The default is not to retry: the conflict goes back to the caller. With
+/// retries, the aggregate is loaded again and the command handled again
+/// against the new state, so a command that is no longer allowed is then
+/// rejected rather than applied blindly.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// How many times to try in all (1 means no retry).
+    pub max_attempts: u32,
+    /// The pause before the first retry; doubled for each further one.
+    pub backoff: Duration,
+}
+
+impl RetryPolicy {
+    /// No retry.
+    pub const NONE: RetryPolicy = RetryPolicy {
+        max_attempts: 1,
+        backoff: Duration::ZERO,
+    };
+
+    /// Up to `max_attempts` tries in all, with a 1 ms backoff doubling each time.
+    pub fn attempts(max_attempts: u32) -> Self {
+        RetryPolicy {
+            max_attempts: max_attempts.max(1),
+            backoff: Duration::from_millis(1),
+        }
+    }
+
+    /// The same policy with another initial backoff.
+    pub fn with_backoff(self, backoff: Duration) -> Self {
+        RetryPolicy { backoff, ..self }
+    }
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy::NONE
+    }
+}
+
+/// An aggregate as loaded from its stream.
+#[derive(Debug)]
+pub struct Loaded<A> {
+    /// The state.
+    pub state: A,
+    /// The version of the last event folded into it ([`Version::INITIAL`] for
+    /// a new aggregate).
+    pub version: Version,
+}
+
+/// What a carried-out command recorded.
+#[derive(Debug, Clone)]
+pub struct Committed<E> {
+    /// The aggregate's stream.
+    pub stream_id: StreamId,
+    /// The stream's version after the command (unchanged when it produced no
+    /// event).
+    pub version: Version,
+    /// The new events, in order.
+    pub events: Vec<E>,
+    /// The global position of the last new event, if any.
+    pub position: Option<Position>,
+}
+
+type EncodeState<A> = fn(&A) -> Result<serde_json::Value, serde_json::Error>;
+type DecodeState<A> = fn(serde_json::Value) -> Result<A, serde_json::Error>;
+
+struct Snapshots<A> {
+    store: Arc<dyn SnapshotStore>,
+    every: u64,
+    encode: EncodeState<A>,
+    decode: DecodeState<A>,
+}
+
+/// Loads aggregates of type `A` from a store and carries out their commands.
+///
+/// ```
+/// # use bookshelf_core::*;
+/// # use serde::{Deserialize, Serialize};
+/// # #[derive(Default, Serialize, Deserialize)] struct Counter { value: u64 }
+/// # #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)] enum CounterEvent { Added { by: u64 } }
+/// # impl DomainEvent for CounterEvent {}
+/// # #[async_trait::async_trait]
+/// # impl Aggregate for Counter {
+/// #     const CATEGORY: &'static str = "counter";
+/// #     type Command = u64; type Event = CounterEvent; type Error = std::convert::Infallible; type Services = ();
+/// #     async fn handle(&self, by: &u64, _: &()) -> Result<Vec<CounterEvent>, Self::Error> { Ok(vec![CounterEvent::Added { by: *by }]) }
+/// #     fn apply(&mut self, CounterEvent::Added { by }: &CounterEvent) { self.value += by; }
+/// # }
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let store = InMemoryStore::new();
+/// let counters = Repository::<Counter, _>::new(store, ())
+///     .with_retry(RetryPolicy::attempts(3))
+///     .with_snapshots(InMemorySnapshots::new(), 100);
+///
+/// let committed = counters.execute("c1", &5, Metadata::default()).await?;
+/// assert_eq!(committed.version, Version(1));
+/// assert_eq!(counters.load("c1").await?.state.value, 5);
+/// # Ok(()) }
+/// ```
+pub struct Repository<A: Aggregate, S> {
+    store: S,
+    services: Arc<A::Services>,
+    codec: EventCodec<A::Event>,
+    retry: RetryPolicy,
+    snapshots: Option<Snapshots<A>>,
+}
+
+impl<A: Aggregate, S: EventStore> Repository<A, S> {
+    /// A repository over `store`, giving `services` to the aggregate's handler.
+    pub fn new(store: S, services: A::Services) -> Self {
+        Repository {
+            store,
+            services: Arc::new(services),
+            codec: EventCodec::new(),
+            retry: RetryPolicy::NONE,
+            snapshots: None,
+        }
+    }
+
+    /// Retries commands that lose a race with another writer (see
+    /// [`RetryPolicy`]).
+    pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// Takes a snapshot of an aggregate each time its stream passes a
+    /// multiple of `every` events, and loads from the newest snapshot.
+    ///
+    /// A snapshot that no longer decodes (the state's type changed) is
+    /// ignored and the stream is read from the start; failing to save one is
+    /// logged and does not fail the command.
+    pub fn with_snapshots(mut self, store: impl SnapshotStore, every: u64) -> Self
+    where
+        A: serde::Serialize + serde::de::DeserializeOwned,
+    {
+        self.snapshots = Some(Snapshots {
+            store: Arc::new(store),
+            every: every.max(1),
+            encode: |state| serde_json::to_value(state),
+            decode: serde_json::from_value,
+        });
+        self
+    }
+
+    /// The store this repository writes to.
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// The services handed to the aggregate.
+    pub fn services(&self) -> &A::Services {
+        &self.services
+    }
+
+    /// The stream of the aggregate with this id.
+    pub fn stream_of(&self, id: &str) -> StreamId {
+        StreamId::for_aggregate(A::CATEGORY, id)
+    }
+
+    /// Loads the aggregate with this id: its newest snapshot, if snapshots
+    /// are on, and then every later event.
+    ///
+    /// # Errors
+    /// [`CommandError::Decode`] when a stored event does not decode, and
+    /// store failures.
+    pub async fn load(&self, id: &str) -> Result<Loaded<A>, CommandError<A::Error>> {
+        self.load_stream(&self.stream_of(id)).await
+    }
+
+    async fn load_stream(&self, stream: &StreamId) -> Result<Loaded<A>, CommandError<A::Error>> {
+        let mut loaded = Loaded {
+            state: A::default(),
+            version: Version::INITIAL,
+        };
+        if let Some(snapshots) = &self.snapshots {
+            match snapshots.store.load(stream).await {
+                Ok(Some(snapshot)) => match (snapshots.decode)(snapshot.state) {
+                    Ok(state) => {
+                        loaded = Loaded {
+                            state,
+                            version: snapshot.version,
+                        }
+                    }
+                    Err(error) => {
+                        tracing::warn!(%stream, %error, "ignoring a snapshot that no longer decodes")
+                    }
+                },
+                Ok(None) => {}
+                Err(error) => tracing::warn!(%stream, %error, "snapshot store failed; reading the whole stream"),
+            }
+        }
+        for record in self.store.read_stream(stream, loaded.version.next()).await? {
+            let event = self
+                .codec
+                .decode(&record.event_type, record.schema_version, &record.payload)
+                .map_err(|source| CommandError::Decode {
+                    stream: stream.clone(),
+                    version: record.version,
+                    source,
+                })?;
+            loaded.state.apply(&event);
+            loaded.version = record.version;
+        }
+        Ok(loaded)
+    }
+
+    /// Handles `command` on the aggregate with this id and appends its events,
+    /// retrying on conflict as the [`RetryPolicy`] says.
+    ///
+    /// # Errors
+    /// [`CommandError::Rejected`] when the aggregate refuses,
+    /// [`CommandError::Conflict`] when retries are used up, and the others.
+    pub async fn execute(
+        &self,
+        id: &str,
+        command: &A::Command,
+        metadata: Metadata,
+    ) -> Result<Committed<A::Event>, CommandError<A::Error>> {
+        self.run(id, command, metadata, None).await
+    }
+
+    /// Like [`execute`](Self::execute), but only if the aggregate is at
+    /// `expected` (an HTTP `If-Match`, for example). A mismatch is a
+    /// [`CommandError::Conflict`] at once, never retried: the caller decided on
+    /// a state that is gone.
+    ///
+    /// # Errors
+    /// As for [`execute`](Self::execute).
+    pub async fn execute_at(
+        &self,
+        id: &str,
+        expected: Version,
+        command: &A::Command,
+        metadata: Metadata,
+    ) -> Result<Committed<A::Event>, CommandError<A::Error>> {
+        self.run(id, command, metadata, Some(expected)).await
+    }
+
+    async fn run(
+        &self,
+        id: &str,
+        command: &A::Command,
+        metadata: Metadata,
+        precondition: Option<Version>,
+    ) -> Result<Committed<A::Event>, CommandError<A::Error>> {
+        let stream = self.stream_of(id);
+        let mut attempt = 1;
+        let mut backoff = self.retry.backoff;
+        loop {
+            match self.try_once(&stream, command, &metadata, precondition).await {
+                Err(CommandError::Conflict { .. }) if precondition.is_none() && attempt < self.retry.max_attempts => {
+                    tracing::debug!(%stream, attempt, "version conflict; retrying");
+                    attempt += 1;
+                    if !backoff.is_zero() {
+                        tokio::time::sleep(backoff).await;
+                        backoff = backoff.saturating_mul(2);
+                    }
+                }
+                outcome => return outcome,
+            }
+        }
+    }
+
+    async fn try_once(
+        &self,
+        stream: &StreamId,
+        command: &A::Command,
+        metadata: &Metadata,
+        precondition: Option<Version>,
+    ) -> Result<Committed<A::Event>, CommandError<A::Error>> {
+        let Loaded { mut state, version } = self.load_stream(stream).await?;
+        if let Some(expected) = precondition {
+            if expected != version {
+                return Err(CommandError::Conflict {
+                    stream: stream.clone(),
+                    expected: ExpectedVersion::Exact(expected),
+                    actual: version,
+                });
+            }
+        }
+        let events = state
+            .handle(command, &self.services)
+            .await
+            .map_err(CommandError::Rejected)?;
+        if events.is_empty() {
+            return Ok(Committed {
+                stream_id: stream.clone(),
+                version,
+                events,
+                position: None,
+            });
+        }
+        let new_events = events
+            .iter()
+            .map(|event| {
+                let encoded = codec::encode(event)?;
+                Ok(NewEvent {
+                    event_id: EventId::new(),
+                    event_type: encoded.event_type,
+                    schema_version: encoded.schema_version,
+                    metadata: metadata.clone(),
+                    payload: encoded.payload,
+                })
+            })
+            .collect::<Result<Vec<_>, EncodeError>>()?;
+        let expected = if version == Version::INITIAL {
+            ExpectedVersion::NoStream
+        } else {
+            ExpectedVersion::Exact(version)
+        };
+        let outcome = self.store.append(stream, expected, new_events).await?;
+        if let Some(snapshots) = &self.snapshots {
+            if outcome.version.0 / snapshots.every > version.0 / snapshots.every {
+                for event in &events {
+                    state.apply(event);
+                }
+                self.save_snapshot(snapshots, stream, &state, outcome.version).await;
+            }
+        }
+        Ok(Committed {
+            stream_id: stream.clone(),
+            version: outcome.version,
+            events,
+            position: Some(outcome.last_position),
+        })
+    }
+
+    async fn save_snapshot(&self, snapshots: &Snapshots<A>, stream: &StreamId, state: &A, version: Version) {
+        let saved = match (snapshots.encode)(state) {
+            Ok(state) => {
+                snapshots
+                    .store
+                    .save(Snapshot {
+                        stream_id: stream.clone(),
+                        version,
+                        state,
+                        taken_at: chrono::Utc::now(),
+                    })
+                    .await
+            }
+            Err(error) => Err(StoreError::Backend(Box::new(error))),
+        };
+        if let Err(error) = saved {
+            tracing::warn!(%stream, %version, %error, "could not save a snapshot");
+        }
+    }
+}

@@ -1,0 +1,343 @@
+//! The in-memory event store: the embedded default and the store for tests.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use async_trait::async_trait;
+use chrono::Utc;
+use tokio::sync::watch;
+
+use super::{AppendOutcome, EventStore, ExpectedVersion, StoreError, Subscription};
+use crate::envelope::{Envelope, NewEvent, Position, RecordedEvent, StreamId, Version};
+
+/// An event store in the process's memory.
+///
+/// Besides the guarantees of every [`EventStore`], it keeps **one global
+/// order**: every event gets the next position of one log, and subscriptions
+/// read that log.
+///
+/// Subscriptions are cursors over the log, not queues: a subscriber reads the
+/// events the store already holds at its own pace. So a subscription
+/// * sees every event from its start position exactly once and in log order,
+///   across the hand-over from catch-up to live events (there is no
+///   hand-over: live events are simply the end of the log);
+/// * costs no memory per event however far behind it is: a slow subscriber
+///   slows only itself, and never makes appends wait or fail.
+///
+/// Nothing survives the process: it is meant for tests, examples and the
+/// embedded default. Cloning gives another handle to the same store.
+#[derive(Clone, Default)]
+pub struct InMemoryStore {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    log: RwLock<Log>,
+    /// Bumped after every append; subscribers wait on it at the end of the log.
+    appended: watch::Sender<()>,
+}
+
+impl Default for Shared {
+    fn default() -> Self {
+        Shared {
+            log: RwLock::default(),
+            appended: watch::Sender::new(()),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Log {
+    events: Vec<Arc<RecordedEvent>>,
+    /// The positions of each stream's events, in version order.
+    streams: HashMap<StreamId, Vec<u64>>,
+}
+
+impl Shared {
+    // A panic while holding the lock cannot leave the log half-written: an
+    // append checks everything before it pushes. So a poisoned lock is safe
+    // to keep using.
+    fn read(&self) -> RwLockReadGuard<'_, Log> {
+        self.log.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, Log> {
+        self.log.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl InMemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        InMemoryStore::default()
+    }
+
+    /// How many events the store holds.
+    pub fn len(&self) -> usize {
+        self.shared.read().events.len()
+    }
+
+    /// Whether the store holds no event.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Appends already recorded events, keeping their ids, types, times and
+    /// payloads but giving them this store's positions and versions; for
+    /// loading a saved log or a test fixture. Events are appended in order,
+    /// each to its own stream.
+    pub fn import(&self, events: impl IntoIterator<Item = RecordedEvent>) {
+        let mut log = self.shared.write();
+        for mut event in events {
+            let position = log.events.len() as u64;
+            let positions = log.streams.entry(event.stream_id.clone()).or_default();
+            event.version = Version(positions.len() as u64 + 1);
+            event.position = Position(position);
+            positions.push(position);
+            log.events.push(Arc::new(event));
+        }
+        drop(log);
+        self.shared.appended.send_modify(|_| {});
+    }
+}
+
+impl std::fmt::Debug for InMemoryStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let log = self.shared.read();
+        f.debug_struct("InMemoryStore")
+            .field("events", &log.events.len())
+            .field("streams", &log.streams.len())
+            .finish()
+    }
+}
+
+#[async_trait]
+impl EventStore for InMemoryStore {
+    type Subscription = MemorySubscription;
+
+    async fn append(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendOutcome, StoreError> {
+        if events.is_empty() {
+            return Err(StoreError::EmptyAppend(stream.clone()));
+        }
+        let recorded_at = Utc::now();
+        let mut log = self.shared.write();
+        let Log { events: all, streams } = &mut *log;
+        let positions = streams.entry(stream.clone()).or_default();
+        let actual = Version(positions.len() as u64);
+        if !expected.admits(actual) {
+            if positions.is_empty() {
+                streams.remove(stream);
+            }
+            return Err(StoreError::Conflict {
+                stream: stream.clone(),
+                expected,
+                actual,
+            });
+        }
+        let first_position = Position(all.len() as u64);
+        let mut version = actual;
+        for event in events {
+            version = version.next();
+            let position = all.len() as u64;
+            positions.push(position);
+            all.push(Arc::new(Envelope {
+                event_id: event.event_id,
+                stream_id: stream.clone(),
+                version,
+                position: Position(position),
+                recorded_at,
+                event_type: event.event_type,
+                schema_version: event.schema_version,
+                metadata: event.metadata,
+                payload: event.payload,
+            }));
+        }
+        let last_position = Position(all.len() as u64 - 1);
+        drop(log);
+        self.shared.appended.send_modify(|_| {});
+        Ok(AppendOutcome {
+            version,
+            first_position,
+            last_position,
+        })
+    }
+
+    async fn read_stream(&self, stream: &StreamId, from: Version) -> Result<Vec<Arc<RecordedEvent>>, StoreError> {
+        let log = self.shared.read();
+        let Some(positions) = log.streams.get(stream) else {
+            return Ok(Vec::new());
+        };
+        let skip = from.0.saturating_sub(1) as usize;
+        Ok(positions
+            .iter()
+            .skip(skip)
+            .map(|&position| Arc::clone(&log.events[position as usize]))
+            .collect())
+    }
+
+    async fn stream_version(&self, stream: &StreamId) -> Result<Version, StoreError> {
+        let log = self.shared.read();
+        Ok(Version(log.streams.get(stream).map_or(0, |p| p.len() as u64)))
+    }
+
+    async fn head(&self) -> Result<Position, StoreError> {
+        Ok(Position(self.shared.read().events.len() as u64))
+    }
+
+    async fn subscribe(&self, from: Position) -> Result<MemorySubscription, StoreError> {
+        Ok(MemorySubscription {
+            shared: Arc::clone(&self.shared),
+            appended: self.shared.appended.subscribe(),
+            next: from.0,
+        })
+    }
+}
+
+/// A subscription to an [`InMemoryStore`]: a cursor over its log.
+pub struct MemorySubscription {
+    shared: Arc<Shared>,
+    appended: watch::Receiver<()>,
+    next: u64,
+}
+
+impl std::fmt::Debug for MemorySubscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemorySubscription").field("next", &self.next).finish()
+    }
+}
+
+#[async_trait]
+impl Subscription for MemorySubscription {
+    async fn next_batch(&mut self, batch: &mut Vec<Arc<RecordedEvent>>, max: usize) -> Result<(), StoreError> {
+        batch.clear();
+        let max = max.max(1);
+        loop {
+            // Mark the current append as seen *before* looking at the log, so
+            // that an append landing after the look wakes the wait below.
+            self.appended.borrow_and_update();
+            {
+                let log = self.shared.read();
+                let end = log.events.len() as u64;
+                if self.next < end {
+                    let stop = end.min(self.next + max as u64);
+                    batch.extend(log.events[self.next as usize..stop as usize].iter().cloned());
+                    self.next = stop;
+                    return Ok(());
+                }
+            }
+            // The store's sender lives as long as `shared`, which we hold.
+            if self.appended.changed().await.is_err() {
+                return Err(StoreError::Closed("the in-memory store was dropped".into()));
+            }
+        }
+    }
+
+    fn position(&self) -> Position {
+        Position(self.next)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::envelope::{EventId, Metadata};
+    use serde_json::value::RawValue;
+    use std::time::Duration;
+
+    fn event(n: u64) -> NewEvent {
+        NewEvent {
+            event_id: EventId::new(),
+            event_type: "Counted".into(),
+            schema_version: 1,
+            metadata: Metadata::default(),
+            payload: RawValue::from_string(n.to_string()).unwrap(),
+        }
+    }
+
+    #[tokio::test]
+    async fn append_assigns_versions_and_positions_atomically() {
+        let store = InMemoryStore::new();
+        let a = StreamId::new("a-1");
+        let b = StreamId::new("b-1");
+        let out = store
+            .append(&a, ExpectedVersion::NoStream, vec![event(1), event(2)])
+            .await
+            .unwrap();
+        assert_eq!(out.version, Version(2));
+        assert_eq!((out.first_position, out.last_position), (Position(0), Position(1)));
+        let out = store.append(&b, ExpectedVersion::Any, vec![event(3)]).await.unwrap();
+        assert_eq!((out.version, out.first_position), (Version(1), Position(2)));
+        let out = store
+            .append(&a, ExpectedVersion::Exact(Version(2)), vec![event(4)])
+            .await
+            .unwrap();
+        assert_eq!((out.version, out.first_position), (Version(3), Position(3)));
+
+        let read: Vec<_> = store.read_stream(&a, Version(2)).await.unwrap();
+        assert_eq!(read.iter().map(|e| e.version.0).collect::<Vec<_>>(), vec![2, 3]);
+        assert_eq!(read[1].payload.get(), "4");
+        assert_eq!(store.stream_version(&a).await.unwrap(), Version(3));
+        assert_eq!(store.head().await.unwrap(), Position(4));
+    }
+
+    #[tokio::test]
+    async fn a_failed_append_stores_nothing() {
+        let store = InMemoryStore::new();
+        let a = StreamId::new("a-1");
+        let err = store
+            .append(&a, ExpectedVersion::Exact(Version(1)), vec![event(1), event(2)])
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Conflict { actual: Version(0), .. }), "{err}");
+        assert!(store.is_empty());
+        assert_eq!(store.stream_version(&a).await.unwrap(), Version(0));
+        assert!(matches!(
+            store.append(&a, ExpectedVersion::Any, vec![]).await,
+            Err(StoreError::EmptyAppend(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn subscription_waits_at_the_end_and_wakes_on_append() {
+        let store = InMemoryStore::new();
+        let mut sub = store.subscribe(Position::START).await.unwrap();
+        let mut batch = Vec::new();
+        let waiting = tokio::time::timeout(Duration::from_millis(50), sub.next_batch(&mut batch, 10)).await;
+        assert!(waiting.is_err(), "an empty store must make the subscriber wait");
+        store
+            .append(&StreamId::new("a-1"), ExpectedVersion::Any, vec![event(1)])
+            .await
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(5), sub.next_batch(&mut batch, 10))
+            .await
+            .expect("the append wakes the subscriber")
+            .unwrap();
+        assert_eq!(batch.len(), 1);
+        assert_eq!(sub.position(), Position(1));
+    }
+
+    #[tokio::test]
+    async fn import_renumbers_events_in_the_order_given() {
+        let source = InMemoryStore::new();
+        for (stream, n) in [("a-1", 1), ("b-1", 2), ("a-1", 3)] {
+            source
+                .append(&StreamId::new(stream), ExpectedVersion::Any, vec![event(n)])
+                .await
+                .unwrap();
+        }
+        let all = source.read_stream(&StreamId::new("a-1"), Version(1)).await.unwrap();
+        let copy = InMemoryStore::new();
+        copy.import(all.iter().map(|e| (**e).clone()));
+        let read = copy.read_stream(&StreamId::new("a-1"), Version(1)).await.unwrap();
+        assert_eq!(
+            read.iter().map(|e| (e.version.0, e.position.0)).collect::<Vec<_>>(),
+            vec![(1, 0), (2, 1)]
+        );
+        assert_eq!(read[1].event_id, all[1].event_id);
+    }
+}

@@ -1,0 +1,217 @@
+//! Event stores: append events to streams with optimistic concurrency, read a
+//! stream back, and subscribe to everything from a position.
+//!
+//! # Guarantees every store gives
+//!
+//! * **Atomic appends.** The events of one [`EventStore::append`] call are
+//!   stored all together or not at all, consecutively in their stream.
+//! * **Optimistic concurrency.** An append carries an [`ExpectedVersion`]; when
+//!   the stream is not at that version the append stores nothing and fails with
+//!   [`StoreError::Conflict`]. Of two writers racing on one stream with the same
+//!   expected version, exactly one wins.
+//! * **Per-stream order.** A stream's events are read back in the order they
+//!   were appended, with versions 1, 2, 3, … and no holes.
+//!
+//! What a store's subscription guarantees, and what it does not (a global
+//! order across streams, for instance), is written on each store: see
+//! [`InMemoryStore`] for the in-memory one.
+
+mod memory;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::envelope::{NewEvent, Position, RecordedEvent, StreamId, Version};
+
+pub use memory::{InMemoryStore, MemorySubscription};
+
+/// What an append expects of the stream it writes to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExpectedVersion {
+    /// Append whatever the stream holds.
+    Any,
+    /// The stream must not exist yet (hold no events).
+    NoStream,
+    /// The stream must be exactly at this version.
+    Exact(Version),
+}
+
+impl ExpectedVersion {
+    /// Whether a stream at `actual` satisfies this expectation.
+    pub fn admits(self, actual: Version) -> bool {
+        match self {
+            ExpectedVersion::Any => true,
+            ExpectedVersion::NoStream => actual == Version::INITIAL,
+            ExpectedVersion::Exact(expected) => actual == expected,
+        }
+    }
+}
+
+impl std::fmt::Display for ExpectedVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ExpectedVersion::Any => f.write_str("any version"),
+            ExpectedVersion::NoStream => f.write_str("no stream"),
+            ExpectedVersion::Exact(version) => write!(f, "version {version}"),
+        }
+    }
+}
+
+/// Where an append put its events.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AppendOutcome {
+    /// The stream's version after the append: the version of its last event.
+    pub version: Version,
+    /// The global position of the first appended event.
+    pub first_position: Position,
+    /// The global position of the last appended event.
+    pub last_position: Position,
+}
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The stream was not at the expected version; nothing was appended.
+    #[error("version conflict on {stream}: expected {expected}, found version {actual}")]
+    Conflict {
+        /// The stream appended to.
+        stream: StreamId,
+        /// What the append expected.
+        expected: ExpectedVersion,
+        /// The stream's version when the append was tried.
+        actual: Version,
+    },
+    /// An append with no events.
+    #[error("an append needs at least one event (stream {0})")]
+    EmptyAppend(StreamId),
+    /// The store can no longer serve (it was shut down, or its backend went away).
+    #[error("the event store is closed: {0}")]
+    Closed(String),
+    /// The store's backend failed.
+    #[error("event store backend failed: {0}")]
+    Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// A store of event streams. See the [module docs](self) for the guarantees.
+///
+/// Stores are handles: cloning one (or an `Arc` of one) gives another handle
+/// to the same events.
+///
+/// ```
+/// use bookshelf_core::{EventStore, ExpectedVersion, InMemoryStore, NewEvent, Metadata, EventId, StreamId, Version, Position};
+/// use serde_json::value::RawValue;
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let store = InMemoryStore::new();
+/// let stream = StreamId::new("book-1");
+/// let event = NewEvent {
+///     event_id: EventId::new(),
+///     event_type: "BookAdded".into(),
+///     schema_version: 1,
+///     metadata: Metadata::default(),
+///     payload: RawValue::from_string(r#"{"title":"Dune"}"#.into())?,
+/// };
+/// let outcome = store.append(&stream, ExpectedVersion::NoStream, vec![event.clone()]).await?;
+/// assert_eq!(outcome.version, Version(1));
+///
+/// // A second writer that still believes the stream is new loses.
+/// let err = store.append(&stream, ExpectedVersion::NoStream, vec![event]).await.unwrap_err();
+/// assert!(matches!(err, bookshelf_core::StoreError::Conflict { .. }));
+///
+/// let events = store.read_stream(&stream, Version(1)).await?;
+/// assert_eq!(events.len(), 1);
+/// assert_eq!(events[0].position, Position(0));
+/// # Ok(()) }
+/// ```
+#[async_trait]
+pub trait EventStore: Send + Sync + 'static {
+    /// The subscription type this store hands out.
+    type Subscription: Subscription;
+
+    /// Appends `events` to `stream` atomically, if the stream is at `expected`.
+    ///
+    /// # Errors
+    /// [`StoreError::Conflict`] when the stream is not at `expected` (nothing
+    /// is appended), [`StoreError::EmptyAppend`] for no events, and backend
+    /// failures.
+    async fn append(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendOutcome, StoreError>;
+
+    /// The stream's events from version `from` on (1 for all), in order. A
+    /// missing stream reads as empty.
+    ///
+    /// # Errors
+    /// Backend failures.
+    async fn read_stream(&self, stream: &StreamId, from: Version) -> Result<Vec<Arc<RecordedEvent>>, StoreError>;
+
+    /// The stream's current version ([`Version::INITIAL`] when missing).
+    ///
+    /// # Errors
+    /// Backend failures.
+    async fn stream_version(&self, stream: &StreamId) -> Result<Version, StoreError>;
+
+    /// The position the next appended event will get: the end of the log.
+    ///
+    /// # Errors
+    /// Backend failures.
+    async fn head(&self) -> Result<Position, StoreError>;
+
+    /// Every event from position `from` on: first those already stored, then
+    /// live ones as they are appended.
+    ///
+    /// # Errors
+    /// Backend failures.
+    async fn subscribe(&self, from: Position) -> Result<Self::Subscription, StoreError>;
+}
+
+/// A cursor over a store's log that waits for new events at its end.
+#[async_trait]
+pub trait Subscription: Send + 'static {
+    /// Waits until at least one event is there, then moves up to `max` of them,
+    /// in log order, into `batch` (which it clears first).
+    ///
+    /// Cancel-safe: when the future is dropped before it completes, no event
+    /// is lost; the next call returns it.
+    ///
+    /// # Errors
+    /// Backend failures and [`StoreError::Closed`].
+    async fn next_batch(&mut self, batch: &mut Vec<Arc<RecordedEvent>>, max: usize) -> Result<(), StoreError>;
+
+    /// The position of the next event this subscription will return.
+    fn position(&self) -> Position;
+}
+
+#[async_trait]
+impl<S: EventStore> EventStore for Arc<S> {
+    type Subscription = S::Subscription;
+
+    async fn append(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendOutcome, StoreError> {
+        (**self).append(stream, expected, events).await
+    }
+
+    async fn read_stream(&self, stream: &StreamId, from: Version) -> Result<Vec<Arc<RecordedEvent>>, StoreError> {
+        (**self).read_stream(stream, from).await
+    }
+
+    async fn stream_version(&self, stream: &StreamId) -> Result<Version, StoreError> {
+        (**self).stream_version(stream).await
+    }
+
+    async fn head(&self) -> Result<Position, StoreError> {
+        (**self).head().await
+    }
+
+    async fn subscribe(&self, from: Position) -> Result<Self::Subscription, StoreError> {
+        (**self).subscribe(from).await
+    }
+}

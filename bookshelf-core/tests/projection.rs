@@ -1,0 +1,180 @@
+//! The projection runner: checkpoints kept with the state, crash and resume,
+//! poison events, rebuilds.
+
+mod common;
+
+use std::time::Duration;
+
+use bookshelf_core::{
+    EventStore, ExpectedVersion, FileViewStore, InMemoryDeadLetters, InMemoryStore, InMemoryViewStore, Position,
+    ProjectionError, ProjectionRunner, StreamId, UnknownEvents, ViewStore,
+};
+use common::{deposit, raw_event, Ledger};
+
+async fn fill(store: &InMemoryStore, events: usize) -> i64 {
+    let mut total = 0;
+    for n in 0..events {
+        let amount = (n % 13) as i64 + 1;
+        total += amount;
+        let stream = StreamId::new(format!("account-{}", n % 17));
+        store
+            .append(&stream, ExpectedVersion::Any, vec![deposit(amount)])
+            .await
+            .unwrap();
+    }
+    total
+}
+
+/// A tiny deterministic generator, so that failures reproduce.
+struct Lcg(u64);
+impl Lcg {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (self.0 >> 33) % n
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crashes_and_restarts_neither_lose_nor_repeat_events() {
+    for seed in 1..=5u64 {
+        let mut rng = Lcg(seed);
+        let store = InMemoryStore::new();
+        let mut expected_total = fill(&store, 3_000).await;
+        let saved = InMemoryViewStore::new();
+        for _crash in 0..6 {
+            let running = ProjectionRunner::<Ledger, _>::new("ledger", store.clone())
+                .persist_to(saved.clone())
+                .batch_size(1 + rng.below(64) as usize)
+                .save_every(1 + rng.below(400))
+                .start();
+            // More events arrive while it runs.
+            expected_total += fill(&store, rng.below(300) as usize).await;
+            let head = store.head().await.unwrap().0;
+            let target = Position(rng.below(head + 1));
+            assert!(running.handle().wait_for(target).await);
+            running.abort(); // no final save: the in-memory view is lost
+        }
+        let running = ProjectionRunner::<Ledger, _>::new("ledger", store.clone())
+            .persist_to(saved.clone())
+            .start();
+        let view = running.handle();
+        let head = store.head().await.unwrap();
+        assert!(tokio::time::timeout(Duration::from_secs(30), view.wait_for(head))
+            .await
+            .unwrap());
+        view.read(|ledger| {
+            assert!(
+                ledger.applied_each_once_in_order(),
+                "seed {seed}: an event was applied twice or out of order"
+            );
+            assert_eq!(ledger.applied.len() as u64, head.0, "seed {seed}: an event was lost");
+            assert_eq!(ledger.total, expected_total, "seed {seed}");
+        });
+        running.stop().await.unwrap();
+        let stored = saved.load().await.unwrap().expect("stop saves the view");
+        assert_eq!(stored.checkpoint, head);
+    }
+}
+
+#[tokio::test]
+async fn poison_events_are_dead_lettered_and_the_projection_goes_on() {
+    let store = InMemoryStore::new();
+    let stream = StreamId::new("account-1");
+    let events = vec![
+        deposit(5),
+        raw_event("Deposited", 1, r#"{"amount":"lots"}"#), // bad payload
+        raw_event("Deposited", 9, r#"{"amount":1}"#),      // schema from the future
+        raw_event("Closed", 1, "{}"),                      // a type the view does not know
+        deposit(7),
+    ];
+    store.append(&stream, ExpectedVersion::Any, events).await.unwrap();
+
+    let letters = InMemoryDeadLetters::new();
+    let running = ProjectionRunner::<Ledger, _>::new("ledger", store.clone())
+        .dead_letters(letters.clone())
+        .start();
+    assert!(running.handle().wait_for(Position(5)).await);
+    assert_eq!(running.handle().read(|l| l.total), 12);
+    assert_eq!(running.handle().read(|l| l.applied.clone()), vec![0, 4]);
+    let dead: Vec<_> = letters.letters().iter().map(|l| l.event.position.0).collect();
+    assert_eq!(
+        dead,
+        vec![1, 2],
+        "bad payload and future schema are set aside; unknown types skipped"
+    );
+    assert!(letters.letters()[1].reason.contains("schema version 9"));
+    running.stop().await.unwrap();
+
+    // Where the source should carry only this view's events, unknown types are poison too.
+    let letters = InMemoryDeadLetters::new();
+    let running = ProjectionRunner::<Ledger, _>::new("strict", store.clone())
+        .dead_letters(letters.clone())
+        .unknown_events(UnknownEvents::DeadLetter)
+        .start();
+    assert!(running.handle().wait_for(Position(5)).await);
+    let dead: Vec<_> = letters.letters().iter().map(|l| l.event.position.0).collect();
+    assert_eq!(dead, vec![1, 2, 3]);
+    running.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn rebuild_replays_from_scratch_and_replaces_the_saved_view() {
+    let store = InMemoryStore::new();
+    let total = fill(&store, 500).await;
+    let saved = InMemoryViewStore::new();
+    let first = ProjectionRunner::<Ledger, _>::new("ledger", store.clone())
+        .persist_to(saved.clone())
+        .start();
+    assert!(first.handle().wait_for(Position(500)).await);
+    let incremental = first.handle().read(Ledger::clone);
+    first.stop().await.unwrap();
+
+    let rebuilt = ProjectionRunner::<Ledger, _>::new("ledger", store.clone())
+        .persist_to(saved.clone())
+        .rebuild()
+        .start();
+    assert!(rebuilt.handle().wait_for(Position(500)).await);
+    assert_eq!(rebuilt.handle().read(Ledger::clone), incremental);
+    assert_eq!(incremental.total, total);
+    rebuilt.stop().await.unwrap();
+    assert_eq!(saved.load().await.unwrap().unwrap().checkpoint, Position(500));
+}
+
+#[tokio::test]
+async fn a_file_view_store_survives_a_restart_and_reports_a_corrupt_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ledger.json");
+    let store = InMemoryStore::new();
+    let total = fill(&store, 200).await;
+    let running = ProjectionRunner::<Ledger, _>::new("ledger", store.clone())
+        .persist_to(FileViewStore::new(&path))
+        .start();
+    assert!(running.handle().wait_for(Position(200)).await);
+    running.stop().await.unwrap();
+
+    let more = fill(&store, 50).await;
+    let running = ProjectionRunner::<Ledger, _>::new("ledger", store.clone())
+        .persist_to(FileViewStore::new(&path))
+        .start();
+    assert!(running.handle().wait_for(Position(250)).await);
+    running.handle().read(|l| {
+        assert_eq!(l.total, total + more);
+        assert!(l.applied_each_once_in_order());
+        assert_eq!(l.applied.len(), 250);
+    });
+    running.stop().await.unwrap();
+
+    std::fs::write(&path, br#"{"checkpoint":3,"state":{"applied":"nope"}}"#).unwrap();
+    let running = ProjectionRunner::<Ledger, _>::new("ledger", store.clone())
+        .persist_to(FileViewStore::new(&path))
+        .start();
+    assert!(
+        !running.handle().wait_for(Position(250)).await,
+        "a view that cannot load must not report progress"
+    );
+    assert!(running.handle().failure().unwrap().contains("rebuild"));
+    assert!(matches!(running.stop().await, Err(ProjectionError::SavedState { .. })));
+}

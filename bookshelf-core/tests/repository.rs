@@ -1,0 +1,389 @@
+//! The command runtime: conflicts and retries, preconditions, snapshots,
+//! upcasting of stored old events, and the aggregate test kit.
+
+mod common;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bookshelf_core::testing::AggregateTest;
+use bookshelf_core::{
+    async_trait, Aggregate, AppendOutcome, CommandError, DomainEvent, Envelope, EventStore, ExpectedVersion,
+    InMemorySnapshots, InMemoryStore, Metadata, NewEvent, Position, ProjectionRunner, RecordedEvent, Repository,
+    RetryPolicy, Snapshot, SnapshotStore, StoreError, StreamId, Upcasters, Version, View,
+};
+use common::{Account, AccountCommand, AccountError, AccountEvent};
+use serde::{Deserialize, Serialize};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_commands_conflict_without_retry_and_all_land_with_it() {
+    let store = InMemoryStore::new();
+    let plain = Arc::new(Repository::<Account, _>::new(store.clone(), ()));
+    plain
+        .execute("1", &AccountCommand::Open, Metadata::default())
+        .await
+        .unwrap();
+
+    let race = |repo: Arc<Repository<Account, InMemoryStore>>, id: &'static str| async move {
+        let barrier = Arc::new(tokio::sync::Barrier::new(8));
+        let tasks: Vec<_> = (0..8)
+            .map(|_| {
+                let (repo, barrier) = (Arc::clone(&repo), Arc::clone(&barrier));
+                tokio::spawn(async move {
+                    barrier.wait().await;
+                    repo.execute(id, &AccountCommand::Deposit(1), Metadata::default()).await
+                })
+            })
+            .collect();
+        let mut results = Vec::new();
+        for task in tasks {
+            results.push(task.await.unwrap());
+        }
+        results
+    };
+
+    // Without retries, losers see a conflict and their deposit is not stored.
+    let results = race(Arc::clone(&plain), "1").await;
+    let landed = results.iter().filter(|r| r.is_ok()).count();
+    assert!(results
+        .iter()
+        .all(|r| matches!(r, Ok(_) | Err(CommandError::Conflict { .. }))));
+    assert_eq!(plain.load("1").await.unwrap().state.balance, landed as i64);
+
+    // With retries, every deposit lands exactly once.
+    let retrying = Arc::new(Repository::<Account, _>::new(store.clone(), ()).with_retry(RetryPolicy::attempts(50)));
+    retrying
+        .execute("2", &AccountCommand::Open, Metadata::default())
+        .await
+        .unwrap();
+    let results = race(Arc::clone(&retrying), "2").await;
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    let loaded = retrying.load("2").await.unwrap();
+    assert_eq!((loaded.state.balance, loaded.version), (8, Version(9)));
+}
+
+#[tokio::test]
+async fn an_if_match_precondition_is_checked_and_never_retried() {
+    let repo = Repository::<Account, _>::new(InMemoryStore::new(), ()).with_retry(RetryPolicy::attempts(5));
+    repo.execute("1", &AccountCommand::Open, Metadata::default())
+        .await
+        .unwrap();
+    let ok = repo
+        .execute_at("1", Version(1), &AccountCommand::Deposit(3), Metadata::default())
+        .await
+        .unwrap();
+    assert_eq!(ok.version, Version(2));
+    let stale = repo
+        .execute_at("1", Version(1), &AccountCommand::Deposit(3), Metadata::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            stale,
+            CommandError::Conflict {
+                actual: Version(2),
+                expected: ExpectedVersion::Exact(Version(1)),
+                ..
+            }
+        ),
+        "{stale}"
+    );
+    let rejected = repo
+        .execute("1", &AccountCommand::Deposit(-1), Metadata::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(
+        rejected,
+        CommandError::Rejected(AccountError::NotPositive(-1))
+    ));
+    assert_eq!(repo.load("1").await.unwrap().state.balance, 3);
+}
+
+#[tokio::test]
+async fn events_carry_the_commands_metadata() {
+    let store = InMemoryStore::new();
+    let repo = Repository::<Account, _>::new(store.clone(), ());
+    let metadata = Metadata::correlated("req-42").caused_by("cmd-1").with("user", "ann");
+    repo.execute("1", &AccountCommand::Open, metadata.clone())
+        .await
+        .unwrap();
+    let events = store
+        .read_stream(&StreamId::new("account-1"), Version(1))
+        .await
+        .unwrap();
+    assert_eq!(events[0].metadata, metadata);
+    assert_eq!(events[0].event_type, "Opened");
+}
+
+/// A store that counts the events it hands out from `read_stream`.
+#[derive(Clone, Default)]
+struct CountingStore {
+    inner: InMemoryStore,
+    read: Arc<AtomicU64>,
+}
+
+#[async_trait]
+impl EventStore for CountingStore {
+    type Subscription = <InMemoryStore as EventStore>::Subscription;
+    async fn append(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendOutcome, StoreError> {
+        self.inner.append(stream, expected, events).await
+    }
+    async fn read_stream(&self, stream: &StreamId, from: Version) -> Result<Vec<Arc<RecordedEvent>>, StoreError> {
+        let events = self.inner.read_stream(stream, from).await?;
+        self.read.fetch_add(events.len() as u64, Ordering::SeqCst);
+        Ok(events)
+    }
+    async fn stream_version(&self, stream: &StreamId) -> Result<Version, StoreError> {
+        self.inner.stream_version(stream).await
+    }
+    async fn head(&self) -> Result<Position, StoreError> {
+        self.inner.head().await
+    }
+    async fn subscribe(&self, from: Position) -> Result<Self::Subscription, StoreError> {
+        self.inner.subscribe(from).await
+    }
+}
+
+#[tokio::test]
+async fn snapshots_spare_loading_the_whole_stream() {
+    let store = CountingStore::default();
+    let snapshots = InMemorySnapshots::new();
+    let repo = Repository::<Account, _>::new(store.clone(), ()).with_snapshots(snapshots.clone(), 100);
+    repo.execute("1", &AccountCommand::Open, Metadata::default())
+        .await
+        .unwrap();
+    for _ in 0..249 {
+        repo.execute("1", &AccountCommand::Deposit(2), Metadata::default())
+            .await
+            .unwrap();
+    }
+    let snapshot = snapshots.load(&StreamId::new("account-1")).await.unwrap().unwrap();
+    assert_eq!(snapshot.version, Version(200));
+
+    store.read.store(0, Ordering::SeqCst);
+    let loaded = repo.load("1").await.unwrap();
+    assert_eq!((loaded.state.balance, loaded.version), (498, Version(250)));
+    assert_eq!(
+        store.read.load(Ordering::SeqCst),
+        50,
+        "only the events after the snapshot are read"
+    );
+
+    // The same stream without snapshots agrees.
+    let plain = Repository::<Account, _>::new(store.clone(), ());
+    assert_eq!(plain.load("1").await.unwrap().state, loaded.state);
+
+    // A snapshot that no longer fits the state's type is ignored.
+    snapshots
+        .save(Snapshot {
+            stream_id: StreamId::new("account-1"),
+            version: Version(240),
+            state: serde_json::json!({"opened": "maybe"}),
+            taken_at: chrono::Utc::now(),
+        })
+        .await
+        .unwrap();
+    store.read.store(0, Ordering::SeqCst);
+    assert_eq!(repo.load("1").await.unwrap().state.balance, 498);
+    assert_eq!(store.read.load(Ordering::SeqCst), 250);
+}
+
+// --- Schema evolution, against events stored by older versions of the code.
+
+#[derive(Default, Debug)]
+struct Wallet {
+    cents: i64,
+    currencies: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+enum WalletEvent {
+    Opened,
+    /// v1 was `Credited { value }`; v2 renamed it and called the field
+    /// `amount`; v3 added `currency`.
+    Deposited {
+        amount: i64,
+        currency: String,
+    },
+}
+
+impl DomainEvent for WalletEvent {
+    fn schema_version(event_type: &str) -> u32 {
+        if event_type == "Deposited" {
+            3
+        } else {
+            1
+        }
+    }
+
+    fn upcasters() -> Upcasters {
+        Upcasters::new()
+            .add("Credited", 1, |event| {
+                let value = event
+                    .payload
+                    .get_mut("value")
+                    .map(serde_json::Value::take)
+                    .ok_or("Credited without value")?;
+                event.event_type = "Deposited".into();
+                event.payload = serde_json::json!({ "amount": value });
+                Ok(())
+            })
+            .add("Deposited", 2, |event| {
+                event.payload["currency"] = "USD".into();
+                Ok(())
+            })
+    }
+}
+
+#[async_trait]
+impl Aggregate for Wallet {
+    const CATEGORY: &'static str = "wallet";
+    type Command = ();
+    type Event = WalletEvent;
+    type Error = std::convert::Infallible;
+    type Services = ();
+    async fn handle(&self, _: &(), _: &()) -> Result<Vec<WalletEvent>, Self::Error> {
+        Ok(vec![])
+    }
+    fn apply(&mut self, event: &WalletEvent) {
+        if let WalletEvent::Deposited { amount, currency } = event {
+            self.cents += amount;
+            self.currencies.push(currency.clone());
+        }
+    }
+}
+
+#[derive(Default)]
+struct Deposits(Vec<(u64, i64, String)>);
+
+impl View for Deposits {
+    type Event = WalletEvent;
+    fn apply(&mut self, event: &Envelope<WalletEvent>) {
+        if let WalletEvent::Deposited { amount, currency } = &event.payload {
+            self.0.push((event.version.0, *amount, currency.clone()));
+        }
+    }
+}
+
+fn stored_old_events() -> InMemoryStore {
+    let store = InMemoryStore::new();
+    let fixture = include_str!("fixtures/wallet-events-v1-v2.jsonl");
+    store.import(
+        fixture
+            .lines()
+            .map(|line| RecordedEvent::from_json(line).expect("fixture lines are envelopes")),
+    );
+    store
+}
+
+#[tokio::test]
+async fn old_stored_events_are_upcast_on_load_and_in_projections() {
+    let store = stored_old_events();
+    let wallet = Repository::<Wallet, _>::new(store.clone(), ()).load("7").await.unwrap();
+    assert_eq!(wallet.version, Version(4));
+    assert_eq!(wallet.state.cents, 390);
+    assert_eq!(wallet.state.currencies, ["USD", "USD", "EUR"]);
+
+    let running = ProjectionRunner::<Deposits, _>::new("deposits", store.clone()).start();
+    assert!(running.handle().wait_for(Position(4)).await);
+    assert_eq!(
+        running.handle().read(|d| d.0.clone()),
+        vec![(2, 250, "USD".into()), (3, 100, "USD".into()), (4, 40, "EUR".into())]
+    );
+    running.stop().await.unwrap();
+}
+
+// --- The test kit.
+
+#[tokio::test]
+async fn test_kit_given_when_then() {
+    let state = AggregateTest::<Account>::new()
+        .given([AccountEvent::Opened])
+        .when(AccountCommand::Deposit(5))
+        .await
+        .then_expect_events([AccountEvent::Deposited { amount: 5 }]);
+    assert_eq!(state.balance, 5);
+
+    AggregateTest::<Account>::new()
+        .when(AccountCommand::Deposit(5))
+        .await
+        .then_expect_error(|e| *e == AccountError::NotOpen);
+
+    AggregateTest::<Account>::new()
+        .given([AccountEvent::Opened])
+        .when(AccountCommand::Open)
+        .await
+        .then_expect_error_message("the account is already open");
+}
+
+#[tokio::test]
+#[should_panic(expected = "the command produced other events than expected")]
+async fn test_kit_fails_on_other_events() {
+    AggregateTest::<Account>::new()
+        .given([AccountEvent::Opened])
+        .when(AccountCommand::Deposit(5))
+        .await
+        .then_expect_events([AccountEvent::Deposited { amount: 6 }]);
+}
+
+#[tokio::test]
+#[should_panic(expected = "but the command was rejected: the account is not open")]
+async fn test_kit_fails_when_events_were_expected_but_the_command_was_rejected() {
+    AggregateTest::<Account>::new()
+        .when(AccountCommand::Deposit(5))
+        .await
+        .then_expect_events([AccountEvent::Deposited { amount: 5 }]);
+}
+
+#[tokio::test]
+#[should_panic(expected = "expected an error, but the command produced")]
+async fn test_kit_fails_when_an_error_was_expected_but_events_came() {
+    AggregateTest::<Account>::new()
+        .given([AccountEvent::Opened])
+        .when(AccountCommand::Deposit(5))
+        .await
+        .then_expect_error(|_| true);
+}
+
+#[tokio::test]
+#[should_panic(expected = "event changes on its way through JSON")]
+async fn test_kit_catches_events_that_do_not_survive_json() {
+    #[derive(Default)]
+    struct Lossy;
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    enum LossyEvent {
+        Happened {
+            #[serde(skip)]
+            at: u32,
+            when: String,
+        },
+    }
+    impl DomainEvent for LossyEvent {}
+    #[async_trait]
+    impl Aggregate for Lossy {
+        const CATEGORY: &'static str = "lossy";
+        type Command = ();
+        type Event = LossyEvent;
+        type Error = std::convert::Infallible;
+        type Services = ();
+        async fn handle(&self, _: &(), _: &()) -> Result<Vec<LossyEvent>, Self::Error> {
+            Ok(vec![LossyEvent::Happened {
+                at: 1,
+                when: "now".into(),
+            }])
+        }
+        fn apply(&mut self, _: &LossyEvent) {}
+    }
+    AggregateTest::<Lossy>::new()
+        .when(())
+        .await
+        .then_expect_events([LossyEvent::Happened {
+            at: 1,
+            when: "now".into(),
+        }]);
+}

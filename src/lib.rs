@@ -1,0 +1,32 @@
+//! # Bookshelf: event sourcing and CQRS for Rust
+//!
+//! This is the facade: it re-exports [`bookshelf_core`] (aggregates, views,
+//! event stores, projections, discovery, and their in-memory
+//! implementations), and, behind features, the adapters:
+//!
+//! * feature `kafka`: [`kafka`], the event store and projections on Apache Kafka;
+//! * feature `consul`: [`consul`], service discovery on HashiCorp Consul.
+//!
+//! Start with the [`bookshelf_core`] front page: it builds an aggregate, a view
+//! and a store in forty lines.
+//!
+//! ```
+//! use bookshelf::{EventStore, InMemoryStore, Position};
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), bookshelf::StoreError> {
+//! let store = InMemoryStore::new();
+//! assert_eq!(store.head().await?, Position::START);
+//! # Ok(()) }
+//! ```
+
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub use bookshelf_core::*;
+
+/// Bookshelf on Apache Kafka (feature `kafka`).
+#[cfg(feature = "kafka")]
+pub use bookshelf_kafka as kafka;
+
+/// Service discovery on Consul (feature `consul`).
+#[cfg(feature = "consul")]
+pub use bookshelf_consul as consul;
