@@ -33,6 +33,7 @@
 //! one version at a time, and then decoded into the current type. An upcaster
 //! may also rename the event type.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fmt;
 use std::marker::PhantomData;
@@ -116,6 +117,9 @@ pub enum DecodeError {
         /// What the upcaster said.
         message: String,
     },
+    /// The text is not an event envelope (see [`crate::envelope`]).
+    #[error("not an event envelope: {0}")]
+    Envelope(#[source] serde_json::Error),
     /// The payload did not match the event type's fields.
     #[error("payload of {event_type:?} does not match the event: {source}")]
     Payload {
@@ -355,7 +359,7 @@ impl<E: DomainEvent> EventCodec<E> {
             })?;
             version += 1;
         }
-        E::deserialize(TaggedValue {
+        E::deserialize(Tagged {
             tag: &event.event_type,
             content: event.payload,
         })
@@ -379,6 +383,49 @@ impl<E: DomainEvent> EventCodec<E> {
         Ok(version == current)
     }
 
+    /// Decodes an event from its JSON envelope in one pass, without copying
+    /// the payload: what a consumer of a topic or a file of events wants.
+    ///
+    /// When `event_type` and `schema_version` come before `payload` (as
+    /// Bookshelf writes them) and need no upcasting, the payload is decoded
+    /// while the envelope is read; otherwise it is kept as borrowed raw JSON
+    /// and decoded afterwards.
+    ///
+    /// # Errors
+    /// [`DecodeError::Envelope`] when `json` is not an envelope, and the
+    /// other [`DecodeError`]s for its payload.
+    pub fn decode_json(&self, json: &str) -> Result<Envelope<E>, DecodeError> {
+        let failure = RefCell::new(None);
+        let mut reader = serde_json::Deserializer::from_str(json);
+        let read = EnvelopeSeed {
+            codec: self,
+            failure: &failure,
+        }
+        .deserialize(&mut reader)
+        .and_then(|envelope| reader.end().map(|()| envelope));
+        let envelope = match (read, failure.into_inner()) {
+            (Ok(envelope), _) => envelope,
+            (Err(_), Some(Failure::Decode(error))) => return Err(error),
+            (Err(source), Some(Failure::Payload(event_type))) => return Err(payload_error(&event_type, source)),
+            (Err(source), None) => return Err(DecodeError::Envelope(source)),
+        };
+        let (header, slot) = envelope.into_parts();
+        let payload = match slot {
+            Slot::Decoded(event) => event,
+            Slot::Raw(raw) => self.decode(&header.event_type, header.schema_version, raw)?,
+        };
+        Ok(header.map_payload(|()| payload))
+    }
+
+    /// Decodes a recorded event it owns, moving its header into the result.
+    ///
+    /// # Errors
+    /// A [`DecodeError`] saying which part did not fit.
+    pub fn decode_record(&self, record: RecordedEvent) -> Result<Envelope<E>, DecodeError> {
+        let payload = self.decode(&record.event_type, record.schema_version, &record.payload)?;
+        Ok(record.map_payload(|_| payload))
+    }
+
     /// Decodes a recorded event into an envelope around the domain event.
     ///
     /// # Errors
@@ -396,24 +443,180 @@ fn payload_error(event_type: &str, source: serde_json::Error) -> DecodeError {
     }
 }
 
+/// A payload read with its envelope: decoded on the way, or kept raw.
+enum Slot<'de, E> {
+    Decoded(E),
+    Raw(&'de RawValue),
+}
+
+/// What went wrong inside the envelope, beyond a JSON error.
+enum Failure {
+    Decode(DecodeError),
+    Payload(String),
+}
+
+/// Reads an envelope, decoding its payload on the way when it can.
+struct EnvelopeSeed<'c, 'f, E> {
+    codec: &'c EventCodec<E>,
+    failure: &'f RefCell<Option<Failure>>,
+}
+
+impl<'de, E: DomainEvent> DeserializeSeed<'de> for EnvelopeSeed<'_, '_, E> {
+    type Value = Envelope<Slot<'de, E>>;
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        const FIELDS: &[&str] = &[
+            "event_id",
+            "stream_id",
+            "version",
+            "position",
+            "recorded_at",
+            "event_type",
+            "schema_version",
+            "metadata",
+            "payload",
+        ];
+        deserializer.deserialize_struct("Envelope", FIELDS, self)
+    }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(field_identifier, rename_all = "snake_case")]
+enum Field {
+    EventId,
+    StreamId,
+    Version,
+    Position,
+    RecordedAt,
+    EventType,
+    SchemaVersion,
+    Metadata,
+    Payload,
+    #[serde(other)]
+    Other,
+}
+
+struct Timestamp(chrono::DateTime<chrono::Utc>);
+
+impl<'de> serde::Deserialize<'de> for Timestamp {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        crate::timestamp::deserialize(deserializer).map(Timestamp)
+    }
+}
+
+/// Decodes a payload as the variant `tag`, in place.
+struct VariantSeed<'t, E> {
+    tag: &'t str,
+    _event: PhantomData<fn() -> E>,
+}
+
+impl<'de, E: DeserializeOwned> DeserializeSeed<'de> for VariantSeed<'_, E> {
+    type Value = E;
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<E, D::Error> {
+        E::deserialize(Tagged {
+            tag: self.tag,
+            content: deserializer,
+        })
+    }
+}
+
+impl<'de, E: DomainEvent> Visitor<'de> for EnvelopeSeed<'_, '_, E> {
+    type Value = Envelope<Slot<'de, E>>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an event envelope")
+    }
+
+    fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        fn once<T, Err: de::Error>(slot: &mut Option<T>, value: T, name: &'static str) -> Result<(), Err> {
+            match slot.replace(value) {
+                None => Ok(()),
+                Some(_) => Err(Err::duplicate_field(name)),
+            }
+        }
+        let (mut event_id, mut stream_id, mut version, mut position) = (None, None, None, None);
+        let (mut recorded_at, mut event_type, mut schema_version) = (None, None::<String>, None);
+        let (mut metadata, mut payload) = (None, None);
+        while let Some(field) = map.next_key::<Field>()? {
+            match field {
+                Field::EventId => once(&mut event_id, map.next_value()?, "event_id")?,
+                Field::StreamId => once(&mut stream_id, map.next_value()?, "stream_id")?,
+                Field::Version => once(&mut version, map.next_value()?, "version")?,
+                Field::Position => once(&mut position, map.next_value()?, "position")?,
+                Field::RecordedAt => once(&mut recorded_at, map.next_value::<Timestamp>()?.0, "recorded_at")?,
+                Field::EventType => once(&mut event_type, map.next_value()?, "event_type")?,
+                Field::SchemaVersion => once(&mut schema_version, map.next_value()?, "schema_version")?,
+                Field::Metadata => once(&mut metadata, map.next_value()?, "metadata")?,
+                Field::Payload => {
+                    let current = match (&event_type, schema_version) {
+                        (Some(tag), Some(version)) => match self.codec.is_current(tag, version) {
+                            Ok(current) => current.then_some(tag.as_str()),
+                            Err(error) => {
+                                *self.failure.borrow_mut() = Some(Failure::Decode(error));
+                                return Err(de::Error::custom("undecodable payload"));
+                            }
+                        },
+                        _ => None,
+                    };
+                    let slot = match current {
+                        Some(tag) => {
+                            let seed = VariantSeed {
+                                tag,
+                                _event: PhantomData,
+                            };
+                            match map.next_value_seed(seed) {
+                                Ok(event) => Slot::Decoded(event),
+                                Err(error) => {
+                                    *self.failure.borrow_mut() = Some(Failure::Payload(tag.to_owned()));
+                                    return Err(error);
+                                }
+                            }
+                        }
+                        None => Slot::Raw(map.next_value()?),
+                    };
+                    once(&mut payload, slot, "payload")?;
+                }
+                Field::Other => {
+                    map.next_value::<de::IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(Envelope {
+            event_id: event_id.ok_or_else(|| de::Error::missing_field("event_id"))?,
+            stream_id: stream_id.ok_or_else(|| de::Error::missing_field("stream_id"))?,
+            version: version.ok_or_else(|| de::Error::missing_field("version"))?,
+            position: position.ok_or_else(|| de::Error::missing_field("position"))?,
+            recorded_at: recorded_at.ok_or_else(|| de::Error::missing_field("recorded_at"))?,
+            event_type: event_type.ok_or_else(|| de::Error::missing_field("event_type"))?,
+            schema_version: schema_version.ok_or_else(|| de::Error::missing_field("schema_version"))?,
+            metadata: metadata.unwrap_or_default(),
+            payload: payload.ok_or_else(|| de::Error::missing_field("payload"))?,
+        })
+    }
+}
+
 /// Decodes the variant `tag` of `E` from its content's JSON text in one pass,
 /// without building an intermediate map.
 fn decode_variant<E: DeserializeOwned>(tag: &str, content: &str) -> Result<E, DecodeError> {
     let mut json = serde_json::Deserializer::from_str(content);
-    let event = E::deserialize(TaggedStr { tag, json: &mut json }).map_err(|source| payload_error(tag, source))?;
+    let event = E::deserialize(Tagged {
+        tag,
+        content: &mut json,
+    })
+    .map_err(|source| payload_error(tag, source))?;
     json.end().map_err(|source| payload_error(tag, source))?;
     Ok(event)
 }
 
-/// A deserializer that presents `(tag, content)` as an externally tagged enum.
-struct TaggedStr<'a, 'j> {
-    tag: &'a str,
-    json: &'j mut serde_json::Deserializer<serde_json::de::StrRead<'a>>,
+/// Presents `(tag, content)` as an externally tagged enum to an enum's
+/// `Deserialize`: the variant is `tag`, its fields come from `content`.
+struct Tagged<'t, D> {
+    tag: &'t str,
+    content: D,
 }
 
-impl<'de, 'j> Deserializer<'de> for TaggedStr<'de, 'j> {
-    type Error = serde_json::Error;
-    fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
+impl<'de, D: Deserializer<'de>> Deserializer<'de> for Tagged<'_, D> {
+    type Error = D::Error;
+    fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, D::Error> {
         visitor.visit_enum(self)
     }
     serde::forward_to_deserialize_any! {
@@ -423,18 +626,21 @@ impl<'de, 'j> Deserializer<'de> for TaggedStr<'de, 'j> {
     }
 }
 
-impl<'de, 'j> EnumAccess<'de> for TaggedStr<'de, 'j> {
-    type Error = serde_json::Error;
-    type Variant = Self;
-    fn variant_seed<V: DeserializeSeed<'de>>(self, seed: V) -> Result<(V::Value, Self), Self::Error> {
-        let tag = seed.deserialize(de::value::StrDeserializer::<serde_json::Error>::new(self.tag))?;
-        Ok((tag, self))
+impl<'de, D: Deserializer<'de>> EnumAccess<'de> for Tagged<'_, D> {
+    type Error = D::Error;
+    type Variant = Content<D>;
+    fn variant_seed<V: DeserializeSeed<'de>>(self, seed: V) -> Result<(V::Value, Content<D>), D::Error> {
+        let tag = seed.deserialize(de::value::StrDeserializer::<D::Error>::new(self.tag))?;
+        Ok((tag, Content(self.content)))
     }
 }
 
-impl<'de, 'j> VariantAccess<'de> for TaggedStr<'de, 'j> {
-    type Error = serde_json::Error;
-    fn unit_variant(self) -> Result<(), Self::Error> {
+/// Lets any deserializer stand for a variant's content.
+struct Content<D>(D);
+
+impl<'de, D: Deserializer<'de>> VariantAccess<'de> for Content<D> {
+    type Error = D::Error;
+    fn unit_variant(self) -> Result<(), D::Error> {
         // A unit variant is written with a `null` payload; accept `{}` too.
         struct Unit;
         impl<'de> Visitor<'de> for Unit {
@@ -452,73 +658,19 @@ impl<'de, 'j> VariantAccess<'de> for TaggedStr<'de, 'j> {
                 }
             }
         }
-        self.json.deserialize_any(Unit)
+        self.0.deserialize_any(Unit)
     }
-    fn newtype_variant_seed<T: DeserializeSeed<'de>>(self, seed: T) -> Result<T::Value, Self::Error> {
-        seed.deserialize(&mut *self.json)
-    }
-    fn tuple_variant<V: Visitor<'de>>(self, len: usize, visitor: V) -> Result<V::Value, Self::Error> {
-        self.json.deserialize_tuple(len, visitor)
-    }
-    fn struct_variant<V: Visitor<'de>>(
-        self,
-        fields: &'static [&'static str],
-        visitor: V,
-    ) -> Result<V::Value, Self::Error> {
-        self.json.deserialize_struct("", fields, visitor)
-    }
-}
-
-/// The same as [`TaggedStr`], over an already parsed (upcast) value.
-struct TaggedValue<'a> {
-    tag: &'a str,
-    content: Value,
-}
-
-impl<'de> Deserializer<'de> for TaggedValue<'_> {
-    type Error = serde_json::Error;
-    fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
-        visitor.visit_enum(self)
-    }
-    serde::forward_to_deserialize_any! {
-        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
-        bytes byte_buf option unit unit_struct newtype_struct seq tuple
-        tuple_struct map struct enum identifier ignored_any
-    }
-}
-
-impl<'de> EnumAccess<'de> for TaggedValue<'_> {
-    type Error = serde_json::Error;
-    type Variant = ValueVariant;
-    fn variant_seed<V: DeserializeSeed<'de>>(self, seed: V) -> Result<(V::Value, ValueVariant), Self::Error> {
-        let tag = seed.deserialize(de::value::StrDeserializer::<serde_json::Error>::new(self.tag))?;
-        Ok((tag, ValueVariant(self.content)))
-    }
-}
-
-/// A variant's content as an already parsed value.
-struct ValueVariant(Value);
-
-impl<'de> VariantAccess<'de> for ValueVariant {
-    type Error = serde_json::Error;
-    fn unit_variant(self) -> Result<(), Self::Error> {
-        match self.0 {
-            Value::Null => Ok(()),
-            Value::Object(map) if map.is_empty() => Ok(()),
-            _ => Err(de::Error::custom("a unit event carries no fields")),
-        }
-    }
-    fn newtype_variant_seed<T: DeserializeSeed<'de>>(self, seed: T) -> Result<T::Value, Self::Error> {
+    fn newtype_variant_seed<T: DeserializeSeed<'de>>(self, seed: T) -> Result<T::Value, D::Error> {
         seed.deserialize(self.0)
     }
-    fn tuple_variant<V: Visitor<'de>>(self, len: usize, visitor: V) -> Result<V::Value, Self::Error> {
+    fn tuple_variant<V: Visitor<'de>>(self, len: usize, visitor: V) -> Result<V::Value, D::Error> {
         self.0.deserialize_tuple(len, visitor)
     }
     fn struct_variant<V: Visitor<'de>>(
         self,
         fields: &'static [&'static str],
         visitor: V,
-    ) -> Result<V::Value, Self::Error> {
+    ) -> Result<V::Value, D::Error> {
         self.0.deserialize_struct("", fields, visitor)
     }
 }
@@ -645,6 +797,65 @@ mod tests {
             codec.decode("Removed", 1, &raw(r#"{"x":1}"#)),
             Err(DecodeError::Payload { .. })
         ));
+    }
+
+    #[test]
+    fn decode_json_reads_envelopes_with_and_without_escapes() {
+        let codec = EventCodec::<Ev>::new();
+        let plain = r#"{"event_id":"6f1c2f3e-7d0a-4a5b-9a55-0c7f2d3a4b5c","stream_id":"book-1","version":2,
+            "position":7,"recorded_at":"2026-11-22T17:00:00Z","event_type":"Renamed","schema_version":1,
+            "payload":"Dune"}"#;
+        let event = codec.decode_json(plain).unwrap();
+        assert_eq!(event.payload, Ev::Renamed("Dune".into()));
+        assert_eq!((event.version.0, event.position.0), (2, 7));
+        // Escapes force the owned path for strings.
+        let escaped = plain
+            .replace(r#""Renamed""#, r#""Renam\u0065d""#)
+            .replace(r#""book-1""#, r#""book-\u0031""#);
+        let event = codec.decode_json(&escaped).unwrap();
+        assert_eq!(
+            (event.event_type.as_str(), event.stream_id.as_str()),
+            ("Renamed", "book-1")
+        );
+        // Old forms are upcast here too.
+        let old = plain
+            .replace(r#""Renamed","schema_version":1"#, r#""Created","schema_version":1"#)
+            .replace(r#""payload":"Dune""#, r#""payload":{"name":"Dune"}"#);
+        assert_eq!(
+            codec.decode_json(&old).unwrap().payload,
+            Ev::Added {
+                title: "Dune".into(),
+                pages: 0
+            }
+        );
+        // Payload before its type: decoded afterwards from the borrowed raw JSON.
+        let reordered = r#"{"payload":"Dune","event_type":"Renamed","schema_version":1,
+            "event_id":"6f1c2f3e-7d0a-4a5b-9a55-0c7f2d3a4b5c","stream_id":"book-1","version":2,
+            "position":7,"recorded_at":"2026-11-22T17:00:00Z"}"#;
+        assert_eq!(
+            codec.decode_json(reordered).unwrap().payload,
+            Ev::Renamed("Dune".into())
+        );
+        // Errors keep their kind whichever path found them.
+        let bad_payload = plain.replace(r#""payload":"Dune""#, r#""payload":42"#);
+        assert!(matches!(
+            codec.decode_json(&bad_payload),
+            Err(DecodeError::Payload { event_type, .. }) if event_type == "Renamed"
+        ));
+        let too_new = plain.replace(r#""schema_version":1"#, r#""schema_version":7"#);
+        assert!(matches!(
+            codec.decode_json(&too_new),
+            Err(DecodeError::SchemaTooNew { found: 7, .. })
+        ));
+        let twice = plain.replace(r#""version":2,"#, r#""version":2,"version":3,"#);
+        assert!(matches!(codec.decode_json(&twice), Err(DecodeError::Envelope(_))));
+        let trailing = format!("{plain} x");
+        assert!(matches!(codec.decode_json(&trailing), Err(DecodeError::Envelope(_))));
+        assert!(matches!(
+            codec.decode_json("{\"event_id\":1}"),
+            Err(DecodeError::Envelope(_))
+        ));
+        assert!(matches!(codec.decode_json("not json"), Err(DecodeError::Envelope(_))));
     }
 
     #[test]

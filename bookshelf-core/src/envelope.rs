@@ -41,9 +41,17 @@ use uuid::Uuid;
 /// `"book-42"`.
 ///
 /// Cloning is cheap: the text is shared.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(transparent)]
 pub struct StreamId(Arc<str>);
+
+impl<'de> Deserialize<'de> for StreamId {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        // One allocation, straight from the borrowed text where possible.
+        let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        Ok(StreamId(Arc::from(&*text)))
+    }
+}
 
 impl StreamId {
     /// A stream id from its full text.
@@ -71,6 +79,12 @@ impl StreamId {
     /// The part before the first `-`, or the whole id when there is none.
     pub fn category(&self) -> &str {
         self.0.split_once('-').map_or(&self.0, |(category, _)| category)
+    }
+
+    /// The part after the first `-`: the aggregate's own id (`"42"` in
+    /// `"book-42"`), or the whole id when there is no `-`.
+    pub fn entity_id(&self) -> &str {
+        self.0.split_once('-').map_or(&self.0, |(_, id)| id)
     }
 }
 
@@ -238,6 +252,7 @@ pub struct Envelope<P> {
     /// The event's place in the store's global log (0 for the first).
     pub position: Position,
     /// When the store recorded the event.
+    #[serde(with = "crate::timestamp")]
     pub recorded_at: DateTime<Utc>,
     /// The event type name, such as `"BookRead"`.
     pub event_type: String,
@@ -266,6 +281,39 @@ impl<P> Envelope<P> {
             schema_version: self.schema_version,
             metadata: self.metadata.clone(),
             payload,
+        }
+    }
+}
+
+impl<P> Envelope<P> {
+    /// The header (an envelope around `()`) and the payload, apart.
+    pub fn into_parts(self) -> (Envelope<()>, P) {
+        let payload_less = Envelope {
+            event_id: self.event_id,
+            stream_id: self.stream_id,
+            version: self.version,
+            position: self.position,
+            recorded_at: self.recorded_at,
+            event_type: self.event_type,
+            schema_version: self.schema_version,
+            metadata: self.metadata,
+            payload: (),
+        };
+        (payload_less, self.payload)
+    }
+
+    /// The same envelope around `f(payload)`.
+    pub fn map_payload<Q>(self, f: impl FnOnce(P) -> Q) -> Envelope<Q> {
+        Envelope {
+            event_id: self.event_id,
+            stream_id: self.stream_id,
+            version: self.version,
+            position: self.position,
+            recorded_at: self.recorded_at,
+            event_type: self.event_type,
+            schema_version: self.schema_version,
+            metadata: self.metadata,
+            payload: f(self.payload),
         }
     }
 }
@@ -344,5 +392,6 @@ mod tests {
     fn stream_category_is_the_part_before_the_first_dash() {
         assert_eq!(StreamId::new("book-1-2").category(), "book");
         assert_eq!(StreamId::new("plain").category(), "plain");
+        assert_eq!(StreamId::new("book-1-2").entity_id(), "1-2");
     }
 }

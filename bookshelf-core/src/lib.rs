@@ -66,9 +66,9 @@
 //!
 //! impl View for LastRead {
 //!     type Event = BookEvent;
-//!     fn apply(&mut self, event: &Envelope<BookEvent>) {
-//!         if let BookEvent::BookRead { title } = &event.payload {
-//!             self.titles.insert(0, title.clone());
+//!     fn apply(&mut self, event: Envelope<BookEvent>) {
+//!         if let BookEvent::BookRead { title } = event.payload {
+//!             self.titles.insert(0, title);
 //!             self.titles.truncate(5);
 //!         }
 //!     }
@@ -103,6 +103,7 @@
 //! | the read side | [`view`], [`projection`] | [`View`], [`ProjectionRunner`], [`ViewStore`], [`DeadLetters`] |
 //! | service discovery | [`discovery`] | [`Discovery`], [`ServiceInstance`], [`InMemoryDiscovery`] |
 //! | testing aggregates | [`testing`] | [`testing::AggregateTest`] |
+//! | fast RFC 3339 timestamps for serde | [`timestamp`] | [`timestamp::parse`] |
 //!
 //! ## Guarantees, in one place
 //!
@@ -130,6 +131,7 @@ pub mod repository;
 pub mod snapshot;
 pub mod store;
 pub mod testing;
+pub mod timestamp;
 pub mod view;
 
 pub use aggregate::Aggregate;

@@ -252,7 +252,7 @@ struct Persistence<V> {
 /// # #[derive(Debug, Clone, Serialize, Deserialize)] enum Ev { Added }
 /// # impl DomainEvent for Ev {}
 /// # #[derive(Default, Serialize, Deserialize)] struct Count(u64);
-/// # impl View for Count { type Event = Ev; fn apply(&mut self, _: &Envelope<Ev>) { self.0 += 1 } }
+/// # impl View for Count { type Event = Ev; fn apply(&mut self, _: Envelope<Ev>) { self.0 += 1 } }
 /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let store = InMemoryStore::new();
 /// let saved = InMemoryViewStore::new();
@@ -398,7 +398,6 @@ impl<V: View, S: EventStore> ProjectionRunner<V, S> {
             }
             let Some(last) = batch.last() else { continue };
             let end = last.position.next();
-            decoded.clear();
             for record in &batch {
                 if record.position < checkpoint {
                     continue;
@@ -409,7 +408,7 @@ impl<V: View, S: EventStore> ProjectionRunner<V, S> {
             }
             {
                 let mut view = shared.write().unwrap_or_else(|p| p.into_inner());
-                for event in &decoded {
+                for event in decoded.drain(..) {
                     view.apply(event);
                 }
             }

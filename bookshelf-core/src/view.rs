@@ -6,7 +6,8 @@ use crate::envelope::Envelope;
 
 /// A read model built by folding events.
 ///
-/// `apply` is a plain, synchronous fold; queries are the view's own methods,
+/// `apply` is a plain, synchronous fold that takes each event by value, so a
+/// view keeps what it needs without copying; queries are the view's own methods,
 /// read through a [`crate::ProjectionHandle`] while a
 /// [`crate::ProjectionRunner`] keeps the view up to date.
 ///
@@ -28,7 +29,7 @@ use crate::envelope::Envelope;
 ///
 /// impl View for ShelfSize {
 ///     type Event = BookEvent;
-///     fn apply(&mut self, event: &Envelope<BookEvent>) {
+///     fn apply(&mut self, event: Envelope<BookEvent>) {
 ///         match event.payload {
 ///             BookEvent::BookAdded { .. } => self.books += 1,
 ///             BookEvent::BookRemoved => self.books = self.books.saturating_sub(1),
@@ -42,5 +43,5 @@ pub trait View: Default + Send + Sync + 'static {
     type Event: DomainEvent;
 
     /// Folds one event into the view.
-    fn apply(&mut self, event: &Envelope<Self::Event>);
+    fn apply(&mut self, event: Envelope<Self::Event>);
 }

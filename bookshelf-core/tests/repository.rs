@@ -263,9 +263,9 @@ struct Deposits(Vec<(u64, i64, String)>);
 
 impl View for Deposits {
     type Event = WalletEvent;
-    fn apply(&mut self, event: &Envelope<WalletEvent>) {
-        if let WalletEvent::Deposited { amount, currency } = &event.payload {
-            self.0.push((event.version.0, *amount, currency.clone()));
+    fn apply(&mut self, event: Envelope<WalletEvent>) {
+        if let WalletEvent::Deposited { amount, currency } = event.payload {
+            self.0.push((event.version.0, amount, currency));
         }
     }
 }

@@ -74,7 +74,7 @@ pub struct Ledger {
 
 impl View for Ledger {
     type Event = AccountEvent;
-    fn apply(&mut self, event: &Envelope<AccountEvent>) {
+    fn apply(&mut self, event: Envelope<AccountEvent>) {
         self.applied.push(event.position.0);
         if let AccountEvent::Deposited { amount } = event.payload {
             self.total += amount;

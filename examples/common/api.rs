@@ -1,0 +1,221 @@
+//! HTTP for the bookshelf services: the books command API, the last-read
+//! query, typed JSON errors, and graceful shutdown.
+
+#![allow(dead_code)] // each example uses its own part of the API
+
+use std::time::Duration;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, Path, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use bookshelf::{CommandError, EventStore, Metadata, Position, ProjectionHandle, Repository};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use std::sync::Arc;
+
+use crate::books::{Book, BookCommand, BookError, LastRead};
+
+/// The header that carries a request's correlation id into event metadata.
+pub const CORRELATION_HEADER: &str = "x-correlation-id";
+
+/// An error answered as `{"error": "..."}` with its status.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, axum::Json(json!({ "error": self.message }))).into_response()
+    }
+}
+
+impl From<CommandError<BookError>> for ApiError {
+    fn from(error: CommandError<BookError>) -> Self {
+        let status = match &error {
+            CommandError::Rejected(BookError::Invalid(_)) => StatusCode::BAD_REQUEST,
+            CommandError::Rejected(BookError::NotFound) => StatusCode::NOT_FOUND,
+            CommandError::Rejected(BookError::AlreadyExists) => StatusCode::CONFLICT,
+            CommandError::Rejected(BookError::Removed) => StatusCode::GONE,
+            CommandError::Conflict { .. } => StatusCode::CONFLICT,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        if status == StatusCode::INTERNAL_SERVER_ERROR {
+            tracing::error!(%error, "command failed");
+        }
+        let message = match error {
+            CommandError::Rejected(inner) => inner.to_string(),
+            other => other.to_string(),
+        };
+        ApiError::new(status, message)
+    }
+}
+
+/// `axum::Json`, but a body that is not the expected JSON is a 400 (or 415)
+/// with a JSON error saying why.
+pub struct Json<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for Json<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(value)) => Ok(Json(value)),
+            Err(rejection) => {
+                let status = match rejection {
+                    JsonRejection::MissingJsonContentType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    JsonRejection::BytesRejection(_) => StatusCode::PAYLOAD_TOO_LARGE,
+                    _ => StatusCode::BAD_REQUEST,
+                };
+                Err(ApiError::new(status, rejection.body_text()))
+            }
+        }
+    }
+}
+
+/// The metadata of the events a request causes.
+pub fn metadata_from(headers: &HeaderMap) -> Metadata {
+    let correlation = headers
+        .get(CORRELATION_HEADER)
+        .and_then(|value| value.to_str().ok())
+        .filter(|value| !value.is_empty() && value.len() <= 128)
+        .map(str::to_owned)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    Metadata::correlated(correlation)
+}
+
+/// The state of the books routes.
+pub struct BooksApi<S: EventStore> {
+    pub books: Repository<Book, S>,
+    /// When set, a command's response waits (up to a second) until this view
+    /// has applied its events, so that a following query sees them.
+    pub read_your_writes: Option<ProjectionHandle<LastRead>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewBook {
+    title: String,
+    author: String,
+    isbn: String,
+}
+
+#[derive(Debug, Serialize)]
+struct Written {
+    id: String,
+    version: u64,
+}
+
+/// `POST /books`, `POST /books/{id}/read`.
+pub fn books_routes<S: EventStore>(api: Arc<BooksApi<S>>) -> Router {
+    Router::new()
+        .route("/books", post(add_book::<S>))
+        .route("/books/{id}/read", post(mark_read::<S>))
+        .with_state(api)
+}
+
+async fn add_book<S: EventStore>(
+    State(api): State<Arc<BooksApi<S>>>,
+    headers: HeaderMap,
+    Json(book): Json<NewBook>,
+) -> Result<Response, ApiError> {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let command = BookCommand::Add {
+        title: book.title,
+        author: book.author,
+        isbn: book.isbn,
+    };
+    let committed = api.books.execute(&id, &command, metadata_from(&headers)).await?;
+    api.settle(committed.position).await;
+    let location = format!("/books/{id}");
+    let body = Written {
+        id,
+        version: committed.version.0,
+    };
+    Ok((StatusCode::CREATED, [(header::LOCATION, location)], axum::Json(body)).into_response())
+}
+
+async fn mark_read<S: EventStore>(
+    State(api): State<Arc<BooksApi<S>>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let committed = api
+        .books
+        .execute(&id, &BookCommand::MarkRead, metadata_from(&headers))
+        .await?;
+    api.settle(committed.position).await;
+    let body = Written {
+        id,
+        version: committed.version.0,
+    };
+    Ok(axum::Json(body).into_response())
+}
+
+impl<S: EventStore> BooksApi<S> {
+    async fn settle(&self, position: Option<Position>) {
+        if let (Some(view), Some(position)) = (&self.read_your_writes, position) {
+            let _ = tokio::time::timeout(Duration::from_secs(1), view.wait_for(position.next())).await;
+        }
+    }
+}
+
+/// `GET /`: the last read books as a JSON list, most recent first.
+pub fn last_read_routes(view: ProjectionHandle<LastRead>) -> Router {
+    Router::new().route("/", get(last_read)).with_state(view)
+}
+
+async fn last_read(State(view): State<ProjectionHandle<LastRead>>) -> Response {
+    axum::Json(view.read(LastRead::books)).into_response()
+}
+
+/// `GET /health`.
+pub fn health_routes() -> Router {
+    Router::new().route("/health", get(|| async { axum::Json(json!({ "status": "ok" })) }))
+}
+
+/// A JSON 404 for every path no route takes.
+pub async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "no such resource")
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
+pub async fn shutdown_signal() {
+    let interrupt = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::error!(%error, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = interrupt => tracing::info!("SIGINT received; shutting down"),
+        _ = terminate => tracing::info!("SIGTERM received; shutting down"),
+    }
+}

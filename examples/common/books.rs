@@ -1,0 +1,257 @@
+//! The bookshelf domain shared by the examples and the benches: the `Book`
+//! aggregate, its events, and the "last read books" view.
+
+#![allow(dead_code)] // each example uses its own part of the domain
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use bookshelf::{async_trait, Aggregate, DomainEvent, Envelope, View};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// What the books aggregate is asked to do.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(tag = "command", rename_all = "snake_case")]
+pub enum BookCommand {
+    /// Put a new book on the shelf.
+    Add {
+        title: String,
+        author: String,
+        isbn: String,
+    },
+    /// Record that the book was read (now).
+    MarkRead,
+    /// Rate the book, 1 to 5 stars.
+    Rate { stars: u8 },
+    /// Take the book off the shelf.
+    Remove,
+}
+
+/// What happened to a book. `BookRead` carries the title and author so that
+/// views need not look them up.
+// The variant names are the event type names in a log shared with other
+// aggregates, so they say what they are about.
+#[allow(clippy::enum_variant_names)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum BookEvent {
+    BookAdded {
+        title: String,
+        author: String,
+        isbn: String,
+    },
+    BookRead {
+        title: String,
+        author: String,
+        #[serde(with = "bookshelf::timestamp")]
+        read_at: DateTime<Utc>,
+    },
+    BookRated {
+        stars: u8,
+    },
+    BookRemoved,
+}
+
+impl DomainEvent for BookEvent {}
+
+/// Why a book command was refused.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum BookError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("the book is already on the shelf")]
+    AlreadyExists,
+    #[error("no such book")]
+    NotFound,
+    #[error("the book was removed from the shelf")]
+    Removed,
+}
+
+/// Where the aggregate gets the time from.
+#[derive(Clone)]
+pub struct Clock(Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>);
+
+impl Clock {
+    pub fn system() -> Self {
+        Clock(Arc::new(Utc::now))
+    }
+
+    pub fn fixed(at: DateTime<Utc>) -> Self {
+        Clock(Arc::new(move || at))
+    }
+
+    pub fn now(&self) -> DateTime<Utc> {
+        (self.0)()
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Clock::system()
+    }
+}
+
+/// One book's state, folded from its events.
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Book {
+    #[default]
+    Unknown,
+    OnShelf {
+        title: String,
+        author: String,
+        isbn: String,
+        reads: u32,
+        stars: Option<u8>,
+    },
+    Removed,
+}
+
+#[async_trait]
+impl Aggregate for Book {
+    const CATEGORY: &'static str = "book";
+    type Command = BookCommand;
+    type Event = BookEvent;
+    type Error = BookError;
+    type Services = Clock;
+
+    async fn handle(&self, command: &BookCommand, clock: &Clock) -> Result<Vec<BookEvent>, BookError> {
+        match (command, self) {
+            (BookCommand::Add { title, author, isbn }, Book::Unknown) => {
+                let title = required("title", title)?;
+                let author = required("author", author)?;
+                let isbn = normalize_isbn(isbn)?;
+                Ok(vec![BookEvent::BookAdded { title, author, isbn }])
+            }
+            (BookCommand::Add { .. }, _) => Err(BookError::AlreadyExists),
+            (_, Book::Unknown) => Err(BookError::NotFound),
+            (_, Book::Removed) => Err(BookError::Removed),
+            (BookCommand::MarkRead, Book::OnShelf { title, author, .. }) => Ok(vec![BookEvent::BookRead {
+                title: title.clone(),
+                author: author.clone(),
+                read_at: clock.now(),
+            }]),
+            (BookCommand::Rate { stars }, Book::OnShelf { .. }) => {
+                if !(1..=5).contains(stars) {
+                    return Err(BookError::Invalid(format!("stars must be 1 to 5, got {stars}")));
+                }
+                Ok(vec![BookEvent::BookRated { stars: *stars }])
+            }
+            (BookCommand::Remove, Book::OnShelf { .. }) => Ok(vec![BookEvent::BookRemoved]),
+        }
+    }
+
+    fn apply(&mut self, event: &BookEvent) {
+        match event {
+            BookEvent::BookAdded { title, author, isbn } => {
+                *self = Book::OnShelf {
+                    title: title.clone(),
+                    author: author.clone(),
+                    isbn: isbn.clone(),
+                    reads: 0,
+                    stars: None,
+                }
+            }
+            BookEvent::BookRead { .. } => {
+                if let Book::OnShelf { reads, .. } = self {
+                    *reads += 1;
+                }
+            }
+            BookEvent::BookRated { stars: new } => {
+                if let Book::OnShelf { stars, .. } = self {
+                    *stars = Some(*new);
+                }
+            }
+            BookEvent::BookRemoved => *self = Book::Removed,
+        }
+    }
+}
+
+fn required(field: &str, value: &str) -> Result<String, BookError> {
+    let value = value.trim();
+    match value.chars().count() {
+        0 => Err(BookError::Invalid(format!("{field} must not be empty"))),
+        1..=200 => Ok(value.to_owned()),
+        n => Err(BookError::Invalid(format!(
+            "{field} is {n} characters long; at most 200"
+        ))),
+    }
+}
+
+/// Checks an ISBN-10 or ISBN-13 (hyphens and spaces allowed) and returns
+/// its digits.
+pub fn normalize_isbn(isbn: &str) -> Result<String, BookError> {
+    let digits: String = isbn.chars().filter(|c| !matches!(c, '-' | ' ')).collect();
+    let invalid = || BookError::Invalid(format!("{isbn:?} is not a valid ISBN-10 or ISBN-13"));
+    let value = |c: char| c.to_digit(10);
+    let valid = match digits.len() {
+        10 => {
+            let mut sum = 0;
+            for (i, c) in digits.chars().enumerate() {
+                let d = match (i, c) {
+                    (9, 'X' | 'x') => 10,
+                    _ => value(c).ok_or_else(invalid)?,
+                };
+                sum += d * (10 - i as u32);
+            }
+            sum % 11 == 0
+        }
+        13 => {
+            let mut sum = 0;
+            for (i, c) in digits.chars().enumerate() {
+                sum += value(c).ok_or_else(invalid)? * if i % 2 == 0 { 1 } else { 3 };
+            }
+            sum % 10 == 0
+        }
+        _ => false,
+    };
+    if valid {
+        Ok(digits.to_uppercase())
+    } else {
+        Err(invalid())
+    }
+}
+
+/// One entry of the last-read list.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReadBook {
+    pub id: String,
+    pub title: String,
+    pub author: String,
+    #[serde(with = "bookshelf::timestamp")]
+    pub read_at: DateTime<Utc>,
+}
+
+/// The five most recently read books, most recent first; a book read again
+/// moves to the top rather than appearing twice.
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LastRead {
+    books: VecDeque<ReadBook>,
+}
+
+impl LastRead {
+    pub const LIMIT: usize = 5;
+
+    pub fn books(&self) -> Vec<ReadBook> {
+        self.books.iter().cloned().collect()
+    }
+}
+
+impl View for LastRead {
+    type Event = BookEvent;
+
+    fn apply(&mut self, event: Envelope<BookEvent>) {
+        if let BookEvent::BookRead { title, author, read_at } = event.payload {
+            let id = event.stream_id.entity_id();
+            if let Some(at) = self.books.iter().position(|book| book.id == id) {
+                self.books.remove(at);
+            }
+            self.books.push_front(ReadBook {
+                id: id.to_owned(),
+                title,
+                author,
+                read_at,
+            });
+            self.books.truncate(Self::LIMIT);
+        }
+    }
+}

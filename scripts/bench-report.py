@@ -1,0 +1,47 @@
+#!/usr/bin/env python3
+"""Prints the medians of the last criterion run, as events per second, and
+the ratios the README reports. Run after `cargo bench --bench projection`."""
+import json
+import os
+import sys
+
+target = os.environ.get("CARGO_TARGET_DIR", "target")
+root = os.path.join(target, "criterion")
+
+
+def median(group, bench):
+    path = os.path.join(root, group, bench, "new", "estimates.json")
+    with open(path) as f:
+        return json.load(f)["median"]["point_estimate"]  # nanoseconds per iteration
+
+
+def elements(group, bench):
+    path = os.path.join(root, group, bench, "new", "benchmark.json")
+    with open(path) as f:
+        throughput = json.load(f).get("throughput") or {}
+    return throughput.get("Elements", 1)
+
+
+def rate(group, bench):
+    return elements(group, bench) / (median(group, bench) / 1e9)
+
+
+try:
+    rows = [
+        ("projection", "a_fold_decoded", "(a) fold decoded events"),
+        ("projection", "b_decode_json_and_fold", "(b) decode JSON envelopes + fold"),
+        ("projection", "c_store_subscription_and_runner", "(c) store subscription + projection runner"),
+        ("projection", "floor_json_scan_only", "floor: scan the JSON only"),
+        ("projection", "floor_json_borrowed_struct", "floor: JSON into borrowed strings"),
+        ("commands", "add_then_read_twice", "commands: load + handle + append"),
+    ]
+    rates = {}
+    for group, bench, label in rows:
+        rates[bench] = rate(group, bench)
+        print(f"{label:45} median {median(group, bench) / 1e6:10.1f} ms  {rates[bench]:>12,.0f} per s")
+    a, b, c = rates["a_fold_decoded"], rates["b_decode_json_and_fold"], rates["c_store_subscription_and_runner"]
+    print(f"(b)/(a) = {b / a:.3f}")
+    print(f"(c)/(b) = {c / b:.3f}")
+    print(f"(b)/borrowed-struct floor = {b / rates['floor_json_borrowed_struct']:.3f}")
+except FileNotFoundError as missing:
+    sys.exit(f"no criterion results at {missing.filename}: run `cargo bench --bench projection` first")

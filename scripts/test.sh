@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Runs every test of the workspace: unit, behaviour, doc and end-to-end tests,
+# and a smoke run of the benches. Whatever the tests need is set up (and torn
+# down) here, so that this one command works on a fresh machine.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_BUILD_JOBS=${CARGO_BUILD_JOBS:-2}
+
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+run() { "$@" 2>&1 | tee -a "$log"; }
+
+# The end-to-end tests run the examples as processes: build them first.
+cargo build --workspace --all-features --examples
+# Each bench once, on a small log, to check that it still runs and agrees.
+BOOKSHELF_BENCH_EVENTS=10000 run cargo test --workspace --all-features --benches
+run cargo test --workspace --all-features --lib --bins --tests --examples
+run cargo test --workspace --all-features --doc
+
+# One closing line for the whole run, summed from every test binary's result.
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed/) p += $(i-1); if ($i ~ /^failed/) f += $(i-1) } }
+     END { printf "all tests: %d passed, %d failed\n", p, f }' "$log"

@@ -1,0 +1,82 @@
+//! Running the example services as real processes, for end-to-end tests.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// An example running as its own process; killed when dropped.
+pub struct Service {
+    child: Child,
+    /// `http://127.0.0.1:PORT`
+    pub url: String,
+}
+
+/// Where cargo put the example binaries: beside this test's `deps` folder.
+fn example_path(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the test knows its own path");
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("test binaries live in target/<profile>/deps");
+    let path = profile_dir.join("examples").join(name);
+    assert!(
+        path.exists(),
+        "example binary {} is missing: build the examples first (`cargo test --all-targets` or scripts/test.sh)",
+        path.display()
+    );
+    path
+}
+
+impl Service {
+    /// Starts example `name` with `args` on a free port, and waits until it
+    /// prints the URL it listens on.
+    pub fn start(name: &str, args: &[&str]) -> Service {
+        let mut child = Command::new(example_path(name))
+            .args(["--port", "0"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start example {name}: {e}"));
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let (found, url) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split("listening on ").nth(1) {
+                    let url = rest.split_whitespace().next().unwrap_or_default();
+                    let _ = found.send(url.trim_end_matches('/').to_owned());
+                }
+            }
+        });
+        let url = url
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| panic!("example {name} did not say where it listens within 30 s"));
+        Service { child, url }
+    }
+
+    /// Sends SIGTERM and waits for the process to exit; returns whether it
+    /// exited successfully.
+    pub fn terminate(mut self) -> bool {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill").args(["-TERM", &pid]).status();
+        assert!(sent.is_ok_and(|s| s.success()), "could not send SIGTERM to {pid}");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("waiting on the child") {
+                return status.success();
+            }
+            assert!(Instant::now() < deadline, "the service did not stop within 15 s of SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
