@@ -16,7 +16,10 @@ async fn last_read_lists_books_as_they_are_read_and_refuses_bad_input() {
     assert_eq!(empty, json!([]));
 
     let mut ids = Vec::new();
-    for (n, title) in ["Dune", "Emma", "Ulysses", "Beloved", "Middlemarch", "Persuasion"].iter().enumerate() {
+    for (n, title) in ["Dune", "Emma", "Ulysses", "Beloved", "Middlemarch", "Persuasion"]
+        .iter()
+        .enumerate()
+    {
         let added = http
             .post(format!("{url}/books"))
             .json(&json!({ "title": title, "author": format!("Author {n}"), "isbn": "978-0-441-01359-3" }))
@@ -39,7 +42,12 @@ async fn last_read_lists_books_as_they_are_read_and_refuses_bad_input() {
     http.post(format!("{url}/books/{}/read", ids[0])).send().await.unwrap();
 
     let list: Value = http.get(format!("{url}/")).send().await.unwrap().json().await.unwrap();
-    let titles: Vec<&str> = list.as_array().unwrap().iter().map(|b| b["title"].as_str().unwrap()).collect();
+    let titles: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["title"].as_str().unwrap())
+        .collect();
     assert_eq!(titles, ["Dune", "Persuasion", "Middlemarch", "Beloved", "Ulysses"]);
     assert_eq!(list[0]["id"], ids[0].as_str());
     assert!(list[0]["read_at"].as_str().unwrap().ends_with('Z'));
@@ -63,9 +71,20 @@ async fn last_read_lists_books_as_they_are_read_and_refuses_bad_input() {
         .unwrap();
     assert_eq!(invalid_isbn.status(), 400);
 
-    let unknown = http.post(format!("{url}/books/no-such-book/read")).send().await.unwrap();
+    let unknown = http
+        .post(format!("{url}/books/no-such-book/read"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(unknown.status(), 404);
-    let health: Value = http.get(format!("{url}/health")).send().await.unwrap().json().await.unwrap();
+    let health: Value = http
+        .get(format!("{url}/health"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(health["status"], "ok");
 
     assert!(service.terminate(), "last_read exits cleanly on SIGTERM");

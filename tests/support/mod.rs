@@ -68,7 +68,10 @@ impl Service {
             if let Some(status) = self.child.try_wait().expect("waiting on the child") {
                 return status.success();
             }
-            assert!(Instant::now() < deadline, "the service did not stop within 15 s of SIGTERM");
+            assert!(
+                Instant::now() < deadline,
+                "the service did not stop within 15 s of SIGTERM"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
