@@ -10,6 +10,14 @@ log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 run() { "$@" 2>&1 | tee -a "$log"; }
 
+# The Consul adapter's contract runs against the Consul double always, and
+# against a real agent only when CONSUL_HTTP_ADDR names one.
+if [ -n "${CONSUL_HTTP_ADDR:-}" ]; then
+    echo "Consul contract: also running against the real agent at $CONSUL_HTTP_ADDR"
+else
+    echo "skipped: no real Consul agent (set CONSUL_HTTP_ADDR to run the Consul contract against one too)"
+fi
+
 # The end-to-end tests run the examples as processes: build them first.
 cargo build --workspace --all-features --examples
 # Each bench once, on a small log, to check that it still runs and agrees.

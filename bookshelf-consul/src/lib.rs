@@ -1,12 +1,57 @@
-//! # bookshelf-consul: service discovery on Consul (in progress)
+//! # bookshelf-consul: service discovery on Consul
 //!
-//! This crate will implement Bookshelf's
-//! [`Discovery`](bookshelf_core::Discovery) over Consul's HTTP API: register
-//! with a TTL or HTTP check once ready, deregister on shutdown, resolve passing
+//! [`ConsulDiscovery`] implements Bookshelf's
+//! [`Discovery`](bookshelf_core::Discovery) over a Consul agent's HTTP API:
+//! register an instance once it is ready (with a TTL check this library
+//! heartbeats, or an HTTP check), deregister it on shutdown, resolve passing
 //! instances by name and tags, and watch them with blocking queries.
 //!
-//! It holds no code yet; until it does, use
-//! [`InMemoryDiscovery`](bookshelf_core::InMemoryDiscovery).
+//! ```
+//! use bookshelf_consul::{ConsulConfig, ConsulDiscovery};
+//! use bookshelf_consul::double::ConsulDouble;
+//! use bookshelf_core::{Discovery, ServiceInstance};
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! // A stand-in agent for this example; point ConsulConfig at a real one
+//! // (or use ConsulConfig::from_env(), which reads CONSUL_HTTP_ADDR).
+//! let agent = ConsulDouble::start().await?;
+//! let discovery = ConsulDiscovery::new(ConsulConfig::new(agent.url()))?;
+//!
+//! let me = ServiceInstance::new("last-read-1", "last-read", "127.0.0.1", 8087).with_tags(["v1"]);
+//! discovery.register(&me).await?; // once the service listens
+//!
+//! // Registration reaches the catalog asynchronously: watch until it shows.
+//! let mut watch = discovery.watch("last-read", &["v1".into()]).await?;
+//! while watch.next().await != Some(vec![me.clone()]) {}
+//!
+//! discovery.deregister("last-read-1").await?; // on shutdown
+//! # Ok(()) }
+//! ```
+//!
+//! The example uses the crate's [`double`] (feature `double`): a stateful
+//! double of the Consul HTTP API that this crate's tests run against.
+//!
+//! ## What to know about Consul
+//!
+//! * Registration is not visible at once: the agent syncs to the catalog
+//!   asynchronously. Wait with a watch or a bounded poll, never a fixed sleep.
+//! * `resolve` and `watch` return only instances whose every check passes
+//!   (Consul's `?passing`): a `warning` instance is left out, unlike in
+//!   Consul's DNS interface.
+//! * A crashed process cannot deregister. Its TTL check turns critical when
+//!   the heartbeats stop, which removes it from `resolve` at once, and Consul
+//!   deregisters it after `DeregisterCriticalServiceAfter` (1 minute at
+//!   least; the reaper runs every 30 s).
+//! * Reads use Consul's default consistency, which may be briefly stale
+//!   around leader elections.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
+
+mod agent;
+mod config;
+mod discovery;
+#[cfg(feature = "double")]
+pub mod double;
+
+pub use config::{Check, ConsulConfig};
+pub use discovery::ConsulDiscovery;
