@@ -464,18 +464,7 @@ struct EnvelopeSeed<'c, 'f, E> {
 impl<'de, E: DomainEvent> DeserializeSeed<'de> for EnvelopeSeed<'_, '_, E> {
     type Value = Envelope<Slot<'de, E>>;
     fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
-        const FIELDS: &[&str] = &[
-            "event_id",
-            "stream_id",
-            "version",
-            "position",
-            "recorded_at",
-            "event_type",
-            "schema_version",
-            "metadata",
-            "payload",
-        ];
-        deserializer.deserialize_struct("Envelope", FIELDS, self)
+        deserializer.deserialize_struct("Envelope", crate::envelope::FIELDS, self)
     }
 }
 

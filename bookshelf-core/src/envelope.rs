@@ -223,6 +223,19 @@ impl Metadata {
     }
 }
 
+/// The fields of an envelope's JSON form, in the order they are written.
+pub(crate) const FIELDS: &[&str] = &[
+    "event_id",
+    "stream_id",
+    "version",
+    "position",
+    "recorded_at",
+    "event_type",
+    "schema_version",
+    "metadata",
+    "payload",
+];
+
 /// An event about to be appended: everything but what the store assigns
 /// (stream, version, position and time).
 #[derive(Clone, Debug)]
@@ -288,18 +301,12 @@ impl<P> Envelope<P> {
 impl<P> Envelope<P> {
     /// The header (an envelope around `()`) and the payload, apart.
     pub fn into_parts(self) -> (Envelope<()>, P) {
-        let payload_less = Envelope {
-            event_id: self.event_id,
-            stream_id: self.stream_id,
-            version: self.version,
-            position: self.position,
-            recorded_at: self.recorded_at,
-            event_type: self.event_type,
-            schema_version: self.schema_version,
-            metadata: self.metadata,
-            payload: (),
-        };
-        (payload_less, self.payload)
+        let mut payload = None;
+        let header = self.map_payload(|p| payload = Some(p));
+        (
+            header,
+            payload.expect("map_payload hands over the payload exactly once"),
+        )
     }
 
     /// The same envelope around `f(payload)`.
@@ -356,17 +363,7 @@ mod tests {
         let event = sample();
         let json = event.to_json();
         let value: serde_json::Value = serde_json::from_str(&json).unwrap();
-        for field in [
-            "event_id",
-            "stream_id",
-            "version",
-            "position",
-            "recorded_at",
-            "event_type",
-            "schema_version",
-            "metadata",
-            "payload",
-        ] {
+        for field in FIELDS {
             assert!(value.get(field).is_some(), "missing field {field} in {json}");
         }
         assert_eq!(value["metadata"]["correlation_id"], "req-7");
