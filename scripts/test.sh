@@ -7,8 +7,15 @@ cd "$(dirname "$0")/.."
 export CARGO_BUILD_JOBS=${CARGO_BUILD_JOBS:-2}
 
 log=$(mktemp)
-trap 'rm -f "$log"' EXIT
+trap 'scripts/tansu.sh stop; rm -f "$log"' EXIT
 run() { "$@" 2>&1 | tee -a "$log"; }
+
+# The Kafka tests need a real Kafka-protocol broker: tansu, built once into a
+# cache (about 12 minutes the first time), started on a free loopback port.
+scripts/tansu.sh install
+broker=$(scripts/tansu.sh start)
+export "${broker?}"
+echo "Kafka tests use the tansu broker at $KAFKA_BROKERS"
 
 # The Consul adapter's contract runs against the Consul double always, and
 # against a real agent only when CONSUL_HTTP_ADDR names one.

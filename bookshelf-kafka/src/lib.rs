@@ -1,13 +1,34 @@
 //! # bookshelf-kafka: Bookshelf on Apache Kafka (in progress)
 //!
-//! This crate will run Bookshelf's [`EventStore`](bookshelf_core::EventStore)
-//! and projections on Kafka through rdkafka: events keyed by stream id so that
-//! each stream stays on one partition and in order, envelope metadata in Kafka
-//! headers, the idempotent producer, projections whose partition offsets are
-//! saved with the view's state, and poison records sent to a dead-letter topic.
+//! [`KafkaStore`] runs Bookshelf's [`EventStore`](bookshelf_core::EventStore)
+//! on a Kafka topic through rdkafka: events keyed by stream id so that each
+//! stream stays on one partition and in order, envelope fields in Kafka
+//! headers as well as the JSON body, the idempotent producer with
+//! `acks=all`, and expected versions checked by the topic's single writer.
+//! Its guarantees and their limits are on [`KafkaStore`].
 //!
-//! It holds no code yet; until it does, use the in-memory implementations of
-//! [`bookshelf_core`].
+//! Not written yet: projections over several partitions with their offsets
+//! saved in the view's state, a dead-letter topic for poison records, and
+//! the Kafka benches (see the project README).
+//!
+//! ```no_run
+//! use bookshelf_core::{EventStore, ExpectedVersion, StreamId, Version};
+//! use bookshelf_kafka::{KafkaConfig, KafkaStore};
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), bookshelf_core::StoreError> {
+//! let store = KafkaStore::open(
+//!     KafkaConfig::new("127.0.0.1:9092", "books").partitions(3).create_topic(true),
+//! )
+//! .await?;
+//! let version = store.stream_version(&StreamId::new("book-1")).await?;
+//! # let _ = version; Ok(()) }
+//! ```
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
+
+mod config;
+mod partition;
+mod store;
+
+pub use config::KafkaConfig;
+pub use store::{headers, KafkaStore, KafkaSubscription};
