@@ -21,6 +21,7 @@
 //! taken it. Events of types the view does not know are skipped by default, as
 //! a shared log holds every aggregate's events; see [`UnknownEvents`].
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 
@@ -39,8 +40,13 @@ use crate::view::View;
 /// next event to apply.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct StoredView {
-    /// The next position to read.
+    /// The next position to read in a source with one global log; for a
+    /// source of several logs, how many events the view has taken.
     pub checkpoint: Position,
+    /// For a source of several logs (Kafka partitions, say): the next offset
+    /// to read in each, keyed `topic/partition`. Empty for one global log.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub offsets: BTreeMap<String, u64>,
     /// The view's state as JSON.
     pub state: Box<RawValue>,
 }
@@ -496,7 +502,12 @@ impl<V: View, S: EventStore> ProjectionRunner<V, S> {
                 source,
             })?
         };
-        persistence.store.save(&StoredView { checkpoint, state }).await?;
+        let stored = StoredView {
+            checkpoint,
+            offsets: BTreeMap::new(),
+            state,
+        };
+        persistence.store.save(&stored).await?;
         Ok(())
     }
 }

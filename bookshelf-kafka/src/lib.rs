@@ -28,7 +28,9 @@
 
 mod config;
 mod partition;
+mod projection;
 mod store;
 
 pub use config::KafkaConfig;
-pub use store::{headers, KafkaStore, KafkaSubscription};
+pub use projection::{dead_letter_headers, KafkaProjection, KafkaViewHandle, RunningKafkaProjection};
+pub use store::{headers, high_watermarks, KafkaStore, KafkaSubscription};

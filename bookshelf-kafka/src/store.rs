@@ -99,7 +99,7 @@ fn decode<M: Message>(message: &M) -> Result<RecordedEvent, String> {
 static READERS: AtomicU64 = AtomicU64::new(0);
 
 /// A consumer that reads by assignment: no group membership, no commits.
-fn reader(config: &KafkaConfig) -> Result<StreamConsumer, StoreError> {
+pub(crate) fn reader(config: &KafkaConfig) -> Result<StreamConsumer, StoreError> {
     let mut client = config.client.clone();
     let n = READERS.fetch_add(1, Ordering::Relaxed);
     client
@@ -168,25 +168,12 @@ impl KafkaStore {
     /// cannot be read.
     pub async fn open(config: KafkaConfig) -> Result<Self, StoreError> {
         if config.create_topic {
-            create_topic(&config).await?;
+            admin_create_topics(&config, &[config.topic.as_str()], config.partitions).await?;
         }
         let mut producer_config = config.client.clone();
         producer_config.set("enable.idempotence", "true").set("acks", "all");
         let producer: FutureProducer = producer_config.create().map_err(backend)?;
-        let partitions = {
-            let producer = producer.clone();
-            let (topic, timeout) = (config.topic.clone(), config.timeout);
-            tokio::task::spawn_blocking(move || {
-                let metadata = producer.client().fetch_metadata(Some(&topic), timeout)?;
-                Ok::<_, KafkaError>(metadata.topics().first().map_or(0, |t| t.partitions().len() as i32))
-            })
-            .await
-            .map_err(backend)?
-            .map_err(backend)?
-        };
-        if partitions == 0 {
-            return Err(backend_msg(format!("topic {:?} does not exist", config.topic)));
-        }
+        let partitions = partition_count(&config, &config.topic).await?;
         let index = build_index(&config, partitions).await?;
         tracing::info!(topic = %config.topic, partitions, streams = index.len(), "Kafka event store open");
         Ok(KafkaStore {
@@ -240,11 +227,19 @@ impl KafkaStore {
     }
 }
 
-async fn create_topic(config: &KafkaConfig) -> Result<(), StoreError> {
+/// Creates `topics` with `partitions` each; existing topics are kept.
+pub(crate) async fn admin_create_topics(
+    config: &KafkaConfig,
+    topics: &[&str],
+    partitions: i32,
+) -> Result<(), StoreError> {
     let admin: AdminClient<_> = config.client.create().map_err(backend)?;
-    let topic = NewTopic::new(&config.topic, config.partitions, TopicReplication::Fixed(1));
+    let new: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|topic| NewTopic::new(topic, partitions, TopicReplication::Fixed(1)))
+        .collect();
     let options = AdminOptions::new().operation_timeout(Some(config.timeout));
-    let results = admin.create_topics([&topic], &options).await.map_err(backend)?;
+    let results = admin.create_topics(&new, &options).await.map_err(backend)?;
     for result in results {
         match result {
             Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
@@ -252,6 +247,47 @@ async fn create_topic(config: &KafkaConfig) -> Result<(), StoreError> {
         }
     }
     Ok(())
+}
+
+/// How many partitions `topic` has; an error when it does not exist.
+pub(crate) async fn partition_count(config: &KafkaConfig, topic: &str) -> Result<i32, StoreError> {
+    let consumer = reader(config)?;
+    let (topic, timeout) = (topic.to_owned(), config.timeout);
+    let count = tokio::task::spawn_blocking(move || {
+        let metadata = consumer.fetch_metadata(Some(&topic), timeout)?;
+        Ok::<_, KafkaError>(metadata.topics().first().map_or(0, |t| t.partitions().len() as i32))
+    })
+    .await
+    .map_err(backend)?
+    .map_err(backend)?;
+    if count == 0 {
+        return Err(backend_msg(format!("topic {:?} does not exist", config.topic)));
+    }
+    Ok(count)
+}
+
+/// The end (the next offset to be written) of every partition of `topics`,
+/// keyed `topic/partition`: what a projection has to reach to be caught up.
+///
+/// # Errors
+/// When Kafka cannot be reached or a topic does not exist.
+pub async fn high_watermarks(
+    config: &KafkaConfig,
+    topics: &[&str],
+) -> Result<std::collections::BTreeMap<String, u64>, StoreError> {
+    let mut ends = std::collections::BTreeMap::new();
+    for topic in topics {
+        for partition in 0..partition_count(config, topic).await? {
+            let consumer = reader(config)?;
+            let (name, timeout) = (topic.to_string(), config.timeout);
+            let (_, high) = tokio::task::spawn_blocking(move || consumer.fetch_watermarks(&name, partition, timeout))
+                .await
+                .map_err(backend)?
+                .map_err(backend)?;
+            ends.insert(format!("{topic}/{partition}"), high.max(0) as u64);
+        }
+    }
+    Ok(ends)
 }
 
 /// Reads every partition from its start to its current end, and returns the

@@ -1,0 +1,476 @@
+//! Projections from Kafka topics of any number of partitions, with each
+//! partition's offset saved together with the view's state.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use bookshelf_core::{
+    DecodeError, Envelope, EventCodec, Position, ProjectionError, StoreError, StoredView, UnknownEvents, View,
+    ViewStore,
+};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+use serde_json::value::RawValue;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::KafkaConfig;
+use crate::store::{admin_create_topics, partition_count, reader};
+
+/// Header names added to a record set aside in the dead-letter topic.
+pub mod dead_letter_headers {
+    /// Why the record was set aside.
+    pub const REASON: &str = "bookshelf.dead_letter.reason";
+    /// Where it came from: `topic/partition@offset`.
+    pub const SOURCE: &str = "bookshelf.dead_letter.source";
+    /// The projection that could not apply it.
+    pub const PROJECTION: &str = "bookshelf.dead_letter.projection";
+}
+
+/// `topic/partition`: the key of an offset in a [`StoredView`].
+fn partition_key(topic: &str, partition: i32) -> String {
+    format!("{topic}/{partition}")
+}
+
+type EncodeView<V> = fn(&V) -> Result<Box<RawValue>, serde_json::Error>;
+type DecodeView<V> = fn(&str) -> Result<V, serde_json::Error>;
+
+struct Persistence<V> {
+    store: Arc<dyn ViewStore>,
+    encode: EncodeView<V>,
+    decode: DecodeView<V>,
+}
+
+/// Configures and starts a projection of view `V` from Kafka topics.
+///
+/// * The view's checkpoint is the next offset of every partition it reads,
+///   saved in the same document as its state (see [`StoredView`]), after
+///   `save_every` events, whenever it has caught up, and when stopped. A
+///   restart resumes from there: no event lost, none applied twice; a record
+///   at an offset before the checkpoint is skipped.
+/// * Partitions are assigned, not joined through a consumer group: the view's
+///   own state, not the broker, says where to resume.
+/// * A record that does not decode (not UTF-8, not an envelope, bad payload,
+///   unknown type, schema version from the future) is logged with its topic,
+///   partition and offset, published to the dead-letter topic with the reason
+///   in headers, and passed over; the projection goes on. Its offset is
+///   checkpointed only once the dead-letter topic has acknowledged it.
+pub struct KafkaProjection<V: View> {
+    name: String,
+    config: KafkaConfig,
+    topics: Vec<String>,
+    codec: EventCodec<V::Event>,
+    batch_size: usize,
+    save_every: u64,
+    persistence: Option<Persistence<V>>,
+    dead_letter_topic: String,
+    unknown: UnknownEvents,
+    rebuild: bool,
+}
+
+impl<V: View> KafkaProjection<V> {
+    /// A projection named `name` of `config`'s topic; dead letters go to
+    /// `<topic>.dead-letters`.
+    pub fn new(name: impl Into<String>, config: KafkaConfig) -> Self {
+        KafkaProjection {
+            name: name.into(),
+            topics: vec![config.topic.clone()],
+            dead_letter_topic: format!("{}.dead-letters", config.topic),
+            config,
+            codec: EventCodec::new(),
+            batch_size: 512,
+            save_every: 10_000,
+            persistence: None,
+            unknown: UnknownEvents::DeadLetter,
+            rebuild: false,
+        }
+    }
+
+    /// Reads these topics (instead of the configured one).
+    pub fn topics<T: Into<String>>(mut self, topics: impl IntoIterator<Item = T>) -> Self {
+        self.topics = topics.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Saves the view's state and offsets in `store`, and resumes from them.
+    pub fn persist_to(mut self, store: impl ViewStore) -> Self
+    where
+        V: serde::Serialize + serde::de::DeserializeOwned,
+    {
+        self.persistence = Some(Persistence {
+            store: Arc::new(store),
+            encode: |view| serde_json::value::to_raw_value(view),
+            decode: |json| serde_json::from_str(json),
+        });
+        self
+    }
+
+    /// Saves after this many events (default 10,000), besides when caught up
+    /// and when stopped.
+    pub fn save_every(mut self, events: u64) -> Self {
+        self.save_every = events.max(1);
+        self
+    }
+
+    /// Takes up to this many records at a time (default 512).
+    pub fn batch_size(mut self, records: usize) -> Self {
+        self.batch_size = records.max(1);
+        self
+    }
+
+    /// Where undecodable records go.
+    pub fn dead_letter_topic(mut self, topic: impl Into<String>) -> Self {
+        self.dead_letter_topic = topic.into();
+        self
+    }
+
+    /// What to do with events of types the view does not know: by default,
+    /// dead-letter them, as a topic should carry only the events its views
+    /// expect; [`UnknownEvents::Skip`] for a topic shared with others.
+    pub fn unknown_events(mut self, policy: UnknownEvents) -> Self {
+        self.unknown = policy;
+        self
+    }
+
+    /// Starts from an empty view at the start of every partition, replacing
+    /// what was saved at the first save.
+    pub fn rebuild(mut self) -> Self {
+        self.rebuild = true;
+        self
+    }
+
+    /// Restores the view, assigns the partitions, and starts consuming on the
+    /// current tokio runtime.
+    ///
+    /// # Errors
+    /// When the saved view cannot be loaded or decoded, or Kafka cannot be
+    /// reached.
+    pub async fn start(self) -> Result<RunningKafkaProjection<V>, ProjectionError> {
+        let (view, offsets, taken) = self.restore().await?;
+        let consumer = reader(&self.config)?;
+        let mut assignment = TopicPartitionList::new();
+        for topic in &self.topics {
+            for partition in 0..partition_count(&self.config, topic).await? {
+                let offset = offsets
+                    .get(&partition_key(topic, partition))
+                    .map_or(Offset::Beginning, |&next| Offset::Offset(next as i64));
+                assignment
+                    .add_partition_offset(topic, partition, offset)
+                    .map_err(store_error)?;
+            }
+        }
+        consumer.assign(&assignment).map_err(store_error)?;
+        if self.config.create_topic {
+            admin_create_topics(&self.config, &[self.dead_letter_topic.as_str()], 1).await?;
+        }
+        let producer: FutureProducer = self
+            .config
+            .client
+            .clone()
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .create()
+            .map_err(store_error)?;
+        let shared = Arc::new(RwLock::new(view));
+        let (progress_tx, progress) = watch::channel(Progress {
+            offsets: offsets.clone(),
+            taken,
+            ended: None,
+        });
+        let (stop_tx, stop) = watch::channel(false);
+        tracing::info!(projection = %self.name, topics = ?self.topics, ?offsets, "Kafka projection started");
+        let task = tokio::spawn(self.run(
+            Arc::clone(&shared),
+            consumer,
+            producer,
+            Progress {
+                offsets,
+                taken,
+                ended: None,
+            },
+            progress_tx,
+            stop,
+        ));
+        Ok(RunningKafkaProjection {
+            handle: KafkaViewHandle { shared, progress },
+            stop: stop_tx,
+            task,
+        })
+    }
+
+    async fn restore(&self) -> Result<(V, BTreeMap<String, u64>, u64), ProjectionError> {
+        let Some(persistence) = &self.persistence else {
+            return Ok((V::default(), BTreeMap::new(), 0));
+        };
+        if self.rebuild {
+            return Ok((V::default(), BTreeMap::new(), 0));
+        }
+        let Some(saved) = persistence.store.load().await? else {
+            return Ok((V::default(), BTreeMap::new(), 0));
+        };
+        let view = (persistence.decode)(saved.state.get()).map_err(|source| ProjectionError::SavedState {
+            projection: self.name.clone(),
+            source,
+        })?;
+        Ok((view, saved.offsets, saved.checkpoint.0))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn run(
+        self,
+        shared: Arc<RwLock<V>>,
+        consumer: StreamConsumer,
+        producer: FutureProducer,
+        mut at: Progress,
+        progress: watch::Sender<Progress>,
+        mut stop: watch::Receiver<bool>,
+    ) -> Result<(), ProjectionError> {
+        let result = self
+            .consume(&shared, &consumer, &producer, &mut at, &progress, &mut stop)
+            .await;
+        let saved = self.save(&shared, &at).await;
+        let result = result.and(saved);
+        at.ended = Some(result.as_ref().err().map(ToString::to_string));
+        progress.send_replace(at);
+        tracing::info!(projection = %self.name, ok = result.is_ok(), "Kafka projection stopped");
+        result
+    }
+
+    async fn consume(
+        &self,
+        shared: &RwLock<V>,
+        consumer: &StreamConsumer,
+        producer: &FutureProducer,
+        at: &mut Progress,
+        progress: &watch::Sender<Progress>,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Result<(), ProjectionError> {
+        let mut batch: Vec<OwnedMessage> = Vec::with_capacity(self.batch_size);
+        let mut decoded = Vec::with_capacity(self.batch_size);
+        let mut unsaved = 0u64;
+        loop {
+            let first = tokio::select! {
+                biased;
+                _ = stop.changed() => return Ok(()),
+                message = consumer.recv() => message.map_err(store_error)?.detach(),
+            };
+            batch.clear();
+            batch.push(first);
+            let mut drained = false;
+            while batch.len() < self.batch_size {
+                match tokio::time::timeout(Duration::ZERO, consumer.recv()).await {
+                    Ok(message) => batch.push(message.map_err(store_error)?.detach()),
+                    Err(_) => {
+                        drained = true;
+                        break;
+                    }
+                }
+            }
+            for message in &batch {
+                let key = partition_key(message.topic(), message.partition());
+                if at
+                    .offsets
+                    .get(&key)
+                    .is_some_and(|&next| (message.offset() as u64) < next)
+                {
+                    continue; // applied before the checkpoint: never twice
+                }
+                match self.decode(message) {
+                    Ok(Some(event)) => decoded.push(event),
+                    Ok(None) => {}
+                    Err(reason) => self.dead_letter(producer, message, &reason).await?,
+                }
+            }
+            {
+                let mut view = shared.write().unwrap_or_else(|p| p.into_inner());
+                for event in decoded.drain(..) {
+                    view.apply(event);
+                }
+            }
+            for message in &batch {
+                let key = partition_key(message.topic(), message.partition());
+                let next = message.offset() as u64 + 1;
+                let slot = at.offsets.entry(key).or_insert(0);
+                if next > *slot {
+                    *slot = next;
+                    at.taken += 1;
+                    unsaved += 1;
+                }
+            }
+            if unsaved > 0 && (unsaved >= self.save_every || drained) {
+                match self.save(shared, at).await {
+                    Ok(()) => unsaved = 0,
+                    Err(error) => {
+                        tracing::warn!(projection = %self.name, %error, "could not save the view; will retry")
+                    }
+                }
+            }
+            progress.send_replace(at.clone());
+        }
+    }
+
+    /// The event in a record; `Ok(None)` for an event type the view skips.
+    fn decode(&self, message: &OwnedMessage) -> Result<Option<Envelope<V::Event>>, String> {
+        let body = message.payload().ok_or("the record has no body")?;
+        let json = std::str::from_utf8(body).map_err(|e| format!("the body is not UTF-8: {e}"))?;
+        match self.codec.decode_json(json) {
+            Ok(mut event) => {
+                event.position = Position(message.offset() as u64);
+                Ok(Some(event))
+            }
+            Err(DecodeError::UnknownEventType { .. }) if self.unknown == UnknownEvents::Skip => Ok(None),
+            Err(error) => Err(error.to_string()),
+        }
+    }
+
+    async fn dead_letter(
+        &self,
+        producer: &FutureProducer,
+        message: &OwnedMessage,
+        reason: &str,
+    ) -> Result<(), ProjectionError> {
+        let source = format!("{}/{}@{}", message.topic(), message.partition(), message.offset());
+        tracing::warn!(projection = %self.name, %source, %reason, "poison record sent to {}", self.dead_letter_topic);
+        let mut headers = OwnedHeaders::new();
+        if let Some(original) = message.headers() {
+            for header in original.iter() {
+                headers = headers.insert(Header {
+                    key: header.key,
+                    value: header.value,
+                });
+            }
+        }
+        for (key, value) in [
+            (dead_letter_headers::REASON, reason),
+            (dead_letter_headers::SOURCE, source.as_str()),
+            (dead_letter_headers::PROJECTION, self.name.as_str()),
+        ] {
+            headers = headers.insert(Header {
+                key,
+                value: Some(value.as_bytes()),
+            });
+        }
+        let mut record = FutureRecord::<[u8], [u8]>::to(&self.dead_letter_topic).headers(headers);
+        if let Some(key) = message.key() {
+            record = record.key(key);
+        }
+        if let Some(body) = message.payload() {
+            record = record.payload(body);
+        }
+        producer
+            .send(record, self.config.timeout)
+            .await
+            .map_err(|(error, _)| store_error(error))?;
+        Ok(())
+    }
+
+    async fn save(&self, shared: &RwLock<V>, at: &Progress) -> Result<(), ProjectionError> {
+        let Some(persistence) = &self.persistence else {
+            return Ok(());
+        };
+        let state = {
+            let view = shared.read().unwrap_or_else(|p| p.into_inner());
+            (persistence.encode)(&view).map_err(|source| ProjectionError::Serialize {
+                projection: self.name.clone(),
+                source,
+            })?
+        };
+        let stored = StoredView {
+            checkpoint: Position(at.taken),
+            offsets: at.offsets.clone(),
+            state,
+        };
+        persistence.store.save(&stored).await?;
+        Ok(())
+    }
+}
+
+fn store_error(error: rdkafka::error::KafkaError) -> ProjectionError {
+    ProjectionError::Store(StoreError::Backend(Box::new(error)))
+}
+
+#[derive(Clone, Debug)]
+struct Progress {
+    /// The next offset of every partition that has delivered a record.
+    offsets: BTreeMap<String, u64>,
+    /// How many records the view has taken (applied, skipped or set aside).
+    taken: u64,
+    /// `Some(None)` once stopped, `Some(Some(reason))` once failed.
+    ended: Option<Option<String>>,
+}
+
+/// A running Kafka projection.
+pub struct RunningKafkaProjection<V> {
+    handle: KafkaViewHandle<V>,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<Result<(), ProjectionError>>,
+}
+
+impl<V: View> RunningKafkaProjection<V> {
+    /// A handle to read the view; clone it freely.
+    pub fn handle(&self) -> KafkaViewHandle<V> {
+        self.handle.clone()
+    }
+
+    /// Stops after the batch in hand, saves the view with its offsets, and
+    /// returns how the projection ended.
+    ///
+    /// # Errors
+    /// What stopped the projection, or what failed the final save.
+    pub async fn stop(self) -> Result<(), ProjectionError> {
+        self.stop.send_replace(true);
+        self.task.await.map_err(|e| ProjectionError::Task(e.to_string()))?
+    }
+}
+
+/// A cheap, cloneable handle to a running Kafka projection's view.
+pub struct KafkaViewHandle<V> {
+    shared: Arc<RwLock<V>>,
+    progress: watch::Receiver<Progress>,
+}
+
+impl<V> Clone for KafkaViewHandle<V> {
+    fn clone(&self) -> Self {
+        KafkaViewHandle {
+            shared: Arc::clone(&self.shared),
+            progress: self.progress.clone(),
+        }
+    }
+}
+
+impl<V: View> KafkaViewHandle<V> {
+    /// Answers a query from the view as it is now.
+    pub fn read<R>(&self, query: impl FnOnce(&V) -> R) -> R {
+        query(&self.shared.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// The next offset of each partition (`topic/partition`) the view has
+    /// taken records from.
+    pub fn offsets(&self) -> BTreeMap<String, u64> {
+        self.progress.borrow().offsets.clone()
+    }
+
+    /// Waits until the view has taken every record before `ends` (the next
+    /// offset per `topic/partition`, as [`crate::high_watermarks`] gives), or
+    /// the projection has ended; returns whether the ends were reached.
+    pub async fn wait_for(&self, ends: &BTreeMap<String, u64>) -> bool {
+        let mut progress = self.progress.clone();
+        let reached = |p: &Progress| {
+            ends.iter()
+                .all(|(key, &end)| end == 0 || p.offsets.get(key).is_some_and(|&at| at >= end))
+        };
+        let outcome = match progress.wait_for(|p| reached(p) || p.ended.is_some()).await {
+            Ok(p) => reached(&p),
+            Err(_) => false,
+        };
+        outcome
+    }
+
+    /// Why the projection failed, if it did.
+    pub fn failure(&self) -> Option<String> {
+        self.progress.borrow().ended.clone().flatten()
+    }
+}

@@ -1,0 +1,292 @@
+//! Kafka projections against a real broker (tansu, from `scripts/test.sh`):
+//! poison records, resuming from saved offsets, and a projection process
+//! killed in the middle of a topic.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bookshelf_core::{
+    DomainEvent, Envelope, EventId, EventStore, ExpectedVersion, InMemoryViewStore, Metadata, NewEvent, StreamId, View,
+};
+use bookshelf_kafka::{dead_letter_headers, high_watermarks, KafkaConfig, KafkaProjection, KafkaStore};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde::{Deserialize, Serialize};
+
+fn brokers() -> String {
+    std::env::var("KAFKA_BROKERS")
+        .ok()
+        .filter(|b| !b.is_empty())
+        .unwrap_or_else(|| {
+            panic!(
+                "these tests need a Kafka-protocol broker: run scripts/test.sh, which starts tansu, \
+             or set KAFKA_BROKERS=host:port"
+            )
+        })
+}
+
+fn topic(name: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    format!("bookshelf-test-{name}-{nanos}")
+}
+
+fn config(topic: &str) -> KafkaConfig {
+    KafkaConfig::new(brokers(), topic).partitions(3).create_topic(true)
+}
+
+fn counted(n: u64) -> NewEvent {
+    NewEvent {
+        event_id: EventId::new(),
+        event_type: "Counted".into(),
+        schema_version: 1,
+        metadata: Metadata::default(),
+        payload: serde_json::value::RawValue::from_string(format!(r#"{{"n":{n}}}"#)).unwrap(),
+    }
+}
+
+/// Appends `Counted { n }` for n in `range`, over 12 streams; returns the sum.
+async fn fill(store: &KafkaStore, range: std::ops::Range<u64>) -> u64 {
+    for n in range.clone() {
+        let stream = StreamId::new(format!("counter-{}", n % 12));
+        store
+            .append(&stream, ExpectedVersion::Any, vec![counted(n)])
+            .await
+            .unwrap();
+    }
+    range.sum()
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+enum CounterEvent {
+    Counted { n: u64 },
+}
+impl DomainEvent for CounterEvent {}
+
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+struct Tally {
+    count: u64,
+    sum: u64,
+    seen: BTreeMap<String, Vec<u64>>,
+}
+
+impl View for Tally {
+    type Event = CounterEvent;
+    fn apply(&mut self, event: Envelope<CounterEvent>) {
+        let CounterEvent::Counted { n } = event.payload;
+        self.count += 1;
+        self.sum += n;
+        self.seen
+            .entry(event.stream_id.to_string())
+            .or_default()
+            .push(event.version.0);
+    }
+}
+
+#[tokio::test]
+async fn poison_records_go_to_the_dead_letter_topic_and_the_projection_goes_on() {
+    let topic = topic("poison");
+    let store = KafkaStore::open(config(&topic)).await.unwrap();
+    let good = fill(&store, 0..30).await;
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .unwrap();
+    let poison: [(&str, &[u8]); 4] = [
+        ("counter-1", b"not json at all"),
+        ("counter-2", br#"{"event_id":1}"#),
+        ("counter-3", &[0xff, 0xfe]),
+        (
+            "counter-4",
+            br#"{"event_id":"6f1c2f3e-7d0a-4a5b-9a55-0c7f2d3a4b5c","stream_id":"counter-4","version":99,
+               "position":0,"recorded_at":"2026-11-22T17:00:00Z","event_type":"Exploded","schema_version":1,"payload":{}}"#,
+        ),
+    ];
+    for (key, body) in poison {
+        producer
+            .send(FutureRecord::to(&topic).key(key).payload(body), Duration::from_secs(10))
+            .await
+            .unwrap();
+    }
+    let good = good + fill(&store, 30..40).await;
+
+    let running = KafkaProjection::<Tally>::new("tally", config(&topic))
+        .persist_to(InMemoryViewStore::new())
+        .start()
+        .await
+        .unwrap();
+    let ends = high_watermarks(&config(&topic), &[&topic]).await.unwrap();
+    let reached = tokio::time::timeout(Duration::from_secs(30), running.handle().wait_for(&ends)).await;
+    assert!(reached.unwrap(), "the projection reaches the end despite poison");
+    running.handle().read(|tally| {
+        assert_eq!(tally.count, 40);
+        assert_eq!(tally.sum, good);
+    });
+    running.stop().await.unwrap();
+
+    let dead: StreamConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", "bookshelf-test-dead")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut assignment = rdkafka::TopicPartitionList::new();
+    assignment
+        .add_partition_offset(&format!("{topic}.dead-letters"), 0, rdkafka::Offset::Beginning)
+        .unwrap();
+    dead.assign(&assignment).unwrap();
+    let mut reasons = BTreeMap::new();
+    while reasons.len() < 4 {
+        let message = tokio::time::timeout(Duration::from_secs(30), dead.recv())
+            .await
+            .expect("four dead letters within 30 s")
+            .unwrap();
+        let header = |name: &str| {
+            message
+                .headers()
+                .and_then(|h| h.iter().find(|h| h.key == name))
+                .and_then(|h| h.value)
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+                .unwrap_or_default()
+        };
+        assert!(header(dead_letter_headers::SOURCE).starts_with(&format!("{topic}/")));
+        assert_eq!(header(dead_letter_headers::PROJECTION), "tally");
+        let key = String::from_utf8_lossy(message.key().unwrap()).into_owned();
+        reasons.insert(key, header(dead_letter_headers::REASON));
+    }
+    assert!(reasons["counter-1"].contains("not an event envelope"), "{reasons:?}");
+    assert!(reasons["counter-3"].contains("UTF-8"), "{reasons:?}");
+    assert!(reasons["counter-4"].contains("unknown event type"), "{reasons:?}");
+}
+
+#[tokio::test]
+async fn a_restarted_projection_resumes_from_its_saved_offsets() {
+    let topic = topic("resume");
+    let store = KafkaStore::open(config(&topic)).await.unwrap();
+    let mut expected = fill(&store, 0..60).await;
+    let saved = InMemoryViewStore::new();
+    let start = || async {
+        KafkaProjection::<Tally>::new("tally", config(&topic))
+            .persist_to(saved.clone())
+            .save_every(7)
+            .start()
+            .await
+            .unwrap()
+    };
+    let running = start().await;
+    let ends = high_watermarks(&config(&topic), &[&topic]).await.unwrap();
+    assert!(running.handle().wait_for(&ends).await);
+    running.stop().await.unwrap();
+
+    expected += fill(&store, 60..100).await;
+    let running = start().await;
+    let ends = high_watermarks(&config(&topic), &[&topic]).await.unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_secs(30), running.handle().wait_for(&ends))
+            .await
+            .unwrap()
+    );
+    running.handle().read(|tally| {
+        assert_eq!((tally.count, tally.sum), (100, expected));
+        for (stream, versions) in &tally.seen {
+            let in_order: Vec<u64> = (1..=versions.len() as u64).collect();
+            assert_eq!(versions, &in_order, "stream {stream} applied once each, in order");
+        }
+    });
+    running.stop().await.unwrap();
+
+    // A rebuild replays everything into a fresh view.
+    let rebuilt = KafkaProjection::<Tally>::new("tally", config(&topic))
+        .persist_to(saved.clone())
+        .rebuild()
+        .start()
+        .await
+        .unwrap();
+    assert!(rebuilt.handle().wait_for(&ends).await);
+    assert_eq!(rebuilt.handle().read(|t| (t.count, t.sum)), (100, expected));
+    rebuilt.stop().await.unwrap();
+}
+
+/// The projector example, as a process of its own.
+fn projector(topic: &str, state: &Path, pace_micros: u64) -> Child {
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .unwrap()
+        .join("examples")
+        .join("kafka_projector");
+    assert!(
+        bin.exists(),
+        "{} is missing: build the examples first (scripts/test.sh does)",
+        bin.display()
+    );
+    Command::new(bin)
+        .args([
+            brokers().as_str(),
+            topic,
+            state.to_str().unwrap(),
+            &pace_micros.to_string(),
+        ])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+fn saved_tally(state: &Path) -> Option<serde_json::Value> {
+    let text = std::fs::read_to_string(state).ok()?;
+    let stored: serde_json::Value = serde_json::from_str(&text).ok()?;
+    Some(stored["state"].clone())
+}
+
+#[tokio::test]
+async fn a_projection_process_killed_midway_ends_with_every_event_applied_once() {
+    let topic = topic("kill");
+    let store = KafkaStore::open(config(&topic)).await.unwrap();
+    let events = 1_200;
+    let sum = fill(&store, 0..events).await;
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("tally.json");
+
+    // Kill it three times, each time further into the topic.
+    for (round, at_least) in [(1, 150), (2, 500), (3, 850)] {
+        let mut child = projector(&topic, &state, 1_000);
+        let start = Instant::now();
+        loop {
+            let count = saved_tally(&state).and_then(|t| t["count"].as_u64()).unwrap_or(0);
+            assert!(count < events, "round {round}: finished before it could be killed");
+            if count >= at_least {
+                break;
+            }
+            assert!(start.elapsed() < Duration::from_secs(60), "round {round}: no progress");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        child.kill().unwrap(); // SIGKILL: no final save
+        child.wait().unwrap();
+    }
+
+    let mut child = projector(&topic, &state, 0);
+    let start = Instant::now();
+    let tally = loop {
+        if let Some(tally) = saved_tally(&state).filter(|t| t["count"].as_u64() >= Some(events)) {
+            break tally;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "the last run did not finish");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let pid = child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    assert!(
+        child.wait().unwrap().success(),
+        "the projector stops cleanly on SIGTERM"
+    );
+
+    assert_eq!(tally["count"], events, "every event once: none lost, none twice");
+    assert_eq!(tally["sum"], sum);
+    assert_eq!(tally["out_of_order"], 0);
+}
