@@ -16,6 +16,9 @@ scripts/tansu.sh install
 broker=$(scripts/tansu.sh start)
 export "${broker?}"
 echo "Kafka tests use the tansu broker at $KAFKA_BROKERS"
+# The broker-restart test runs a tansu of its own, with file storage.
+TANSU_BIN=$(scripts/tansu.sh bin)
+export TANSU_BIN
 
 # The Consul adapter's contract runs against the Consul double always, and
 # against a real agent only when CONSUL_HTTP_ADDR names one.

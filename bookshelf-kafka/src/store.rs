@@ -1,7 +1,7 @@
 //! The event store on a Kafka topic.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -125,7 +125,10 @@ pub(crate) fn reader(config: &KafkaConfig) -> Result<StreamConsumer, StoreError>
 ///   processes writing the same topic are **not** detected: Kafka's
 ///   transactions could fence a second writer, but the broker we test on
 ///   (tansu) has none, so run one writing process per topic and let other
-///   services read.
+///   services read. After a failed append the partition is read again from
+///   where the index stopped before the next append goes out, so a record
+///   that landed although its acknowledgement was lost is counted rather
+///   than followed by a second event of the same version.
 /// * **Atomic appends: one event at a time.** An append of one event is one
 ///   record, written or not. An append of several is several records, sent
 ///   together; without transactions a failure in the middle can leave the
@@ -147,6 +150,11 @@ struct Inner {
     producer: FutureProducer,
     partitions: i32,
     writers: Vec<tokio::sync::Mutex<()>>,
+    /// Per partition: the next offset the index has not seen.
+    ends: Vec<AtomicI64>,
+    /// Per partition: an append failed, so Kafka may hold records the index
+    /// lacks (an acknowledgement lost on the way); re-read before appending.
+    dirty: Vec<AtomicBool>,
     index: Mutex<HashMap<StreamId, Vec<i64>>>,
 }
 
@@ -174,11 +182,17 @@ impl KafkaStore {
         producer_config.set("enable.idempotence", "true").set("acks", "all");
         let producer: FutureProducer = producer_config.create().map_err(backend)?;
         let partitions = partition_count(&config, &config.topic).await?;
-        let index = build_index(&config, partitions).await?;
+        let from: Vec<(i32, i64)> = (0..partitions).map(|p| (p, 0)).collect();
+        let (records, reached) = read_tail(&config, &from).await?;
+        let mut index = HashMap::new();
+        extend_index(&mut index, records);
+        let ends = reached.into_iter().map(|(_, end)| AtomicI64::new(end)).collect();
         tracing::info!(topic = %config.topic, partitions, streams = index.len(), "Kafka event store open");
         Ok(KafkaStore {
             inner: Arc::new(Inner {
                 writers: (0..partitions).map(|_| tokio::sync::Mutex::new(())).collect(),
+                ends,
+                dirty: (0..partitions).map(|_| AtomicBool::new(false)).collect(),
                 config,
                 producer,
                 partitions,
@@ -213,6 +227,27 @@ impl KafkaStore {
     fn index(&self) -> MutexGuard<'_, HashMap<StreamId, Vec<i64>>> {
         // Updates replace or extend one entry: a panic cannot leave it torn.
         self.inner.index.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Re-reads a partition from where the index stopped, after a failed
+    /// append left it unsure of what Kafka holds. The caller holds the
+    /// partition's writer lock.
+    async fn resync(&self, partition: i32) -> Result<(), StoreError> {
+        let slot = partition as usize;
+        let from = self.inner.ends[slot].load(Ordering::Acquire);
+        let (records, reached) = read_tail(&self.inner.config, &[(partition, from)]).await?;
+        tracing::info!(
+            partition,
+            from,
+            records = records.len(),
+            "re-read a partition after a failed append"
+        );
+        extend_index(&mut self.index(), records);
+        for (_, end) in reached {
+            self.inner.ends[slot].fetch_max(end, Ordering::AcqRel);
+        }
+        self.inner.dirty[slot].store(false, Ordering::Release);
+        Ok(())
     }
 
     fn single_partition(&self, what: &str) -> Result<(), StoreError> {
@@ -290,13 +325,22 @@ pub async fn high_watermarks(
     Ok(ends)
 }
 
-/// Reads every partition from its start to its current end, and returns the
-/// offsets of each stream's events in version order.
-async fn build_index(config: &KafkaConfig, partitions: i32) -> Result<HashMap<StreamId, Vec<i64>>, StoreError> {
+/// A record of the events topic as the index sees it.
+struct Indexed {
+    stream: StreamId,
+    offset: i64,
+    version: Option<u64>,
+}
+
+/// Reads the given partitions, each from the offset given (or its start, if
+/// later) to its current end. Returns the records in partition order, and the
+/// end (next offset) reached in each partition.
+async fn read_tail(config: &KafkaConfig, from: &[(i32, i64)]) -> Result<(Vec<Indexed>, Vec<(i32, i64)>), StoreError> {
     let consumer = Arc::new(reader(config)?);
-    let mut ends = HashMap::new();
+    let mut pending = HashMap::new();
+    let mut reached = Vec::new();
     let mut assignment = TopicPartitionList::new();
-    for partition in 0..partitions {
+    for &(partition, next) in from {
         let (low, high) = {
             let (consumer, topic, timeout) = (Arc::clone(&consumer), config.topic.clone(), config.timeout);
             tokio::task::spawn_blocking(move || consumer.fetch_watermarks(&topic, partition, timeout))
@@ -304,49 +348,63 @@ async fn build_index(config: &KafkaConfig, partitions: i32) -> Result<HashMap<St
                 .map_err(backend)?
                 .map_err(backend)?
         };
-        if high > low {
-            ends.insert(partition, high);
+        reached.push((partition, high.max(next)));
+        let start = next.max(low);
+        if high > start {
+            pending.insert(partition, high);
             assignment
-                .add_partition_offset(&config.topic, partition, Offset::Offset(low))
+                .add_partition_offset(&config.topic, partition, Offset::Offset(start))
                 .map_err(backend)?;
         }
     }
-    let mut index: HashMap<StreamId, Vec<i64>> = HashMap::new();
-    if ends.is_empty() {
-        return Ok(index);
+    let mut records = Vec::new();
+    if pending.is_empty() {
+        return Ok((records, reached));
     }
     consumer.assign(&assignment).map_err(backend)?;
-    while !ends.is_empty() {
+    while !pending.is_empty() {
         let message = tokio::time::timeout(config.timeout, consumer.recv())
             .await
             .map_err(|_| backend_msg(format!("reading topic {:?} timed out", config.topic)))?
             .map_err(backend)?;
         let (partition, offset) = (message.partition(), message.offset());
-        if ends.get(&partition).is_some_and(|end| offset + 1 >= *end) {
-            ends.remove(&partition);
+        if pending.get(&partition).is_some_and(|end| offset + 1 >= *end) {
+            pending.remove(&partition);
         }
-        let Some(key) = message.key().and_then(|k| std::str::from_utf8(k).ok()) else {
-            tracing::warn!(
+        match message.key().and_then(|k| std::str::from_utf8(k).ok()) {
+            Some(key) => records.push(Indexed {
+                stream: StreamId::new(key),
+                offset,
+                version: header_version(&message),
+            }),
+            None => tracing::warn!(
                 partition,
                 offset,
                 "record without a UTF-8 stream key; not part of any stream"
-            );
-            continue;
-        };
-        let offsets = index.entry(StreamId::new(key)).or_default();
-        match header_version(&message) {
-            Some(version) if version == offsets.len() as u64 + 1 => offsets.push(offset),
-            other => tracing::warn!(
-                partition,
-                offset,
-                stream = key,
-                found = ?other,
+            ),
+        }
+    }
+    Ok((records, reached))
+}
+
+/// Adds records to the index, each only if it is its stream's next version.
+fn extend_index(index: &mut HashMap<StreamId, Vec<i64>>, records: Vec<Indexed>) {
+    for record in records {
+        let offsets = index.entry(record.stream.clone()).or_default();
+        if offsets.last().is_some_and(|&last| record.offset <= last) {
+            continue; // already indexed
+        }
+        match record.version {
+            Some(version) if version == offsets.len() as u64 + 1 => offsets.push(record.offset),
+            found => tracing::warn!(
+                offset = record.offset,
+                stream = %record.stream,
+                ?found,
                 expected = offsets.len() + 1,
                 "record out of its stream's version sequence; not counted"
             ),
         }
     }
-    Ok(index)
 }
 
 #[async_trait]
@@ -363,7 +421,11 @@ impl EventStore for KafkaStore {
             return Err(StoreError::EmptyAppend(stream.clone()));
         }
         let partition = self.partition_of(stream);
-        let _writer = self.inner.writers[partition as usize].lock().await;
+        let slot = partition as usize;
+        let _writer = self.inner.writers[slot].lock().await;
+        if self.inner.dirty[slot].load(Ordering::Acquire) {
+            self.resync(partition).await?;
+        }
         let actual = Version(self.index().get(stream).map_or(0, |o| o.len() as u64));
         if !expected.admits(actual) {
             return Err(StoreError::Conflict {
@@ -407,10 +469,13 @@ impl EventStore for KafkaStore {
             }
         }
         // What Kafka acknowledged is in the log: the index follows the log.
-        if !offsets.is_empty() {
+        if let Some(&last) = offsets.last() {
             self.index().entry(stream.clone()).or_default().extend(&offsets);
+            self.inner.ends[slot].fetch_max(last + 1, Ordering::AcqRel);
         }
         if let Some(error) = failure {
+            // Some of what failed may have been written all the same.
+            self.inner.dirty[slot].store(true, Ordering::Release);
             return Err(error);
         }
         Ok(AppendOutcome {
