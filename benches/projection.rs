@@ -15,6 +15,9 @@
 
 #[path = "../examples/common/books.rs"]
 mod books;
+mod support;
+
+use support::events;
 
 use std::hint::black_box;
 use std::time::Duration;
@@ -26,16 +29,6 @@ use bookshelf::{
 };
 use chrono::{TimeZone, Utc};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-
-/// How many events the projection benches fold: 1,000,000 unless
-/// `BOOKSHELF_BENCH_EVENTS` says otherwise (the test suite smoke-runs the
-/// benches on a few thousand).
-fn events() -> u64 {
-    std::env::var("BOOKSHELF_BENCH_EVENTS")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(1_000_000)
-}
 
 /// The bench envelope read with borrowed strings only: a floor for (b).
 #[allow(dead_code)]

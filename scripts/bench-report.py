@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Prints the medians of the last criterion run, as events per second, and
-the ratios the README reports. Run after `cargo bench --bench projection`."""
+the ratios the README reports. Run after `cargo bench --bench projection`,
+or with the argument `kafka` after `cargo bench --features kafka --bench kafka`."""
 import json
 import os
 import sys
@@ -26,7 +27,25 @@ def rate(group, bench):
     return elements(group, bench) / (median(group, bench) / 1e9)
 
 
+def kafka():
+    rows = [
+        ("kafka_projection", "bare_consume", "bare rdkafka consume loop"),
+        ("kafka_projection", "projection", "KafkaProjection, last-read view"),
+        ("kafka_append", "one_event_per_append", "append: 1 event per append, 1 writer"),
+        ("kafka_append", "eight_writers_one_event_each", "append: 1 event per append, 8 writers"),
+        ("kafka_append", "hundred_events_per_append", "append: 100 events per append"),
+    ]
+    rates = {}
+    for group, bench, label in rows:
+        rates[bench] = rate(group, bench)
+        print(f"{label:45} median {median(group, bench) / 1e6:10.1f} ms  {rates[bench]:>12,.0f} per s")
+    print(f"projection / bare consume = {rates['projection'] / rates['bare_consume']:.3f}")
+
+
 try:
+    if sys.argv[1:] == ["kafka"]:
+        kafka()
+        sys.exit(0)
     rows = [
         ("projection", "a_fold_decoded", "(a) fold decoded events"),
         ("projection", "b_decode_json_and_fold", "(b) decode JSON envelopes + fold"),

@@ -32,5 +32,6 @@ mod projection;
 mod store;
 
 pub use config::KafkaConfig;
+pub use partition::partition_for;
 pub use projection::{dead_letter_headers, KafkaProjection, KafkaViewHandle, RunningKafkaProjection};
 pub use store::{headers, high_watermarks, KafkaStore, KafkaSubscription};

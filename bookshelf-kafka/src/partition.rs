@@ -34,8 +34,8 @@ pub(crate) fn murmur2(data: &[u8]) -> i32 {
 }
 
 /// The partition of `key` among `partitions`, as Kafka's default partitioner
-/// computes it for keyed records.
-pub(crate) fn partition_of(key: &str, partitions: i32) -> i32 {
+/// computes it for keyed records: where [`crate::KafkaStore`] puts a stream.
+pub fn partition_for(key: &str, partitions: i32) -> i32 {
     (murmur2(key.as_bytes()) & 0x7fff_ffff) % partitions.max(1)
 }
 
@@ -57,9 +57,9 @@ mod tests {
     #[test]
     fn partitions_are_in_range_and_stable() {
         for key in ["book-1", "book-2", "", "a longer stream id"] {
-            let p = partition_of(key, 3);
+            let p = partition_for(key, 3);
             assert!((0..3).contains(&p));
-            assert_eq!(p, partition_of(key, 3));
+            assert_eq!(p, partition_for(key, 3));
         }
     }
 }

@@ -19,7 +19,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::config::KafkaConfig;
-use crate::partition::partition_of;
+use crate::partition::partition_for;
 
 fn backend(error: impl std::error::Error + Send + Sync + 'static) -> StoreError {
     StoreError::Backend(Box::new(error))
@@ -208,7 +208,7 @@ impl KafkaStore {
 
     /// The partition a stream's events are on.
     pub fn partition_of(&self, stream: &StreamId) -> i32 {
-        partition_of(stream.as_str(), self.inner.partitions)
+        partition_for(stream.as_str(), self.inner.partitions)
     }
 
     /// Waits until every record sent has been acknowledged (or `timeout`
@@ -312,14 +312,9 @@ pub async fn high_watermarks(
 ) -> Result<std::collections::BTreeMap<String, u64>, StoreError> {
     let mut ends = std::collections::BTreeMap::new();
     for topic in topics {
-        for partition in 0..partition_count(config, topic).await? {
-            let consumer = reader(config)?;
-            let (name, timeout) = (topic.to_string(), config.timeout);
-            let (_, high) = tokio::task::spawn_blocking(move || consumer.fetch_watermarks(&name, partition, timeout))
-                .await
-                .map_err(backend)?
-                .map_err(backend)?;
-            ends.insert(format!("{topic}/{partition}"), high.max(0) as u64);
+        let partitions = partition_count(config, topic).await?;
+        for (partition, end) in partition_ends(config, topic, partitions).await? {
+            ends.insert(format!("{topic}/{partition}"), end.max(0) as u64);
         }
     }
     Ok(ends)
@@ -332,59 +327,120 @@ struct Indexed {
     version: Option<u64>,
 }
 
-/// Reads the given partitions, each from the offset given (or its start, if
-/// later) to its current end. Returns the records in partition order, and the
-/// end (next offset) reached in each partition.
-async fn read_tail(config: &KafkaConfig, from: &[(i32, i64)]) -> Result<(Vec<Indexed>, Vec<(i32, i64)>), StoreError> {
+/// A reader that reports reaching the end of each partition.
+fn eof_reader(config: &KafkaConfig) -> Result<StreamConsumer, StoreError> {
+    let mut config = config.clone();
+    config.client.set("enable.partition.eof", "true");
+    reader(&config)
+}
+
+/// The offsets to read from, per partition: `from`, or the partition's start
+/// if that is later, as the broker reports its watermarks.
+async fn clamp_to_low(
+    config: &KafkaConfig,
+    topic: &str,
+    from: &[(i32, i64)],
+) -> Result<Vec<(i32, i64, i64)>, StoreError> {
     let consumer = Arc::new(reader(config)?);
-    let mut pending = HashMap::new();
-    let mut reached = Vec::new();
-    let mut assignment = TopicPartitionList::new();
+    let mut out = Vec::new();
     for &(partition, next) in from {
-        let (low, high) = {
-            let (consumer, topic, timeout) = (Arc::clone(&consumer), config.topic.clone(), config.timeout);
-            tokio::task::spawn_blocking(move || consumer.fetch_watermarks(&topic, partition, timeout))
-                .await
-                .map_err(backend)?
-                .map_err(backend)?
-        };
-        reached.push((partition, high.max(next)));
-        let start = next.max(low);
-        if high > start {
-            pending.insert(partition, high);
-            assignment
-                .add_partition_offset(&config.topic, partition, Offset::Offset(start))
-                .map_err(backend)?;
-        }
+        let (consumer, name, timeout) = (Arc::clone(&consumer), topic.to_owned(), config.timeout);
+        let (low, high) = tokio::task::spawn_blocking(move || consumer.fetch_watermarks(&name, partition, timeout))
+            .await
+            .map_err(backend)?
+            .map_err(backend)?;
+        out.push((partition, next.max(low), high));
     }
-    let mut records = Vec::new();
-    if pending.is_empty() {
-        return Ok((records, reached));
+    Ok(out)
+}
+
+/// Reads the given partitions of `topic`, each from the offset given to the
+/// partition's end, and calls `each` on every record. Returns the end (next
+/// offset) of each partition.
+///
+/// The end is where the consumer hears "end of partition" from fetches, not
+/// the broker's answer to a watermark query: tansu 0.6 answers that with the
+/// first offset of the newest batch plus one, short of the end when that
+/// batch holds several records.
+async fn read_to_end(
+    config: &KafkaConfig,
+    topic: &str,
+    from: &[(i32, i64)],
+    mut each: impl FnMut(&rdkafka::message::BorrowedMessage<'_>),
+) -> Result<Vec<(i32, i64)>, StoreError> {
+    let consumer = eof_reader(config)?;
+    let mut assignment = TopicPartitionList::new();
+    let mut ends: HashMap<i32, i64> = HashMap::new();
+    for &(partition, start) in from {
+        ends.insert(partition, start);
+        assignment
+            .add_partition_offset(topic, partition, Offset::Offset(start))
+            .map_err(backend)?;
+    }
+    if from.is_empty() {
+        return Ok(Vec::new());
     }
     consumer.assign(&assignment).map_err(backend)?;
-    while !pending.is_empty() {
-        let message = tokio::time::timeout(config.timeout, consumer.recv())
+    let mut open: std::collections::HashSet<i32> = ends.keys().copied().collect();
+    while !open.is_empty() {
+        let next = tokio::time::timeout(config.timeout, consumer.recv())
             .await
-            .map_err(|_| backend_msg(format!("reading topic {:?} timed out", config.topic)))?
-            .map_err(backend)?;
-        let (partition, offset) = (message.partition(), message.offset());
-        if pending.get(&partition).is_some_and(|end| offset + 1 >= *end) {
-            pending.remove(&partition);
+            .map_err(|_| backend_msg(format!("reading topic {topic:?} to its end timed out")))?;
+        match next {
+            Ok(message) => {
+                ends.insert(message.partition(), message.offset() + 1);
+                each(&message);
+            }
+            Err(KafkaError::PartitionEOF(partition)) => {
+                open.remove(&partition);
+            }
+            Err(error) => return Err(backend(error)),
         }
+    }
+    let mut ends: Vec<(i32, i64)> = ends.into_iter().collect();
+    ends.sort_unstable();
+    Ok(ends)
+}
+
+/// Reads the given partitions, each from the offset given (or its start, if
+/// later) to its end. Returns the records in partition order, and the end
+/// (next offset) reached in each partition.
+async fn read_tail(config: &KafkaConfig, from: &[(i32, i64)]) -> Result<(Vec<Indexed>, Vec<(i32, i64)>), StoreError> {
+    let starts: Vec<(i32, i64)> = clamp_to_low(config, &config.topic, from)
+        .await?
+        .into_iter()
+        .map(|(partition, start, _)| (partition, start))
+        .collect();
+    let mut records = Vec::new();
+    let ends = read_to_end(config, &config.topic, &starts, |message| {
         match message.key().and_then(|k| std::str::from_utf8(k).ok()) {
             Some(key) => records.push(Indexed {
                 stream: StreamId::new(key),
-                offset,
-                version: header_version(&message),
+                offset: message.offset(),
+                version: header_version(message),
             }),
             None => tracing::warn!(
-                partition,
-                offset,
+                partition = message.partition(),
+                offset = message.offset(),
                 "record without a UTF-8 stream key; not part of any stream"
             ),
         }
-    }
-    Ok((records, reached))
+    })
+    .await?;
+    Ok((records, ends))
+}
+
+/// The end of each of `partitions` of `topic`: the watermark the broker
+/// reports, corrected by reading from just before it to the end of the
+/// partition (see [`read_to_end`]).
+async fn partition_ends(config: &KafkaConfig, topic: &str, partitions: i32) -> Result<Vec<(i32, i64)>, StoreError> {
+    let reported: Vec<(i32, i64)> = (0..partitions).map(|p| (p, 0)).collect();
+    let starts: Vec<(i32, i64)> = clamp_to_low(config, topic, &reported)
+        .await?
+        .into_iter()
+        .map(|(partition, low, high)| (partition, (high - 1).max(low)))
+        .collect();
+    read_to_end(config, topic, &starts, |_| {}).await
 }
 
 /// Adds records to the index, each only if it is its stream's next version.
@@ -531,13 +587,8 @@ impl EventStore for KafkaStore {
 
     async fn head(&self) -> Result<Position, StoreError> {
         self.single_partition("head")?;
-        let producer = self.inner.producer.clone();
-        let (topic, timeout) = (self.inner.config.topic.clone(), self.inner.config.timeout);
-        let (_, high) = tokio::task::spawn_blocking(move || producer.client().fetch_watermarks(&topic, 0, timeout))
-            .await
-            .map_err(backend)?
-            .map_err(backend)?;
-        Ok(Position(high.max(0) as u64))
+        let ends = partition_ends(&self.inner.config, &self.inner.config.topic, 1).await?;
+        Ok(Position(ends.first().map_or(0, |&(_, end)| end.max(0) as u64)))
     }
 
     async fn subscribe(&self, from: Position) -> Result<KafkaSubscription, StoreError> {
