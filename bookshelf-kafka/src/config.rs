@@ -8,7 +8,9 @@ use rdkafka::ClientConfig;
 ///
 /// Any librdkafka property passes through [`set`](Self::set) untouched;
 /// the store sets only what its guarantees need (`enable.idempotence=true`,
-/// `acks=all` on the producer; no auto-commit on consumers).
+/// `acks=all` on the producer; no auto-commit on consumers), and
+/// `linger.ms=0` unless you set it, since each append awaits its
+/// acknowledgement.
 ///
 /// ```
 /// use bookshelf_kafka::KafkaConfig;
