@@ -141,7 +141,8 @@ pub use discovery::{Discovery, DiscoveryError, Health, InMemoryDiscovery, Servic
 pub use envelope::{Envelope, EventId, Metadata, NewEvent, Position, RecordedEvent, StreamId, Version};
 pub use projection::{
     DeadLetter, DeadLetters, FileViewStore, InMemoryDeadLetters, InMemoryViewStore, ProjectionError, ProjectionHandle,
-    ProjectionRunner, RunningProjection, StoredView, UnknownEvents, ViewStore, ViewStoreError,
+    ProjectionRunner, RestoredView, RunningProjection, StoredView, UnknownEvents, ViewPersistence, ViewStore,
+    ViewStoreError,
 };
 pub use repository::{CommandError, Committed, Loaded, Repository, RetryPolicy};
 pub use snapshot::{InMemorySnapshots, Snapshot, SnapshotStore};

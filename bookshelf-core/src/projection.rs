@@ -244,10 +244,86 @@ pub enum ProjectionError {
 type EncodeView<V> = fn(&V) -> Result<Box<RawValue>, serde_json::Error>;
 type DecodeView<V> = fn(&str) -> Result<V, serde_json::Error>;
 
-struct Persistence<V> {
+/// A view restored from, and saved to, a [`ViewStore`] together with its
+/// checkpoint: the part every projection runner shares (this crate's, and
+/// those over other sources, such as Kafka's).
+pub struct ViewPersistence<V> {
     store: Arc<dyn ViewStore>,
     encode: EncodeView<V>,
     decode: DecodeView<V>,
+}
+
+/// A view as saved: its state, its checkpoint and, for sources of several
+/// logs, the next offset of each.
+#[derive(Debug)]
+pub struct RestoredView<V> {
+    /// The view's state.
+    pub view: V,
+    /// See [`StoredView::checkpoint`].
+    pub checkpoint: Position,
+    /// See [`StoredView::offsets`].
+    pub offsets: BTreeMap<String, u64>,
+}
+
+impl<V: Serialize + serde::de::DeserializeOwned> ViewPersistence<V> {
+    /// Persistence of `V` in `store`, as JSON.
+    pub fn new(store: impl ViewStore) -> Self {
+        ViewPersistence {
+            store: Arc::new(store),
+            encode: |view| serde_json::value::to_raw_value(view),
+            decode: |json| serde_json::from_str(json),
+        }
+    }
+}
+
+impl<V> ViewPersistence<V> {
+    /// The saved view of projection `projection`, if any.
+    ///
+    /// # Errors
+    /// [`ProjectionError::ViewStore`] when the store fails, and
+    /// [`ProjectionError::SavedState`] when the saved state no longer decodes.
+    pub async fn restore(&self, projection: &str) -> Result<Option<RestoredView<V>>, ProjectionError> {
+        let Some(saved) = self.store.load().await? else {
+            return Ok(None);
+        };
+        let view = (self.decode)(saved.state.get()).map_err(|source| ProjectionError::SavedState {
+            projection: projection.to_owned(),
+            source,
+        })?;
+        Ok(Some(RestoredView {
+            view,
+            checkpoint: saved.checkpoint,
+            offsets: saved.offsets,
+        }))
+    }
+
+    /// Saves the view as it is now in `shared`, with its checkpoint, as one
+    /// document. The view is read-locked only while it is serialized.
+    ///
+    /// # Errors
+    /// [`ProjectionError::Serialize`] and [`ProjectionError::ViewStore`].
+    pub async fn save(
+        &self,
+        projection: &str,
+        shared: &RwLock<V>,
+        checkpoint: Position,
+        offsets: BTreeMap<String, u64>,
+    ) -> Result<(), ProjectionError> {
+        let state = {
+            let view = shared.read().unwrap_or_else(|p| p.into_inner());
+            (self.encode)(&view).map_err(|source| ProjectionError::Serialize {
+                projection: projection.to_owned(),
+                source,
+            })?
+        };
+        let stored = StoredView {
+            checkpoint,
+            offsets,
+            state,
+        };
+        self.store.save(&stored).await?;
+        Ok(())
+    }
 }
 
 /// Configures and starts a projection of view `V` from store `S`.
@@ -278,7 +354,7 @@ pub struct ProjectionRunner<V: View, S> {
     codec: EventCodec<V::Event>,
     batch_size: usize,
     save_every: u64,
-    persistence: Option<Persistence<V>>,
+    persistence: Option<ViewPersistence<V>>,
     dead_letters: Arc<dyn DeadLetters>,
     unknown: UnknownEvents,
     category: Option<String>,
@@ -309,11 +385,7 @@ impl<V: View, S: EventStore> ProjectionRunner<V, S> {
     where
         V: Serialize + serde::de::DeserializeOwned,
     {
-        self.persistence = Some(Persistence {
-            store: Arc::new(store),
-            encode: |view| serde_json::value::to_raw_value(view),
-            decode: |json| serde_json::from_str(json),
-        });
+        self.persistence = Some(ViewPersistence::new(store));
         self
     }
 
@@ -480,35 +552,18 @@ impl<V: View, S: EventStore> ProjectionRunner<V, S> {
             tracing::info!(projection = %self.name, "rebuilding the view from the start of the log");
             return Ok(Position::START);
         }
-        let Some(saved) = persistence.store.load().await? else {
+        let Some(saved) = persistence.restore(&self.name).await? else {
             return Ok(Position::START);
         };
-        let view = (persistence.decode)(saved.state.get()).map_err(|source| ProjectionError::SavedState {
-            projection: self.name.clone(),
-            source,
-        })?;
-        *shared.write().unwrap_or_else(|p| p.into_inner()) = view;
+        *shared.write().unwrap_or_else(|p| p.into_inner()) = saved.view;
         Ok(saved.checkpoint)
     }
 
     async fn save(&self, shared: &RwLock<V>, checkpoint: Position) -> Result<(), ProjectionError> {
-        let Some(persistence) = &self.persistence else {
-            return Ok(());
-        };
-        let state = {
-            let view = shared.read().unwrap_or_else(|p| p.into_inner());
-            (persistence.encode)(&view).map_err(|source| ProjectionError::Serialize {
-                projection: self.name.clone(),
-                source,
-            })?
-        };
-        let stored = StoredView {
-            checkpoint,
-            offsets: BTreeMap::new(),
-            state,
-        };
-        persistence.store.save(&stored).await?;
-        Ok(())
+        match &self.persistence {
+            Some(persistence) => persistence.save(&self.name, shared, checkpoint, BTreeMap::new()).await,
+            None => Ok(()),
+        }
     }
 }
 

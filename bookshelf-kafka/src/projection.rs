@@ -6,14 +6,13 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use bookshelf_core::{
-    DecodeError, Envelope, EventCodec, Position, ProjectionError, StoreError, StoredView, UnknownEvents, View,
+    DecodeError, Envelope, EventCodec, Position, ProjectionError, StoreError, UnknownEvents, View, ViewPersistence,
     ViewStore,
 };
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
-use serde_json::value::RawValue;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -30,24 +29,15 @@ pub mod dead_letter_headers {
     pub const PROJECTION: &str = "bookshelf.dead_letter.projection";
 }
 
-/// `topic/partition`: the key of an offset in a [`StoredView`].
+/// `topic/partition`: the key of an offset in a [`bookshelf_core::StoredView`].
 fn partition_key(topic: &str, partition: i32) -> String {
     format!("{topic}/{partition}")
-}
-
-type EncodeView<V> = fn(&V) -> Result<Box<RawValue>, serde_json::Error>;
-type DecodeView<V> = fn(&str) -> Result<V, serde_json::Error>;
-
-struct Persistence<V> {
-    store: Arc<dyn ViewStore>,
-    encode: EncodeView<V>,
-    decode: DecodeView<V>,
 }
 
 /// Configures and starts a projection of view `V` from Kafka topics.
 ///
 /// * The view's checkpoint is the next offset of every partition it reads,
-///   saved in the same document as its state (see [`StoredView`]), after
+///   saved in the same document as its state (see [`bookshelf_core::StoredView`]), after
 ///   `save_every` events, whenever it has caught up, and when stopped. A
 ///   restart resumes from there: no event lost, none applied twice; a record
 ///   at an offset before the checkpoint is skipped.
@@ -65,7 +55,7 @@ pub struct KafkaProjection<V: View> {
     codec: EventCodec<V::Event>,
     batch_size: usize,
     save_every: u64,
-    persistence: Option<Persistence<V>>,
+    persistence: Option<ViewPersistence<V>>,
     dead_letter_topic: String,
     unknown: UnknownEvents,
     rebuild: bool,
@@ -100,11 +90,7 @@ impl<V: View> KafkaProjection<V> {
     where
         V: serde::Serialize + serde::de::DeserializeOwned,
     {
-        self.persistence = Some(Persistence {
-            store: Arc::new(store),
-            encode: |view| serde_json::value::to_raw_value(view),
-            decode: |json| serde_json::from_str(json),
-        });
+        self.persistence = Some(ViewPersistence::new(store));
         self
     }
 
@@ -208,14 +194,10 @@ impl<V: View> KafkaProjection<V> {
         if self.rebuild {
             return Ok((V::default(), BTreeMap::new(), 0));
         }
-        let Some(saved) = persistence.store.load().await? else {
-            return Ok((V::default(), BTreeMap::new(), 0));
-        };
-        let view = (persistence.decode)(saved.state.get()).map_err(|source| ProjectionError::SavedState {
-            projection: self.name.clone(),
-            source,
-        })?;
-        Ok((view, saved.offsets, saved.checkpoint.0))
+        Ok(match persistence.restore(&self.name).await? {
+            Some(saved) => (saved.view, saved.offsets, saved.checkpoint.0),
+            None => (V::default(), BTreeMap::new(), 0),
+        })
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -368,23 +350,15 @@ impl<V: View> KafkaProjection<V> {
     }
 
     async fn save(&self, shared: &RwLock<V>, at: &Progress) -> Result<(), ProjectionError> {
-        let Some(persistence) = &self.persistence else {
-            return Ok(());
-        };
-        let state = {
-            let view = shared.read().unwrap_or_else(|p| p.into_inner());
-            (persistence.encode)(&view).map_err(|source| ProjectionError::Serialize {
-                projection: self.name.clone(),
-                source,
-            })?
-        };
-        let stored = StoredView {
-            checkpoint: Position(at.taken),
-            offsets: at.offsets.clone(),
-            state,
-        };
-        persistence.store.save(&stored).await?;
-        Ok(())
+        match &self.persistence {
+            Some(persistence) => {
+                let checkpoint = Position(at.taken);
+                persistence
+                    .save(&self.name, shared, checkpoint, at.offsets.clone())
+                    .await
+            }
+            None => Ok(()),
+        }
     }
 }
 

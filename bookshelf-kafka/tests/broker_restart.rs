@@ -3,13 +3,16 @@
 //! names in `TANSU_BIN`) with file storage, kills it while a writer appends,
 //! and restarts it on the same port and file.
 
+mod common;
+
+use common::counted;
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bookshelf_core::{EventId, EventStore, ExpectedVersion, Metadata, NewEvent, StreamId, Version};
+use bookshelf_core::{EventStore, ExpectedVersion, StreamId, Version};
 use bookshelf_kafka::{KafkaConfig, KafkaStore};
 
 fn tansu() -> PathBuf {
@@ -48,16 +51,6 @@ fn start_broker(port: u16, dir: &Path) -> Child {
         std::thread::sleep(Duration::from_millis(50));
     }
     child
-}
-
-fn counted(n: u64) -> NewEvent {
-    NewEvent {
-        event_id: EventId::new(),
-        event_type: "Counted".into(),
-        schema_version: 1,
-        metadata: Metadata::default(),
-        payload: serde_json::value::RawValue::from_string(format!(r#"{{"n":{n}}}"#)).unwrap(),
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

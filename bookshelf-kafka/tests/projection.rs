@@ -2,52 +2,23 @@
 //! poison records, resuming from saved offsets, and a projection process
 //! killed in the middle of a topic.
 
+mod common;
+
+use common::{brokers, counted, topic};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use bookshelf_core::{
-    DomainEvent, Envelope, EventId, EventStore, ExpectedVersion, InMemoryViewStore, Metadata, NewEvent, StreamId, View,
-};
+use bookshelf_core::{DomainEvent, Envelope, EventStore, ExpectedVersion, InMemoryViewStore, StreamId, View};
 use bookshelf_kafka::{dead_letter_headers, high_watermarks, KafkaConfig, KafkaProjection, KafkaStore};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde::{Deserialize, Serialize};
 
-fn brokers() -> String {
-    std::env::var("KAFKA_BROKERS")
-        .ok()
-        .filter(|b| !b.is_empty())
-        .unwrap_or_else(|| {
-            panic!(
-                "these tests need a Kafka-protocol broker: run scripts/test.sh, which starts tansu, \
-             or set KAFKA_BROKERS=host:port"
-            )
-        })
-}
-
-fn topic(name: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or_default();
-    format!("bookshelf-test-{name}-{nanos}")
-}
-
 fn config(topic: &str) -> KafkaConfig {
     KafkaConfig::new(brokers(), topic).partitions(3).create_topic(true)
-}
-
-fn counted(n: u64) -> NewEvent {
-    NewEvent {
-        event_id: EventId::new(),
-        event_type: "Counted".into(),
-        schema_version: 1,
-        metadata: Metadata::default(),
-        payload: serde_json::value::RawValue::from_string(format!(r#"{{"n":{n}}}"#)).unwrap(),
-    }
 }
 
 /// Appends `Counted { n }` for n in `range`, over 12 streams; returns the sum.

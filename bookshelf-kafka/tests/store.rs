@@ -1,37 +1,19 @@
 //! The Kafka event store against a real Kafka-protocol broker: tansu, started
 //! by `scripts/test.sh`, whose address comes in `KAFKA_BROKERS`.
 
+mod common;
+
+use common::{brokers, counted, topic};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bookshelf_core::{
-    DomainEvent, Envelope, EventId, EventStore, ExpectedVersion, Metadata, NewEvent, Position, ProjectionRunner,
-    StoreError, StreamId, Version, View,
+    DomainEvent, Envelope, EventStore, ExpectedVersion, Position, ProjectionRunner, StoreError, StreamId, Version, View,
 };
 use bookshelf_kafka::{headers, KafkaConfig, KafkaStore};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message};
 use serde::{Deserialize, Serialize};
-
-fn brokers() -> String {
-    std::env::var("KAFKA_BROKERS")
-        .ok()
-        .filter(|b| !b.is_empty())
-        .unwrap_or_else(|| {
-            panic!(
-                "these tests need a Kafka-protocol broker: run scripts/test.sh, which starts tansu, \
-             or set KAFKA_BROKERS=host:port"
-            )
-        })
-}
-
-fn topic(name: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or_default();
-    format!("bookshelf-test-{name}-{nanos}")
-}
 
 async fn open(topic: &str, partitions: i32) -> KafkaStore {
     KafkaStore::open(
@@ -41,16 +23,6 @@ async fn open(topic: &str, partitions: i32) -> KafkaStore {
     )
     .await
     .expect("the store opens on the test broker")
-}
-
-fn counted(n: u64) -> NewEvent {
-    NewEvent {
-        event_id: EventId::new(),
-        event_type: "Counted".into(),
-        schema_version: 1,
-        metadata: Metadata::correlated(format!("req-{n}")).with("n", n.to_string()),
-        payload: serde_json::value::RawValue::from_string(format!(r#"{{"n":{n}}}"#)).unwrap(),
-    }
 }
 
 #[tokio::test]

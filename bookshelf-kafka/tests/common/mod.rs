@@ -1,0 +1,39 @@
+//! What the Kafka tests share: the broker's address, fresh topic names, and a
+//! simple event.
+
+#![allow(dead_code)] // each test file uses its own part
+
+use bookshelf_core::{EventId, Metadata, NewEvent};
+
+/// The broker `scripts/test.sh` started; the tests fail loudly without one.
+pub fn brokers() -> String {
+    std::env::var("KAFKA_BROKERS")
+        .ok()
+        .filter(|b| !b.is_empty())
+        .unwrap_or_else(|| {
+            panic!(
+                "these tests need a Kafka-protocol broker: run scripts/test.sh, which starts tansu, \
+             or set KAFKA_BROKERS=host:port"
+            )
+        })
+}
+
+/// A topic name no earlier run used.
+pub fn topic(name: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    format!("bookshelf-test-{name}-{nanos}")
+}
+
+/// A `Counted { n }` event, with a correlation id and an `n` key-value.
+pub fn counted(n: u64) -> NewEvent {
+    NewEvent {
+        event_id: EventId::new(),
+        event_type: "Counted".into(),
+        schema_version: 1,
+        metadata: Metadata::correlated(format!("req-{n}")).with("n", n.to_string()),
+        payload: serde_json::value::RawValue::from_string(format!(r#"{{"n":{n}}}"#)).expect("valid JSON"),
+    }
+}
