@@ -221,8 +221,12 @@ pub struct ReadBook {
     pub read_at: DateTime<Utc>,
 }
 
-/// The five most recently read books, most recent first; a book read again
-/// moves to the top rather than appearing twice.
+/// The five most recently read books, most recent first by `read_at`; a book
+/// read again moves up rather than appearing twice.
+///
+/// It orders by the time of reading, not by the order events arrive in: on a
+/// topic of several partitions, reads of different books arrive interleaved
+/// by partition, not in the order they happened.
 #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LastRead {
     books: VecDeque<ReadBook>,
@@ -243,15 +247,72 @@ impl View for LastRead {
         if let BookEvent::BookRead { title, author, read_at } = event.payload {
             let id = event.stream_id.entity_id();
             if let Some(at) = self.books.iter().position(|book| book.id == id) {
+                if self.books[at].read_at >= read_at {
+                    return;
+                }
                 self.books.remove(at);
             }
-            self.books.push_front(ReadBook {
-                id: id.to_owned(),
-                title,
-                author,
-                read_at,
-            });
+            let slot = self
+                .books
+                .iter()
+                .position(|book| book.read_at < read_at)
+                .unwrap_or(self.books.len());
+            if slot >= Self::LIMIT {
+                return; // older than the five kept
+            }
+            self.books.insert(
+                slot,
+                ReadBook {
+                    id: id.to_owned(),
+                    title,
+                    author,
+                    read_at,
+                },
+            );
             self.books.truncate(Self::LIMIT);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bookshelf::{EventId, Metadata, Position, StreamId, Version};
+    use chrono::TimeZone;
+
+    fn read(book: u32, second: i64) -> Envelope<BookEvent> {
+        Envelope {
+            event_id: EventId::new(),
+            stream_id: StreamId::for_aggregate("book", &book.to_string()),
+            version: Version(1),
+            position: Position(0),
+            recorded_at: Utc::now(),
+            event_type: "BookRead".into(),
+            schema_version: 1,
+            metadata: Metadata::default(),
+            payload: BookEvent::BookRead {
+                title: format!("Book {book}"),
+                author: "Somebody".into(),
+                read_at: Utc.timestamp_opt(1_700_000_000 + second, 0).unwrap(),
+            },
+        }
+    }
+
+    #[test]
+    fn last_read_does_not_depend_on_the_order_streams_interleave() {
+        // Eight reads of six books, book 2 twice; then the same reads as
+        // three partitions might deliver them.
+        let reads = [(1, 1), (2, 2), (3, 3), (4, 4), (2, 5), (5, 6), (6, 7), (7, 8)];
+        let mut in_time_order = LastRead::default();
+        for (book, second) in reads {
+            in_time_order.apply(read(book, second));
+        }
+        let mut interleaved = LastRead::default();
+        for (book, second) in [(3, 3), (6, 7), (1, 1), (4, 4), (7, 8), (2, 2), (5, 6), (2, 5)] {
+            interleaved.apply(read(book, second));
+        }
+        assert_eq!(interleaved, in_time_order);
+        let ids: Vec<String> = in_time_order.books().into_iter().map(|b| b.id).collect();
+        assert_eq!(ids, ["7", "6", "5", "2", "4"]);
     }
 }

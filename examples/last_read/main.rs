@@ -12,6 +12,10 @@
 //! curl -s -X POST localhost:8087/books/<id>/read
 //! curl -s localhost:8087/
 //! ```
+//!
+//! With `--broker` it is only the view: it projects the book events of
+//! `--topic` from Kafka. With `--consul` it registers itself (`--name`,
+//! `--id`, `--tags`) once it listens, and deregisters on shutdown.
 
 #[path = "../common/api.rs"]
 mod api;
@@ -21,7 +25,9 @@ mod books;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use bookshelf::{InMemoryStore, ProjectionRunner, Repository};
+use bookshelf::{Discovery, InMemoryStore, ProjectionRunner, Repository, ServiceInstance, UnknownEvents};
+use bookshelf_consul::{ConsulConfig, ConsulDiscovery};
+use bookshelf_kafka::{KafkaConfig, KafkaProjection};
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
@@ -37,6 +43,25 @@ struct Args {
     /// The port to listen on (0 picks a free one).
     #[arg(long, default_value_t = 8087)]
     port: u16,
+    /// Kafka bootstrap servers: project the book events from Kafka instead
+    /// of running on the embedded in-memory store.
+    #[arg(long)]
+    broker: Option<String>,
+    /// The Kafka topic of the book events.
+    #[arg(long, default_value = "books")]
+    topic: String,
+    /// The Consul agent to register with, such as http://127.0.0.1:8500.
+    #[arg(long)]
+    consul: Option<String>,
+    /// The service name to register under.
+    #[arg(long, default_value = "last-read")]
+    name: String,
+    /// The instance id to register under (default: NAME-PORT).
+    #[arg(long)]
+    id: Option<String>,
+    /// Tags to register with, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    tags: Vec<String>,
 }
 
 #[tokio::main]
@@ -47,7 +72,75 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let args = Args::parse();
+    let listener = tokio::net::TcpListener::bind(SocketAddr::new(args.addr, args.port)).await?;
+    let local = listener.local_addr()?;
 
+    let (app, stop_view): (axum::Router, StopView) = match &args.broker {
+        None => embedded(),
+        Some(broker) => from_kafka(broker, &args.topic).await?,
+    };
+    let app = app
+        .merge(api::health_routes())
+        .fallback(api::not_found)
+        .layer(tower_http::trace::TraceLayer::new_for_http());
+
+    // Listening: now it is ready to be found.
+    let registration = match &args.consul {
+        Some(consul) => {
+            let discovery = ConsulDiscovery::new(ConsulConfig::new(consul.as_str()))?;
+            let id = args
+                .id
+                .clone()
+                .unwrap_or_else(|| format!("{}-{}", args.name, local.port()));
+            let me = ServiceInstance::new(&id, &args.name, local.ip().to_string(), local.port()).with_tags(&args.tags);
+            discovery.register(&me).await?;
+            tracing::info!(%id, consul = %consul, "registered");
+            Some((discovery, id))
+        }
+        None => None,
+    };
+
+    match &args.broker {
+        None => {
+            println!(
+                "last_read is listening on http://{local}/ (embedded default: in-memory store, books in this process)"
+            );
+            println!("  GET  http://{local}/                  the last read books");
+            println!("  POST http://{local}/books             add a book");
+            println!("  POST http://{local}/books/ID/read     mark a book read");
+            println!("  GET  http://{local}/health");
+            println!("Try:");
+            println!(
+                "  id=$(curl -s -X POST http://{local}/books -H 'content-type: application/json' \\\n     -d '{{\"title\":\"Dune\",\"author\":\"Frank Herbert\",\"isbn\":\"9780441013593\"}}' | sed 's/.*\"id\":\"\\([^\"]*\\)\".*/\\1/')"
+            );
+            println!("  curl -s -X POST http://{local}/books/$id/read");
+            println!("  curl -s http://{local}/");
+        }
+        Some(broker) => {
+            println!(
+                "last_read is listening on http://{local}/ (projecting topic {} from {broker})",
+                args.topic
+            );
+            println!("  curl -s http://{local}/");
+        }
+    }
+
+    axum::serve(listener, app)
+        .with_graceful_shutdown(api::shutdown_signal())
+        .await?;
+    if let Some((discovery, id)) = registration {
+        discovery.deregister(&id).await?;
+        tracing::info!(%id, "deregistered");
+    }
+    stop_view.await?;
+    tracing::info!("last_read stopped");
+    Ok(())
+}
+
+type StopView = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), bookshelf::ProjectionError>> + Send>>;
+
+/// The view and the books aggregate on one in-memory store.
+fn embedded() -> (axum::Router, StopView) {
     let store = InMemoryStore::new();
     let view = ProjectionRunner::<LastRead, _>::new("last-read", store.clone())
         .only_category("book")
@@ -56,31 +149,20 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         books: Repository::<Book, _>::new(store.clone(), Clock::system()),
         read_your_writes: Some(view.handle()),
     });
-    let app = api::last_read_routes(view.handle())
-        .merge(api::books_routes(books))
-        .merge(api::health_routes())
-        .fallback(api::not_found)
-        .layer(tower_http::trace::TraceLayer::new_for_http());
+    let handle = view.handle();
+    let app = api::last_read_routes(Arc::new(move || handle.read(LastRead::books))).merge(api::books_routes(books));
+    (app, Box::pin(view.stop()))
+}
 
-    let listener = tokio::net::TcpListener::bind(SocketAddr::new(args.addr, args.port)).await?;
-    let local = listener.local_addr()?;
-    tracing::info!(%local, store = "in-memory", "last_read listening");
-    println!("last_read is listening on http://{local}/ (embedded default: in-memory store, books in this process)");
-    println!("  GET  http://{local}/                  the last read books");
-    println!("  POST http://{local}/books             add a book");
-    println!("  POST http://{local}/books/ID/read     mark a book read");
-    println!("  GET  http://{local}/health");
-    println!("Try:");
-    println!(
-        "  id=$(curl -s -X POST http://{local}/books -H 'content-type: application/json' \\\n     -d '{{\"title\":\"Dune\",\"author\":\"Frank Herbert\",\"isbn\":\"9780441013593\"}}' | sed 's/.*\"id\":\"\\([^\"]*\\)\".*/\\1/')"
-    );
-    println!("  curl -s -X POST http://{local}/books/$id/read");
-    println!("  curl -s http://{local}/");
-
-    axum::serve(listener, app)
-        .with_graceful_shutdown(api::shutdown_signal())
+/// The view alone, projected from the book events on Kafka.
+async fn from_kafka(broker: &str, topic: &str) -> Result<(axum::Router, StopView), bookshelf::ProjectionError> {
+    let config = KafkaConfig::new(broker, topic).partitions(3).create_topic(true);
+    let view = KafkaProjection::<LastRead>::new("last-read", config)
+        // The books topic may carry other book events this view ignores.
+        .unknown_events(UnknownEvents::Skip)
+        .start()
         .await?;
-    view.stop().await?;
-    tracing::info!("last_read stopped");
-    Ok(())
+    let handle = view.handle();
+    let app = api::last_read_routes(Arc::new(move || handle.read(LastRead::books)));
+    Ok((app, Box::pin(view.stop())))
 }
