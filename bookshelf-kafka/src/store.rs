@@ -98,8 +98,9 @@ fn decode<M: Message>(message: &M) -> Result<RecordedEvent, String> {
 
 static READERS: AtomicU64 = AtomicU64::new(0);
 
-/// A consumer that reads by assignment: no group membership, no commits.
-pub(crate) fn reader(config: &KafkaConfig) -> Result<StreamConsumer, StoreError> {
+/// The settings of a consumer that reads by assignment: no group
+/// membership, no commits.
+fn reader_client(config: &KafkaConfig) -> rdkafka::ClientConfig {
     let mut client = config.client.clone();
     let n = READERS.fetch_add(1, Ordering::Relaxed);
     client
@@ -107,7 +108,12 @@ pub(crate) fn reader(config: &KafkaConfig) -> Result<StreamConsumer, StoreError>
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest");
-    client.create().map_err(backend)
+    client
+}
+
+/// A consumer that reads by assignment: no group membership, no commits.
+pub(crate) fn reader(config: &KafkaConfig) -> Result<StreamConsumer, StoreError> {
+    reader_client(config).create().map_err(backend)
 }
 
 /// An event store on one Kafka topic.
@@ -327,11 +333,30 @@ struct Indexed {
     version: Option<u64>,
 }
 
+/// The context of readers that ask for end-of-partition events: librdkafka
+/// also reports those as client errors, which would log every one of them at
+/// `error`; other errors are logged as usual.
+struct EndOfPartitionExpected;
+
+impl rdkafka::ClientContext for EndOfPartitionExpected {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if !matches!(
+            error,
+            KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF)
+        ) {
+            tracing::error!(%error, reason, "librdkafka");
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for EndOfPartitionExpected {}
+
 /// A reader that reports reaching the end of each partition.
-fn eof_reader(config: &KafkaConfig) -> Result<StreamConsumer, StoreError> {
-    let mut config = config.clone();
-    config.client.set("enable.partition.eof", "true");
-    reader(&config)
+fn eof_reader(config: &KafkaConfig) -> Result<StreamConsumer<EndOfPartitionExpected>, StoreError> {
+    reader_client(config)
+        .set("enable.partition.eof", "true")
+        .create_with_context(EndOfPartitionExpected)
+        .map_err(backend)
 }
 
 /// The offsets to read from, per partition: `from`, or the partition's start

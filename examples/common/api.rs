@@ -11,9 +11,9 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use bookshelf::{CommandError, EventStore, Metadata, Position, ProjectionHandle, Repository};
+use bookshelf::{CommandError, EventStore, Metadata, Position, ProjectionHandle, RecordedEvent, Repository, Version};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
+use serde_json::{json, Value};
 use std::sync::Arc;
 
 use crate::books::{Book, BookCommand, BookError, LastRead};
@@ -119,11 +119,23 @@ struct Written {
     version: u64,
 }
 
-/// `POST /books`, `POST /books/{id}/read`.
+/// The books API:
+///
+/// * `POST /books` `{"title","author","isbn"}`: 201, `Location: /books/{id}`;
+/// * `GET /books/{id}`: the book, its version as an `ETag`, and links;
+/// * `POST /books/{id}/read`, `PUT /books/{id}/rating` `{"stars":1-5}`,
+///   `DELETE /books/{id}`: with an optional `If-Match: "<version>"`, a 409 when
+///   the book has moved on;
+/// * `GET /books/{id}/events` and `GET /books/{id}/events/{version}`: the
+///   book's event log, with links to the book and to each event.
 pub fn books_routes<S: EventStore>(api: Arc<BooksApi<S>>) -> Router {
     Router::new()
         .route("/books", post(add_book::<S>))
+        .route("/books/{id}", get(get_book::<S>).delete(remove_book::<S>))
         .route("/books/{id}/read", post(mark_read::<S>))
+        .route("/books/{id}/rating", axum::routing::put(rate_book::<S>))
+        .route("/books/{id}/events", get(book_events::<S>))
+        .route("/books/{id}/events/{version}", get(book_event::<S>))
         .with_state(api)
 }
 
@@ -148,21 +160,158 @@ async fn add_book<S: EventStore>(
     Ok((StatusCode::CREATED, [(header::LOCATION, location)], axum::Json(body)).into_response())
 }
 
+/// The version an `If-Match` header names, if any: `"3"` or `3`.
+fn if_match(headers: &HeaderMap) -> Result<Option<Version>, ApiError> {
+    let Some(value) = headers.get(header::IF_MATCH) else {
+        return Ok(None);
+    };
+    let bad = || {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "If-Match must be a book version, such as \"3\"",
+        )
+    };
+    let text = value.to_str().map_err(|_| bad())?.trim().trim_matches('"');
+    text.parse::<u64>().map(|v| Some(Version(v))).map_err(|_| bad())
+}
+
+impl<S: EventStore> BooksApi<S> {
+    /// Carries out a command on book `id`, under the request's `If-Match`,
+    /// and answers 200 with the new version (also as the `ETag`).
+    async fn command(&self, id: String, command: BookCommand, headers: &HeaderMap) -> Result<Response, ApiError> {
+        let metadata = metadata_from(headers);
+        let committed = match if_match(headers)? {
+            Some(expected) => self.books.execute_at(&id, expected, &command, metadata).await?,
+            None => self.books.execute(&id, &command, metadata).await?,
+        };
+        self.settle(committed.position).await;
+        let etag = format!("\"{}\"", committed.version);
+        let body = Written {
+            id,
+            version: committed.version.0,
+        };
+        Ok(([(header::ETAG, etag)], axum::Json(body)).into_response())
+    }
+}
+
 async fn mark_read<S: EventStore>(
     State(api): State<Arc<BooksApi<S>>>,
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let committed = api
-        .books
-        .execute(&id, &BookCommand::MarkRead, metadata_from(&headers))
-        .await?;
-    api.settle(committed.position).await;
-    let body = Written {
-        id,
-        version: committed.version.0,
+    api.command(id, BookCommand::MarkRead, &headers).await
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Rating {
+    stars: u8,
+}
+
+async fn rate_book<S: EventStore>(
+    State(api): State<Arc<BooksApi<S>>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    Json(rating): Json<Rating>,
+) -> Result<Response, ApiError> {
+    api.command(id, BookCommand::Rate { stars: rating.stars }, &headers)
+        .await
+}
+
+async fn remove_book<S: EventStore>(
+    State(api): State<Arc<BooksApi<S>>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    api.command(id, BookCommand::Remove, &headers).await
+}
+
+async fn get_book<S: EventStore>(
+    State(api): State<Arc<BooksApi<S>>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let loaded = api.books.load(&id).await?;
+    let body = match loaded.state {
+        Book::Unknown => return Err(ApiError::new(StatusCode::NOT_FOUND, "no such book")),
+        Book::Removed => return Err(ApiError::new(StatusCode::GONE, "the book was removed from the shelf")),
+        Book::OnShelf {
+            title,
+            author,
+            isbn,
+            reads,
+            stars,
+        } => json!({
+            "id": id, "title": title, "author": author, "isbn": isbn, "reads": reads, "stars": stars,
+            "version": loaded.version.0,
+            "_links": {
+                "self": { "href": format!("/books/{id}") },
+                "events": { "href": format!("/books/{id}/events") },
+            },
+        }),
     };
+    let etag = format!("\"{}\"", loaded.version);
+    Ok(([(header::ETAG, etag)], axum::Json(body)).into_response())
+}
+
+fn event_resource(id: &str, event: &RecordedEvent) -> Value {
+    json!({
+        "version": event.version.0,
+        "type": event.event_type,
+        "schema_version": event.schema_version,
+        "recorded_at": event.recorded_at,
+        "metadata": event.metadata,
+        "payload": event.payload,
+        "_links": {
+            "self": { "href": format!("/books/{id}/events/{}", event.version) },
+            "book": { "href": format!("/books/{id}") },
+        },
+    })
+}
+
+async fn book_events<S: EventStore>(
+    State(api): State<Arc<BooksApi<S>>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let stream = api.books.stream_of(&id);
+    let events = api
+        .books
+        .store()
+        .read_stream(&stream, Version(1))
+        .await
+        .map_err(store_error)?;
+    if events.is_empty() {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "no such book"));
+    }
+    let body = json!({
+        "_links": {
+            "self": { "href": format!("/books/{id}/events") },
+            "book": { "href": format!("/books/{id}") },
+        },
+        "events": events.iter().map(|event| event_resource(&id, event)).collect::<Vec<_>>(),
+    });
     Ok(axum::Json(body).into_response())
+}
+
+async fn book_event<S: EventStore>(
+    State(api): State<Arc<BooksApi<S>>>,
+    Path((id, version)): Path<(String, u64)>,
+) -> Result<Response, ApiError> {
+    let stream = api.books.stream_of(&id);
+    let events = api
+        .books
+        .store()
+        .read_stream(&stream, Version(version.max(1)))
+        .await
+        .map_err(store_error)?;
+    match events.first().filter(|event| event.version.0 == version) {
+        Some(event) => Ok(axum::Json(event_resource(&id, event)).into_response()),
+        None => Err(ApiError::new(StatusCode::NOT_FOUND, "no such event")),
+    }
+}
+
+fn store_error(error: bookshelf::StoreError) -> ApiError {
+    tracing::error!(%error, "event store failed");
+    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the event store is unavailable")
 }
 
 impl<S: EventStore> BooksApi<S> {
@@ -193,6 +342,43 @@ pub fn health_routes() -> Router {
 /// A JSON 404 for every path no route takes.
 pub async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "no such resource")
+}
+
+/// A service's registration in Consul, made once it listens.
+pub struct Registration {
+    discovery: bookshelf_consul::ConsulDiscovery,
+    id: String,
+}
+
+impl Registration {
+    /// Registers `name` (`id`, default `NAME-PORT`; `tags`) at `local` with
+    /// the Consul agent at `consul`, if one is given.
+    pub async fn register(
+        consul: Option<&str>,
+        name: &str,
+        id: Option<&str>,
+        tags: &[String],
+        local: std::net::SocketAddr,
+    ) -> Result<Option<Registration>, bookshelf::DiscoveryError> {
+        use bookshelf::Discovery;
+        let Some(consul) = consul else {
+            return Ok(None);
+        };
+        let discovery = bookshelf_consul::ConsulDiscovery::new(bookshelf_consul::ConsulConfig::new(consul))?;
+        let id = id.map_or_else(|| format!("{name}-{}", local.port()), str::to_owned);
+        let me = bookshelf::ServiceInstance::new(&id, name, local.ip().to_string(), local.port()).with_tags(tags);
+        discovery.register(&me).await?;
+        tracing::info!(%id, %consul, "registered");
+        Ok(Some(Registration { discovery, id }))
+    }
+
+    /// Deregisters, on shutdown.
+    pub async fn deregister(self) -> Result<(), bookshelf::DiscoveryError> {
+        use bookshelf::Discovery;
+        self.discovery.deregister(&self.id).await?;
+        tracing::info!(id = %self.id, "deregistered");
+        Ok(())
+    }
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM.

@@ -25,8 +25,7 @@ mod books;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use bookshelf::{Discovery, InMemoryStore, ProjectionRunner, Repository, ServiceInstance, UnknownEvents};
-use bookshelf_consul::{ConsulConfig, ConsulDiscovery};
+use bookshelf::{InMemoryStore, ProjectionRunner, Repository, UnknownEvents};
 use bookshelf_kafka::{KafkaConfig, KafkaProjection};
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
@@ -85,20 +84,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .layer(tower_http::trace::TraceLayer::new_for_http());
 
     // Listening: now it is ready to be found.
-    let registration = match &args.consul {
-        Some(consul) => {
-            let discovery = ConsulDiscovery::new(ConsulConfig::new(consul.as_str()))?;
-            let id = args
-                .id
-                .clone()
-                .unwrap_or_else(|| format!("{}-{}", args.name, local.port()));
-            let me = ServiceInstance::new(&id, &args.name, local.ip().to_string(), local.port()).with_tags(&args.tags);
-            discovery.register(&me).await?;
-            tracing::info!(%id, consul = %consul, "registered");
-            Some((discovery, id))
-        }
-        None => None,
-    };
+    let registration = api::Registration::register(
+        args.consul.as_deref(),
+        &args.name,
+        args.id.as_deref(),
+        &args.tags,
+        local,
+    )
+    .await?;
 
     match &args.broker {
         None => {
@@ -128,9 +121,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     axum::serve(listener, app)
         .with_graceful_shutdown(api::shutdown_signal())
         .await?;
-    if let Some((discovery, id)) = registration {
-        discovery.deregister(&id).await?;
-        tracing::info!(%id, "deregistered");
+    if let Some(registration) = registration {
+        registration.deregister().await?;
     }
     stop_view.await?;
     tracing::info!("last_read stopped");

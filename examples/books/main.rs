@@ -1,0 +1,113 @@
+//! The books service: the `Book` aggregate behind HTTP.
+//!
+//! ```text
+//! cargo run --example books                      # in-memory store, port 8088
+//! cargo run --example books -- --broker 127.0.0.1:9092 --topic books --consul http://127.0.0.1:8500
+//! ```
+//!
+//! Commands: `POST /books`, `POST /books/{id}/read`, `PUT /books/{id}/rating`,
+//! `DELETE /books/{id}`, each with an optional `If-Match: "<version>"`.
+//! Queries: `GET /books/{id}` (with its version as `ETag`) and the book's
+//! event log at `GET /books/{id}/events`. Validation errors are 400, unknown
+//! books 404, removed books 410, version conflicts 409, all with a JSON
+//! `{"error": …}` body. An `x-correlation-id` header ends up in the events'
+//! metadata.
+
+#[path = "../common/api.rs"]
+mod api;
+#[path = "../common/books.rs"]
+mod books;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bookshelf::{EventStore, InMemoryStore, Repository};
+use bookshelf_kafka::{KafkaConfig, KafkaStore};
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+use books::{Book, Clock};
+
+/// The books aggregate over HTTP.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// The address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    addr: IpAddr,
+    /// The port to listen on (0 picks a free one).
+    #[arg(long, default_value_t = 8088)]
+    port: u16,
+    /// Kafka bootstrap servers: keep the events on Kafka instead of in memory.
+    #[arg(long)]
+    broker: Option<String>,
+    /// The Kafka topic of the book events.
+    #[arg(long, default_value = "books")]
+    topic: String,
+    /// The Consul agent to register with, such as http://127.0.0.1:8500.
+    #[arg(long)]
+    consul: Option<String>,
+    /// The service name to register under.
+    #[arg(long, default_value = "books")]
+    name: String,
+    /// The instance id to register under (default: NAME-PORT).
+    #[arg(long)]
+    id: Option<String>,
+    /// Tags to register with, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    tags: Vec<String>,
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let args = Args::parse();
+    match &args.broker {
+        None => serve(&args, InMemoryStore::new(), "in-memory store").await?,
+        Some(broker) => {
+            let config = KafkaConfig::new(broker.as_str(), args.topic.as_str())
+                .partitions(3)
+                .create_topic(true);
+            let store = KafkaStore::open(config).await?;
+            serve(&args, store.clone(), "Kafka").await?;
+            store.flush(Duration::from_secs(10)).await?;
+        }
+    }
+    tracing::info!("books stopped");
+    Ok(())
+}
+
+async fn serve<S: EventStore>(args: &Args, store: S, kind: &str) -> Result<(), Box<dyn std::error::Error>> {
+    let listener = tokio::net::TcpListener::bind(SocketAddr::new(args.addr, args.port)).await?;
+    let local = listener.local_addr()?;
+    let api = Arc::new(api::BooksApi {
+        books: Repository::<Book, _>::new(store, Clock::system()),
+        read_your_writes: None,
+    });
+    let app = api::books_routes(api)
+        .merge(api::health_routes())
+        .fallback(api::not_found)
+        .layer(tower_http::trace::TraceLayer::new_for_http());
+
+    let registration = api::Registration::register(
+        args.consul.as_deref(),
+        &args.name,
+        args.id.as_deref(),
+        &args.tags,
+        local,
+    )
+    .await?;
+    println!("books is listening on http://{local}/ ({kind})");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(api::shutdown_signal())
+        .await?;
+    if let Some(registration) = registration {
+        registration.deregister().await?;
+    }
+    Ok(())
+}
