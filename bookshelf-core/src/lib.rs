@@ -137,7 +137,7 @@ pub mod view;
 pub use aggregate::Aggregate;
 pub use async_trait::async_trait;
 pub use codec::{DecodeError, DomainEvent, EncodeError, EventCodec, Upcasters};
-pub use discovery::{Discovery, DiscoveryError, Health, InMemoryDiscovery, ServiceInstance, Watch};
+pub use discovery::{Balancer, Discovery, DiscoveryError, Health, InMemoryDiscovery, ServiceInstance, Watch};
 pub use envelope::{Envelope, EventId, Metadata, NewEvent, Position, RecordedEvent, StreamId, Version};
 pub use projection::{
     DeadLetter, DeadLetters, FileViewStore, InMemoryDeadLetters, InMemoryViewStore, ProjectionError, ProjectionHandle,

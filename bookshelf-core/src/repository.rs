@@ -142,6 +142,12 @@ struct Snapshots<A> {
 
 /// Loads aggregates of type `A` from a store and carries out their commands.
 ///
+/// Commands on one aggregate take turns within a repository: two requests
+/// handled at once by the same process never race each other into a version
+/// conflict. Conflicts come only from other writers (other processes, other
+/// repositories on the same store), and [`RetryPolicy`] decides what to do
+/// with those.
+///
 /// ```
 /// # use bookshelf_core::*;
 /// # use serde::{Deserialize, Serialize};
@@ -172,7 +178,68 @@ pub struct Repository<A: Aggregate, S> {
     codec: EventCodec<A::Event>,
     retry: RetryPolicy,
     snapshots: Option<Snapshots<A>>,
+    /// Commands on streams hashed to the same slot take turns.
+    turns: Arc<[tokio::sync::Mutex<()>]>,
+    cache: Option<StateCache<A>>,
 }
+
+/// Recently used aggregate states by stream, so that loading one reads only
+/// the events after the cached version.
+struct StateCache<A> {
+    entries: std::sync::Mutex<CacheEntries<A>>,
+    capacity: usize,
+    clone: fn(&A) -> A,
+}
+
+struct CacheEntries<A> {
+    /// The state, its version, and when it was last used.
+    map: std::collections::HashMap<StreamId, (A, Version, u64)>,
+    tick: u64,
+}
+
+impl<A> StateCache<A> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, CacheEntries<A>> {
+        // Every change is one insert, update or retain: a panic cannot leave it half-done.
+        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn get(&self, stream: &StreamId) -> Option<Loaded<A>> {
+        let mut entries = self.lock();
+        entries.tick += 1;
+        let tick = entries.tick;
+        let (state, version, used) = entries.map.get_mut(stream)?;
+        *used = tick;
+        Some(Loaded {
+            state: (self.clone)(state),
+            version: *version,
+        })
+    }
+
+    /// Keeps `state` at `version`, unless a newer one is kept already; past
+    /// the capacity, the least recently used eighth goes.
+    fn put(&self, stream: &StreamId, state: A, version: Version) {
+        let mut entries = self.lock();
+        entries.tick += 1;
+        let tick = entries.tick;
+        match entries.map.get_mut(stream) {
+            Some(entry) if entry.1 > version => entry.2 = tick,
+            Some(entry) => *entry = (state, version, tick),
+            None => {
+                entries.map.insert(stream.clone(), (state, version, tick));
+            }
+        }
+        if entries.map.len() > self.capacity {
+            let evict = ((self.capacity / 8).max(1) + entries.map.len() - self.capacity).min(entries.map.len() - 1);
+            let mut ticks: Vec<u64> = entries.map.values().map(|entry| entry.2).collect();
+            let (_, &mut cutoff, _) = ticks.select_nth_unstable(evict);
+            entries.map.retain(|_, entry| entry.2 >= cutoff);
+        }
+    }
+}
+
+/// How many slots commands take turns in: commands on different aggregates
+/// wait for each other only when their streams share a slot.
+const TURN_SLOTS: usize = 256;
 
 impl<A: Aggregate, S: EventStore> Repository<A, S> {
     /// A repository over `store`, giving `services` to the aggregate's handler.
@@ -183,6 +250,8 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
             codec: EventCodec::new(),
             retry: RetryPolicy::NONE,
             snapshots: None,
+            turns: (0..TURN_SLOTS).map(|_| tokio::sync::Mutex::new(())).collect(),
+            cache: None,
         }
     }
 
@@ -208,6 +277,25 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
             every: every.max(1),
             encode: |state| serde_json::to_value(state),
             decode: serde_json::from_value,
+        });
+        self
+    }
+
+    /// Keeps the states of up to `capacity` recently used aggregates in
+    /// memory, so that a load reads only the events after the kept version
+    /// (none, usually) instead of the whole stream. Events written by others
+    /// are still read: a kept state is a starting point, never an answer.
+    pub fn with_cache(mut self, capacity: usize) -> Self
+    where
+        A: Clone,
+    {
+        self.cache = Some(StateCache {
+            entries: std::sync::Mutex::new(CacheEntries {
+                map: std::collections::HashMap::new(),
+                tick: 0,
+            }),
+            capacity: capacity.max(1),
+            clone: A::clone,
         });
         self
     }
@@ -238,6 +326,14 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
     }
 
     async fn load_stream(&self, stream: &StreamId) -> Result<Loaded<A>, CommandError<A::Error>> {
+        if let Some(mut loaded) = self.cache.as_ref().and_then(|cache| cache.get(stream)) {
+            let kept = loaded.version;
+            self.fold_from_store(stream, &mut loaded).await?;
+            if let Some(cache) = self.cache.as_ref().filter(|_| loaded.version > kept) {
+                cache.put(stream, (cache.clone)(&loaded.state), loaded.version);
+            }
+            return Ok(loaded);
+        }
         let mut loaded = Loaded {
             state: A::default(),
             version: Version::INITIAL,
@@ -259,6 +355,15 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
                 Err(error) => tracing::warn!(%stream, %error, "snapshot store failed; reading the whole stream"),
             }
         }
+        self.fold_from_store(stream, &mut loaded).await?;
+        if let Some(cache) = &self.cache {
+            cache.put(stream, (cache.clone)(&loaded.state), loaded.version);
+        }
+        Ok(loaded)
+    }
+
+    /// Folds the events after `loaded.version` into it.
+    async fn fold_from_store(&self, stream: &StreamId, loaded: &mut Loaded<A>) -> Result<(), CommandError<A::Error>> {
         for record in self.store.read_stream(stream, loaded.version.next()).await? {
             let event = self
                 .codec
@@ -271,7 +376,7 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
             loaded.state.apply(&event);
             loaded.version = record.version;
         }
-        Ok(loaded)
+        Ok(())
     }
 
     /// Handles `command` on the aggregate with this id and appends its events,
@@ -314,6 +419,11 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
         precondition: Option<Version>,
     ) -> Result<Committed<A::Event>, CommandError<A::Error>> {
         let stream = self.stream_of(id);
+        let slot = {
+            use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+            BuildHasherDefault::<DefaultHasher>::default().hash_one(stream.as_str()) as usize % TURN_SLOTS
+        };
+        let _turn = self.turns[slot].lock().await;
         let mut attempt = 1;
         let mut backoff = self.retry.backoff;
         loop {
@@ -379,13 +489,20 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
             ExpectedVersion::Exact(version)
         };
         let outcome = self.store.append(stream, expected, new_events).await?;
-        if let Some(snapshots) = &self.snapshots {
-            if outcome.version.0 / snapshots.every > version.0 / snapshots.every {
-                for event in &events {
-                    state.apply(event);
-                }
-                self.save_snapshot(snapshots, stream, &state, outcome.version).await;
+        let snapshot_due = self
+            .snapshots
+            .as_ref()
+            .filter(|snapshots| outcome.version.0 / snapshots.every > version.0 / snapshots.every);
+        if snapshot_due.is_some() || self.cache.is_some() {
+            for event in &events {
+                state.apply(event);
             }
+        }
+        if let Some(snapshots) = snapshot_due {
+            self.save_snapshot(snapshots, stream, &state, outcome.version).await;
+        }
+        if let Some(cache) = &self.cache {
+            cache.put(stream, state, outcome.version);
         }
         Ok(Committed {
             stream_id: stream.clone(),

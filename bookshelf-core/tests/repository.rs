@@ -16,19 +16,24 @@ use common::{Account, AccountCommand, AccountError, AccountEvent};
 use serde::{Deserialize, Serialize};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn racing_commands_conflict_without_retry_and_all_land_with_it() {
+async fn racing_commands_take_turns_in_one_repository_and_conflict_across_repositories() {
     let store = InMemoryStore::new();
-    let plain = Arc::new(Repository::<Account, _>::new(store.clone(), ()));
-    plain
-        .execute("1", &AccountCommand::Open, Metadata::default())
-        .await
-        .unwrap();
+    let plain = || Arc::new(Repository::<Account, _>::new(store.clone(), ()));
+    let retrying = || Arc::new(Repository::<Account, _>::new(store.clone(), ()).with_retry(RetryPolicy::attempts(50)));
+    for id in ["1", "2", "3"] {
+        plain()
+            .execute(id, &AccountCommand::Open, Metadata::default())
+            .await
+            .unwrap();
+    }
 
-    let race = |repo: Arc<Repository<Account, InMemoryStore>>, id: &'static str| async move {
-        let barrier = Arc::new(tokio::sync::Barrier::new(8));
-        let tasks: Vec<_> = (0..8)
-            .map(|_| {
-                let (repo, barrier) = (Arc::clone(&repo), Arc::clone(&barrier));
+    // Eight deposits at once, each through the repository `repos` gives it.
+    let race = |repos: Vec<Arc<Repository<Account, InMemoryStore>>>, id: &'static str| async move {
+        let barrier = Arc::new(tokio::sync::Barrier::new(repos.len()));
+        let tasks: Vec<_> = repos
+            .into_iter()
+            .map(|repo| {
+                let barrier = Arc::clone(&barrier);
                 tokio::spawn(async move {
                     barrier.wait().await;
                     repo.execute(id, &AccountCommand::Deposit(1), Metadata::default()).await
@@ -42,23 +47,26 @@ async fn racing_commands_conflict_without_retry_and_all_land_with_it() {
         results
     };
 
-    // Without retries, losers see a conflict and their deposit is not stored.
-    let results = race(Arc::clone(&plain), "1").await;
+    // One repository: the commands take turns, and all land without retries.
+    let shared = plain();
+    let results = race(vec![shared; 8], "1").await;
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    let loaded = plain().load("1").await.unwrap();
+    assert_eq!((loaded.state.balance, loaded.version), (8, Version(9)));
+
+    // Eight repositories (as eight processes would be) without retries: the
+    // losers see a conflict and their deposit is not stored.
+    let results = race((0..8).map(|_| plain()).collect(), "2").await;
     let landed = results.iter().filter(|r| r.is_ok()).count();
     assert!(results
         .iter()
         .all(|r| matches!(r, Ok(_) | Err(CommandError::Conflict { .. }))));
-    assert_eq!(plain.load("1").await.unwrap().state.balance, landed as i64);
+    assert_eq!(plain().load("2").await.unwrap().state.balance, landed as i64);
 
     // With retries, every deposit lands exactly once.
-    let retrying = Arc::new(Repository::<Account, _>::new(store.clone(), ()).with_retry(RetryPolicy::attempts(50)));
-    retrying
-        .execute("2", &AccountCommand::Open, Metadata::default())
-        .await
-        .unwrap();
-    let results = race(Arc::clone(&retrying), "2").await;
+    let results = race((0..8).map(|_| retrying()).collect(), "3").await;
     assert!(results.iter().all(Result::is_ok), "{results:?}");
-    let loaded = retrying.load("2").await.unwrap();
+    let loaded = plain().load("3").await.unwrap();
     assert_eq!((loaded.state.balance, loaded.version), (8, Version(9)));
 }
 
@@ -386,4 +394,60 @@ async fn test_kit_catches_events_that_do_not_survive_json() {
             at: 1,
             when: "now".into(),
         }]);
+}
+
+#[tokio::test]
+async fn a_state_cache_reads_only_the_events_it_has_not_seen() {
+    let store = CountingStore::default();
+    let cached = Repository::<Account, _>::new(store.clone(), ()).with_cache(2);
+    cached
+        .execute("1", &AccountCommand::Open, Metadata::default())
+        .await
+        .unwrap();
+    for _ in 0..9 {
+        cached
+            .execute("1", &AccountCommand::Deposit(3), Metadata::default())
+            .await
+            .unwrap();
+    }
+
+    // Commands through the cache read nothing more.
+    store.read.store(0, Ordering::SeqCst);
+    let loaded = cached.load("1").await.unwrap();
+    assert_eq!((loaded.state.balance, loaded.version), (27, Version(10)));
+    assert_eq!(store.read.load(Ordering::SeqCst), 0, "the kept state is current");
+
+    // Another writer's events are read, and only those.
+    let other = Repository::<Account, _>::new(store.clone(), ());
+    for _ in 0..2 {
+        other
+            .execute("1", &AccountCommand::Deposit(5), Metadata::default())
+            .await
+            .unwrap();
+    }
+    store.read.store(0, Ordering::SeqCst);
+    let loaded = cached.load("1").await.unwrap();
+    assert_eq!((loaded.state.balance, loaded.version), (37, Version(12)));
+    assert_eq!(store.read.load(Ordering::SeqCst), 2, "only the two new events");
+    let deposited = cached
+        .execute_at("1", Version(12), &AccountCommand::Deposit(1), Metadata::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        deposited.version,
+        Version(13),
+        "its If-Match sees the other writer's events"
+    );
+
+    // Past its capacity the least recently used state goes, and is read again.
+    for id in ["2", "3"] {
+        cached
+            .execute(id, &AccountCommand::Open, Metadata::default())
+            .await
+            .unwrap();
+    }
+    store.read.store(0, Ordering::SeqCst);
+    let loaded = cached.load("1").await.unwrap();
+    assert_eq!((loaded.state.balance, loaded.version), (38, Version(13)));
+    assert_eq!(store.read.load(Ordering::SeqCst), 13, "evicted: the whole stream again");
 }

@@ -25,7 +25,6 @@ use std::time::Duration;
 use bookshelf::{EventStore, InMemoryStore, Repository};
 use bookshelf_kafka::{KafkaConfig, KafkaStore};
 use clap::Parser;
-use tracing_subscriber::EnvFilter;
 
 use books::{Book, Clock};
 
@@ -61,11 +60,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    api::init_tracing();
     let args = Args::parse();
     match &args.broker {
         None => serve(&args, InMemoryStore::new(), "in-memory store").await?,
@@ -86,13 +81,12 @@ async fn serve<S: EventStore>(args: &Args, store: S, kind: &str) -> Result<(), B
     let listener = tokio::net::TcpListener::bind(SocketAddr::new(args.addr, args.port)).await?;
     let local = listener.local_addr()?;
     let api = Arc::new(api::BooksApi {
-        books: Repository::<Book, _>::new(store, Clock::system()),
-        read_your_writes: None,
+        books: Repository::<Book, _>::new(store, Clock::system()).with_cache(100_000),
+        read_your_writes: Vec::new(),
     });
     let app = api::books_routes(api)
         .merge(api::health_routes())
-        .fallback(api::not_found)
-        .layer(tower_http::trace::TraceLayer::new_for_http());
+        .fallback(api::not_found);
 
     let registration = api::Registration::register(
         args.consul.as_deref(),
@@ -103,11 +97,5 @@ async fn serve<S: EventStore>(args: &Args, store: S, kind: &str) -> Result<(), B
     )
     .await?;
     println!("books is listening on http://{local}/ ({kind})");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(api::shutdown_signal())
-        .await?;
-    if let Some(registration) = registration {
-        registration.deregister().await?;
-    }
-    Ok(())
+    api::serve(listener, app, registration).await
 }

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::sync::Arc;
 
-use crate::books::{Book, BookCommand, BookError, LastRead};
+use crate::books::{Authors, Book, BookCommand, BookError, LastRead};
 
 /// The header that carries a request's correlation id into event metadata.
 pub const CORRELATION_HEADER: &str = "x-correlation-id";
@@ -100,9 +100,21 @@ pub fn metadata_from(headers: &HeaderMap) -> Metadata {
 /// The state of the books routes.
 pub struct BooksApi<S: EventStore> {
     pub books: Repository<Book, S>,
-    /// When set, a command's response waits (up to a second) until this view
-    /// has applied its events, so that a following query sees them.
-    pub read_your_writes: Option<ProjectionHandle<LastRead>>,
+    /// A command's response waits (up to a second) until these views have
+    /// applied its events, so that a following query sees them.
+    pub read_your_writes: Vec<Settle>,
+}
+
+/// Waits until a view has applied every event before a position.
+pub type Settle =
+    Arc<dyn Fn(Position) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>> + Send + Sync>;
+
+/// Read-your-writes on an in-process view.
+pub fn settle_on<V: bookshelf::View>(view: ProjectionHandle<V>) -> Settle {
+    Arc::new(move |position| {
+        let view = view.clone();
+        Box::pin(async move { view.wait_for(position).await })
+    })
 }
 
 #[derive(Debug, Deserialize)]
@@ -316,22 +328,68 @@ fn store_error(error: bookshelf::StoreError) -> ApiError {
 
 impl<S: EventStore> BooksApi<S> {
     async fn settle(&self, position: Option<Position>) {
-        if let (Some(view), Some(position)) = (&self.read_your_writes, position) {
-            let _ = tokio::time::timeout(Duration::from_secs(1), view.wait_for(position.next())).await;
+        let Some(position) = position else { return };
+        for view in &self.read_your_writes {
+            let _ = tokio::time::timeout(Duration::from_secs(1), view(position.next())).await;
         }
     }
 }
 
-/// Reads the last-read list from wherever the view runs (in memory, Kafka).
-pub type LastReadQuery = Arc<dyn Fn() -> Vec<crate::books::ReadBook> + Send + Sync>;
-
-/// `GET /`: the last read books as a JSON list, most recent first.
-pub fn last_read_routes(query: LastReadQuery) -> Router {
-    Router::new().route("/", get(last_read)).with_state(query)
+/// Reads a view wherever it runs: in memory or on Kafka.
+pub trait ViewReader<V>: Clone + Send + Sync + 'static {
+    /// Runs `query` on the view as it is now.
+    fn read_view<R>(&self, query: impl FnOnce(&V) -> R) -> R;
 }
 
-async fn last_read(State(query): State<LastReadQuery>) -> Response {
-    axum::Json(query()).into_response()
+impl<V: bookshelf::View> ViewReader<V> for ProjectionHandle<V> {
+    fn read_view<R>(&self, query: impl FnOnce(&V) -> R) -> R {
+        self.read(query)
+    }
+}
+
+impl<V: bookshelf::View> ViewReader<V> for bookshelf_kafka::KafkaViewHandle<V> {
+    fn read_view<R>(&self, query: impl FnOnce(&V) -> R) -> R {
+        self.read(query)
+    }
+}
+
+/// `GET /` and `GET /last-read`: the last read books as a JSON list, most
+/// recent first.
+pub fn last_read_routes<H: ViewReader<LastRead>>(view: H) -> Router {
+    Router::new()
+        .route("/", get(last_read::<H>))
+        .route("/last-read", get(last_read::<H>))
+        .with_state(view)
+}
+
+async fn last_read<H: ViewReader<LastRead>>(State(view): State<H>) -> Response {
+    axum::Json(view.read_view(LastRead::books)).into_response()
+}
+
+/// `GET /authors`: every author with their number of books and reads;
+/// `GET /authors/{author}`: that author's books.
+pub fn authors_routes<H: ViewReader<Authors>>(view: H) -> Router {
+    Router::new()
+        .route("/authors", get(authors::<H>))
+        .route("/authors/{author}", get(books_of::<H>))
+        .with_state(view)
+}
+
+async fn authors<H: ViewReader<Authors>>(State(view): State<H>) -> Response {
+    axum::Json(view.read_view(Authors::list)).into_response()
+}
+
+async fn books_of<H: ViewReader<Authors>>(
+    State(view): State<H>,
+    Path(author): Path<String>,
+) -> Result<Response, ApiError> {
+    match view.read_view(|authors| authors.books_of(&author)) {
+        Some(books) => Ok(axum::Json(json!({ "author": author, "books": books })).into_response()),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no book by {author:?} on the shelf"),
+        )),
+    }
 }
 
 /// `GET /health`.
@@ -379,6 +437,38 @@ impl Registration {
         tracing::info!(id = %self.id, "deregistered");
         Ok(())
     }
+}
+
+/// Structured logs on standard error, filtered by `RUST_LOG` (default `info`).
+pub fn init_tracing() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+/// Serves `app` until SIGINT or SIGTERM, lets requests in flight finish,
+/// then deregisters.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    registration: Option<Registration>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let app = app.layer(tower_http::trace::TraceLayer::new_for_http());
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown_signal())
+    .await?;
+    if let Some(registration) = registration {
+        registration.deregister().await?;
+    }
+    Ok(())
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM.

@@ -3,7 +3,7 @@
 
 #![allow(dead_code)] // each example uses its own part of the domain
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 
 use bookshelf::{async_trait, Aggregate, DomainEvent, Envelope, View};
@@ -274,6 +274,105 @@ impl View for LastRead {
     }
 }
 
+/// A book as the authors view lists it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShelvedBook {
+    pub id: String,
+    pub title: String,
+    pub isbn: String,
+    pub reads: u32,
+    pub stars: Option<u8>,
+}
+
+/// One author's line in the list of authors.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AuthorSummary {
+    pub author: String,
+    pub books: usize,
+    pub reads: u32,
+}
+
+/// Books by author: the books on the shelf (removed ones leave), grouped by
+/// author, with how often each was read and its rating.
+///
+/// Only `BookAdded` and `BookRead` name the author; for the other events the
+/// view keeps which author each book is under.
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Authors {
+    shelves: BTreeMap<String, BTreeMap<String, ShelvedBook>>,
+    author_of: HashMap<String, String>,
+}
+
+impl Authors {
+    /// Every author, by name, with their number of books and reads.
+    pub fn list(&self) -> Vec<AuthorSummary> {
+        self.shelves
+            .iter()
+            .map(|(author, books)| AuthorSummary {
+                author: author.clone(),
+                books: books.len(),
+                reads: books.values().map(|book| book.reads).sum(),
+            })
+            .collect()
+    }
+
+    /// The books of `author`, by title, or `None` for an author with none.
+    pub fn books_of(&self, author: &str) -> Option<Vec<ShelvedBook>> {
+        let mut books: Vec<ShelvedBook> = self.shelves.get(author)?.values().cloned().collect();
+        books.sort_by(|a, b| a.title.cmp(&b.title).then_with(|| a.id.cmp(&b.id)));
+        Some(books)
+    }
+
+    fn book_mut(&mut self, id: &str) -> Option<&mut ShelvedBook> {
+        let author = self.author_of.get(id)?;
+        self.shelves.get_mut(author)?.get_mut(id)
+    }
+}
+
+impl View for Authors {
+    type Event = BookEvent;
+
+    fn apply(&mut self, event: Envelope<BookEvent>) {
+        let id = event.stream_id.entity_id();
+        match event.payload {
+            BookEvent::BookAdded { title, author, isbn } => {
+                let book = ShelvedBook {
+                    id: id.to_owned(),
+                    title,
+                    isbn,
+                    reads: 0,
+                    stars: None,
+                };
+                self.shelves
+                    .entry(author.clone())
+                    .or_default()
+                    .insert(id.to_owned(), book);
+                self.author_of.insert(id.to_owned(), author);
+            }
+            BookEvent::BookRead { .. } => {
+                if let Some(book) = self.book_mut(id) {
+                    book.reads += 1;
+                }
+            }
+            BookEvent::BookRated { stars } => {
+                if let Some(book) = self.book_mut(id) {
+                    book.stars = Some(stars);
+                }
+            }
+            BookEvent::BookRemoved => {
+                if let Some(author) = self.author_of.remove(id) {
+                    if let Some(books) = self.shelves.get_mut(&author) {
+                        books.remove(id);
+                        if books.is_empty() {
+                            self.shelves.remove(&author);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -314,5 +413,45 @@ mod tests {
         assert_eq!(interleaved, in_time_order);
         let ids: Vec<String> = in_time_order.books().into_iter().map(|b| b.id).collect();
         assert_eq!(ids, ["7", "6", "5", "2", "4"]);
+    }
+
+    fn event(book: u32, payload: BookEvent) -> Envelope<BookEvent> {
+        Envelope {
+            payload,
+            ..read(book, 0)
+        }
+    }
+
+    #[test]
+    fn authors_group_books_and_follow_reads_ratings_and_removals() {
+        let added = |title: &str, author: &str| BookEvent::BookAdded {
+            title: title.into(),
+            author: author.into(),
+            isbn: "9780441013593".into(),
+        };
+        let mut authors = Authors::default();
+        authors.apply(event(1, added("Emma", "Jane Austen")));
+        authors.apply(event(2, added("Dune", "Frank Herbert")));
+        authors.apply(event(3, added("Persuasion", "Jane Austen")));
+        authors.apply(read(3, 1));
+        authors.apply(read(3, 2));
+        authors.apply(event(1, BookEvent::BookRated { stars: 4 }));
+        authors.apply(read(9, 3)); // a book this view never saw added: ignored
+
+        let list = authors.list();
+        let names: Vec<(&str, usize, u32)> = list.iter().map(|a| (a.author.as_str(), a.books, a.reads)).collect();
+        assert_eq!(names, [("Frank Herbert", 1, 0), ("Jane Austen", 2, 2)]);
+        let austen = authors.books_of("Jane Austen").unwrap();
+        let austen: Vec<(&str, u32, Option<u8>)> =
+            austen.iter().map(|b| (b.title.as_str(), b.reads, b.stars)).collect();
+        assert_eq!(austen, [("Emma", 0, Some(4)), ("Persuasion", 2, None)]);
+
+        authors.apply(event(2, BookEvent::BookRemoved));
+        assert_eq!(
+            authors.books_of("Frank Herbert"),
+            None,
+            "an author with no book left leaves"
+        );
+        assert_eq!(authors.list().len(), 1);
     }
 }

@@ -28,9 +28,8 @@ use std::sync::Arc;
 use bookshelf::{InMemoryStore, ProjectionRunner, Repository, UnknownEvents};
 use bookshelf_kafka::{KafkaConfig, KafkaProjection};
 use clap::Parser;
-use tracing_subscriber::EnvFilter;
 
-use books::{Book, Clock, LastRead};
+use books::{Authors, Book, Clock, LastRead};
 
 /// The five most recently read books, as a JSON list on `GET /`.
 #[derive(Debug, Parser)]
@@ -65,11 +64,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    api::init_tracing();
     let args = Args::parse();
     let listener = tokio::net::TcpListener::bind(SocketAddr::new(args.addr, args.port)).await?;
     let local = listener.local_addr()?;
@@ -78,10 +73,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         None => embedded(),
         Some(broker) => from_kafka(broker, &args.topic).await?,
     };
-    let app = app
-        .merge(api::health_routes())
-        .fallback(api::not_found)
-        .layer(tower_http::trace::TraceLayer::new_for_http());
+    let app = app.merge(api::health_routes()).fallback(api::not_found);
 
     // Listening: now it is ready to be found.
     let registration = api::Registration::register(
@@ -98,7 +90,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             println!(
                 "last_read is listening on http://{local}/ (embedded default: in-memory store, books in this process)"
             );
-            println!("  GET  http://{local}/                  the last read books");
+            println!("  GET  http://{local}/                  the last read books (also at /last-read)");
+            println!("  GET  http://{local}/authors           books by author");
             println!("  POST http://{local}/books             add a book");
             println!("  POST http://{local}/books/ID/read     mark a book read");
             println!("  GET  http://{local}/health");
@@ -118,12 +111,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
 
-    axum::serve(listener, app)
-        .with_graceful_shutdown(api::shutdown_signal())
-        .await?;
-    if let Some(registration) = registration {
-        registration.deregister().await?;
-    }
+    api::serve(listener, app, registration).await?;
     stop_view.await?;
     tracing::info!("last_read stopped");
     Ok(())
@@ -137,13 +125,21 @@ fn embedded() -> (axum::Router, StopView) {
     let view = ProjectionRunner::<LastRead, _>::new("last-read", store.clone())
         .only_category("book")
         .start();
+    let authors = ProjectionRunner::<Authors, _>::new("authors", store.clone())
+        .only_category("book")
+        .start();
     let books = Arc::new(api::BooksApi {
-        books: Repository::<Book, _>::new(store.clone(), Clock::system()),
-        read_your_writes: Some(view.handle()),
+        books: Repository::<Book, _>::new(store.clone(), Clock::system()).with_cache(100_000),
+        read_your_writes: vec![api::settle_on(view.handle()), api::settle_on(authors.handle())],
     });
-    let handle = view.handle();
-    let app = api::last_read_routes(Arc::new(move || handle.read(LastRead::books))).merge(api::books_routes(books));
-    (app, Box::pin(view.stop()))
+    let app = api::last_read_routes(view.handle())
+        .merge(api::authors_routes(authors.handle()))
+        .merge(api::books_routes(books));
+    let stop = async move {
+        view.stop().await?;
+        authors.stop().await
+    };
+    (app, Box::pin(stop))
 }
 
 /// The view alone, projected from the book events on Kafka.
@@ -154,7 +150,6 @@ async fn from_kafka(broker: &str, topic: &str) -> Result<(axum::Router, StopView
         .unknown_events(UnknownEvents::Skip)
         .start()
         .await?;
-    let handle = view.handle();
-    let app = api::last_read_routes(Arc::new(move || handle.read(LastRead::books)));
+    let app = api::last_read_routes(view.handle());
     Ok((app, Box::pin(view.stop())))
 }

@@ -77,6 +77,29 @@ impl Service {
     }
 }
 
+impl Service {
+    /// Kills the process at once (SIGKILL): no deregistration, no clean-up,
+    /// as a crash would.
+    pub fn crash(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs example `name` with `args` to the end; returns whether it succeeded
+/// and what it printed.
+pub fn run(name: &str, args: &[&str]) -> (bool, String) {
+    let output = Command::new(example_path(name))
+        .args(args)
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run example {name}: {e}"));
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+    )
+}
+
 impl Drop for Service {
     fn drop(&mut self) {
         let _ = self.child.kill();

@@ -2,6 +2,7 @@
 //! shutdown; clients resolve healthy instances by name and tags, and watch for
 //! changes.
 
+mod balancer;
 mod memory;
 
 use std::collections::BTreeMap;
@@ -11,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+pub use balancer::Balancer;
 pub use memory::{Health, InMemoryDiscovery};
 
 /// One running instance of a service.

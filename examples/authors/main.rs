@@ -1,0 +1,94 @@
+//! The "books by author" view as a service of its own: every author on the
+//! shelf with their books, how often each was read and its rating,
+//! projected from the book events on Kafka.
+//!
+//! ```text
+//! cargo run --example authors -- --broker 127.0.0.1:9092 --topic books --consul http://127.0.0.1:8500
+//! curl -s localhost:8089/authors
+//! curl -s localhost:8089/authors/Frank%20Herbert
+//! ```
+//!
+//! It is a second view over the same events as `last_read`, with its own
+//! consumer group and its own saved offsets: views are added without touching
+//! the writer. On the embedded default (`cargo run --example last_read`) the
+//! same view is served in that one process, at the same paths.
+
+#[path = "../common/api.rs"]
+mod api;
+#[path = "../common/books.rs"]
+mod books;
+
+use std::net::{IpAddr, SocketAddr};
+
+use bookshelf::UnknownEvents;
+use bookshelf_kafka::{KafkaConfig, KafkaProjection};
+use clap::Parser;
+
+use books::Authors;
+
+/// Books by author, projected from the book events on Kafka.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// The address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    addr: IpAddr,
+    /// The port to listen on (0 picks a free one).
+    #[arg(long, default_value_t = 8089)]
+    port: u16,
+    /// Kafka bootstrap servers.
+    #[arg(long)]
+    broker: String,
+    /// The Kafka topic of the book events.
+    #[arg(long, default_value = "books")]
+    topic: String,
+    /// The Consul agent to register with, such as http://127.0.0.1:8500.
+    #[arg(long)]
+    consul: Option<String>,
+    /// The service name to register under.
+    #[arg(long, default_value = "authors")]
+    name: String,
+    /// The instance id to register under (default: NAME-PORT).
+    #[arg(long)]
+    id: Option<String>,
+    /// Tags to register with, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    tags: Vec<String>,
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    api::init_tracing();
+    let args = Args::parse();
+    let listener = tokio::net::TcpListener::bind(SocketAddr::new(args.addr, args.port)).await?;
+    let local = listener.local_addr()?;
+
+    let config = KafkaConfig::new(args.broker.as_str(), args.topic.as_str())
+        .partitions(3)
+        .create_topic(true);
+    let view = KafkaProjection::<Authors>::new("authors", config)
+        .unknown_events(UnknownEvents::Skip)
+        .start()
+        .await?;
+    let app = api::authors_routes(view.handle())
+        .merge(api::health_routes())
+        .fallback(api::not_found);
+
+    let registration = api::Registration::register(
+        args.consul.as_deref(),
+        &args.name,
+        args.id.as_deref(),
+        &args.tags,
+        local,
+    )
+    .await?;
+    println!(
+        "authors is listening on http://{local}/ (projecting topic {} from {})",
+        args.topic, args.broker
+    );
+    println!("  curl -s http://{local}/authors");
+    api::serve(listener, app, registration).await?;
+    view.stop().await?;
+    tracing::info!("authors stopped");
+    Ok(())
+}

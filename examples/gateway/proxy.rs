@@ -1,0 +1,293 @@
+//! The gateway's routing and forwarding: a path prefix names a service, the
+//! service's [`Balancer`] names an instance, and the request goes there with
+//! its correlation id.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bookshelf::{Balancer, ServiceInstance};
+use serde_json::json;
+
+use crate::api::{ApiError, CORRELATION_HEADER};
+
+/// The response header naming the instance that answered.
+pub const SERVED_BY_HEADER: &str = "x-served-by";
+
+/// Paths under `prefix` go to `service`, unchanged.
+pub struct Route {
+    prefix: String,
+    balancer: Balancer,
+}
+
+impl Route {
+    pub fn new(prefix: &str, balancer: Balancer) -> Route {
+        Route {
+            prefix: prefix.trim_end_matches('/').to_owned(),
+            balancer,
+        }
+    }
+
+    /// `/books` takes `/books` and `/books/…`, not `/bookshop`; `/` takes all.
+    fn takes(&self, path: &str) -> bool {
+        match path.strip_prefix(&self.prefix) {
+            Some(rest) => self.prefix.is_empty() || rest.is_empty() || rest.starts_with('/'),
+            None => false,
+        }
+    }
+}
+
+/// How the gateway forwards.
+pub struct Limits {
+    /// How long an upstream has to answer, body included.
+    pub timeout: Duration,
+    /// The largest request body accepted.
+    pub max_body: usize,
+    /// How long an instance that refused a connection is left out.
+    pub eject_for: Duration,
+}
+
+pub struct Gateway {
+    /// Longest prefix first, so that the most specific route wins.
+    routes: Vec<Route>,
+    client: reqwest::Client,
+    limits: Limits,
+}
+
+impl Gateway {
+    pub fn new(mut routes: Vec<Route>, limits: Limits) -> Result<Gateway, reqwest::Error> {
+        routes.sort_by_key(|route| std::cmp::Reverse(route.prefix.len()));
+        let client = reqwest::Client::builder()
+            .timeout(limits.timeout)
+            .connect_timeout(limits.timeout.min(Duration::from_secs(2)))
+            .pool_idle_timeout(Duration::from_secs(30))
+            // Redirects are the client's business: pass them on as they are.
+            .redirect(reqwest::redirect::Policy::none())
+            .build()?;
+        Ok(Gateway { routes, client, limits })
+    }
+
+    /// The services and how many healthy instances each has, by name.
+    pub fn services(&self) -> BTreeMap<&str, usize> {
+        self.routes
+            .iter()
+            .map(|route| (route.balancer.service(), route.balancer.instances().len()))
+            .collect()
+    }
+
+    /// Waits (up to `timeout`) until discovery has answered for every route.
+    pub async fn ready(&self, timeout: Duration) -> bool {
+        for route in &self.routes {
+            if !route.balancer.ready(timeout).await {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// `GET /health`: the gateway serves; how many instances each service has.
+pub async fn health(State(gateway): State<Arc<Gateway>>) -> Response {
+    axum::Json(json!({ "status": "ok", "services": gateway.services() })).into_response()
+}
+
+/// Headers that concern one connection, not the request: never forwarded.
+/// `host` and `content-length` are set again for the upstream request.
+fn hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "proxy-connection"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+    )
+}
+
+/// The request's correlation id when it is usable as one (1 to 128 visible
+/// ASCII characters), or a new one.
+fn correlation_id(headers: &HeaderMap) -> HeaderValue {
+    headers
+        .get(CORRELATION_HEADER)
+        .filter(|value| {
+            let bytes = value.as_bytes();
+            (1..=128).contains(&bytes.len()) && bytes.iter().all(|b| b.is_ascii_graphic())
+        })
+        .cloned()
+        .unwrap_or_else(|| {
+            HeaderValue::from_str(&uuid::Uuid::new_v4().to_string()).expect("a UUID is a valid header value")
+        })
+}
+
+/// Every request but the gateway's own `/health`.
+pub async fn forward(
+    State(gateway): State<Arc<Gateway>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request,
+) -> Response {
+    let started = Instant::now();
+    let correlation = correlation_id(request.headers());
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let mut response = match gateway.route(peer, &correlation, request).await {
+        Ok(response) => response,
+        Err(error) => error.into_response(),
+    };
+    tracing::info!(
+        %method,
+        %path,
+        status = response.status().as_u16(),
+        served_by = response.headers().get(SERVED_BY_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("-"),
+        correlation_id = correlation.to_str().unwrap_or("-"),
+        ms = started.elapsed().as_secs_f64() * 1e3,
+        "request"
+    );
+    response.headers_mut().insert(CORRELATION_HEADER, correlation);
+    response
+}
+
+impl Gateway {
+    async fn route(&self, peer: SocketAddr, correlation: &HeaderValue, request: Request) -> Result<Response, ApiError> {
+        let path = request.uri().path();
+        let Some(route) = self.routes.iter().find(|route| route.takes(path)) else {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("no service serves {path}"),
+            ));
+        };
+        let (parts, body) = request.into_parts();
+        let too_large = || {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the request body is larger than {} bytes", self.limits.max_body),
+            )
+        };
+        let declared = parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|length| length > self.limits.max_body as u64) {
+            return Err(too_large());
+        }
+        // The body is read whole (it is small, by the limit) so that it can be
+        // sent again to another instance when the first refuses the connection.
+        let body: Bytes = match axum::body::to_bytes(body, self.limits.max_body).await {
+            Ok(body) => body,
+            Err(error) => {
+                let source = error.into_inner();
+                if source.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+                    return Err(too_large());
+                }
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("cannot read the request body: {source}"),
+                ));
+            }
+        };
+
+        let mut headers = HeaderMap::with_capacity(parts.headers.len() + 4);
+        for (name, value) in &parts.headers {
+            if !hop_by_hop(name) && name != header::HOST && name != header::CONTENT_LENGTH && name != CORRELATION_HEADER
+            {
+                headers.append(name, value.clone());
+            }
+        }
+        headers.insert(CORRELATION_HEADER, correlation.clone());
+        let forwarded_for = match parts.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+            Some(earlier) => format!("{earlier}, {}", peer.ip()),
+            None => peer.ip().to_string(),
+        };
+        if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
+            headers.insert("x-forwarded-for", value);
+        }
+        if let Some(host) = parts.headers.get(header::HOST) {
+            headers.insert("x-forwarded-host", host.clone());
+        }
+        headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+        let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+
+        let service = route.balancer.service();
+        // Each attempt goes to the next instance; only a refused connection
+        // (nothing was sent) is tried again, whatever the method.
+        let attempts = route.balancer.instances().len().clamp(1, 3);
+        let mut refused = Vec::new();
+        for _ in 0..attempts {
+            let Some(instance) = route.balancer.pick() else {
+                break;
+            };
+            let url = format!("http://{}{path_and_query}", instance.authority());
+            let sent = self
+                .client
+                .request(parts.method.clone(), url)
+                .headers(headers.clone())
+                .body(body.clone())
+                .send()
+                .await;
+            match sent {
+                Ok(upstream) => return Ok(relay(upstream, &instance)),
+                Err(error) if error.is_connect() => {
+                    tracing::warn!(%service, instance = %instance.id, %error, "connection failed; ejecting the instance");
+                    route.balancer.eject(&instance.id, self.limits.eject_for);
+                    refused.push(instance.id);
+                }
+                Err(error) if error.is_timeout() => {
+                    tracing::warn!(%service, instance = %instance.id, %error, "upstream timed out");
+                    return Err(ApiError::new(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        format!(
+                            "{service} instance {} did not answer within {} ms",
+                            instance.id,
+                            self.limits.timeout.as_millis()
+                        ),
+                    ));
+                }
+                Err(error) => {
+                    tracing::warn!(%service, instance = %instance.id, %error, "upstream failed");
+                    return Err(ApiError::new(
+                        StatusCode::BAD_GATEWAY,
+                        format!("{service} instance {} failed: {error}", instance.id),
+                    ));
+                }
+            }
+        }
+        if refused.is_empty() {
+            Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("no healthy instance of {service}"),
+            ))
+        } else {
+            Err(ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                format!("{service}: connection refused by {}", refused.join(", ")),
+            ))
+        }
+    }
+}
+
+/// The upstream's answer, streamed back, with the instance that gave it.
+fn relay(upstream: reqwest::Response, instance: &ServiceInstance) -> Response {
+    let status = upstream.status();
+    let mut headers = HeaderMap::with_capacity(upstream.headers().len() + 2);
+    for (name, value) in upstream.headers() {
+        if !hop_by_hop(name) {
+            headers.append(name, value.clone());
+        }
+    }
+    if let Ok(id) = HeaderValue::from_str(&instance.id) {
+        headers.insert(SERVED_BY_HEADER, id);
+    }
+    let mut response = Response::new(Body::from_stream(upstream.bytes_stream()));
+    *response.status_mut() = status;
+    *response.headers_mut() = headers;
+    response
+}

@@ -1,0 +1,361 @@
+//! The bookshelf end to end: the services as separate processes, driven only
+//! through the gateway.
+//!
+//! * On the embedded default: `last_read` (books and views on one in-memory
+//!   store) behind a gateway with in-process discovery that checks
+//!   `/health` itself.
+//! * On Kafka with discovery: `books` writing to a topic on tansu (from
+//!   `scripts/test.sh`), two `last_read` instances and an `authors` view
+//!   projecting from it, all registered in the Consul double, and a gateway
+//!   that finds them there.
+//!
+//! Both drive the same scenario (add, read, query, conflict, bad input,
+//! correlation ids), check the failure answers (502, 503), and put a bounded
+//! load through the gateway in which no request may fail, be answered
+//! wrongly, or lose its write.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use bookshelf_consul::double::ConsulDouble;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use support::Service;
+
+/// Polls `probe` every 50 ms until it returns `Some`, for up to `within`.
+async fn eventually<T, F, Fut>(what: &str, within: Duration, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(found) = probe().await {
+            return found;
+        }
+        assert!(start.elapsed() < within, "{what}: not within {within:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A response's status, correlation id and JSON body.
+struct Answer {
+    status: StatusCode,
+    headers: reqwest::header::HeaderMap,
+    body: Value,
+}
+
+async fn send(request: reqwest::RequestBuilder) -> Answer {
+    let response = request.send().await.expect("the gateway answers");
+    let status = response.status();
+    let headers = response.headers().clone();
+    let text = response.text().await.expect("a whole body");
+    let body = serde_json::from_str(&text).unwrap_or_else(|_| panic!("{status}: a body that is not JSON: {text:?}"));
+    Answer { status, headers, body }
+}
+
+impl Answer {
+    fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_else(|| panic!("no {name} header"))
+    }
+
+    fn error(&self) -> &str {
+        self.body["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{}: no error message in {}", self.status, self.body))
+    }
+}
+
+/// Add, read, query, conflict, bad input and correlation ids, all through the
+/// gateway at `gateway`. Returns the id of the book it added.
+async fn scenario(gateway: &str) -> String {
+    let http = reqwest::Client::new();
+    let title = format!("Dune {}", uuid::Uuid::new_v4().simple());
+    let author = "Frank Herbert";
+
+    // Add, with our correlation id.
+    let added = send(
+        http.post(format!("{gateway}/books"))
+            .header("x-correlation-id", "e2e-add")
+            .json(&json!({ "title": title, "author": author, "isbn": "978-0-441-01359-3" })),
+    )
+    .await;
+    assert_eq!(added.status, StatusCode::CREATED, "{}", added.body);
+    assert_eq!(added.header("x-correlation-id"), "e2e-add");
+    let id = added.body["id"].as_str().expect("the new book's id").to_owned();
+    assert_eq!(added.body["version"], 1);
+    assert_eq!(added.header("location"), format!("/books/{id}"));
+
+    // Read it, at the version we saw; again at that version is a conflict.
+    let read = send(
+        http.post(format!("{gateway}/books/{id}/read"))
+            .header("if-match", "\"1\""),
+    )
+    .await;
+    assert_eq!(read.status, StatusCode::OK, "{}", read.body);
+    assert_eq!(read.body["version"], 2);
+    let generated = read.header("x-correlation-id").to_owned();
+    assert!(
+        !generated.is_empty() && generated != "e2e-add",
+        "the gateway made one up"
+    );
+    let stale = send(
+        http.post(format!("{gateway}/books/{id}/read"))
+            .header("if-match", "\"1\""),
+    )
+    .await;
+    assert_eq!(stale.status, StatusCode::CONFLICT, "{}", stale.body);
+    assert!(
+        stale.error().contains('2'),
+        "the conflict names the version: {}",
+        stale.body
+    );
+
+    // Bad input: malformed JSON, a missing field, an invalid ISBN, a body
+    // over the gateway's limit, an unknown book, a path no service serves.
+    let malformed = send(
+        http.post(format!("{gateway}/books"))
+            .header("content-type", "application/json")
+            .body("{\"title\": \"Dune\", "),
+    )
+    .await;
+    assert_eq!(malformed.status, StatusCode::BAD_REQUEST);
+    assert!(!malformed.error().is_empty());
+    let missing = send(http.post(format!("{gateway}/books")).json(&json!({ "title": "Dune" }))).await;
+    assert_eq!(missing.status, StatusCode::BAD_REQUEST);
+    assert!(missing.error().contains("author"), "{}", missing.body);
+    let isbn = send(
+        http.post(format!("{gateway}/books"))
+            .json(&json!({ "title": "Dune", "author": author, "isbn": "978-0-441-01359-4" })),
+    )
+    .await;
+    assert_eq!(isbn.status, StatusCode::BAD_REQUEST);
+    assert!(isbn.error().contains("ISBN"), "{}", isbn.body);
+    let huge = "x".repeat(70_000);
+    let too_large = send(
+        http.post(format!("{gateway}/books"))
+            .json(&json!({ "title": huge, "author": author, "isbn": "9780441013593" })),
+    )
+    .await;
+    assert_eq!(too_large.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(too_large.error().contains("65536"), "{}", too_large.body);
+    let unknown = send(http.post(format!("{gateway}/books/no-such-book/read"))).await;
+    assert_eq!(unknown.status, StatusCode::NOT_FOUND);
+    let nowhere = send(http.get(format!("{gateway}/nowhere"))).await;
+    assert_eq!(nowhere.status, StatusCode::NOT_FOUND);
+    assert!(nowhere.error().contains("/nowhere"), "{}", nowhere.body);
+
+    // The correlation ids are in the events' metadata.
+    let log = send(http.get(format!("{gateway}/books/{id}/events"))).await;
+    assert_eq!(log.status, StatusCode::OK);
+    let events = log.body["events"].as_array().expect("a list of events");
+    let kinds: Vec<(&str, &str)> = events
+        .iter()
+        .map(|e| {
+            (
+                e["type"].as_str().unwrap_or_default(),
+                e["metadata"]["correlation_id"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(kinds, [("BookAdded", "e2e-add"), ("BookRead", generated.as_str())]);
+    assert_eq!(log.body["_links"]["book"]["href"], format!("/books/{id}"));
+
+    // The views show it (eventually, on Kafka).
+    eventually("the last-read view shows the book", Duration::from_secs(30), || async {
+        let list = send(http.get(format!("{gateway}/last-read"))).await;
+        (list.status == StatusCode::OK && list.body[0]["id"] == id.as_str()).then_some(())
+    })
+    .await;
+    let list = send(http.get(format!("{gateway}/last-read"))).await;
+    assert_eq!(list.body[0]["title"], title.as_str());
+    assert_eq!(list.body[0]["author"], author);
+    let shelf = eventually("the authors view shows the read", Duration::from_secs(30), || async {
+        let shelf = send(http.get(format!("{gateway}/authors/Frank%20Herbert"))).await;
+        let book = shelf.body["books"]
+            .as_array()?
+            .iter()
+            .find(|b| b["id"] == id.as_str())?
+            .clone();
+        (book["reads"] == 1).then_some(book)
+    })
+    .await;
+    assert_eq!(shelf["title"], title.as_str());
+    id
+}
+
+/// A bounded load through the gateway, every answer and write checked.
+fn load(gateway: &str) -> String {
+    let (ok, printed) = support::run(
+        "load",
+        &[
+            "--target",
+            gateway,
+            "--requests",
+            "1500",
+            "--concurrency",
+            "16",
+            "--books",
+            "20",
+            "--max-seconds",
+            "120",
+        ],
+    );
+    println!("{printed}");
+    assert!(ok, "the load run found problems:\n{printed}");
+    assert!(printed.contains("failed: 0, answered wrongly: 0"), "{printed}");
+    printed
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_embedded_bookshelf_through_the_gateway() {
+    let shelf = Service::start("last_read", &[]);
+    let seeds: Vec<String> = ["books", "last-read", "authors"]
+        .iter()
+        .flat_map(|name| ["--service".to_owned(), format!("{name}={}", shelf.url)])
+        .collect();
+    let mut args: Vec<&str> = seeds.iter().map(String::as_str).collect();
+    args.extend(["--max-body-bytes", "65536"]);
+    let gateway = Service::start("gateway", &args);
+
+    let health = send(reqwest::Client::new().get(format!("{}/health", gateway.url))).await;
+    assert_eq!(health.status, StatusCode::OK);
+    assert_eq!(
+        health.body["services"],
+        json!({ "authors": 1, "books": 1, "last-read": 1 })
+    );
+
+    scenario(&gateway.url).await;
+    load(&gateway.url);
+
+    // The service stops: its health check fails, and the gateway says so.
+    assert!(shelf.terminate(), "last_read exits cleanly on SIGTERM");
+    let http = reqwest::Client::new();
+    let unavailable = eventually("the gateway answers 503", Duration::from_secs(10), || async {
+        let answer = send(http.get(format!("{}/last-read", gateway.url))).await;
+        (answer.status == StatusCode::SERVICE_UNAVAILABLE).then_some(answer)
+    })
+    .await;
+    assert_eq!(unavailable.error(), "no healthy instance of last-read");
+    assert!(gateway.terminate(), "the gateway exits cleanly on SIGTERM");
+}
+
+fn brokers() -> String {
+    std::env::var("KAFKA_BROKERS").ok().filter(|b| !b.is_empty()).unwrap_or_else(|| {
+        panic!("this test needs a Kafka-protocol broker: run scripts/test.sh, which starts tansu, or set KAFKA_BROKERS")
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bookshelf_on_kafka_and_consul_through_the_gateway() {
+    let consul = ConsulDouble::start().await.expect("the Consul double starts");
+    let (brokers, consul_url) = (brokers(), consul.url());
+    let topic = format!("bookshelf-e2e-{}", uuid::Uuid::new_v4().simple());
+    let on = |name: &'static str, id: &'static str| -> Vec<String> {
+        [
+            "--broker",
+            &brokers,
+            "--topic",
+            &topic,
+            "--consul",
+            &consul_url,
+            "--name",
+            name,
+            "--id",
+            id,
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    };
+    let start = |example: &str, args: &[String]| {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Service::start(example, &args)
+    };
+    let books = start("books", &on("books", "books-1"));
+    let view_a = start("last_read", &on("last-read", "last-read-a"));
+    let view_b = start("last_read", &on("last-read", "last-read-b"));
+    let authors = start("authors", &on("authors", "authors-1"));
+    let gateway = Service::start("gateway", &["--consul", &consul_url, "--max-body-bytes", "65536"]);
+    let http = reqwest::Client::new();
+
+    // The gateway finds them all (and itself registers).
+    eventually("the gateway sees every instance", Duration::from_secs(20), || async {
+        let health = send(http.get(format!("{}/health", gateway.url))).await;
+        (health.body["services"] == json!({ "authors": 1, "books": 1, "last-read": 2 })).then_some(())
+    })
+    .await;
+    assert!(consul.registered().iter().any(|id| id.starts_with("gateway-")));
+
+    let id = scenario(&gateway.url).await;
+
+    // Balanced across both view instances, each serving the same view.
+    let mut served = BTreeSet::new();
+    for _ in 0..10 {
+        let answer = send(http.get(format!("{}/last-read", gateway.url))).await;
+        assert_eq!(answer.status, StatusCode::OK);
+        served.insert(answer.header("x-served-by").to_owned());
+        let served_by = answer.header("x-served-by").to_owned();
+        let list = answer.body;
+        assert!(
+            list.as_array()
+                .is_some_and(|l| l.iter().any(|b| b["id"] == id.as_str())),
+            "{served_by} has caught up: {list}"
+        );
+    }
+    assert_eq!(
+        served,
+        BTreeSet::from(["last-read-a".to_owned(), "last-read-b".to_owned()])
+    );
+
+    load(&gateway.url);
+
+    // One view instance stops and deregisters: the other serves everything.
+    assert!(view_a.terminate(), "last_read exits cleanly on SIGTERM");
+    eventually(
+        "the gateway follows the deregistration",
+        Duration::from_secs(10),
+        || async {
+            let health = send(http.get(format!("{}/health", gateway.url))).await;
+            (health.body["services"]["last-read"] == 1).then_some(())
+        },
+    )
+    .await;
+    for _ in 0..6 {
+        let answer = send(http.get(format!("{}/last-read", gateway.url))).await;
+        assert_eq!(answer.status, StatusCode::OK);
+        assert_eq!(answer.header("x-served-by"), "last-read-b");
+    }
+
+    // The other crashes: still registered (its TTL has not run out), it
+    // refuses connections: 502 naming it, then it is left out: 503.
+    view_b.crash();
+    let refused = send(http.get(format!("{}/last-read", gateway.url))).await;
+    assert_eq!(refused.status, StatusCode::BAD_GATEWAY, "{}", refused.body);
+    assert!(refused.error().contains("last-read-b"), "{}", refused.body);
+    let unavailable = send(http.get(format!("{}/last-read", gateway.url))).await;
+    assert_eq!(
+        unavailable.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        unavailable.body
+    );
+    assert_eq!(unavailable.error(), "no healthy instance of last-read");
+    // The other services are unaffected.
+    let book = send(http.get(format!("{}/books/{id}", gateway.url))).await;
+    assert_eq!(book.status, StatusCode::OK);
+
+    assert!(gateway.terminate(), "the gateway exits cleanly on SIGTERM");
+    assert!(authors.terminate(), "authors exits cleanly on SIGTERM");
+    assert!(books.terminate(), "books exits cleanly on SIGTERM");
+    assert!(
+        consul.registered().iter().all(|id| id == "last-read-b"),
+        "all but the crashed instance deregistered: {:?}",
+        consul.registered()
+    );
+}
