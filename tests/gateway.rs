@@ -168,14 +168,13 @@ async fn scenario(gateway: &str) -> String {
     assert_eq!(log.body["_links"]["book"]["href"], format!("/books/{id}"));
 
     // The views show it (eventually, on Kafka).
-    eventually("the last-read view shows the book", Duration::from_secs(30), || async {
+    let list = eventually("the last-read view shows the book", Duration::from_secs(30), || async {
         let list = send(http.get(format!("{gateway}/last-read"))).await;
-        (list.status == StatusCode::OK && list.body[0]["id"] == id.as_str()).then_some(())
+        (list.status == StatusCode::OK && list.body[0]["id"] == id.as_str()).then_some(list.body)
     })
     .await;
-    let list = send(http.get(format!("{gateway}/last-read"))).await;
-    assert_eq!(list.body[0]["title"], title.as_str());
-    assert_eq!(list.body[0]["author"], author);
+    assert_eq!(list[0]["title"], title.as_str());
+    assert_eq!(list[0]["author"], author);
     let shelf = eventually("the authors view shows the read", Duration::from_secs(30), || async {
         let shelf = send(http.get(format!("{gateway}/authors/Frank%20Herbert"))).await;
         let book = shelf.body["books"]
@@ -216,27 +215,41 @@ fn load(gateway: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_embedded_bookshelf_through_the_gateway() {
     let shelf = Service::start("last_read", &[]);
-    let seeds: Vec<String> = ["books", "last-read", "authors"]
-        .iter()
-        .flat_map(|name| ["--service".to_owned(), format!("{name}={}", shelf.url)])
-        .collect();
-    let mut args: Vec<&str> = seeds.iter().map(String::as_str).collect();
-    args.extend(["--max-body-bytes", "65536"]);
-    let gateway = Service::start("gateway", &args);
+    let slow = slow_service().await;
+    let mut args: Vec<String> = Vec::new();
+    for name in ["books", "last-read", "authors"] {
+        args.extend(["--service".into(), format!("{name}={}", shelf.url)]);
+        args.extend(["--route".into(), format!("/{name}={name}")]);
+    }
+    args.extend([
+        "--service".into(),
+        format!("slow={slow}"),
+        "--route".into(),
+        "/slow=slow".into(),
+    ]);
+    args.extend(["--max-body-bytes", "65536", "--timeout-ms", "500"].map(String::from));
+    let gateway = Service::start("gateway", &args.iter().map(String::as_str).collect::<Vec<_>>());
+    let http = reqwest::Client::new();
 
-    let health = send(reqwest::Client::new().get(format!("{}/health", gateway.url))).await;
+    let health = send(http.get(format!("{}/health", gateway.url))).await;
     assert_eq!(health.status, StatusCode::OK);
     assert_eq!(
         health.body["services"],
-        json!({ "authors": 1, "books": 1, "last-read": 1 })
+        json!({ "authors": 1, "books": 1, "last-read": 1, "slow": 1 })
     );
 
     scenario(&gateway.url).await;
     load(&gateway.url);
 
+    // An upstream that takes too long: 504 at the timeout, not a hang.
+    let started = Instant::now();
+    let late = send(http.get(format!("{}/slow", gateway.url))).await;
+    assert_eq!(late.status, StatusCode::GATEWAY_TIMEOUT, "{}", late.body);
+    assert!(late.error().contains("500 ms"), "{}", late.body);
+    assert!(started.elapsed() < Duration::from_secs(3), "answered at the timeout");
+
     // The service stops: its health check fails, and the gateway says so.
     assert!(shelf.terminate(), "last_read exits cleanly on SIGTERM");
-    let http = reqwest::Client::new();
     let unavailable = eventually("the gateway answers 503", Duration::from_secs(10), || async {
         let answer = send(http.get(format!("{}/last-read", gateway.url))).await;
         (answer.status == StatusCode::SERVICE_UNAVAILABLE).then_some(answer)
@@ -244,6 +257,27 @@ async fn the_embedded_bookshelf_through_the_gateway() {
     .await;
     assert_eq!(unavailable.error(), "no healthy instance of last-read");
     assert!(gateway.terminate(), "the gateway exits cleanly on SIGTERM");
+}
+
+/// A service in this process whose `/slow` takes five seconds; returns its
+/// URL.
+async fn slow_service() -> String {
+    let app = axum::Router::new()
+        .route(
+            "/health",
+            axum::routing::get(|| async { axum::Json(json!({ "status": "ok" })) }),
+        )
+        .route(
+            "/slow",
+            axum::routing::get(|| async {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                axum::Json(json!([]))
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a free port");
+    let url = format!("http://{}", listener.local_addr().expect("bound"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    url
 }
 
 fn brokers() -> String {
@@ -294,23 +328,34 @@ async fn the_bookshelf_on_kafka_and_consul_through_the_gateway() {
 
     let id = scenario(&gateway.url).await;
 
-    // Balanced across both view instances, each serving the same view.
-    let mut served = BTreeSet::new();
-    for _ in 0..10 {
+    // Balanced across both view instances, each of which catches up.
+    let mut caught_up = BTreeSet::new();
+    let mut served = Vec::new();
+    let start = Instant::now();
+    while caught_up.len() < 2 {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "both view instances serve the book: only {caught_up:?} do"
+        );
         let answer = send(http.get(format!("{}/last-read", gateway.url))).await;
         assert_eq!(answer.status, StatusCode::OK);
-        served.insert(answer.header("x-served-by").to_owned());
-        let served_by = answer.header("x-served-by").to_owned();
-        let list = answer.body;
-        assert!(
-            list.as_array()
-                .is_some_and(|l| l.iter().any(|b| b["id"] == id.as_str())),
-            "{served_by} has caught up: {list}"
-        );
+        let by = answer.header("x-served-by").to_owned();
+        served.push(by.clone());
+        if answer
+            .body
+            .as_array()
+            .is_some_and(|l| l.iter().any(|b| b["id"] == id.as_str()))
+        {
+            caught_up.insert(by);
+        }
     }
     assert_eq!(
-        served,
+        caught_up,
         BTreeSet::from(["last-read-a".to_owned(), "last-read-b".to_owned()])
+    );
+    assert!(
+        served.windows(2).all(|pair| pair[0] != pair[1]),
+        "round robin alternates: {served:?}"
     );
 
     load(&gateway.url);

@@ -252,7 +252,11 @@ impl Gateway {
                     ));
                 }
                 Err(error) => {
-                    tracing::warn!(%service, instance = %instance.id, %error, "upstream failed");
+                    // The connection broke after the request went out: the
+                    // instance is likely gone, but the request may have been
+                    // carried out, so it is not sent again.
+                    tracing::warn!(%service, instance = %instance.id, %error, "upstream failed; ejecting the instance");
+                    route.balancer.eject(&instance.id, self.limits.eject_for);
                     return Err(ApiError::new(
                         StatusCode::BAD_GATEWAY,
                         format!("{service} instance {} failed: {error}", instance.id),
