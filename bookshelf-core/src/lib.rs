@@ -126,6 +126,7 @@ pub mod aggregate;
 pub mod codec;
 pub mod discovery;
 pub mod envelope;
+pub mod process;
 pub mod projection;
 pub mod repository;
 pub mod snapshot;
@@ -139,12 +140,13 @@ pub use async_trait::async_trait;
 pub use codec::{DecodeError, DomainEvent, EncodeError, EventCodec, Upcasters};
 pub use discovery::{Balancer, Discovery, DiscoveryError, Health, InMemoryDiscovery, ServiceInstance, Watch};
 pub use envelope::{Envelope, EventId, Metadata, NewEvent, Position, RecordedEvent, StreamId, Version};
+pub use process::{CommandBus, Dispatch, DispatchError, ProcessManager, ProcessRunner, RunningProcess};
 pub use projection::{
     DeadLetter, DeadLetters, FileViewStore, InMemoryDeadLetters, InMemoryViewStore, ProjectionError, ProjectionHandle,
     ProjectionRunner, RestoredView, RunningProjection, StoredView, UnknownEvents, ViewPersistence, ViewStore,
     ViewStoreError,
 };
-pub use repository::{CommandError, Committed, Loaded, Repository, RetryPolicy};
+pub use repository::{CommandError, Committed, Loaded, Repository, RetryPolicy, IDEMPOTENCY_KEY};
 pub use snapshot::{InMemorySnapshots, Snapshot, SnapshotStore};
 pub use store::{AppendOutcome, EventStore, ExpectedVersion, InMemoryStore, StoreError, Subscription};
 pub use view::View;

@@ -128,7 +128,14 @@ pub struct Committed<E> {
     pub events: Vec<E>,
     /// The global position of the last new event, if any.
     pub position: Option<Position>,
+    /// Whether the command was not carried out because an earlier one with
+    /// the same idempotency key was (see [`Repository::execute_once`]).
+    pub duplicate: bool,
 }
+
+/// The key of [`Metadata::extra`] under which
+/// [`Repository::execute_once`] records a command's idempotency key.
+pub const IDEMPOTENCY_KEY: &str = "idempotency_key";
 
 type EncodeState<A> = fn(&A) -> Result<serde_json::Value, serde_json::Error>;
 type DecodeState<A> = fn(serde_json::Value) -> Result<A, serde_json::Error>;
@@ -411,6 +418,30 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
         self.run(id, command, metadata, Some(expected)).await
     }
 
+    /// Like [`execute`](Self::execute), but at most once per `key`: when an
+    /// event of this aggregate already carries `key` (in its metadata, under
+    /// [`IDEMPOTENCY_KEY`]), nothing is done and the answer has no events
+    /// and `duplicate` set. For commands that may be sent again, such as a
+    /// process manager's after a crash.
+    ///
+    /// The check reads the aggregate's whole stream (its metadata), and holds
+    /// for one writer per aggregate; two processes sending the same key at
+    /// the same moment are told apart by the version check, and the loser's
+    /// retry sees the key.
+    ///
+    /// # Errors
+    /// As for [`execute`](Self::execute).
+    pub async fn execute_once(
+        &self,
+        id: &str,
+        key: &str,
+        command: &A::Command,
+        mut metadata: Metadata,
+    ) -> Result<Committed<A::Event>, CommandError<A::Error>> {
+        metadata.extra.insert(IDEMPOTENCY_KEY.to_owned(), key.to_owned());
+        self.run(id, command, metadata, None).await
+    }
+
     async fn run(
         &self,
         id: &str,
@@ -448,6 +479,21 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
         metadata: &Metadata,
         precondition: Option<Version>,
     ) -> Result<Committed<A::Event>, CommandError<A::Error>> {
+        if let Some(key) = metadata.extra.get(IDEMPOTENCY_KEY) {
+            let recorded = self.store.read_stream(stream, Version(1)).await?;
+            if recorded
+                .iter()
+                .any(|r| r.metadata.extra.get(IDEMPOTENCY_KEY) == Some(key))
+            {
+                return Ok(Committed {
+                    stream_id: stream.clone(),
+                    version: recorded.last().map_or(Version::INITIAL, |r| r.version),
+                    events: Vec::new(),
+                    position: None,
+                    duplicate: true,
+                });
+            }
+        }
         let Loaded { mut state, version } = self.load_stream(stream).await?;
         if let Some(expected) = precondition {
             if expected != version {
@@ -468,6 +514,7 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
                 version,
                 events,
                 position: None,
+                duplicate: false,
             });
         }
         let new_events = events
@@ -509,6 +556,7 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
             version: outcome.version,
             events,
             position: Some(outcome.last_position),
+            duplicate: false,
         })
     }
 

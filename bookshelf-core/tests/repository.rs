@@ -451,3 +451,46 @@ async fn a_state_cache_reads_only_the_events_it_has_not_seen() {
     assert_eq!((loaded.state.balance, loaded.version), (38, Version(13)));
     assert_eq!(store.read.load(Ordering::SeqCst), 13, "evicted: the whole stream again");
 }
+
+#[tokio::test]
+async fn a_command_sent_twice_under_one_idempotency_key_is_carried_out_once() {
+    let store = CountingStore::default();
+    let accounts = Repository::<Account, _>::new(store.clone(), ()).with_cache(16);
+    accounts
+        .execute("1", &AccountCommand::Open, Metadata::default())
+        .await
+        .unwrap();
+    let first = accounts
+        .execute_once("1", "pay-7", &AccountCommand::Deposit(5), Metadata::correlated("req-1"))
+        .await
+        .unwrap();
+    assert!(!first.duplicate);
+    assert_eq!(first.version, Version(2));
+    let again = accounts
+        .execute_once("1", "pay-7", &AccountCommand::Deposit(5), Metadata::correlated("req-2"))
+        .await
+        .unwrap();
+    assert!(again.duplicate, "the key was seen");
+    assert!(again.events.is_empty());
+    assert_eq!(again.version, Version(2));
+    let other = accounts
+        .execute_once("1", "pay-8", &AccountCommand::Deposit(5), Metadata::default())
+        .await
+        .unwrap();
+    assert_eq!((other.duplicate, other.version), (false, Version(3)));
+
+    let loaded = accounts.load("1").await.unwrap();
+    assert_eq!(loaded.state.balance, 10);
+    let recorded = store
+        .read_stream(&StreamId::new("account-1"), Version(2))
+        .await
+        .unwrap();
+    assert_eq!(
+        recorded[0]
+            .metadata
+            .extra
+            .get(bookshelf_core::IDEMPOTENCY_KEY)
+            .map(String::as_str),
+        Some("pay-7")
+    );
+}

@@ -1,0 +1,400 @@
+//! Process managers (sagas): long-running processes that react to events
+//! from several aggregates and send commands, with compensation when a step
+//! fails or times out.
+//!
+//! A [`ProcessManager`] is a fold like a [`View`](crate::View), whose
+//! reactions are commands. The [`ProcessRunner`] feeds it the log, sends its
+//! commands through a [`CommandBus`], and saves its state with its checkpoint
+//! in a [`ViewStore`] once the commands of an event went through.
+//!
+//! Delivery is at least once: after a crash between sending a command and
+//! saving the checkpoint, the event is read again and its commands sent
+//! again. Each command therefore carries an idempotency key, the same each
+//! time the same step is taken (derive it from the process id and the step,
+//! never from a clock or a random number), and the receiving aggregate
+//! honours it (see [`Repository::execute_once`](crate::Repository::execute_once)).
+
+use std::collections::VecDeque;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::codec::{DecodeError, DomainEvent, EventCodec};
+use crate::envelope::{Envelope, Position};
+use crate::projection::{InMemoryViewStore, ProjectionError, StoredView, ViewStore};
+use crate::repository::RetryPolicy;
+use crate::store::{EventStore, Subscription};
+
+/// A command a process manager sends, with the key that makes sending it
+/// twice harmless.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Dispatch<C> {
+    /// The same every time this step of this process is taken, such as
+    /// `"loan-42/charge"`.
+    pub key: String,
+    /// The command.
+    pub command: C,
+}
+
+impl<C> Dispatch<C> {
+    /// `command`, under idempotency key `key`.
+    pub fn new(key: impl Into<String>, command: C) -> Self {
+        Dispatch {
+            key: key.into(),
+            command,
+        }
+    }
+}
+
+/// Why a command did not go through.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum DispatchError {
+    /// The aggregate refused it (an invalid transition, say): sending it again
+    /// would not help. The process manager is told, to compensate.
+    #[error("rejected: {0}")]
+    Rejected(String),
+    /// It could not be carried out now (a store or network failure): it is
+    /// sent again.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Where a process manager's commands go: usually a match over the command
+/// type that calls each aggregate's repository.
+#[async_trait]
+pub trait CommandBus<C>: Send + Sync + 'static {
+    /// Carries out one command, at most once per key.
+    ///
+    /// # Errors
+    /// [`DispatchError::Rejected`] when the command is refused for good,
+    /// [`DispatchError::Unavailable`] when it may succeed later.
+    async fn dispatch(&self, dispatch: &Dispatch<C>) -> Result<(), DispatchError>;
+}
+
+/// A long-running process over events of several aggregates.
+///
+/// Its state is saved as JSON with its checkpoint; keep in it what each
+/// running process has done and is waiting for, and deadlines for
+/// [`tick`](Self::tick).
+pub trait ProcessManager: Default + Serialize + DeserializeOwned + Send + Sync + 'static {
+    /// The events it reacts to. Other events in the log are passed over.
+    type Event: DomainEvent;
+    /// The commands it sends.
+    type Command: Send + Sync + std::fmt::Debug + 'static;
+
+    /// Folds one event and returns the commands it calls for.
+    fn react(&mut self, event: &Envelope<Self::Event>) -> Vec<Dispatch<Self::Command>>;
+
+    /// Called every tick of the runner with the time: returns the commands
+    /// for deadlines that passed (a timeout's compensation, say).
+    fn tick(&mut self, now: DateTime<Utc>) -> Vec<Dispatch<Self::Command>> {
+        let _ = now;
+        Vec::new()
+    }
+
+    /// A command was refused for good: returns the commands to send instead
+    /// (compensation for the steps already taken, say).
+    fn rejected(&mut self, dispatch: &Dispatch<Self::Command>, reason: &str) -> Vec<Dispatch<Self::Command>> {
+        let _ = (dispatch, reason);
+        Vec::new()
+    }
+}
+
+/// Runs a [`ProcessManager`] over an event store.
+///
+/// ```
+/// # use bookshelf_core::process::*;
+/// # use bookshelf_core::*;
+/// # use serde::{Deserialize, Serialize};
+/// # #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)] enum Ev { Ordered { n: u32 } }
+/// # impl DomainEvent for Ev {}
+/// /// Sends a `Ship` for every order.
+/// #[derive(Default, Serialize, Deserialize)]
+/// struct Shipping { shipped: u32 }
+///
+/// impl ProcessManager for Shipping {
+///     type Event = Ev;
+///     type Command = String;
+///     fn react(&mut self, event: &Envelope<Ev>) -> Vec<Dispatch<String>> {
+///         self.shipped += 1;
+///         vec![Dispatch::new(format!("{}/ship", event.stream_id), "ship".to_owned())]
+///     }
+/// }
+///
+/// struct Printer;
+/// #[async_trait]
+/// impl CommandBus<String> for Printer {
+///     async fn dispatch(&self, d: &Dispatch<String>) -> Result<(), DispatchError> {
+///         println!("{} {}", d.key, d.command);
+///         Ok(())
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let store = InMemoryStore::new();
+/// let shipping = ProcessRunner::<Shipping, _, _>::new("shipping", store.clone(), Printer).start();
+/// let encoded = codec::encode(&Ev::Ordered { n: 1 })?;
+/// let event = NewEvent {
+///     event_id: EventId::new(),
+///     event_type: encoded.event_type,
+///     schema_version: encoded.schema_version,
+///     metadata: Metadata::default(),
+///     payload: encoded.payload,
+/// };
+/// let written = store.append(&StreamId::new("order-1"), ExpectedVersion::Any, vec![event]).await?;
+/// assert!(shipping.wait_for(written.last_position.next()).await);
+/// assert_eq!(shipping.read(|s| s.shipped), 1);
+/// shipping.stop().await?;
+/// # Ok(()) }
+/// ```
+pub struct ProcessRunner<P: ProcessManager, S, B> {
+    name: String,
+    store: S,
+    bus: Arc<B>,
+    saved: Arc<dyn ViewStore>,
+    categories: Vec<String>,
+    tick: Duration,
+    retry: RetryPolicy,
+    batch_size: usize,
+    codec: EventCodec<P::Event>,
+}
+
+impl<P, S, B> ProcessRunner<P, S, B>
+where
+    P: ProcessManager,
+    S: EventStore,
+    B: CommandBus<P::Command>,
+{
+    /// Process manager `name` over `store`, sending through `bus`; its state
+    /// kept in memory, ticking every second, commands that are unavailable
+    /// tried 10 times from 10 ms on before the runner stops.
+    pub fn new(name: impl Into<String>, store: S, bus: B) -> Self {
+        ProcessRunner {
+            name: name.into(),
+            store,
+            bus: Arc::new(bus),
+            saved: Arc::new(InMemoryViewStore::new()),
+            categories: Vec::new(),
+            tick: Duration::from_secs(1),
+            retry: RetryPolicy::attempts(10).with_backoff(Duration::from_millis(10)),
+            batch_size: 256,
+            codec: EventCodec::new(),
+        }
+    }
+
+    /// Keeps the state and checkpoint in `saved`, so that a restart resumes.
+    pub fn persist_with(mut self, saved: impl ViewStore) -> Self {
+        self.saved = Arc::new(saved);
+        self
+    }
+
+    /// Reads only the streams of these categories.
+    pub fn only_categories<T: Into<String>>(mut self, categories: impl IntoIterator<Item = T>) -> Self {
+        self.categories = categories.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// How often [`ProcessManager::tick`] is called.
+    pub fn tick_every(mut self, every: Duration) -> Self {
+        self.tick = every;
+        self
+    }
+
+    /// How often, and after what pause, an unavailable command is sent
+    /// again before the runner gives up and stops (a restart resumes there).
+    pub fn retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// Starts the process manager as a task.
+    pub fn start(self) -> RunningProcess<P> {
+        let shared = Arc::new(RwLock::new(P::default()));
+        let (progress, watched) = watch::channel(None);
+        let (stop, stopped) = watch::channel(false);
+        let task = tokio::spawn(self.run(shared.clone(), progress, stopped));
+        RunningProcess {
+            shared,
+            progress: watched,
+            stop,
+            task,
+        }
+    }
+
+    async fn run(
+        self,
+        shared: Arc<RwLock<P>>,
+        progress: watch::Sender<Option<Position>>,
+        mut stop: watch::Receiver<bool>,
+    ) -> Result<(), ProjectionError> {
+        let mut state = P::default();
+        let mut checkpoint = Position(0);
+        if let Some(saved) = self.saved.load().await? {
+            state = serde_json::from_str(saved.state.get()).map_err(|source| ProjectionError::SavedState {
+                projection: self.name.clone(),
+                source,
+            })?;
+            checkpoint = saved.checkpoint;
+        }
+        publish(&shared, &state);
+        progress.send_replace(Some(checkpoint));
+        let mut subscription = self.store.subscribe(checkpoint).await?;
+        let mut ticks = tokio::time::interval(self.tick);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut batch = Vec::with_capacity(self.batch_size);
+        loop {
+            tokio::select! {
+                biased;
+                _ = stop.changed() => break,
+                _ = ticks.tick() => {
+                    let commands = state.tick(Utc::now());
+                    if !commands.is_empty() {
+                        self.send_all(&mut state, commands).await?;
+                        self.save(&state, checkpoint).await?;
+                        publish(&shared, &state);
+                    }
+                    continue;
+                }
+                next = subscription.next_batch(&mut batch, self.batch_size) => next?,
+            }
+            for record in &batch {
+                if record.position < checkpoint {
+                    continue;
+                }
+                let wanted =
+                    self.categories.is_empty() || self.categories.iter().any(|c| c == record.stream_id.category());
+                let event = if wanted {
+                    match self.codec.decode_envelope(record) {
+                        Ok(event) => Some(event),
+                        Err(DecodeError::UnknownEventType { .. }) => None,
+                        Err(error) => {
+                            tracing::error!(
+                                process = %self.name, position = %record.position, %error,
+                                "an event the process manager cannot decode is passed over"
+                            );
+                            None
+                        }
+                    }
+                } else {
+                    None
+                };
+                checkpoint = record.position.next();
+                if let Some(event) = event {
+                    let commands = state.react(&event);
+                    if !commands.is_empty() {
+                        self.send_all(&mut state, commands).await?;
+                        // The commands went through: the event is done with.
+                        self.save(&state, checkpoint).await?;
+                    }
+                }
+            }
+            self.save(&state, checkpoint).await?;
+            publish(&shared, &state);
+            progress.send_replace(Some(checkpoint));
+        }
+        self.save(&state, checkpoint).await?;
+        Ok(())
+    }
+
+    /// Sends `commands`, and the compensations for those refused.
+    async fn send_all(&self, state: &mut P, commands: Vec<Dispatch<P::Command>>) -> Result<(), ProjectionError> {
+        let mut queue = VecDeque::from(commands);
+        while let Some(dispatch) = queue.pop_front() {
+            let mut attempt = 1;
+            let mut backoff = self.retry.backoff;
+            loop {
+                match self.bus.dispatch(&dispatch).await {
+                    Ok(()) => break,
+                    Err(DispatchError::Rejected(reason)) => {
+                        tracing::warn!(process = %self.name, key = %dispatch.key, %reason, "command rejected");
+                        queue.extend(state.rejected(&dispatch, &reason));
+                        break;
+                    }
+                    Err(DispatchError::Unavailable(reason)) if attempt < self.retry.max_attempts => {
+                        tracing::warn!(process = %self.name, key = %dispatch.key, %reason, attempt, "command unavailable; retrying");
+                        tokio::time::sleep(backoff).await;
+                        backoff = backoff.saturating_mul(2);
+                        attempt += 1;
+                    }
+                    Err(DispatchError::Unavailable(reason)) => {
+                        return Err(ProjectionError::Task(format!(
+                            "process {}: command {} still unavailable after {attempt} attempts: {reason}",
+                            self.name, dispatch.key
+                        )));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn save(&self, state: &P, checkpoint: Position) -> Result<(), ProjectionError> {
+        let json = serde_json::to_string(state).map_err(|source| ProjectionError::Serialize {
+            projection: self.name.clone(),
+            source,
+        })?;
+        let state = serde_json::value::RawValue::from_string(json).map_err(|source| ProjectionError::Serialize {
+            projection: self.name.clone(),
+            source,
+        })?;
+        self.saved
+            .save(&StoredView {
+                checkpoint,
+                offsets: Default::default(),
+                state,
+            })
+            .await?;
+        Ok(())
+    }
+}
+
+/// Copies the state for readers: one JSON round trip, as the state is only
+/// `Serialize + DeserializeOwned`.
+fn publish<P: ProcessManager>(shared: &RwLock<P>, state: &P) {
+    if let Ok(copy) = serde_json::to_value(state).and_then(serde_json::from_value) {
+        *shared.write().unwrap_or_else(|p| p.into_inner()) = copy;
+    }
+}
+
+/// A running [`ProcessRunner`].
+pub struct RunningProcess<P> {
+    shared: Arc<RwLock<P>>,
+    progress: watch::Receiver<Option<Position>>,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<Result<(), ProjectionError>>,
+}
+
+impl<P: ProcessManager> RunningProcess<P> {
+    /// Answers a query from the state as of the last batch.
+    pub fn read<R>(&self, query: impl FnOnce(&P) -> R) -> R {
+        query(&self.shared.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Waits until every event before `position` was handled, or the runner
+    /// ended; returns whether the position was reached.
+    pub async fn wait_for(&self, position: Position) -> bool {
+        let mut progress = self.progress.clone();
+        let reached = progress.wait_for(|p| p.is_some_and(|at| at >= position)).await.is_ok();
+        reached
+    }
+
+    /// Stops after the event in hand, saving the state.
+    ///
+    /// # Errors
+    /// What stopped the runner before, or saving failed.
+    pub async fn stop(self) -> Result<(), ProjectionError> {
+        self.stop.send_replace(true);
+        self.task.await.map_err(|e| ProjectionError::Task(e.to_string()))?
+    }
+
+    /// Stops at once, saving nothing: what a crash would do.
+    pub fn abort(self) {
+        self.task.abort();
+    }
+}
