@@ -90,7 +90,7 @@ async fn library() -> Library {
 
 fn loans(library: &Library, bus: Faulty, saved: &InMemoryViewStore) -> RunningProcess<LoanProcess> {
     ProcessRunner::<LoanProcess, _, _>::new("loans", library.store.clone(), bus)
-        .persist_with(saved.clone())
+        .persist_to(saved.clone())
         .only_categories(["copy", "member"])
         .tick_every(Duration::from_millis(20))
         .start()

@@ -123,6 +123,7 @@
 #![deny(missing_docs)]
 
 pub mod aggregate;
+pub mod change;
 pub mod codec;
 pub mod discovery;
 pub mod envelope;

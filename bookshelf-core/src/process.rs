@@ -189,7 +189,7 @@ where
     }
 
     /// Keeps the state and checkpoint in `saved`, so that a restart resumes.
-    pub fn persist_with(mut self, saved: impl ViewStore) -> Self {
+    pub fn persist_to(mut self, saved: impl ViewStore) -> Self {
         self.saved = Arc::new(saved);
         self
     }
