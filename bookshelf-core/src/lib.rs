@@ -101,7 +101,9 @@
 //! | the write side | [`aggregate`], [`repository`], [`snapshot`] | [`Aggregate`], [`Repository`], [`RetryPolicy`], [`SnapshotStore`] |
 //! | the event store | [`store`] | [`EventStore`], [`ExpectedVersion`], [`Subscription`], [`InMemoryStore`] |
 //! | the read side | [`view`], [`projection`] | [`View`], [`ProjectionRunner`], [`ViewStore`], [`DeadLetters`] |
-//! | service discovery | [`discovery`] | [`Discovery`], [`ServiceInstance`], [`InMemoryDiscovery`] |
+//! | long-running processes (sagas), compensation, idempotency keys | [`process`] | [`ProcessManager`], [`ProcessRunner`], [`CommandBus`], [`Repository::execute_once`] |
+//! | change events with the state before and after | [`change`] | [`change::ChangeFeed`], [`change::Change`] |
+//! | service discovery, client-side balancing | [`discovery`] | [`Discovery`], [`ServiceInstance`], [`InMemoryDiscovery`], [`Balancer`] |
 //! | testing aggregates | [`testing`] | [`testing::AggregateTest`] |
 //! | fast RFC 3339 timestamps for serde | [`timestamp`] | [`timestamp::parse`] |
 //!
