@@ -18,8 +18,6 @@ mod api;
 #[path = "../common/books.rs"]
 mod books;
 
-use std::net::{IpAddr, SocketAddr};
-
 use bookshelf::UnknownEvents;
 use bookshelf_kafka::{KafkaConfig, KafkaProjection};
 use clap::Parser;
@@ -28,42 +26,31 @@ use books::Authors;
 
 /// Books by author, projected from the book events on Kafka.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(version)]
 struct Args {
-    /// The address to listen on.
-    #[arg(long, default_value = "127.0.0.1")]
-    addr: IpAddr,
     /// The port to listen on (0 picks a free one).
     #[arg(long, default_value_t = 8089)]
     port: u16,
-    /// Kafka bootstrap servers.
-    #[arg(long)]
-    broker: String,
-    /// The Kafka topic of the book events.
-    #[arg(long, default_value = "books")]
-    topic: String,
-    /// The Consul agent to register with, such as http://127.0.0.1:8500.
-    #[arg(long)]
-    consul: Option<String>,
     /// The service name to register under.
     #[arg(long, default_value = "authors")]
     name: String,
-    /// The instance id to register under (default: NAME-PORT).
-    #[arg(long)]
-    id: Option<String>,
-    /// Tags to register with, comma-separated.
-    #[arg(long, value_delimiter = ',')]
-    tags: Vec<String>,
+    #[command(flatten)]
+    service: api::ServiceFlags,
 }
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     api::init_tracing();
     let args = Args::parse();
-    let listener = tokio::net::TcpListener::bind(SocketAddr::new(args.addr, args.port)).await?;
+    let Some(broker) = args.service.broker.as_deref() else {
+        return Err("authors projects the book events from Kafka: give --broker HOST:PORT \
+                    (on the embedded default, `cargo run --example last_read` serves /authors)"
+            .into());
+    };
+    let listener = args.service.listen(args.port).await?;
     let local = listener.local_addr()?;
 
-    let config = KafkaConfig::new(args.broker.as_str(), args.topic.as_str())
+    let config = KafkaConfig::new(broker, args.service.topic.as_str())
         .partitions(3)
         .create_topic(true);
     let view = KafkaProjection::<Authors>::new("authors", config)
@@ -74,17 +61,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .merge(api::health_routes())
         .fallback(api::not_found);
 
-    let registration = api::Registration::register(
-        args.consul.as_deref(),
-        &args.name,
-        args.id.as_deref(),
-        &args.tags,
-        local,
-    )
-    .await?;
+    let registration = args.service.register(&args.name, local).await?;
     println!(
         "authors is listening on http://{local}/ (projecting topic {} from {})",
-        args.topic, args.broker
+        args.service.topic, broker
     );
     println!("  curl -s http://{local}/authors");
     api::serve(listener, app, registration).await?;

@@ -18,7 +18,6 @@ mod api;
 #[path = "../common/books.rs"]
 mod books;
 
-use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,42 +29,26 @@ use books::{Book, Clock};
 
 /// The books aggregate over HTTP.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(version)]
 struct Args {
-    /// The address to listen on.
-    #[arg(long, default_value = "127.0.0.1")]
-    addr: IpAddr,
     /// The port to listen on (0 picks a free one).
     #[arg(long, default_value_t = 8088)]
     port: u16,
-    /// Kafka bootstrap servers: keep the events on Kafka instead of in memory.
-    #[arg(long)]
-    broker: Option<String>,
-    /// The Kafka topic of the book events.
-    #[arg(long, default_value = "books")]
-    topic: String,
-    /// The Consul agent to register with, such as http://127.0.0.1:8500.
-    #[arg(long)]
-    consul: Option<String>,
     /// The service name to register under.
     #[arg(long, default_value = "books")]
     name: String,
-    /// The instance id to register under (default: NAME-PORT).
-    #[arg(long)]
-    id: Option<String>,
-    /// Tags to register with, comma-separated.
-    #[arg(long, value_delimiter = ',')]
-    tags: Vec<String>,
+    #[command(flatten)]
+    service: api::ServiceFlags,
 }
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     api::init_tracing();
     let args = Args::parse();
-    match &args.broker {
+    match &args.service.broker {
         None => serve(&args, InMemoryStore::new(), "in-memory store").await?,
         Some(broker) => {
-            let config = KafkaConfig::new(broker.as_str(), args.topic.as_str())
+            let config = KafkaConfig::new(broker.as_str(), args.service.topic.as_str())
                 .partitions(3)
                 .create_topic(true);
             let store = KafkaStore::open(config).await?;
@@ -78,7 +61,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 }
 
 async fn serve<S: EventStore>(args: &Args, store: S, kind: &str) -> Result<(), Box<dyn std::error::Error>> {
-    let listener = tokio::net::TcpListener::bind(SocketAddr::new(args.addr, args.port)).await?;
+    let listener = args.service.listen(args.port).await?;
     let local = listener.local_addr()?;
     let api = Arc::new(api::BooksApi {
         books: Repository::<Book, _>::new(store, Clock::system()).with_cache(100_000),
@@ -88,14 +71,7 @@ async fn serve<S: EventStore>(args: &Args, store: S, kind: &str) -> Result<(), B
         .merge(api::health_routes())
         .fallback(api::not_found);
 
-    let registration = api::Registration::register(
-        args.consul.as_deref(),
-        &args.name,
-        args.id.as_deref(),
-        &args.tags,
-        local,
-    )
-    .await?;
+    let registration = args.service.register(&args.name, local).await?;
     println!("books is listening on http://{local}/ ({kind})");
     api::serve(listener, app, registration).await
 }

@@ -402,6 +402,46 @@ pub async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "no such resource")
 }
 
+/// The flags the bookshelf services share; each adds `--port` and `--name`
+/// with its own defaults.
+#[derive(Debug, clap::Args)]
+pub struct ServiceFlags {
+    /// The address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub addr: std::net::IpAddr,
+    /// Kafka bootstrap servers: run on Kafka instead of the in-memory store.
+    #[arg(long)]
+    pub broker: Option<String>,
+    /// The Kafka topic of the book events.
+    #[arg(long, default_value = "books")]
+    pub topic: String,
+    /// The Consul agent to register with, such as http://127.0.0.1:8500.
+    #[arg(long)]
+    pub consul: Option<String>,
+    /// The instance id to register under (default: NAME-PORT).
+    #[arg(long)]
+    pub id: Option<String>,
+    /// Tags to register with, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub tags: Vec<String>,
+}
+
+impl ServiceFlags {
+    /// Listens on `--addr` and `port` (0 picks a free one).
+    pub async fn listen(&self, port: u16) -> std::io::Result<tokio::net::TcpListener> {
+        tokio::net::TcpListener::bind(std::net::SocketAddr::new(self.addr, port)).await
+    }
+
+    /// Registers as `name` at `local` when `--consul` is given.
+    pub async fn register(
+        &self,
+        name: &str,
+        local: std::net::SocketAddr,
+    ) -> Result<Option<Registration>, bookshelf::DiscoveryError> {
+        Registration::register(self.consul.as_deref(), name, self.id.as_deref(), &self.tags, local).await
+    }
+}
+
 /// A service's registration in Consul, made once it listens.
 pub struct Registration {
     discovery: bookshelf_consul::ConsulDiscovery,

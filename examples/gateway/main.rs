@@ -43,7 +43,7 @@ use proxy::{Gateway, Limits, Route};
 
 /// The bookshelf's one HTTP entry point.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(version)]
 struct Args {
     /// The address to listen on.
     #[arg(long, default_value = "127.0.0.1")]

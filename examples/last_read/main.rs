@@ -22,7 +22,6 @@ mod api;
 #[path = "../common/books.rs"]
 mod books;
 
-use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use bookshelf::{InMemoryStore, ProjectionRunner, Repository, UnknownEvents};
@@ -33,59 +32,35 @@ use books::{Authors, Book, Clock, LastRead};
 
 /// The five most recently read books, as a JSON list on `GET /`.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(version)]
 struct Args {
-    /// The address to listen on.
-    #[arg(long, default_value = "127.0.0.1")]
-    addr: IpAddr,
     /// The port to listen on (0 picks a free one).
     #[arg(long, default_value_t = 8087)]
     port: u16,
-    /// Kafka bootstrap servers: project the book events from Kafka instead
-    /// of running on the embedded in-memory store.
-    #[arg(long)]
-    broker: Option<String>,
-    /// The Kafka topic of the book events.
-    #[arg(long, default_value = "books")]
-    topic: String,
-    /// The Consul agent to register with, such as http://127.0.0.1:8500.
-    #[arg(long)]
-    consul: Option<String>,
     /// The service name to register under.
     #[arg(long, default_value = "last-read")]
     name: String,
-    /// The instance id to register under (default: NAME-PORT).
-    #[arg(long)]
-    id: Option<String>,
-    /// Tags to register with, comma-separated.
-    #[arg(long, value_delimiter = ',')]
-    tags: Vec<String>,
+    #[command(flatten)]
+    service: api::ServiceFlags,
 }
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     api::init_tracing();
     let args = Args::parse();
-    let listener = tokio::net::TcpListener::bind(SocketAddr::new(args.addr, args.port)).await?;
+    let listener = args.service.listen(args.port).await?;
     let local = listener.local_addr()?;
 
-    let (app, stop_view): (axum::Router, StopView) = match &args.broker {
+    let (app, stop_view): (axum::Router, StopView) = match &args.service.broker {
         None => embedded(),
-        Some(broker) => from_kafka(broker, &args.topic).await?,
+        Some(broker) => from_kafka(broker, &args.service.topic).await?,
     };
     let app = app.merge(api::health_routes()).fallback(api::not_found);
 
     // Listening: now it is ready to be found.
-    let registration = api::Registration::register(
-        args.consul.as_deref(),
-        &args.name,
-        args.id.as_deref(),
-        &args.tags,
-        local,
-    )
-    .await?;
+    let registration = args.service.register(&args.name, local).await?;
 
-    match &args.broker {
+    match &args.service.broker {
         None => {
             println!(
                 "last_read is listening on http://{local}/ (embedded default: in-memory store, books in this process)"
@@ -105,7 +80,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Some(broker) => {
             println!(
                 "last_read is listening on http://{local}/ (projecting topic {} from {broker})",
-                args.topic
+                args.service.topic
             );
             println!("  curl -s http://{local}/");
         }

@@ -24,7 +24,7 @@ use serde_json::{json, Value};
 
 /// Load for the bookshelf, with every answer checked.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(version)]
 struct Args {
     /// The base URL to send to: the gateway, or a service directly.
     #[arg(long, default_value = "http://127.0.0.1:8080")]
