@@ -170,34 +170,45 @@ fn commands(c: &mut Criterion) {
     // Each iteration adds N books, then reads each of them twice.
     group.throughput(Throughput::Elements(3 * N));
     group.sample_size(20);
-    group.bench_function("add_then_read_twice", |b| {
-        b.iter_batched(
-            || Repository::<Book, _>::new(InMemoryStore::new(), Clock::system()),
-            |books| {
-                runtime.block_on(async {
-                    for id in 0..N {
-                        let add = BookCommand::Add {
-                            title: format!("Book {id}"),
-                            author: "Somebody".into(),
-                            isbn: "9780441013593".into(),
-                        };
-                        books.execute(&id.to_string(), &add, Metadata::default()).await.unwrap();
+    for (name, cache) in [
+        ("add_then_read_twice", None),
+        ("add_then_read_twice_cached", Some(N as usize)),
+    ] {
+        group.bench_function(name, |b| {
+            b.iter_batched(
+                || {
+                    let books = Repository::<Book, _>::new(InMemoryStore::new(), Clock::system());
+                    match cache {
+                        Some(capacity) => books.with_cache(capacity),
+                        None => books,
                     }
-                    for _ in 0..2 {
+                },
+                |books| {
+                    runtime.block_on(async {
                         for id in 0..N {
-                            let id = id.to_string();
-                            books
-                                .execute(&id, &BookCommand::MarkRead, Metadata::default())
-                                .await
-                                .unwrap();
+                            let add = BookCommand::Add {
+                                title: format!("Book {id}"),
+                                author: "Somebody".into(),
+                                isbn: "9780441013593".into(),
+                            };
+                            books.execute(&id.to_string(), &add, Metadata::default()).await.unwrap();
                         }
-                    }
-                    black_box(books.store().head().await.unwrap())
-                })
-            },
-            BatchSize::PerIteration,
-        )
-    });
+                        for _ in 0..2 {
+                            for id in 0..N {
+                                let id = id.to_string();
+                                books
+                                    .execute(&id, &BookCommand::MarkRead, Metadata::default())
+                                    .await
+                                    .unwrap();
+                            }
+                        }
+                        black_box(books.store().head().await.unwrap())
+                    })
+                },
+                BatchSize::PerIteration,
+            )
+        });
+    }
     group.finish();
 }
 
