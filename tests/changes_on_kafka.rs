@@ -1,0 +1,138 @@
+//! Change events on Kafka (tansu, from `scripts/test.sh`): the books on a
+//! one-partition topic, their changes published to a topic of their own, a
+//! replica projecting that topic, and two notifiers on it.
+
+#[path = "../examples/common/books.rs"]
+mod books;
+#[path = "../examples/changes/consumers.rs"]
+mod consumers;
+
+use std::time::Duration;
+
+use books::{Book, BookCommand, Clock};
+use bookshelf::change::{change_stream, ChangeFeed};
+use bookshelf::process::ProcessRunner;
+use bookshelf::{EventStore, Metadata, Repository, Version};
+use bookshelf_kafka::{KafkaConfig, KafkaProjection, KafkaStore};
+use consumers::{Mailbox, Notifier, Replica};
+
+fn brokers() -> String {
+    std::env::var("KAFKA_BROKERS").ok().filter(|b| !b.is_empty()).unwrap_or_else(|| {
+        panic!("this test needs a Kafka-protocol broker: run scripts/test.sh, which starts tansu, or set KAFKA_BROKERS")
+    })
+}
+
+/// A store on a new one-partition topic: the feed and the runners read it
+/// as one global log.
+async fn topic(name: &str) -> (KafkaStore, KafkaConfig) {
+    let config = KafkaConfig::new(
+        brokers(),
+        format!("bookshelf-test-{name}-{}", uuid::Uuid::new_v4().simple()),
+    )
+    .partitions(1)
+    .create_topic(true);
+    (KafkaStore::open(config.clone()).await.unwrap(), config)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_flow_through_kafka_to_a_replica_and_notifiers() {
+    let (writes, _) = topic("books").await;
+    let (changes, changes_config) = topic("book-changes").await;
+    let books = Repository::<Book, _>::new(writes.clone(), Clock::system()).with_cache(100);
+    for n in 0..3 {
+        let add = BookCommand::Add {
+            title: format!("Book {n}"),
+            author: "Somebody".into(),
+            isbn: "9780441013593".into(),
+        };
+        books.execute(&n.to_string(), &add, Metadata::default()).await.unwrap();
+    }
+    books
+        .execute("0", &BookCommand::MarkRead, Metadata::default())
+        .await
+        .unwrap();
+    books
+        .execute("1", &BookCommand::Rate { stars: 4 }, Metadata::default())
+        .await
+        .unwrap();
+
+    let feed = ChangeFeed::<Book, _, _>::new(writes.clone(), changes.clone()).start();
+    let end = writes.head().await.unwrap();
+    assert!(tokio::time::timeout(Duration::from_secs(30), feed.wait_for(end))
+        .await
+        .unwrap_or(false));
+    feed.stop().await.unwrap();
+    // Restarted, it reads the books again and publishes nothing twice.
+    let feed = ChangeFeed::<Book, _, _>::new(writes.clone(), changes.clone()).start();
+    books
+        .execute("2", &BookCommand::Remove, Metadata::default())
+        .await
+        .unwrap();
+    let end = writes.head().await.unwrap();
+    assert!(tokio::time::timeout(Duration::from_secs(30), feed.wait_for(end))
+        .await
+        .unwrap_or(false));
+    for (id, versions) in [("0", 2), ("1", 2), ("2", 2)] {
+        let published = changes
+            .read_stream(&change_stream("book", id), Version(1))
+            .await
+            .unwrap();
+        assert_eq!(published.len(), versions, "book {id}: one change per event");
+    }
+
+    // The replica: a view over the change topic, with its own offsets.
+    let replica = KafkaProjection::<Replica>::new("replica", changes_config)
+        .start()
+        .await
+        .unwrap();
+    let mailbox = Mailbox {
+        dir: std::env::temp_dir().join(format!(
+            "bookshelf-test-kafka-mailbox-{}",
+            uuid::Uuid::new_v4().simple()
+        )),
+    };
+    std::fs::create_dir_all(&mailbox.dir).unwrap();
+    let notifiers: Vec<_> = (0..2)
+        .map(|_| ProcessRunner::<Notifier, _, _>::new("notifier", changes.clone(), mailbox.clone()).start())
+        .collect();
+
+    let published = changes.head().await.unwrap();
+    for notifier in &notifiers {
+        assert!(
+            tokio::time::timeout(Duration::from_secs(30), notifier.wait_for(published))
+                .await
+                .unwrap_or(false)
+        );
+    }
+    let start = std::time::Instant::now();
+    loop {
+        let mirrored = replica.handle().read(|r| r.books.clone());
+        if mirrored.get("2").is_some_and(|(v, _)| *v == 2) && mirrored.len() == 3 {
+            for n in 0..3 {
+                let id = n.to_string();
+                let loaded = books.load(&id).await.unwrap();
+                assert_eq!(
+                    mirrored[&id].1,
+                    serde_json::to_value(&loaded.state).unwrap(),
+                    "book {id}"
+                );
+            }
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the replica caught up: {mirrored:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A read and a rating: two messages, each sent once by two notifiers.
+    assert_eq!(mailbox.delivered().unwrap().len(), 2);
+    assert_eq!(mailbox.sent().unwrap().len(), 2);
+
+    for notifier in notifiers {
+        notifier.stop().await.unwrap();
+    }
+    replica.stop().await.unwrap();
+    feed.stop().await.unwrap();
+    let _ = std::fs::remove_dir_all(&mailbox.dir);
+}
