@@ -291,3 +291,37 @@ async fn invalid_transitions_are_typed_errors() {
         Err(CommandError::Rejected(LendingError::Unknown(_)))
     ));
 }
+
+#[tokio::test]
+async fn an_event_that_does_not_decode_is_set_aside_and_the_process_goes_on() {
+    let library = library().await;
+    let letters = bookshelf::InMemoryDeadLetters::new();
+    let process = ProcessRunner::<LoanProcess, _, _>::new("loans", library.store.clone(), Faulty::new(&library.store))
+        .only_categories(["copy", "member"])
+        .dead_letters(letters.clone())
+        .start();
+    let malformed = bookshelf::NewEvent {
+        event_id: bookshelf::EventId::new(),
+        event_type: "CopyReserved".into(),
+        schema_version: 1,
+        metadata: Metadata::default(),
+        payload: serde_json::value::to_raw_value(&serde_json::json!({ "loan": 5 })).unwrap(),
+    };
+    library
+        .store
+        .append(
+            &StreamId::for_aggregate("copy", "broken"),
+            bookshelf::ExpectedVersion::Any,
+            vec![malformed],
+        )
+        .await
+        .unwrap();
+    library.reserve("loan-10", "dune-1", "ada").await;
+    library.until(&process, "loan-10", Step::Lent).await;
+
+    let letters = letters.letters();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].event.stream_id.as_str(), "copy-broken");
+    assert!(letters[0].reason.contains("CopyReserved"), "{}", letters[0].reason);
+    process.stop().await.unwrap();
+}

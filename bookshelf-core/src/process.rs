@@ -27,7 +27,9 @@ use tokio::task::JoinHandle;
 
 use crate::codec::{DecodeError, DomainEvent, EventCodec};
 use crate::envelope::{Envelope, Position};
-use crate::projection::{InMemoryViewStore, ProjectionError, StoredView, ViewStore};
+use crate::projection::{
+    DeadLetter, DeadLetters, InMemoryDeadLetters, InMemoryViewStore, ProjectionError, StoredView, ViewStore,
+};
 use crate::repository::RetryPolicy;
 use crate::store::{EventStore, Subscription};
 
@@ -82,7 +84,7 @@ pub trait CommandBus<C>: Send + Sync + 'static {
 /// Its state is saved as JSON with its checkpoint; keep in it what each
 /// running process has done and is waiting for, and deadlines for
 /// [`tick`](Self::tick).
-pub trait ProcessManager: Default + Serialize + DeserializeOwned + Send + Sync + 'static {
+pub trait ProcessManager: Default + Clone + Serialize + DeserializeOwned + Send + Sync + 'static {
     /// The events it reacts to. Other events in the log are passed over.
     type Event: DomainEvent;
     /// The commands it sends.
@@ -115,7 +117,7 @@ pub trait ProcessManager: Default + Serialize + DeserializeOwned + Send + Sync +
 /// # #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)] enum Ev { Ordered { n: u32 } }
 /// # impl DomainEvent for Ev {}
 /// /// Sends a `Ship` for every order.
-/// #[derive(Default, Serialize, Deserialize)]
+/// #[derive(Default, Clone, Serialize, Deserialize)]
 /// struct Shipping { shipped: u32 }
 ///
 /// impl ProcessManager for Shipping {
@@ -163,6 +165,7 @@ pub struct ProcessRunner<P: ProcessManager, S, B> {
     retry: RetryPolicy,
     batch_size: usize,
     codec: EventCodec<P::Event>,
+    dead_letters: Arc<dyn DeadLetters>,
 }
 
 impl<P, S, B> ProcessRunner<P, S, B>
@@ -185,7 +188,15 @@ where
             retry: RetryPolicy::attempts(10).with_backoff(Duration::from_millis(10)),
             batch_size: 256,
             codec: EventCodec::new(),
+            dead_letters: Arc::new(InMemoryDeadLetters::new()),
         }
+    }
+
+    /// Sets aside the events that do not decode here (default: in memory);
+    /// they are logged too, and the process goes on.
+    pub fn dead_letters(mut self, sink: impl DeadLetters) -> Self {
+        self.dead_letters = Arc::new(sink);
+        self
     }
 
     /// Keeps the state and checkpoint in `saved`, so that a restart resumes.
@@ -275,9 +286,17 @@ where
                         Err(DecodeError::UnknownEventType { .. }) => None,
                         Err(error) => {
                             tracing::error!(
-                                process = %self.name, position = %record.position, %error,
-                                "an event the process manager cannot decode is passed over"
+                                process = %self.name, stream = %record.stream_id, version = %record.version,
+                                position = %record.position, %error,
+                                "an event the process manager cannot decode is set aside"
                             );
+                            self.dead_letters
+                                .put(DeadLetter {
+                                    projection: self.name.clone(),
+                                    event: Arc::clone(record),
+                                    reason: error.to_string(),
+                                })
+                                .await?;
                             None
                         }
                     }
@@ -354,12 +373,10 @@ where
     }
 }
 
-/// Copies the state for readers: one JSON round trip, as the state is only
-/// `Serialize + DeserializeOwned`.
+/// Copies the state for readers, once per batch: the runner keeps its own
+/// copy, as it is changed across the awaits of sending commands.
 fn publish<P: ProcessManager>(shared: &RwLock<P>, state: &P) {
-    if let Ok(copy) = serde_json::to_value(state).and_then(serde_json::from_value) {
-        *shared.write().unwrap_or_else(|p| p.into_inner()) = copy;
-    }
+    *shared.write().unwrap_or_else(|p| p.into_inner()) = state.clone();
 }
 
 /// A running [`ProcessRunner`].

@@ -44,7 +44,7 @@ pub struct Message {
 
 /// Notifies on reads and ratings, telling them apart by comparing the state
 /// before and after: `reads` went up, or `stars` changed.
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct Notifier {
     pub noticed: u64,
 }

@@ -281,7 +281,7 @@ pub struct Loan {
 /// out. Idempotency keys are `LOAN/charge`, `LOAN/lend` and `LOAN/release`:
 /// the same for a step however often it is taken, so a replay after a crash
 /// sends nothing twice, and a timeout and a declined charge release once.
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct LoanProcess {
     pub loans: BTreeMap<String, Loan>,
     /// How long a charge may take.
