@@ -248,6 +248,25 @@ async fn the_embedded_bookshelf_through_the_gateway() {
     assert!(late.error().contains("500 ms"), "{}", late.body);
     assert!(started.elapsed() < Duration::from_secs(3), "answered at the timeout");
 
+    // A body that stops arriving: 408 at the timeout.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let address = gateway.url.trim_start_matches("http://");
+    let mut slow_client = tokio::net::TcpStream::connect(address)
+        .await
+        .expect("the gateway accepts");
+    slow_client
+        .write_all(b"POST /books HTTP/1.1\r\nhost: gateway\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"title\"")
+        .await
+        .expect("the start of a request is sent");
+    let mut answer = vec![0; 4096];
+    let read = tokio::time::timeout(Duration::from_secs(5), slow_client.read(&mut answer))
+        .await
+        .expect("answered before the client gave up")
+        .expect("an answer");
+    let answer = String::from_utf8_lossy(&answer[..read]);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("did not arrive within 500 ms"), "{answer}");
+
     // The service stops: its health check fails, and the gateway says so.
     assert!(shelf.terminate(), "last_read exits cleanly on SIGTERM");
     let unavailable = eventually("the gateway answers 503", Duration::from_secs(10), || async {

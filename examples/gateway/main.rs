@@ -21,8 +21,8 @@
 //! Answers of its own: `GET /health`; 404 for a path no route takes; 503 when
 //! a service has no healthy instance; 502 when every instance tried refused
 //! the connection or an upstream failed; 504 when one did not answer within
-//! `--timeout-ms`; 413 for a body over `--max-body-bytes`. All with a JSON
-//! `{"error": …}` body.
+//! `--timeout-ms`; 413 for a body over `--max-body-bytes`, 408 for one that
+//! does not arrive within `--timeout-ms`. All with a JSON `{"error": …}` body.
 
 #[path = "../common/api.rs"]
 mod api;

@@ -181,7 +181,17 @@ impl Gateway {
         }
         // The body is read whole (it is small, by the limit) so that it can be
         // sent again to another instance when the first refuses the connection.
-        let body: Bytes = match axum::body::to_bytes(body, self.limits.max_body).await {
+        let reading = tokio::time::timeout(self.limits.timeout, axum::body::to_bytes(body, self.limits.max_body));
+        let Ok(read) = reading.await else {
+            return Err(ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the request body did not arrive within {} ms",
+                    self.limits.timeout.as_millis()
+                ),
+            ));
+        };
+        let body: Bytes = match read {
             Ok(body) => body,
             Err(error) => {
                 let source = error.into_inner();
