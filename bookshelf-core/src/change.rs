@@ -16,12 +16,12 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 
 use crate::aggregate::Aggregate;
 use crate::codec::{self, DomainEvent, EventCodec};
 use crate::envelope::{EventId, Metadata, NewEvent, Position, StreamId, Version};
 use crate::projection::ProjectionError;
+use crate::runner::RunnerTask;
 use crate::store::{EventStore, ExpectedVersion, StoreError, Subscription};
 
 /// One change of one aggregate.
@@ -123,13 +123,8 @@ where
 
     /// Starts publishing as a task.
     pub fn start(self) -> RunningFeed {
-        let (progress, watched) = watch::channel(None);
-        let (stop, stopped) = watch::channel(false);
-        let task = tokio::spawn(self.run(progress, stopped));
         RunningFeed {
-            progress: watched,
-            stop,
-            task,
+            task: RunnerTask::spawn(|progress, stopped| self.run(progress, stopped)),
         }
     }
 
@@ -227,18 +222,14 @@ where
 
 /// A running [`ChangeFeed`].
 pub struct RunningFeed {
-    progress: watch::Receiver<Option<Position>>,
-    stop: watch::Sender<bool>,
-    task: JoinHandle<Result<(), ProjectionError>>,
+    task: RunnerTask,
 }
 
 impl RunningFeed {
     /// Waits until the changes of every event before `position` were
     /// published, or the feed ended; returns whether the position was reached.
     pub async fn wait_for(&self, position: Position) -> bool {
-        let mut progress = self.progress.clone();
-        let reached = progress.wait_for(|p| p.is_some_and(|at| at >= position)).await.is_ok();
-        reached
+        self.task.wait_for(position).await
     }
 
     /// Stops the feed.
@@ -246,7 +237,6 @@ impl RunningFeed {
     /// # Errors
     /// What stopped the feed before.
     pub async fn stop(self) -> Result<(), ProjectionError> {
-        self.stop.send_replace(true);
-        self.task.await.map_err(|e| ProjectionError::Task(e.to_string()))?
+        self.task.stop().await
     }
 }

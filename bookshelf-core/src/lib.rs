@@ -132,6 +132,7 @@ pub mod envelope;
 pub mod process;
 pub mod projection;
 pub mod repository;
+mod runner;
 pub mod snapshot;
 pub mod store;
 pub mod testing;

@@ -23,7 +23,6 @@ use chrono::{DateTime, Utc};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 
 use crate::codec::{DecodeError, DomainEvent, EventCodec};
 use crate::envelope::{Envelope, Position};
@@ -31,6 +30,7 @@ use crate::projection::{
     DeadLetter, DeadLetters, InMemoryDeadLetters, InMemoryViewStore, ProjectionError, StoredView, ViewStore,
 };
 use crate::repository::RetryPolicy;
+use crate::runner::RunnerTask;
 use crate::store::{EventStore, Subscription};
 
 /// A command a process manager sends, with the key that makes sending it
@@ -227,14 +227,10 @@ where
     /// Starts the process manager as a task.
     pub fn start(self) -> RunningProcess<P> {
         let shared = Arc::new(RwLock::new(P::default()));
-        let (progress, watched) = watch::channel(None);
-        let (stop, stopped) = watch::channel(false);
-        let task = tokio::spawn(self.run(shared.clone(), progress, stopped));
+        let state = Arc::clone(&shared);
         RunningProcess {
             shared,
-            progress: watched,
-            stop,
-            task,
+            task: RunnerTask::spawn(|progress, stopped| self.run(state, progress, stopped)),
         }
     }
 
@@ -382,9 +378,7 @@ fn publish<P: ProcessManager>(shared: &RwLock<P>, state: &P) {
 /// A running [`ProcessRunner`].
 pub struct RunningProcess<P> {
     shared: Arc<RwLock<P>>,
-    progress: watch::Receiver<Option<Position>>,
-    stop: watch::Sender<bool>,
-    task: JoinHandle<Result<(), ProjectionError>>,
+    task: RunnerTask,
 }
 
 impl<P: ProcessManager> RunningProcess<P> {
@@ -396,9 +390,7 @@ impl<P: ProcessManager> RunningProcess<P> {
     /// Waits until every event before `position` was handled, or the runner
     /// ended; returns whether the position was reached.
     pub async fn wait_for(&self, position: Position) -> bool {
-        let mut progress = self.progress.clone();
-        let reached = progress.wait_for(|p| p.is_some_and(|at| at >= position)).await.is_ok();
-        reached
+        self.task.wait_for(position).await
     }
 
     /// Stops after the event in hand, saving the state.
@@ -406,8 +398,7 @@ impl<P: ProcessManager> RunningProcess<P> {
     /// # Errors
     /// What stopped the runner before, or saving failed.
     pub async fn stop(self) -> Result<(), ProjectionError> {
-        self.stop.send_replace(true);
-        self.task.await.map_err(|e| ProjectionError::Task(e.to_string()))?
+        self.task.stop().await
     }
 
     /// Stops at once, saving nothing: what a crash would do.
