@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use support::Service;
+use support::{brokers, Service};
 
 const DUNE: &str = "9780441013593";
 
@@ -123,12 +123,6 @@ async fn books_speaks_http_with_versions_conflicts_and_an_event_log() {
     assert_eq!(read("4").await.unwrap().status(), StatusCode::GONE);
 
     assert!(books.terminate(), "books exits cleanly on SIGTERM");
-}
-
-fn brokers() -> String {
-    std::env::var("KAFKA_BROKERS").ok().filter(|b| !b.is_empty()).unwrap_or_else(|| {
-        panic!("this test needs a Kafka-protocol broker: run scripts/test.sh, which starts tansu, or set KAFKA_BROKERS")
-    })
 }
 
 #[tokio::test]

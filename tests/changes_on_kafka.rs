@@ -6,6 +6,7 @@
 mod books;
 #[path = "../examples/changes/consumers.rs"]
 mod consumers;
+mod support;
 
 use std::time::Duration;
 
@@ -15,12 +16,7 @@ use bookshelf::process::ProcessRunner;
 use bookshelf::{EventStore, Metadata, Repository, Version};
 use bookshelf_kafka::{KafkaConfig, KafkaProjection, KafkaStore};
 use consumers::{Mailbox, Notifier, Replica};
-
-fn brokers() -> String {
-    std::env::var("KAFKA_BROKERS").ok().filter(|b| !b.is_empty()).unwrap_or_else(|| {
-        panic!("this test needs a Kafka-protocol broker: run scripts/test.sh, which starts tansu, or set KAFKA_BROKERS")
-    })
-}
+use support::brokers;
 
 /// A store on a new one-partition topic: the feed and the runners read it
 /// as one global log.

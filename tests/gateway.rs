@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use bookshelf_consul::double::ConsulDouble;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use support::Service;
+use support::{brokers, Service};
 
 /// Polls `probe` every 50 ms until it returns `Some`, for up to `within`.
 async fn eventually<T, F, Fut>(what: &str, within: Duration, mut probe: F) -> T
@@ -297,12 +297,6 @@ async fn slow_service() -> String {
     let url = format!("http://{}", listener.local_addr().expect("bound"));
     tokio::spawn(async move { axum::serve(listener, app).await });
     url
-}
-
-fn brokers() -> String {
-    std::env::var("KAFKA_BROKERS").ok().filter(|b| !b.is_empty()).unwrap_or_else(|| {
-        panic!("this test needs a Kafka-protocol broker: run scripts/test.sh, which starts tansu, or set KAFKA_BROKERS")
-    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -16,13 +16,7 @@ use bookshelf_consul::double::ConsulDouble;
 use bookshelf_consul::{ConsulConfig, ConsulDiscovery};
 use bookshelf_kafka::{KafkaConfig, KafkaStore};
 use serde_json::Value;
-use support::Service;
-
-fn brokers() -> String {
-    std::env::var("KAFKA_BROKERS").ok().filter(|b| !b.is_empty()).unwrap_or_else(|| {
-        panic!("this test needs a Kafka-protocol broker: run scripts/test.sh, which starts tansu, or set KAFKA_BROKERS")
-    })
-}
+use support::{brokers, Service};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn last_read_projects_from_kafka_and_registers_in_consul() {

@@ -7,6 +7,15 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// The Kafka brokers the tests use: `KAFKA_BROKERS`, set by
+/// `scripts/test.sh`, which starts tansu. A test that needs them and finds
+/// none fails saying so.
+pub fn brokers() -> String {
+    std::env::var("KAFKA_BROKERS").ok().filter(|b| !b.is_empty()).unwrap_or_else(|| {
+        panic!("this test needs a Kafka-protocol broker: run scripts/test.sh, which starts tansu, or set KAFKA_BROKERS")
+    })
+}
+
 /// An example running as its own process; killed when dropped.
 pub struct Service {
     child: Child,
