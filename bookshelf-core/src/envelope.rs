@@ -174,6 +174,15 @@ impl EventId {
     }
 }
 
+impl std::str::FromStr for EventId {
+    type Err = uuid::Error;
+
+    /// Parses an id in any of the forms [`Uuid`] reads (hyphenated, simple, …).
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Uuid::parse_str(text).map(EventId)
+    }
+}
+
 impl Default for EventId {
     fn default() -> Self {
         EventId::new()

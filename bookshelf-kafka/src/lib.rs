@@ -44,11 +44,19 @@
 #![deny(missing_docs)]
 
 mod config;
+mod local;
+mod ownership;
 mod partition;
 mod projection;
+mod reader;
+pub mod rule;
 mod store;
 
 pub use config::KafkaConfig;
+pub use ownership::{members_from_discovery, rendezvous_owner};
 pub use partition::partition_for;
 pub use projection::{dead_letter_headers, KafkaProjection, KafkaViewHandle, RunningKafkaProjection};
-pub use store::{headers, high_watermarks, KafkaStore, KafkaSubscription};
+pub use store::{
+    headers, high_watermarks, Fenced, KafkaStore, KafkaStoreBuilder, KafkaSubscription, Member, NotOwner,
+    PartitionOwner,
+};

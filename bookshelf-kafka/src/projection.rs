@@ -9,15 +9,15 @@ use bookshelf_core::{
     DecodeError, Envelope, EventCodec, Position, ProjectionError, StoreError, UnknownEvents, View, ViewPersistence,
     ViewStore,
 };
-use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::KafkaConfig;
-use crate::store::{admin_create_topics, partition_count, reader};
+use crate::reader::{Read, Reader};
+use crate::rule::{locate, PartitionRule, Verdict};
+use crate::store::{admin_create_topics, partition_count};
 
 /// Header names added to a record set aside in the dead-letter topic.
 pub mod dead_letter_headers {
@@ -34,6 +34,10 @@ fn partition_key(topic: &str, partition: i32) -> String {
     format!("{topic}/{partition}")
 }
 
+/// The suffix of the keys under which a partition's epoch at its saved
+/// offset is kept beside the offsets (`topic/partition:epoch`).
+const EPOCH_SUFFIX: &str = ":epoch";
+
 /// Configures and starts a projection of view `V` from Kafka topics.
 ///
 /// * The view's checkpoint is the next offset of every partition it reads,
@@ -42,9 +46,17 @@ fn partition_key(topic: &str, partition: i32) -> String {
 ///   restart resumes from there: no event lost, none applied twice; a record
 ///   at an offset before the checkpoint is skipped.
 /// * Partitions are assigned, not joined through a consumer group: the view's
-///   own state, not the broker, says where to resume.
-/// * A record that does not decode (not UTF-8, not an envelope, bad payload,
-///   unknown type, schema version from the future) is logged with its topic,
+///   own state, not the broker, says where to resume. Reads start through
+///   the crate's reader, which reads around brokers that answer a fetch
+///   from inside a record batch with the next batch (tansu does).
+/// * Records are judged by the log's rule ([`crate::rule`]): claims and
+///   stale events (written by an owner that had lost its partition) are
+///   passed over, as every other reader passes them over; each partition's
+///   epoch is saved with its offset (key `topic/partition:epoch`).
+/// * A record that breaks the protocol (no stream key, on the wrong
+///   partition, a broken claim) or does not decode (not UTF-8, not an
+///   envelope, bad payload, unknown type, schema version from the future)
+///   is logged with its topic,
 ///   partition and offset, published to the dead-letter topic with the reason
 ///   in headers, and passed over; the projection goes on. Its offset is
 ///   checkpointed only once the dead-letter topic has acknowledged it.
@@ -135,20 +147,24 @@ impl<V: View> KafkaProjection<V> {
     /// When the saved view cannot be loaded or decoded, or Kafka cannot be
     /// reached.
     pub async fn start(self) -> Result<RunningKafkaProjection<V>, ProjectionError> {
-        let (view, offsets, taken) = self.restore().await?;
-        let consumer = reader(&self.config)?;
-        let mut assignment = TopicPartitionList::new();
+        let (view, saved, taken) = self.restore().await?;
+        let (offsets, epochs): (BTreeMap<String, u64>, BTreeMap<String, u64>) =
+            saved.into_iter().partition(|(key, _)| !key.ends_with(EPOCH_SUFFIX));
+        let mut from = Vec::new();
+        let mut rules = BTreeMap::new();
+        let mut counts = BTreeMap::new();
         for topic in &self.topics {
-            for partition in 0..partition_count(&self.config, topic).await? {
-                let offset = offsets
-                    .get(&partition_key(topic, partition))
-                    .map_or(Offset::Beginning, |&next| Offset::Offset(next as i64));
-                assignment
-                    .add_partition_offset(topic, partition, offset)
-                    .map_err(store_error)?;
+            let partitions = partition_count(&self.config, topic).await?;
+            counts.insert(topic.clone(), partitions);
+            for partition in 0..partitions {
+                let key = partition_key(topic, partition);
+                let next = offsets.get(&key).copied().unwrap_or(0);
+                let epoch = epochs.get(&format!("{key}{EPOCH_SUFFIX}")).copied().unwrap_or(0);
+                rules.insert(key, PartitionRule::at_epoch(epoch));
+                from.push((topic.as_str(), partition, next as i64));
             }
         }
-        consumer.assign(&assignment).map_err(store_error)?;
+        let reader = Reader::open(&self.config, &from, &[("enable.partition.eof", "false")]).await?;
         if self.config.create_topic {
             admin_create_topics(&self.config, &[self.dead_letter_topic.as_str()], 1).await?;
         }
@@ -161,25 +177,16 @@ impl<V: View> KafkaProjection<V> {
             .create()
             .map_err(store_error)?;
         let shared = Arc::new(RwLock::new(view));
-        let (progress_tx, progress) = watch::channel(Progress {
-            offsets: offsets.clone(),
+        let at = Progress {
+            offsets,
+            rules,
             taken,
             ended: None,
-        });
+        };
+        let (progress_tx, progress) = watch::channel(at.clone());
         let (stop_tx, stop) = watch::channel(false);
-        tracing::info!(projection = %self.name, topics = ?self.topics, ?offsets, "Kafka projection started");
-        let task = tokio::spawn(self.run(
-            Arc::clone(&shared),
-            consumer,
-            producer,
-            Progress {
-                offsets,
-                taken,
-                ended: None,
-            },
-            progress_tx,
-            stop,
-        ));
+        tracing::info!(projection = %self.name, topics = ?self.topics, offsets = ?at.offsets, "Kafka projection started");
+        let task = tokio::spawn(self.run(Arc::clone(&shared), reader, counts, producer, at, progress_tx, stop));
         Ok(RunningKafkaProjection {
             handle: KafkaViewHandle { shared, progress },
             stop: stop_tx,
@@ -204,14 +211,15 @@ impl<V: View> KafkaProjection<V> {
     async fn run(
         self,
         shared: Arc<RwLock<V>>,
-        consumer: StreamConsumer,
+        mut reader: Reader,
+        counts: BTreeMap<String, i32>,
         producer: FutureProducer,
         mut at: Progress,
         progress: watch::Sender<Progress>,
         mut stop: watch::Receiver<bool>,
     ) -> Result<(), ProjectionError> {
         let result = self
-            .consume(&shared, &consumer, &producer, &mut at, &progress, &mut stop)
+            .consume(&shared, &mut reader, &counts, &producer, &mut at, &progress, &mut stop)
             .await;
         let saved = self.save(&shared, &at).await;
         let result = result.and(saved);
@@ -221,10 +229,12 @@ impl<V: View> KafkaProjection<V> {
         result
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn consume(
         &self,
         shared: &RwLock<V>,
-        consumer: &StreamConsumer,
+        reader: &mut Reader,
+        counts: &BTreeMap<String, i32>,
         producer: &FutureProducer,
         at: &mut Progress,
         progress: &watch::Sender<Progress>,
@@ -237,15 +247,18 @@ impl<V: View> KafkaProjection<V> {
             let first = tokio::select! {
                 biased;
                 _ = stop.changed() => return Ok(()),
-                message = consumer.recv() => message.map_err(store_error)?.detach(),
+                read = reader.next() => read?,
             };
             batch.clear();
-            batch.push(first);
+            if let Read::Record(message) = first {
+                batch.push(message.detach());
+            }
             let mut drained = false;
             while batch.len() < self.batch_size {
-                match tokio::time::timeout(Duration::ZERO, consumer.recv()).await {
-                    Ok(message) => batch.push(message.map_err(store_error)?.detach()),
-                    Err(_) => {
+                match reader.next_within(Duration::ZERO).await? {
+                    Some(Read::Record(message)) => batch.push(message.detach()),
+                    Some(Read::End { .. }) => {}
+                    None => {
                         drained = true;
                         break;
                     }
@@ -260,10 +273,24 @@ impl<V: View> KafkaProjection<V> {
                 {
                     continue; // applied before the checkpoint: never twice
                 }
-                match self.decode(message) {
-                    Ok(Some(event)) => decoded.push(event),
-                    Ok(None) => {}
-                    Err(reason) => self.dead_letter(producer, message, &reason).await?,
+                let partitions = counts.get(message.topic()).copied().unwrap_or(1);
+                let verdict = at.rules.entry(key).or_default().judge(message, partitions);
+                match verdict {
+                    Verdict::Event { .. } => match self.decode(message) {
+                        Ok(Some(event)) => decoded.push(event),
+                        Ok(None) => {}
+                        Err(reason) => self.dead_letter(producer, message, &reason).await?,
+                    },
+                    Verdict::Claimed(_) | Verdict::StaleClaim(_) => {}
+                    Verdict::Stale { stream, epoch, current } => tracing::warn!(
+                        projection = %self.name,
+                        record = %locate(message),
+                        %stream,
+                        epoch,
+                        current,
+                        "event passed over: written under an epoch the partition had left"
+                    ),
+                    Verdict::Broken(reason) => self.dead_letter(producer, message, &reason).await?,
                 }
             }
             {
@@ -314,7 +341,7 @@ impl<V: View> KafkaProjection<V> {
         message: &OwnedMessage,
         reason: &str,
     ) -> Result<(), ProjectionError> {
-        let source = format!("{}/{}@{}", message.topic(), message.partition(), message.offset());
+        let source = locate(message);
         tracing::warn!(projection = %self.name, %source, %reason, "poison record sent to {}", self.dead_letter_topic);
         let mut headers = OwnedHeaders::new();
         if let Some(original) = message.headers() {
@@ -353,9 +380,13 @@ impl<V: View> KafkaProjection<V> {
         match &self.persistence {
             Some(persistence) => {
                 let checkpoint = Position(at.taken);
-                persistence
-                    .save(&self.name, shared, checkpoint, at.offsets.clone())
-                    .await
+                let mut offsets = at.offsets.clone();
+                for (key, rule) in &at.rules {
+                    if rule.epoch() > 0 {
+                        offsets.insert(format!("{key}{EPOCH_SUFFIX}"), rule.epoch());
+                    }
+                }
+                persistence.save(&self.name, shared, checkpoint, offsets).await
             }
             None => Ok(()),
         }
@@ -370,6 +401,8 @@ fn store_error(error: rdkafka::error::KafkaError) -> ProjectionError {
 struct Progress {
     /// The next offset of every partition that has delivered a record.
     offsets: BTreeMap<String, u64>,
+    /// Where the log's rule stands in each partition.
+    rules: BTreeMap<String, PartitionRule>,
     /// How many records the view has taken (applied, skipped or set aside).
     taken: u64,
     /// `Some(None)` once stopped, `Some(Some(reason))` once failed.

@@ -1,33 +1,29 @@
-//! The event store on a Kafka topic.
+//! The event store on a Kafka topic, shared by the instances of a service.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bookshelf_core::{
-    AppendOutcome, Envelope, EventStore, ExpectedVersion, NewEvent, Position, RecordedEvent, StoreError, StreamId,
-    Subscription, Version,
+    AppendOutcome, Envelope, EventId, EventStore, ExpectedVersion, NewEvent, Position, RecordedEvent, StoreError,
+    StreamId, Subscription, Version,
 };
 use chrono::Utc;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::{oneshot, watch, Semaphore};
 
 use crate::config::KafkaConfig;
+use crate::local::{Kept, LocalState, Mark};
+use crate::ownership::rendezvous_owner;
 use crate::partition::partition_for;
-
-fn backend(error: impl std::error::Error + Send + Sync + 'static) -> StoreError {
-    StoreError::Backend(Box::new(error))
-}
-
-fn backend_msg(message: String) -> StoreError {
-    StoreError::Backend(message.into())
-}
+use crate::reader::{backend, backend_msg, plain_consumer, read_to_end, Read, Reader};
+use crate::rule::{self, locate, Claim, PartitionRule, Verdict};
 
 /// The header names under which an event's envelope fields travel, beside
 /// the JSON body, so that tools can route and filter without parsing it.
@@ -48,15 +44,18 @@ pub mod headers {
     pub const CAUSATION_ID: &str = "bookshelf.causation_id";
     /// Prefix of the free metadata key-values.
     pub const META_PREFIX: &str = "bookshelf.meta.";
+    /// The epoch of the owner that wrote the event (see [`crate::rule`]).
+    pub const EPOCH: &str = crate::rule::EPOCH;
 }
 
-fn record_headers(event: &RecordedEvent) -> OwnedHeaders {
+fn record_headers(event: &RecordedEvent, epoch: u64) -> OwnedHeaders {
     let mut fields: Vec<(String, String)> = vec![
         (headers::EVENT_ID.into(), event.event_id.to_string()),
         (headers::EVENT_TYPE.into(), event.event_type.clone()),
         (headers::SCHEMA_VERSION.into(), event.schema_version.to_string()),
         (headers::STREAM_ID.into(), event.stream_id.to_string()),
         (headers::VERSION.into(), event.version.to_string()),
+        (headers::EPOCH.into(), epoch.to_string()),
     ];
     if let Some(id) = &event.metadata.correlation_id {
         fields.push((headers::CORRELATION_ID.into(), id.clone()));
@@ -75,136 +74,397 @@ fn record_headers(event: &RecordedEvent) -> OwnedHeaders {
     })
 }
 
-fn header_version<M: Message>(message: &M) -> Option<u64> {
+fn header_text<'a, M: Message>(message: &'a M, name: &str) -> Option<&'a str> {
     let headers = message.headers()?;
-    headers
-        .iter()
-        .find(|h| h.key == headers::VERSION)
-        .and_then(|h| std::str::from_utf8(h.value?).ok()?.parse().ok())
+    let value = headers.iter().find(|h| h.key == name)?.value?;
+    std::str::from_utf8(value).ok()
 }
 
-/// Decodes a record of the events topic; its position is its offset.
-fn decode<M: Message>(message: &M) -> Result<RecordedEvent, String> {
-    let where_ = || format!("{}/{}@{}", message.topic(), message.partition(), message.offset());
-    let body = message
-        .payload()
-        .ok_or_else(|| format!("record {} has no body", where_()))?;
-    let json = std::str::from_utf8(body).map_err(|e| format!("record {} is not UTF-8: {e}", where_()))?;
-    let mut event =
-        RecordedEvent::from_json(json).map_err(|e| format!("record {} is not an envelope: {e}", where_()))?;
+/// Decodes the envelope in an event record; its position is its offset.
+pub(crate) fn decode<M: Message>(message: &M) -> Result<RecordedEvent, String> {
+    let body = message.payload().ok_or("the record has no body")?;
+    let json = std::str::from_utf8(body).map_err(|e| format!("the body is not UTF-8: {e}"))?;
+    let mut event = RecordedEvent::from_json(json).map_err(|e| format!("the body is not an event envelope: {e}"))?;
     event.position = Position(message.offset() as u64);
     Ok(event)
 }
 
-static READERS: AtomicU64 = AtomicU64::new(0);
-
-/// The settings of a consumer that reads by assignment: no group
-/// membership, no commits.
-fn reader_client(config: &KafkaConfig) -> rdkafka::ClientConfig {
-    let mut client = config.client.clone();
-    let n = READERS.fetch_add(1, Ordering::Relaxed);
-    client
-        .set("group.id", format!("bookshelf-reader-{}-{n}", std::process::id()))
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest");
-    client
+/// The instance a store runs in: its id, and where it takes requests.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Member {
+    /// The instance id, as discovery lists it.
+    pub id: String,
+    /// Where the instance takes requests, written into its claims so that
+    /// other instances can forward to it (empty: it does not say).
+    pub address: String,
 }
 
-/// A consumer that reads by assignment: no group membership, no commits.
-pub(crate) fn reader(config: &KafkaConfig) -> Result<StreamConsumer, StoreError> {
-    reader_client(config).create().map_err(backend)
+/// Who owns a partition now, as this instance has read the log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PartitionOwner {
+    /// The partition.
+    pub partition: i32,
+    /// The last valid claim read, if any.
+    pub claim: Option<Claim>,
+    /// Whether this instance writes the partition now.
+    pub mine: bool,
 }
 
-/// An event store on one Kafka topic.
+/// What this instance does with a partition.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Role {
+    /// Reads it; does not write.
+    Follower,
+    /// Wrote a claim with this epoch and waits to read it back.
+    Claiming { epoch: u64, since: Instant },
+    /// Writes under this epoch.
+    Owner { epoch: u64 },
+    /// Lost it to another claim; claims again only after `until` (never
+    /// when the store is the one writer of its topic).
+    Lost { until: Option<Instant> },
+}
+
+struct Part {
+    /// The next offset the follower has not read.
+    next: i64,
+    /// Whether the follower has read to the partition's end since it started.
+    at_end: bool,
+    /// Where the rule stands.
+    rule: PartitionRule,
+    role: Role,
+    /// A send failed: whatever else is in flight may or may not land, so the
+    /// owner claims again before it writes more, and that claim decides.
+    doubt: bool,
+}
+
+/// How an append's record fared, as the follower read it.
+type Settled = Result<i64, StoreError>;
+
+struct Pending {
+    partition: i32,
+    epoch: u64,
+    reply: oneshot::Sender<Settled>,
+}
+
+/// How a store learns which instances share its topic.
+enum Membership {
+    /// It is the one writer of every partition.
+    Alone,
+    /// The partitions are shared out over these instances.
+    Members(watch::Receiver<Vec<String>>),
+}
+
+/// Configures a [`KafkaStore`] shared by the instances of a service.
+pub struct KafkaStoreBuilder {
+    config: KafkaConfig,
+    member: Member,
+    membership: Membership,
+    state: Option<PathBuf>,
+    max_in_flight: usize,
+    claim_backoff: Duration,
+}
+
+impl KafkaStoreBuilder {
+    /// This instance's id and the address it takes requests on (written into
+    /// its claims). The default id is `PROCESS-ID@HOST`-like and unique per
+    /// process.
+    pub fn member(mut self, id: impl Into<String>, address: impl Into<String>) -> Self {
+        self.member = Member {
+            id: id.into(),
+            address: address.into(),
+        };
+        self
+    }
+
+    /// Shares the partitions out over the instance ids this receiver lists
+    /// (see [`crate::members_from_discovery`]), by rendezvous hashing; without
+    /// it, the store claims every partition, as the one writer of its topic.
+    pub fn members(mut self, members: watch::Receiver<Vec<String>>) -> Self {
+        self.membership = Membership::Members(members);
+        self
+    }
+
+    /// Keeps the local state (the events read, by stream, and where each
+    /// partition stands) in this SQLite file, so that a restart reads only
+    /// what was written since. Without it, a temporary file is used and
+    /// removed when the store is dropped.
+    pub fn state_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.state = Some(path.into());
+        self
+    }
+
+    /// How many appends may wait for Kafka at once on one partition (default
+    /// 1024); 1 gives the old one-at-a-time path, for comparison.
+    pub fn max_in_flight(mut self, appends: usize) -> Self {
+        self.max_in_flight = appends.max(1);
+        self
+    }
+
+    /// How long an instance that lost a claim to another waits before it
+    /// claims again, while discovery still names it the owner (default 2 s).
+    pub fn claim_backoff(mut self, backoff: Duration) -> Self {
+        self.claim_backoff = backoff;
+        self
+    }
+
+    /// Opens the store: creates the topic if configured to, opens the local
+    /// state, starts following every partition, and (as the one writer, or
+    /// as discovery says) claims partitions. The one writer returns once it
+    /// owns every partition.
+    ///
+    /// # Errors
+    /// When the brokers cannot be reached, the topic is missing, the local
+    /// state cannot be opened (it names the file), or (as the one writer)
+    /// the partitions are not claimed within the configured timeout.
+    pub async fn open(self) -> Result<KafkaStore, StoreError> {
+        let config = self.config;
+        if config.create_topic {
+            admin_create_topics(&config, &[config.topic.as_str()], config.partitions).await?;
+        }
+        let partitions = partition_count(&config, &config.topic).await?;
+        let (state_path, temp) = match self.state {
+            Some(path) => (path, None),
+            None => {
+                let dir = tempfile::Builder::new()
+                    .prefix("bookshelf-kafka-")
+                    .tempdir()
+                    .map_err(|e| {
+                        backend_msg(format!("cannot create a temporary directory for the local state: {e}"))
+                    })?;
+                (dir.path().join("state.sqlite"), Some(dir))
+            }
+        };
+        let local = LocalState::open(&state_path, &config.topic, partitions)?;
+        let saved = local.saved(partitions)?;
+        let mut producer_config = config.client.clone();
+        producer_config
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", config.client.get("linger.ms").unwrap_or("1"));
+        let producer: FutureProducer = producer_config.create().map_err(backend)?;
+        let alone = matches!(self.membership, Membership::Alone);
+        let parts = saved
+            .iter()
+            .map(|s| {
+                Mutex::new(Part {
+                    next: s.next_offset,
+                    at_end: false,
+                    rule: PartitionRule::resume(s.claim.clone()),
+                    role: Role::Follower,
+                    doubt: false,
+                })
+            })
+            .collect();
+        let (changed, _) = watch::channel(0u64);
+        let inner = Arc::new(Inner {
+            topic: config.topic.clone(),
+            partitions,
+            producer,
+            member: self.member,
+            alone,
+            local,
+            state_path,
+            _temp: temp,
+            parts,
+            changed,
+            pending: Mutex::new(HashMap::new()),
+            turns: (0..TURN_SLOTS).map(|_| tokio::sync::Mutex::new(())).collect(),
+            in_flight: (0..partitions).map(|_| Semaphore::new(self.max_in_flight)).collect(),
+            claim_backoff: self.claim_backoff,
+            config,
+        });
+        let from: Vec<(i32, i64)> = saved
+            .iter()
+            .enumerate()
+            .map(|(p, s)| (p as i32, s.next_offset))
+            .collect();
+        tracing::info!(topic = %inner.topic, partitions, member = %inner.member.id, state = %inner.state_path.display(), ?from, "Kafka event store opening");
+        let follower = tokio::spawn(follow(Arc::downgrade(&inner), from));
+        let members = match self.membership {
+            Membership::Alone => None,
+            Membership::Members(members) => Some(members),
+        };
+        let steering = tokio::spawn(steer(Arc::downgrade(&inner), members));
+        let store = KafkaStore {
+            inner,
+            _tasks: Arc::new(Tasks(vec![follower, steering])),
+        };
+        if alone {
+            store.wait_until_owner_of_all().await?;
+        }
+        Ok(store)
+    }
+}
+
+/// Aborts the store's background tasks when the last handle goes.
+struct Tasks(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for Tasks {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
+    }
+}
+
+/// Commands on streams hashed to the same slot take turns in the store.
+const TURN_SLOTS: usize = 1024;
+
+/// An event store on one Kafka topic, which several instances of a service
+/// can share.
 ///
 /// # How it keeps its guarantees
 ///
 /// * **Per-stream order.** Every event of a stream is a record keyed by the
 ///   stream id, on the partition Kafka's default partitioner gives that key
 ///   (murmur2), so a stream is ordered and Java clients agree on where it is.
-/// * **Expected versions: one writer per topic.** The store is the single
-///   writer of its topic. On open it reads the topic once and keeps, per
-///   stream, the offsets of its events; appends to a partition go one at a
-///   time, check the stream's version against that index, and update it once
-///   Kafka acknowledges the records (`acks=all`, idempotent producer). Two
-///   processes writing the same topic are **not** detected: Kafka's
-///   transactions could fence a second writer, but the broker we test on
-///   (tansu) has none, so run one writing process per topic and let other
-///   services read. After a failed append the partition is read again from
-///   where the index stopped before the next append goes out, so a record
-///   that landed although its acknowledgement was lost is counted rather
-///   than followed by a second event of the same version.
+/// * **One writer per partition, fenced by the log.** Each partition has
+///   one owner at a time: the one writer (opened with [`KafkaStore::open`])
+///   owns them all; instances sharing a topic
+///   ([`KafkaStore::builder`]`.members(…)`) share the partitions out by
+///   rendezvous hashing over the instances discovery lists. An owner writes
+///   a claim with a higher epoch before its events, and its events carry
+///   that epoch; every reader applies the rule of [`crate::rule`], so the
+///   records of an owner that lost its partition are not part of the log.
+/// * **An append succeeds only once it is in the log.** The store follows
+///   every partition of its topic with one long-lived consumer and applies
+///   the rule. An append is answered when that reader has read its records
+///   as events of the log, or has read the claim or the stale records that
+///   prove they are not: a caller is never told "done" for an event that
+///   readers pass over. Expected versions are checked by the owner against
+///   what it has read, and commands on one stream take turns, so of
+///   writers racing on a stream, exactly one wins; appends to different
+///   streams are pipelined.
+/// * **A failed send closes the epoch.** When Kafka reports a send as
+///   failed, the record may still land later. The owner then claims its
+///   partition again before writing more; whatever lands after that claim
+///   is stale, and the appends in flight are answered by what the reader
+///   finds before it.
 /// * **Atomic appends: one event at a time.** An append of one event is one
-///   record, written or not. An append of several is several records, sent
-///   together; without transactions a failure in the middle can leave the
-///   first ones written. The index then holds what Kafka holds.
+///   record, written or not. An append of several is several records;
+///   without transactions a failure in the middle can leave the first ones
+///   in the log although the append reports an error.
+/// * **Reads are local.** The events read are kept in a SQLite file (see
+///   [`KafkaStoreBuilder::state_file`]), so loading a stream reads a file,
+///   not Kafka, and memory does not grow with the log. A restart resumes
+///   from the file and reads only what was written since. On its own
+///   partitions an instance reads its own writes; on others, it reads what
+///   its follower has reached (see [`KafkaStore::caught_up`]).
 /// * **Positions are offsets.** An event's position is its offset in its
 ///   partition. A topic of one partition is one global log, and
 ///   [`subscribe`](EventStore::subscribe) and [`head`](EventStore::head)
-///   work on it; on a topic of several partitions they return an error (a
-///   projection over several partitions keeps an offset per partition).
+///   work on it; on a topic of several partitions they return an error.
 /// * **Metadata in headers.** The body is the event's JSON envelope; the
 ///   envelope's fields travel in headers too (see [`headers`]).
 #[derive(Clone)]
 pub struct KafkaStore {
     inner: Arc<Inner>,
+    _tasks: Arc<Tasks>,
 }
 
 struct Inner {
     config: KafkaConfig,
-    producer: FutureProducer,
+    topic: String,
     partitions: i32,
-    writers: Vec<tokio::sync::Mutex<()>>,
-    /// Per partition: the next offset the index has not seen.
-    ends: Vec<AtomicI64>,
-    /// Per partition: an append failed, so Kafka may hold records the index
-    /// lacks (an acknowledgement lost on the way); re-read before appending.
-    dirty: Vec<AtomicBool>,
-    index: Mutex<HashMap<StreamId, Vec<i64>>>,
+    producer: FutureProducer,
+    member: Member,
+    alone: bool,
+    local: LocalState,
+    state_path: PathBuf,
+    _temp: Option<tempfile::TempDir>,
+    parts: Vec<Mutex<Part>>,
+    /// Bumped whenever a partition's state changes.
+    changed: watch::Sender<u64>,
+    pending: Mutex<HashMap<EventId, Pending>>,
+    turns: Vec<tokio::sync::Mutex<()>>,
+    in_flight: Vec<Semaphore>,
+    claim_backoff: Duration,
+}
+
+impl Inner {
+    fn part(&self, partition: i32) -> MutexGuard<'_, Part> {
+        // Each change sets fields from values computed before: a panic cannot tear it.
+        self.parts[partition as usize].lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn pending(&self) -> MutexGuard<'_, HashMap<EventId, Pending>> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn bump(&self) {
+        self.changed.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    fn not_owner(&self, stream: &StreamId, partition: i32) -> StoreError {
+        let owner = self.part(partition).rule.claim().map(|c| c.owner.clone());
+        StoreError::Backend(Box::new(NotOwner {
+            stream: stream.clone(),
+            partition,
+            owner,
+        }))
+    }
+}
+
+/// An append went to an instance that does not own the stream's partition
+/// (now): the caller should send it to the owner, or try again.
+#[derive(Debug, thiserror::Error)]
+#[error("this instance does not own partition {partition} (stream {stream}); {}", match owner { Some(o) => format!("{o} does"), None => "no instance has claimed it yet".into() })]
+pub struct NotOwner {
+    /// The stream appended to.
+    pub stream: StreamId,
+    /// Its partition.
+    pub partition: i32,
+    /// The instance that claimed the partition last, as read here.
+    pub owner: Option<String>,
+}
+
+/// An append whose records were passed over by the log's rule: another
+/// instance claimed the partition before they landed, or a failed send made
+/// the owner close its epoch. Nothing of the append is in the log.
+#[derive(Debug, thiserror::Error)]
+#[error("append to {stream} was fenced off: {reason}")]
+pub struct Fenced {
+    /// The stream appended to.
+    pub stream: StreamId,
+    /// What happened.
+    pub reason: String,
 }
 
 impl std::fmt::Debug for KafkaStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KafkaStore")
-            .field("topic", &self.inner.config.topic)
+            .field("topic", &self.inner.topic)
             .field("partitions", &self.inner.partitions)
+            .field("member", &self.inner.member.id)
             .finish()
     }
 }
 
 impl KafkaStore {
-    /// Connects, creates the topic if configured to, and reads the topic once
-    /// to learn each stream's version.
+    /// Opens the store as the one writer of its topic: it claims every
+    /// partition (fencing any writer before it) and returns once it owns
+    /// them. See [`KafkaStore::builder`] for instances sharing a topic.
     ///
     /// # Errors
-    /// When the brokers cannot be reached, the topic is missing, or a record
-    /// cannot be read.
+    /// As [`KafkaStoreBuilder::open`].
     pub async fn open(config: KafkaConfig) -> Result<Self, StoreError> {
-        if config.create_topic {
-            admin_create_topics(&config, &[config.topic.as_str()], config.partitions).await?;
+        Self::builder(config).open().await
+    }
+
+    /// A store to configure: membership, local state file, pipelining.
+    pub fn builder(config: KafkaConfig) -> KafkaStoreBuilder {
+        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into());
+        KafkaStoreBuilder {
+            config,
+            member: Member {
+                id: format!("{}@{host}-{}", std::process::id(), uuid_suffix()),
+                address: String::new(),
+            },
+            membership: Membership::Alone,
+            state: None,
+            max_in_flight: 1024,
+            claim_backoff: Duration::from_secs(2),
         }
-        let mut producer_config = config.client.clone();
-        producer_config.set("enable.idempotence", "true").set("acks", "all");
-        let producer: FutureProducer = producer_config.create().map_err(backend)?;
-        let partitions = partition_count(&config, &config.topic).await?;
-        let from: Vec<(i32, i64)> = (0..partitions).map(|p| (p, 0)).collect();
-        let (records, reached) = read_tail(&config, &from).await?;
-        let mut index = HashMap::new();
-        extend_index(&mut index, records);
-        let ends = reached.into_iter().map(|(_, end)| AtomicI64::new(end)).collect();
-        tracing::info!(topic = %config.topic, partitions, streams = index.len(), "Kafka event store open");
-        Ok(KafkaStore {
-            inner: Arc::new(Inner {
-                writers: (0..partitions).map(|_| tokio::sync::Mutex::new(())).collect(),
-                ends,
-                dirty: (0..partitions).map(|_| AtomicBool::new(false)).collect(),
-                config,
-                producer,
-                partitions,
-                index: Mutex::new(index),
-            }),
-        })
     }
 
     /// The number of partitions of the topic.
@@ -215,6 +475,86 @@ impl KafkaStore {
     /// The partition a stream's events are on.
     pub fn partition_of(&self, stream: &StreamId) -> i32 {
         partition_for(stream.as_str(), self.inner.partitions)
+    }
+
+    /// This instance, as it names itself in its claims.
+    pub fn member(&self) -> &Member {
+        &self.inner.member
+    }
+
+    /// Whether this instance writes `stream`'s partition now.
+    pub fn owns(&self, stream: &StreamId) -> bool {
+        matches!(self.inner.part(self.partition_of(stream)).role, Role::Owner { .. })
+    }
+
+    /// Every partition's owner as this instance has read the log.
+    pub fn owners(&self) -> Vec<PartitionOwner> {
+        (0..self.inner.partitions)
+            .map(|partition| {
+                let part = self.inner.part(partition);
+                PartitionOwner {
+                    partition,
+                    claim: part.rule.claim().cloned(),
+                    mine: matches!(part.role, Role::Owner { .. }),
+                }
+            })
+            .collect()
+    }
+
+    /// The owner of `stream`'s partition as this instance has read the log:
+    /// its last valid claim, which names the owner's id and address.
+    pub fn owner_of(&self, stream: &StreamId) -> Option<Claim> {
+        self.inner.part(self.partition_of(stream)).rule.claim().cloned()
+    }
+
+    /// Whether the follower has read every partition to its end at least
+    /// once since the store opened, and the next offset of each.
+    pub fn caught_up(&self) -> (bool, Vec<i64>) {
+        let mut all = true;
+        let next = (0..self.inner.partitions)
+            .map(|p| {
+                let part = self.inner.part(p);
+                all &= part.at_end;
+                part.next
+            })
+            .collect();
+        (all, next)
+    }
+
+    /// Waits until this instance owns every partition (the one writer).
+    async fn wait_until_owner_of_all(&self) -> Result<(), StoreError> {
+        let mut changed = self.inner.changed.subscribe();
+        let deadline = tokio::time::Instant::now() + self.inner.config.timeout;
+        loop {
+            let owned = (0..self.inner.partitions).all(|p| matches!(self.inner.part(p).role, Role::Owner { .. }));
+            if owned {
+                return Ok(());
+            }
+            if tokio::time::timeout_at(deadline, changed.changed()).await.is_err() {
+                return Err(backend_msg(format!(
+                    "could not claim every partition of {:?} within {:?}",
+                    self.inner.topic, self.inner.config.timeout
+                )));
+            }
+        }
+    }
+
+    /// The epoch to write `partition` under: at once when this instance owns
+    /// it; after a wait while its claim is on the way; an error otherwise.
+    async fn epoch_for(&self, stream: &StreamId, partition: i32) -> Result<u64, StoreError> {
+        let mut changed = self.inner.changed.subscribe();
+        let deadline = tokio::time::Instant::now() + self.inner.config.timeout;
+        loop {
+            let role = self.inner.part(partition).role;
+            match role {
+                Role::Owner { epoch } => return Ok(epoch),
+                Role::Claiming { .. } => {}
+                Role::Follower | Role::Lost { .. } => return Err(self.inner.not_owner(stream, partition)),
+            }
+            if tokio::time::timeout_at(deadline, changed.changed()).await.is_err() {
+                return Err(self.inner.not_owner(stream, partition));
+            }
+        }
     }
 
     /// Waits until every record sent has been acknowledged (or `timeout`
@@ -230,42 +570,20 @@ impl KafkaStore {
             .map_err(backend)
     }
 
-    fn index(&self) -> MutexGuard<'_, HashMap<StreamId, Vec<i64>>> {
-        // Updates replace or extend one entry: a panic cannot leave it torn.
-        self.inner.index.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Re-reads a partition from where the index stopped, after a failed
-    /// append left it unsure of what Kafka holds. The caller holds the
-    /// partition's writer lock.
-    async fn resync(&self, partition: i32) -> Result<(), StoreError> {
-        let slot = partition as usize;
-        let from = self.inner.ends[slot].load(Ordering::Acquire);
-        let (records, reached) = read_tail(&self.inner.config, &[(partition, from)]).await?;
-        tracing::info!(
-            partition,
-            from,
-            records = records.len(),
-            "re-read a partition after a failed append"
-        );
-        extend_index(&mut self.index(), records);
-        for (_, end) in reached {
-            self.inner.ends[slot].fetch_max(end, Ordering::AcqRel);
-        }
-        self.inner.dirty[slot].store(false, Ordering::Release);
-        Ok(())
-    }
-
     fn single_partition(&self, what: &str) -> Result<(), StoreError> {
         if self.inner.partitions == 1 {
             Ok(())
         } else {
             Err(backend_msg(format!(
                 "{what} needs a topic of one partition; {:?} has {}",
-                self.inner.config.topic, self.inner.partitions
+                self.inner.topic, self.inner.partitions
             )))
         }
     }
+}
+
+fn uuid_suffix() -> String {
+    EventId::new().to_string().chars().take(8).collect()
 }
 
 /// Creates `topics` with `partitions` each; existing topics are kept.
@@ -292,17 +610,17 @@ pub(crate) async fn admin_create_topics(
 
 /// How many partitions `topic` has; an error when it does not exist.
 pub(crate) async fn partition_count(config: &KafkaConfig, topic: &str) -> Result<i32, StoreError> {
-    let consumer = reader(config)?;
-    let (topic, timeout) = (topic.to_owned(), config.timeout);
+    let consumer = plain_consumer(config)?;
+    let (name, timeout) = (topic.to_owned(), config.timeout);
     let count = tokio::task::spawn_blocking(move || {
-        let metadata = consumer.fetch_metadata(Some(&topic), timeout)?;
+        let metadata = consumer.fetch_metadata(Some(&name), timeout)?;
         Ok::<_, KafkaError>(metadata.topics().first().map_or(0, |t| t.partitions().len() as i32))
     })
     .await
     .map_err(backend)?
     .map_err(backend)?;
     if count == 0 {
-        return Err(backend_msg(format!("topic {:?} does not exist", config.topic)));
+        return Err(backend_msg(format!("topic {topic:?} does not exist")));
     }
     Ok(count)
 }
@@ -326,165 +644,353 @@ pub async fn high_watermarks(
     Ok(ends)
 }
 
-/// A record of the events topic as the index sees it.
-struct Indexed {
-    stream: StreamId,
-    offset: i64,
-    version: Option<u64>,
-}
-
-/// The context of readers that ask for end-of-partition events: librdkafka
-/// also reports those as client errors, which would log every one of them at
-/// `error`; other errors are logged as usual.
-struct EndOfPartitionExpected;
-
-impl rdkafka::ClientContext for EndOfPartitionExpected {
-    fn error(&self, error: KafkaError, reason: &str) {
-        if !matches!(
-            error,
-            KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF)
-        ) {
-            tracing::error!(%error, reason, "librdkafka");
-        }
-    }
-}
-
-impl rdkafka::consumer::ConsumerContext for EndOfPartitionExpected {}
-
-/// A reader that reports reaching the end of each partition.
-fn eof_reader(config: &KafkaConfig) -> Result<StreamConsumer<EndOfPartitionExpected>, StoreError> {
-    reader_client(config)
-        .set("enable.partition.eof", "true")
-        .create_with_context(EndOfPartitionExpected)
-        .map_err(backend)
-}
-
-/// The offsets to read from, per partition: `from`, or the partition's start
-/// if that is later, as the broker reports its watermarks.
-async fn clamp_to_low(
-    config: &KafkaConfig,
-    topic: &str,
-    from: &[(i32, i64)],
-) -> Result<Vec<(i32, i64, i64)>, StoreError> {
-    let consumer = Arc::new(reader(config)?);
-    let mut out = Vec::new();
-    for &(partition, next) in from {
+/// The end of each of `partitions` of `topic`: read from just before the
+/// watermark the broker reports to the end of the partition (see
+/// [`read_to_end`]).
+async fn partition_ends(config: &KafkaConfig, topic: &str, partitions: i32) -> Result<Vec<(i32, i64)>, StoreError> {
+    let consumer = Arc::new(plain_consumer(config)?);
+    let mut starts = Vec::new();
+    for partition in 0..partitions {
         let (consumer, name, timeout) = (Arc::clone(&consumer), topic.to_owned(), config.timeout);
-        let (low, high) = tokio::task::spawn_blocking(move || consumer.fetch_watermarks(&name, partition, timeout))
+        let (_, high) = tokio::task::spawn_blocking(move || consumer.fetch_watermarks(&name, partition, timeout))
             .await
             .map_err(backend)?
             .map_err(backend)?;
-        out.push((partition, next.max(low), high));
+        starts.push((partition, (high - 1).max(0)));
     }
-    Ok(out)
-}
-
-/// Reads the given partitions of `topic`, each from the offset given to the
-/// partition's end, and calls `each` on every record. Returns the end (next
-/// offset) of each partition.
-///
-/// The end is where the consumer hears "end of partition" from fetches, not
-/// the broker's answer to a watermark query: tansu 0.6 answers that with the
-/// first offset of the newest batch plus one, short of the end when that
-/// batch holds several records.
-async fn read_to_end(
-    config: &KafkaConfig,
-    topic: &str,
-    from: &[(i32, i64)],
-    mut each: impl FnMut(&rdkafka::message::BorrowedMessage<'_>),
-) -> Result<Vec<(i32, i64)>, StoreError> {
-    let consumer = eof_reader(config)?;
-    let mut assignment = TopicPartitionList::new();
-    let mut ends: HashMap<i32, i64> = HashMap::new();
-    for &(partition, start) in from {
-        ends.insert(partition, start);
-        assignment
-            .add_partition_offset(topic, partition, Offset::Offset(start))
-            .map_err(backend)?;
-    }
-    if from.is_empty() {
-        return Ok(Vec::new());
-    }
-    consumer.assign(&assignment).map_err(backend)?;
-    let mut open: std::collections::HashSet<i32> = ends.keys().copied().collect();
-    while !open.is_empty() {
-        let next = tokio::time::timeout(config.timeout, consumer.recv())
-            .await
-            .map_err(|_| backend_msg(format!("reading topic {topic:?} to its end timed out")))?;
-        match next {
-            Ok(message) => {
-                ends.insert(message.partition(), message.offset() + 1);
-                each(&message);
-            }
-            Err(KafkaError::PartitionEOF(partition)) => {
-                open.remove(&partition);
-            }
-            Err(error) => return Err(backend(error)),
-        }
-    }
-    let mut ends: Vec<(i32, i64)> = ends.into_iter().collect();
-    ends.sort_unstable();
-    Ok(ends)
-}
-
-/// Reads the given partitions, each from the offset given (or its start, if
-/// later) to its end. Returns the records in partition order, and the end
-/// (next offset) reached in each partition.
-async fn read_tail(config: &KafkaConfig, from: &[(i32, i64)]) -> Result<(Vec<Indexed>, Vec<(i32, i64)>), StoreError> {
-    let starts: Vec<(i32, i64)> = clamp_to_low(config, &config.topic, from)
-        .await?
-        .into_iter()
-        .map(|(partition, start, _)| (partition, start))
-        .collect();
-    let mut records = Vec::new();
-    let ends = read_to_end(config, &config.topic, &starts, |message| {
-        match message.key().and_then(|k| std::str::from_utf8(k).ok()) {
-            Some(key) => records.push(Indexed {
-                stream: StreamId::new(key),
-                offset: message.offset(),
-                version: header_version(message),
-            }),
-            None => tracing::warn!(
-                partition = message.partition(),
-                offset = message.offset(),
-                "record without a UTF-8 stream key; not part of any stream"
-            ),
-        }
-    })
-    .await?;
-    Ok((records, ends))
-}
-
-/// The end of each of `partitions` of `topic`: the watermark the broker
-/// reports, corrected by reading from just before it to the end of the
-/// partition (see [`read_to_end`]).
-async fn partition_ends(config: &KafkaConfig, topic: &str, partitions: i32) -> Result<Vec<(i32, i64)>, StoreError> {
-    let reported: Vec<(i32, i64)> = (0..partitions).map(|p| (p, 0)).collect();
-    let starts: Vec<(i32, i64)> = clamp_to_low(config, topic, &reported)
-        .await?
-        .into_iter()
-        .map(|(partition, low, high)| (partition, (high - 1).max(low)))
-        .collect();
     read_to_end(config, topic, &starts, |_| {}).await
 }
 
-/// Adds records to the index, each only if it is its stream's next version.
-fn extend_index(index: &mut HashMap<StreamId, Vec<i64>>, records: Vec<Indexed>) {
-    for record in records {
-        let offsets = index.entry(record.stream.clone()).or_default();
-        if offsets.last().is_some_and(|&last| record.offset <= last) {
-            continue; // already indexed
+/// What the follower learned from one batch, to publish once it is saved.
+#[derive(Default)]
+struct Learned {
+    kept: Vec<Kept>,
+    accepted: Vec<(EventId, i64)>,
+    fenced: Vec<(EventId, String)>,
+    claims: Vec<(i32, i64, Claim)>,
+    ends: Vec<i32>,
+    next: HashMap<i32, i64>,
+    versions: HashMap<String, u64>,
+}
+
+/// Reads every partition of the topic from where the local state stopped,
+/// applies the rule, keeps the events, and settles the appends in flight.
+async fn follow(inner: Weak<Inner>, from: Vec<(i32, i64)>) {
+    let mut from = from;
+    loop {
+        let Some(strong) = inner.upgrade() else { return };
+        let result = follow_once(&strong, &from).await;
+        let next: Vec<(i32, i64)> = (0..strong.partitions).map(|p| (p, strong.part(p).next)).collect();
+        drop(strong);
+        match result {
+            Ok(()) => return,
+            Err(error) => {
+                tracing::error!(%error, "the store's follower failed; reading again in 1 s");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
         }
-        match record.version {
-            Some(version) if version == offsets.len() as u64 + 1 => offsets.push(record.offset),
-            found => tracing::warn!(
-                offset = record.offset,
-                stream = %record.stream,
-                ?found,
-                expected = offsets.len() + 1,
-                "record out of its stream's version sequence; not counted"
-            ),
+        from = next;
+    }
+}
+
+async fn follow_once(inner: &Arc<Inner>, from: &[(i32, i64)]) -> Result<(), StoreError> {
+    let wanted: Vec<(&str, i32, i64)> = from.iter().map(|&(p, o)| (inner.topic.as_str(), p, o)).collect();
+    // A short fetch wait: appends are answered only once read back.
+    let mut reader = Reader::open(&inner.config, &wanted, &[("fetch.wait.max.ms", "5")]).await?;
+    let mut rules: Vec<PartitionRule> = (0..inner.partitions).map(|p| inner.part(p).rule.clone()).collect();
+    loop {
+        let mut learned = Learned::default();
+        let first = reader.next().await?;
+        take(inner, &mut rules, &mut learned, first)?;
+        for _ in 0..2000 {
+            match reader.next_within(Duration::ZERO).await? {
+                Some(read) => take(inner, &mut rules, &mut learned, read)?,
+                None => break,
+            }
         }
+        publish(inner, &rules, learned)?;
+    }
+}
+
+fn take(inner: &Inner, rules: &mut [PartitionRule], learned: &mut Learned, read: Read<'_>) -> Result<(), StoreError> {
+    let message: BorrowedMessage<'_> = match read {
+        Read::Record(message) => message,
+        Read::End { partition } => {
+            learned.ends.push(partition);
+            return Ok(());
+        }
+    };
+    let partition = message.partition();
+    let offset = message.offset();
+    learned.next.insert(partition, offset + 1);
+    let Some(rule) = rules.get_mut(partition as usize) else {
+        return Ok(());
+    };
+    let event_id = || header_text(&message, headers::EVENT_ID).and_then(|id| id.parse::<EventId>().ok());
+    match rule.judge(&message, inner.partitions) {
+        Verdict::Event { stream } => {
+            let event = match decode(&message) {
+                Ok(event) => event,
+                Err(reason) => {
+                    tracing::error!(record = %locate(&message), %reason, "record passed over: not an event");
+                    return Ok(());
+                }
+            };
+            let current = match learned.versions.get(&stream) {
+                Some(&version) => version,
+                None => inner.local.version_for_writer(&stream)?.0,
+            };
+            if event.stream_id.as_str() != stream || event.version.0 != current + 1 {
+                tracing::error!(
+                    record = %locate(&message),
+                    %stream,
+                    envelope_stream = %event.stream_id,
+                    version = %event.version,
+                    expected = current + 1,
+                    "record passed over: out of its stream's version sequence"
+                );
+                if let Some(id) = event_id() {
+                    learned
+                        .fenced
+                        .push((id, "it was out of its stream's version sequence".into()));
+                }
+                return Ok(());
+            }
+            learned.versions.insert(stream.clone(), event.version.0);
+            learned.accepted.push((event.event_id, offset));
+            let body = message
+                .payload()
+                .and_then(|b| std::str::from_utf8(b).ok())
+                .unwrap_or_default()
+                .to_owned();
+            learned.kept.push(Kept {
+                stream,
+                version: event.version.0,
+                partition,
+                offset,
+                body,
+            });
+        }
+        Verdict::Claimed(claim) => {
+            tracing::info!(record = %locate(&message), owner = %claim.owner, epoch = claim.epoch, "partition claimed");
+            learned.claims.push((partition, offset, claim));
+        }
+        Verdict::StaleClaim(claim) => {
+            tracing::info!(record = %locate(&message), owner = %claim.owner, epoch = claim.epoch, current = rule.epoch(), "stale claim passed over");
+        }
+        Verdict::Stale { stream, epoch, current } => {
+            tracing::warn!(record = %locate(&message), %stream, epoch, current, "event passed over: written under an epoch the partition had left");
+            if let Some(id) = event_id() {
+                learned.fenced.push((
+                    id,
+                    format!("its owner's epoch {epoch} had been replaced by epoch {current}"),
+                ));
+            }
+        }
+        Verdict::Broken(reason) => {
+            tracing::error!(record = %locate(&message), %reason, "record passed over: it breaks the protocol");
+        }
+    }
+    Ok(())
+}
+
+/// Saves a batch, then moves the partitions' state and settles the appends
+/// it decided, in that order: an append is answered only once its event can
+/// be read back here.
+fn publish(inner: &Inner, rules: &[PartitionRule], learned: Learned) -> Result<(), StoreError> {
+    let marks: Vec<Mark> = learned
+        .next
+        .iter()
+        .map(|(&partition, &next_offset)| Mark {
+            partition,
+            next_offset,
+            claim: rules.get(partition as usize).and_then(|r| r.claim().cloned()),
+        })
+        .collect();
+    inner.local.keep(&learned.kept, &marks, &learned.claims)?;
+    let now = Instant::now();
+    let mut closed: Vec<(i32, u64)> = Vec::new();
+    for (index, rule) in rules.iter().enumerate() {
+        let partition = index as i32;
+        let mut part = inner.part(partition);
+        if let Some(&next) = learned.next.get(&partition) {
+            part.next = next;
+        }
+        if learned.ends.contains(&partition) {
+            part.at_end = true;
+        }
+        if part.rule.epoch() == rule.epoch() {
+            continue;
+        }
+        part.rule = rule.clone();
+        let Some(claim) = rule.claim() else { continue };
+        closed.push((partition, claim.epoch));
+        let mine = claim.owner == inner.member.id;
+        part.role = match part.role {
+            Role::Claiming { epoch, .. } | Role::Owner { epoch } if mine && epoch == claim.epoch => {
+                tracing::info!(partition, epoch, "this instance owns the partition");
+                part.doubt = false;
+                Role::Owner { epoch }
+            }
+            Role::Claiming { .. } | Role::Owner { .. } => {
+                tracing::warn!(partition, owner = %claim.owner, epoch = claim.epoch, "partition claimed by another instance; this one stops writing it");
+                Role::Lost {
+                    until: (!inner.alone).then(|| now + inner.claim_backoff),
+                }
+            }
+            other => other,
+        };
+    }
+    {
+        let mut pending = inner.pending();
+        for (id, offset) in learned.accepted {
+            if let Some(p) = pending.remove(&id) {
+                let _ = p.reply.send(Ok(offset));
+            }
+        }
+        for (id, reason) in learned.fenced {
+            if let Some(p) = pending.remove(&id) {
+                let _ = p.reply.send(Err(fenced_error(reason)));
+            }
+        }
+        for (partition, epoch) in closed {
+            let gone: Vec<EventId> = pending
+                .iter()
+                .filter(|(_, p)| p.partition == partition && p.epoch < epoch)
+                .map(|(id, _)| *id)
+                .collect();
+            for id in gone {
+                if let Some(p) = pending.remove(&id) {
+                    let _ = p.reply.send(Err(fenced_error(format!(
+                        "partition {partition} was claimed under epoch {epoch} before the record landed"
+                    ))));
+                }
+            }
+        }
+    }
+    inner.bump();
+    Ok(())
+}
+
+fn fenced_error(reason: String) -> StoreError {
+    StoreError::Backend(Box::new(Fenced {
+        stream: StreamId::new(""),
+        reason,
+    }))
+}
+
+/// Claims the partitions this instance should own, and steps down from
+/// those it should not, as membership and the log change.
+async fn steer(inner: Weak<Inner>, mut members: Option<watch::Receiver<Vec<String>>>) {
+    let mut changed = match inner.upgrade() {
+        Some(inner) => inner.changed.subscribe(),
+        None => return,
+    };
+    loop {
+        {
+            let Some(inner) = inner.upgrade() else { return };
+            let list = members.as_ref().map(|m| m.borrow().clone());
+            for partition in 0..inner.partitions {
+                let should = match &list {
+                    None => true,
+                    Some(list) => rendezvous_owner(list, partition) == Some(inner.member.id.as_str()),
+                };
+                if let Some(epoch) = decide(&inner, partition, should) {
+                    send_claim(&inner, partition, epoch);
+                }
+            }
+        }
+        let membership = async {
+            match members.as_mut() {
+                Some(m) => {
+                    if m.changed().await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            _ = membership => {}
+            _ = changed.changed() => {}
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+        }
+    }
+}
+
+/// The next step for one partition; `Some(epoch)` when a claim is to be sent.
+fn decide(inner: &Inner, partition: i32, should: bool) -> Option<u64> {
+    let mut part = inner.part(partition);
+    let now = Instant::now();
+    match part.role {
+        Role::Follower if should && part.at_end => {
+            let epoch = part.rule.epoch() + 1;
+            part.role = Role::Claiming { epoch, since: now };
+            Some(epoch)
+        }
+        Role::Claiming { since, .. } if now.duration_since(since) > inner.config.timeout => {
+            tracing::warn!(partition, "a claim was not read back in time; trying again");
+            part.role = Role::Follower;
+            None
+        }
+        Role::Owner { .. } if !should => {
+            tracing::info!(partition, "discovery names another owner; stepping down");
+            part.role = Role::Follower;
+            None
+        }
+        Role::Owner { epoch } if part.doubt => {
+            tracing::warn!(partition, epoch, "a send failed; claiming again to close epoch {epoch}");
+            let epoch = part.rule.epoch().max(epoch) + 1;
+            part.role = Role::Claiming { epoch, since: now };
+            part.doubt = false;
+            Some(epoch)
+        }
+        Role::Lost { until: Some(until) } if now >= until => {
+            part.role = Role::Follower;
+            None
+        }
+        _ => None,
+    }
+}
+
+fn send_claim(inner: &Arc<Inner>, partition: i32, epoch: u64) {
+    let claim = Claim {
+        epoch,
+        owner: inner.member.id.clone(),
+        address: inner.member.address.clone(),
+    };
+    let body = match serde_json::to_string(&claim) {
+        Ok(body) => body,
+        Err(error) => {
+            tracing::error!(%error, "cannot encode a claim");
+            return;
+        }
+    };
+    let epoch_text = epoch.to_string();
+    let headers = OwnedHeaders::new()
+        .insert(Header {
+            key: rule::KIND,
+            value: Some(rule::CLAIM.as_bytes()),
+        })
+        .insert(Header {
+            key: rule::EPOCH,
+            value: Some(epoch_text.as_bytes()),
+        });
+    let record = FutureRecord::to(&inner.topic)
+        .key(rule::CLAIM_KEY)
+        .payload(&body)
+        .partition(partition)
+        .headers(headers);
+    tracing::info!(partition, epoch, member = %inner.member.id, "claiming partition");
+    match inner.producer.send_result(record) {
+        Ok(delivery) => {
+            tokio::spawn(async move {
+                if !matches!(delivery.await, Ok(Ok(_))) {
+                    tracing::warn!(partition, epoch, "a claim was not delivered");
+                }
+            });
+        }
+        Err((error, _)) => tracing::warn!(partition, epoch, %error, "cannot send a claim"),
     }
 }
 
@@ -501,13 +1007,12 @@ impl EventStore for KafkaStore {
         if events.is_empty() {
             return Err(StoreError::EmptyAppend(stream.clone()));
         }
+        let inner = &self.inner;
         let partition = self.partition_of(stream);
-        let slot = partition as usize;
-        let _writer = self.inner.writers[slot].lock().await;
-        if self.inner.dirty[slot].load(Ordering::Acquire) {
-            self.resync(partition).await?;
-        }
-        let actual = Version(self.index().get(stream).map_or(0, |o| o.len() as u64));
+        let slot = murmur_slot(stream);
+        let _turn = inner.turns[slot].lock().await;
+        let epoch = self.epoch_for(stream, partition).await?;
+        let actual = inner.local.version(stream.as_str())?;
         if !expected.admits(actual) {
             return Err(StoreError::Conflict {
                 stream: stream.clone(),
@@ -515,15 +1020,19 @@ impl EventStore for KafkaStore {
                 actual,
             });
         }
+        let _permit = inner.in_flight[partition as usize]
+            .acquire()
+            .await
+            .map_err(|e| StoreError::Closed(e.to_string()))?;
         let recorded_at = Utc::now();
+        let mut waits = Vec::with_capacity(events.len());
         let mut deliveries = Vec::with_capacity(events.len());
         for (i, event) in events.into_iter().enumerate() {
             let envelope = Envelope {
                 event_id: event.event_id,
                 stream_id: stream.clone(),
                 version: Version(actual.0 + i as u64 + 1),
-                // The offset, unknown until Kafka acknowledges; readers take
-                // the record's offset instead.
+                // The offset, unknown until the record is read back.
                 position: Position(0),
                 recorded_at,
                 event_type: event.event_type,
@@ -531,33 +1040,72 @@ impl EventStore for KafkaStore {
                 metadata: event.metadata,
                 payload: event.payload,
             };
+            let (reply, wait) = oneshot::channel();
+            inner.pending().insert(
+                envelope.event_id,
+                Pending {
+                    partition,
+                    epoch,
+                    reply,
+                },
+            );
+            waits.push((envelope.event_id, wait));
             let body = envelope.to_json();
-            let record = FutureRecord::to(&self.inner.config.topic)
+            let record = FutureRecord::to(&inner.topic)
                 .key(stream.as_str())
                 .payload(&body)
                 .partition(partition)
-                .headers(record_headers(&envelope));
-            let delivery = self.inner.producer.send_result(record).map_err(|(e, _)| backend(e))?;
-            deliveries.push(delivery);
-        }
-        let mut offsets = Vec::with_capacity(deliveries.len());
-        let mut failure = None;
-        for delivery in deliveries {
-            match delivery.await {
-                Ok(Ok(delivered)) => offsets.push(delivered.offset),
-                Ok(Err((error, _))) => failure = failure.or(Some(backend(error))),
-                Err(canceled) => failure = failure.or(Some(backend(canceled))),
+                .headers(record_headers(&envelope, epoch));
+            match inner.producer.send_result(record) {
+                Ok(delivery) => deliveries.push(delivery),
+                Err((error, _)) => {
+                    // Not handed to the producer: nothing of this one is sent.
+                    inner.pending().remove(&envelope.event_id);
+                    waits.pop();
+                    if waits.is_empty() {
+                        return Err(backend(error));
+                    }
+                    inner.part(partition).doubt = true;
+                    inner.bump();
+                    break;
+                }
             }
         }
-        // What Kafka acknowledged is in the log: the index follows the log.
-        if let Some(&last) = offsets.last() {
-            self.index().entry(stream.clone()).or_default().extend(&offsets);
-            self.inner.ends[slot].fetch_max(last + 1, Ordering::AcqRel);
+        for delivery in deliveries {
+            if !matches!(delivery.await, Ok(Ok(_))) {
+                // It may land all the same: close the epoch, and let the log decide.
+                inner.part(partition).doubt = true;
+                inner.bump();
+            }
+        }
+        let mut offsets = Vec::with_capacity(waits.len());
+        let mut failure = None;
+        let deadline = tokio::time::Instant::now() + inner.config.timeout * 2;
+        for (id, wait) in waits {
+            match tokio::time::timeout_at(deadline, wait).await {
+                Ok(Ok(Ok(offset))) => offsets.push(offset),
+                Ok(Ok(Err(error))) => failure = failure.or(Some(error)),
+                Ok(Err(_)) | Err(_) => {
+                    inner.pending().remove(&id);
+                    failure = failure.or(Some(backend_msg(format!(
+                        "append to {stream}: not read back from partition {partition} within {:?}; \
+                         the outcome is unknown",
+                        inner.config.timeout * 2
+                    ))));
+                }
+            }
         }
         if let Some(error) = failure {
-            // Some of what failed may have been written all the same.
-            self.inner.dirty[slot].store(true, Ordering::Release);
-            return Err(error);
+            return Err(match error {
+                StoreError::Backend(source) => match source.downcast::<Fenced>() {
+                    Ok(fenced) => StoreError::Backend(Box::new(Fenced {
+                        stream: stream.clone(),
+                        reason: fenced.reason,
+                    })),
+                    Err(other) => StoreError::Backend(other),
+                },
+                other => other,
+            });
         }
         Ok(AppendOutcome {
             version: Version(actual.0 + offsets.len() as u64),
@@ -567,76 +1115,48 @@ impl EventStore for KafkaStore {
     }
 
     async fn read_stream(&self, stream: &StreamId, from: Version) -> Result<Vec<Arc<RecordedEvent>>, StoreError> {
-        let wanted: Vec<i64> = {
-            let index = self.index();
-            let offsets = index.get(stream).map(Vec::as_slice).unwrap_or_default();
-            offsets
-                .get(from.0.saturating_sub(1) as usize..)
-                .unwrap_or_default()
-                .to_vec()
-        };
-        let Some(&first) = wanted.first() else {
-            return Ok(Vec::new());
-        };
-        let config = &self.inner.config;
-        let consumer = reader(config)?;
-        let mut assignment = TopicPartitionList::new();
-        assignment
-            .add_partition_offset(&config.topic, self.partition_of(stream), Offset::Offset(first))
-            .map_err(backend)?;
-        consumer.assign(&assignment).map_err(backend)?;
-        let mut events = Vec::with_capacity(wanted.len());
-        let mut next = wanted.iter().peekable();
-        while let Some(&&offset) = next.peek() {
-            let message = tokio::time::timeout(config.timeout, consumer.recv())
-                .await
-                .map_err(|_| backend_msg(format!("reading stream {stream} timed out")))?
-                .map_err(backend)?;
-            if message.offset() < offset {
-                continue;
-            }
-            if message.offset() > offset {
-                return Err(backend_msg(format!(
-                    "event at offset {offset} of stream {stream} is gone from the topic (retention?)"
-                )));
-            }
-            events.push(Arc::new(decode(&message).map_err(backend_msg)?));
-            next.next();
-        }
-        Ok(events)
+        self.inner.local.read_stream(stream, from)
     }
 
     async fn stream_version(&self, stream: &StreamId) -> Result<Version, StoreError> {
-        Ok(Version(self.index().get(stream).map_or(0, |o| o.len() as u64)))
+        self.inner.local.version(stream.as_str())
     }
 
     async fn head(&self) -> Result<Position, StoreError> {
         self.single_partition("head")?;
-        let ends = partition_ends(&self.inner.config, &self.inner.config.topic, 1).await?;
+        let ends = partition_ends(&self.inner.config, &self.inner.topic, 1).await?;
         Ok(Position(ends.first().map_or(0, |&(_, end)| end.max(0) as u64)))
     }
 
     async fn subscribe(&self, from: Position) -> Result<KafkaSubscription, StoreError> {
         self.single_partition("subscribe")?;
-        let consumer = reader(&self.inner.config)?;
-        let mut assignment = TopicPartitionList::new();
-        assignment
-            .add_partition_offset(&self.inner.config.topic, 0, Offset::Offset(from.0 as i64))
-            .map_err(backend)?;
-        consumer.assign(&assignment).map_err(backend)?;
+        let rule = PartitionRule::resume(self.inner.local.claim_before(0, from.0 as i64)?);
+        let reader = Reader::open(
+            &self.inner.config,
+            &[(self.inner.topic.as_str(), 0, from.0 as i64)],
+            &[],
+        )
+        .await?;
         Ok(KafkaSubscription {
-            consumer,
+            reader,
+            rule,
             next: from,
-            undecodable: 0,
+            passed_over: 0,
         })
     }
 }
 
-/// A subscription to a one-partition topic, from an offset.
+fn murmur_slot(stream: &StreamId) -> usize {
+    (crate::partition::murmur2(stream.as_str().as_bytes()) as u32 as usize) % TURN_SLOTS
+}
+
+/// A subscription to a one-partition topic, from an offset, that applies
+/// the log's rule (claims and stale records are not events).
 pub struct KafkaSubscription {
-    consumer: StreamConsumer,
+    reader: Reader,
+    rule: PartitionRule,
     next: Position,
-    undecodable: u64,
+    passed_over: u64,
 }
 
 impl std::fmt::Debug for KafkaSubscription {
@@ -646,26 +1166,36 @@ impl std::fmt::Debug for KafkaSubscription {
 }
 
 impl KafkaSubscription {
-    /// How many records were passed over because they are not event
-    /// envelopes (each is logged at `error` with its topic, partition and
-    /// offset).
-    pub fn undecodable(&self) -> u64 {
-        self.undecodable
+    /// How many records were passed over because they are not events of
+    /// the log: stale, broken, or not event envelopes (each is logged with
+    /// its topic, partition and offset). Claims are not counted.
+    pub fn passed_over(&self) -> u64 {
+        self.passed_over
     }
 }
 
-fn take(
-    next: &mut Position,
-    undecodable: &mut u64,
-    message: &rdkafka::message::BorrowedMessage<'_>,
+fn take_event(
+    rule: &mut PartitionRule,
+    passed_over: &mut u64,
+    message: &BorrowedMessage<'_>,
     batch: &mut Vec<Arc<RecordedEvent>>,
 ) {
-    *next = Position(message.offset() as u64 + 1);
-    match decode(message) {
-        Ok(event) => batch.push(Arc::new(event)),
-        Err(reason) => {
-            *undecodable += 1;
-            tracing::error!(%reason, "record passed over: not an event envelope");
+    match rule.judge(message, 1) {
+        Verdict::Event { .. } => match decode(message) {
+            Ok(event) => batch.push(Arc::new(event)),
+            Err(reason) => {
+                *passed_over += 1;
+                tracing::error!(record = %locate(message), %reason, "record passed over");
+            }
+        },
+        Verdict::Claimed(_) | Verdict::StaleClaim(_) => {}
+        Verdict::Stale { stream, epoch, current } => {
+            *passed_over += 1;
+            tracing::warn!(record = %locate(message), %stream, epoch, current, "stale event passed over");
+        }
+        Verdict::Broken(reason) => {
+            *passed_over += 1;
+            tracing::error!(record = %locate(message), %reason, "record passed over");
         }
     }
 }
@@ -675,14 +1205,19 @@ impl Subscription for KafkaSubscription {
     async fn next_batch(&mut self, batch: &mut Vec<Arc<RecordedEvent>>, max: usize) -> Result<(), StoreError> {
         batch.clear();
         while batch.is_empty() {
-            let message = self.consumer.recv().await.map_err(backend)?;
-            take(&mut self.next, &mut self.undecodable, &message, batch);
+            if let Read::Record(message) = self.reader.next().await? {
+                self.next = Position(message.offset() as u64 + 1);
+                take_event(&mut self.rule, &mut self.passed_over, &message, batch);
+            }
             // Then whatever has already arrived, without waiting.
             while batch.len() < max.max(1) {
-                match tokio::time::timeout(Duration::ZERO, self.consumer.recv()).await {
-                    Ok(Ok(message)) => take(&mut self.next, &mut self.undecodable, &message, batch),
-                    Ok(Err(error)) => return Err(backend(error)),
-                    Err(_) => break,
+                match self.reader.next_within(Duration::ZERO).await? {
+                    Some(Read::Record(message)) => {
+                        self.next = Position(message.offset() as u64 + 1);
+                        take_event(&mut self.rule, &mut self.passed_over, &message, batch);
+                    }
+                    Some(Read::End { .. }) => {}
+                    None => break,
                 }
             }
         }

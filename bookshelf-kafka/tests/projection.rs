@@ -11,9 +11,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bookshelf_core::{DomainEvent, Envelope, EventStore, ExpectedVersion, InMemoryViewStore, StreamId, View};
-use bookshelf_kafka::{dead_letter_headers, high_watermarks, KafkaConfig, KafkaProjection, KafkaStore};
+use bookshelf_kafka::{dead_letter_headers, headers, high_watermarks, KafkaConfig, KafkaProjection, KafkaStore};
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::{Headers, Message};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde::{Deserialize, Serialize};
 
@@ -79,10 +79,23 @@ async fn poison_records_go_to_the_dead_letter_topic_and_the_projection_goes_on()
         ),
     ];
     for (key, body) in poison {
-        producer
-            .send(FutureRecord::to(&topic).key(key).payload(body), Duration::from_secs(10))
-            .await
-            .unwrap();
+        // On the key's own partition, under the current epoch: records that
+        // pass the log's rule and fail only at decoding.
+        let stream = StreamId::new(key);
+        let epoch = store
+            .owner_of(&stream)
+            .expect("the one writer claimed every partition")
+            .epoch;
+        let headers = OwnedHeaders::new().insert(Header {
+            key: headers::EPOCH,
+            value: Some(epoch.to_string().as_bytes()),
+        });
+        let record = FutureRecord::to(&topic)
+            .key(key)
+            .payload(body)
+            .partition(store.partition_of(&stream))
+            .headers(headers);
+        producer.send(record, Duration::from_secs(10)).await.unwrap();
     }
     let good = good + fill(&store, 30..40).await;
 

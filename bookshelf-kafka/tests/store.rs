@@ -64,6 +64,12 @@ async fn appends_read_back_in_order_with_metadata_in_headers() {
         .add_partition_offset(&topic, store.partition_of(&stream), rdkafka::Offset::Beginning)
         .unwrap();
     consumer.assign(&assignment).unwrap();
+    // The partition opens with the store's claim (see `bookshelf_kafka::rule`).
+    let claim = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(claim.key(), Some(bookshelf_kafka::rule::CLAIM_KEY.as_bytes()));
     let raw = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
         .await
         .unwrap()
@@ -76,6 +82,11 @@ async fn appends_read_back_in_order_with_metadata_in_headers() {
             .map(|v| String::from_utf8_lossy(v).into_owned())
     };
     assert_eq!(header(headers::VERSION).as_deref(), Some("1"));
+    assert_eq!(
+        header(headers::EPOCH).as_deref(),
+        Some("1"),
+        "written under the store's first claim"
+    );
     assert_eq!(header(headers::EVENT_TYPE).as_deref(), Some("Counted"));
     assert_eq!(header(headers::CORRELATION_ID).as_deref(), Some("req-1"));
     assert_eq!(header(&format!("{}n", headers::META_PREFIX)).as_deref(), Some("1"));
@@ -206,12 +217,16 @@ async fn the_core_projection_runner_runs_on_a_one_partition_topic() {
     }
     let running = ProjectionRunner::<Sum, _>::new("sum", store.clone()).start();
     let head = store.head().await.unwrap();
-    assert_eq!(head, Position(50));
+    assert_eq!(head, Position(51), "the store's claim, then 50 events");
     let reached = tokio::time::timeout(Duration::from_secs(30), running.handle().wait_for(head)).await;
     assert!(reached.unwrap());
     running.handle().read(|sum| {
         assert_eq!(sum.total, (1..=50).sum::<u64>());
-        assert_eq!(sum.positions, (0..50).collect::<Vec<_>>());
+        assert_eq!(
+            sum.positions,
+            (1..=50).collect::<Vec<_>>(),
+            "the claim at 0 is not an event"
+        );
     });
     running.stop().await.unwrap();
 

@@ -17,12 +17,14 @@
 mod api;
 #[path = "../common/books.rs"]
 mod books;
+mod owners;
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bookshelf::{EventStore, InMemoryStore, Repository};
-use bookshelf_kafka::{KafkaConfig, KafkaStore};
+use bookshelf_kafka::{members_from_discovery, KafkaConfig, KafkaStore};
 use clap::Parser;
 
 use books::{Book, Clock};
@@ -37,6 +39,10 @@ struct Args {
     /// The service name to register under.
     #[arg(long, default_value = "books")]
     name: String,
+    /// Where an instance on Kafka keeps its local state (the events it has
+    /// read, by stream), one file per topic and instance.
+    #[arg(long, default_value = "bookshelf-data")]
+    data: PathBuf,
     #[command(flatten)]
     service: api::ServiceFlags,
 }
@@ -45,14 +51,35 @@ struct Args {
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     api::init_tracing();
     let args = Args::parse();
+    let listener = args.service.listen(args.port).await?;
+    let local = listener.local_addr()?;
     match &args.service.broker {
-        None => serve(&args, InMemoryStore::new(), "in-memory store").await?,
+        None => serve(&args, listener, InMemoryStore::new(), None, "in-memory store").await?,
         Some(broker) => {
             let config = KafkaConfig::new(broker.as_str(), args.service.topic.as_str())
                 .partitions(3)
                 .create_topic(true);
-            let store = KafkaStore::open(config).await?;
-            serve(&args, store.clone(), "Kafka").await?;
+            let id = args
+                .service
+                .id
+                .clone()
+                .unwrap_or_else(|| format!("{}-{}", args.name, local.port()));
+            let state = args.data.join(format!("{}-{id}.sqlite", args.service.topic));
+            let mut builder = KafkaStore::builder(config)
+                .member(&id, format!("http://{local}"))
+                .state_file(state);
+            let kind = match args.service.consul_config() {
+                // Instances share the partitions out among those Consul lists.
+                Some(consul) => {
+                    let discovery = bookshelf_consul::ConsulDiscovery::new(consul)?;
+                    builder = builder.members(members_from_discovery(discovery, &args.name, Duration::from_secs(1)));
+                    "Kafka, partitions shared through Consul"
+                }
+                None => "Kafka, the one writer of its topic",
+            };
+            let store = builder.open().await?;
+            let owners = Arc::new(owners::Owners::new(store.clone())?);
+            serve(&args, listener, store.clone(), Some(owners), kind).await?;
             store.flush(Duration::from_secs(10)).await?;
         }
     }
@@ -60,16 +87,34 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-async fn serve<S: EventStore>(args: &Args, store: S, kind: &str) -> Result<(), Box<dyn std::error::Error>> {
-    let listener = args.service.listen(args.port).await?;
+async fn serve<S: EventStore>(
+    args: &Args,
+    listener: tokio::net::TcpListener,
+    store: S,
+    owners: Option<Arc<owners::Owners>>,
+    kind: &str,
+) -> Result<(), Box<dyn std::error::Error>> {
     let local = listener.local_addr()?;
+    let new_id: Option<api::NewId> = owners.clone().map(|o| Arc::new(move || o.new_id()) as api::NewId);
     let api = Arc::new(api::BooksApi {
         books: Repository::<Book, _>::new(store, Clock::system()).with_cache(100_000),
         read_your_writes: Vec::new(),
+        new_id,
     });
-    let app = api::books_routes(api)
-        .merge(api::health_routes())
-        .fallback(api::not_found);
+    let mut app = api::books_routes(api);
+    if let Some(owners) = owners {
+        let describe = Arc::clone(&owners);
+        app = app
+            .layer(axum::middleware::from_fn_with_state(owners, owners::route_to_owner))
+            .route(
+                "/ownership",
+                axum::routing::get(move || {
+                    let owners = Arc::clone(&describe);
+                    async move { axum::Json(owners.describe()) }
+                }),
+            );
+    }
+    let app = app.merge(api::health_routes()).fallback(api::not_found);
 
     let registration = args.service.register(&args.name, local).await?;
     println!("books is listening on http://{local}/ ({kind})");

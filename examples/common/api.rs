@@ -51,9 +51,12 @@ impl From<CommandError<BookError>> for ApiError {
             CommandError::Rejected(BookError::AlreadyExists) => StatusCode::CONFLICT,
             CommandError::Rejected(BookError::Removed) => StatusCode::GONE,
             CommandError::Conflict { .. } => StatusCode::CONFLICT,
+            // The store could not take it now (not the owner, fenced off,
+            // unreachable): nothing was stored, and a retry may succeed.
+            CommandError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
-        if status == StatusCode::INTERNAL_SERVER_ERROR {
+        if status.is_server_error() {
             tracing::error!(%error, "command failed");
         }
         let message = match error {
@@ -103,7 +106,12 @@ pub struct BooksApi<S: EventStore> {
     /// A command's response waits (up to a second) until these views have
     /// applied its events, so that a following query sees them.
     pub read_your_writes: Vec<Settle>,
+    /// Picks the id of a new book (default: a random UUID).
+    pub new_id: Option<NewId>,
 }
+
+/// Picks the id of a new book.
+pub type NewId = Arc<dyn Fn() -> String + Send + Sync>;
 
 /// Waits until a view has applied every event before a position.
 pub type Settle =
@@ -156,7 +164,10 @@ async fn add_book<S: EventStore>(
     headers: HeaderMap,
     Json(book): Json<NewBook>,
 ) -> Result<Response, ApiError> {
-    let id = uuid::Uuid::new_v4().simple().to_string();
+    let id = match &api.new_id {
+        Some(pick) => pick(),
+        None => uuid::Uuid::new_v4().simple().to_string(),
+    };
     let command = BookCommand::Add {
         title: book.title,
         author: book.author,
@@ -424,6 +435,10 @@ pub struct ServiceFlags {
     /// Tags to register with, comma-separated.
     #[arg(long, value_delimiter = ',')]
     pub tags: Vec<String>,
+    /// The TTL of the instance's Consul check, in milliseconds: how long a
+    /// stopped or cut-off instance stays listed as healthy.
+    #[arg(long, default_value_t = 10_000)]
+    pub check_ttl_ms: u64,
 }
 
 impl ServiceFlags {
@@ -438,7 +453,15 @@ impl ServiceFlags {
         name: &str,
         local: std::net::SocketAddr,
     ) -> Result<Option<Registration>, bookshelf::DiscoveryError> {
-        Registration::register(self.consul.as_deref(), name, self.id.as_deref(), &self.tags, local).await
+        Registration::register(self.consul_config(), name, self.id.as_deref(), &self.tags, local).await
+    }
+
+    /// How to reach Consul, when `--consul` is given.
+    pub fn consul_config(&self) -> Option<bookshelf_consul::ConsulConfig> {
+        let ttl = std::time::Duration::from_millis(self.check_ttl_ms.max(100));
+        self.consul
+            .as_deref()
+            .map(|url| bookshelf_consul::ConsulConfig::new(url).check(bookshelf_consul::Check::Ttl { ttl }))
     }
 }
 
@@ -450,9 +473,9 @@ pub struct Registration {
 
 impl Registration {
     /// Registers `name` (`id`, default `NAME-PORT`; `tags`) at `local` with
-    /// the Consul agent at `consul`, if one is given.
+    /// the Consul agent `consul` describes, if one is given.
     pub async fn register(
-        consul: Option<&str>,
+        consul: Option<bookshelf_consul::ConsulConfig>,
         name: &str,
         id: Option<&str>,
         tags: &[String],
@@ -462,11 +485,12 @@ impl Registration {
         let Some(consul) = consul else {
             return Ok(None);
         };
-        let discovery = bookshelf_consul::ConsulDiscovery::new(bookshelf_consul::ConsulConfig::new(consul))?;
+        let url = consul.base_url().to_owned();
+        let discovery = bookshelf_consul::ConsulDiscovery::new(consul)?;
         let id = id.map_or_else(|| format!("{name}-{}", local.port()), str::to_owned);
         let me = bookshelf::ServiceInstance::new(&id, name, local.ip().to_string(), local.port()).with_tags(tags);
         discovery.register(&me).await?;
-        tracing::info!(%id, %consul, "registered");
+        tracing::info!(%id, consul = %url, "registered");
         Ok(Some(Registration { discovery, id }))
     }
 

@@ -145,8 +145,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .with_state(gateway.clone());
     let listener = tokio::net::TcpListener::bind(SocketAddr::new(args.addr, args.port)).await?;
     let local = listener.local_addr()?;
-    let registration =
-        api::Registration::register(args.consul.as_deref(), "gateway", args.id.as_deref(), &[], local).await?;
+    let registration = api::Registration::register(
+        args.consul.as_deref().map(bookshelf_consul::ConsulConfig::new),
+        "gateway",
+        args.id.as_deref(),
+        &[],
+        local,
+    )
+    .await?;
     println!("gateway is listening on http://{local}/ ({kind})");
     for (prefix, service) in &route_pairs {
         println!("  {prefix:<12} -> {service}");

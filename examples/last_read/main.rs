@@ -106,6 +106,7 @@ fn embedded() -> (axum::Router, StopView) {
     let books = Arc::new(api::BooksApi {
         books: Repository::<Book, _>::new(store.clone(), Clock::system()).with_cache(100_000),
         read_your_writes: vec![api::settle_on(view.handle()), api::settle_on(authors.handle())],
+        new_id: None,
     });
     let app = api::last_read_routes(view.handle())
         .merge(api::authors_routes(authors.handle()))

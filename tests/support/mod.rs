@@ -87,6 +87,11 @@ impl Service {
 }
 
 impl Service {
+    /// The process id, for signals.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Kills the process at once (SIGKILL): no deregistration, no clean-up,
     /// as a crash would.
     pub fn crash(mut self) {

@@ -18,8 +18,12 @@ pub fn brokers() -> String {
         })
 }
 
-/// A topic name no earlier run used.
+/// A topic name no earlier run used. Also turns on logs (`RUST_LOG`) once.
 pub fn topic(name: &str) -> String {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())

@@ -1,0 +1,298 @@
+//! Reading partitions from any offset without skipping a record: the one
+//! place where every Bookshelf reader of Kafka starts its reads.
+//!
+//! A Kafka fetch names an offset, and the broker answers with the record
+//! batches from the one holding that offset; the client drops the records
+//! before it. tansu 0.6.0 answers a fetch that starts inside a batch with
+//! the batches *after* it, so a plain reader that starts inside a batch
+//! (at a checkpoint, say) silently loses the rest of that batch; when that
+//! batch is the partition's last, the fetch returns nothing at all.
+//!
+//! [`Reader`] therefore checks the first record of every partition it
+//! starts: it must be at or before the offset asked for. When the first
+//! record comes later, or nothing comes for a while although the partition
+//! has not reported its end, the reader seeks back (1, 2, 4, … records
+//! before the wanted offset, never before the partition's start) until a
+//! fetch starts at or before a batch boundary, and drops the records before
+//! the wanted offset. On a broker that answers fetches as Kafka does, the
+//! first record is the wanted one and nothing is read twice.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bookshelf_core::StoreError;
+use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::config::KafkaConfig;
+
+pub(crate) fn backend(error: impl std::error::Error + Send + Sync + 'static) -> StoreError {
+    StoreError::Backend(Box::new(error))
+}
+
+pub(crate) fn backend_msg(message: String) -> StoreError {
+    StoreError::Backend(message.into())
+}
+
+static READERS: AtomicU64 = AtomicU64::new(0);
+
+/// The settings of a consumer that reads by assignment: no group
+/// membership, no commits.
+pub(crate) fn reader_client(config: &KafkaConfig) -> rdkafka::ClientConfig {
+    let mut client = config.client.clone();
+    let n = READERS.fetch_add(1, Ordering::Relaxed);
+    client
+        .set("group.id", format!("bookshelf-reader-{}-{n}", std::process::id()))
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest");
+    client
+}
+
+/// A plain consumer that reads by assignment (for metadata and watermarks).
+pub(crate) fn plain_consumer(config: &KafkaConfig) -> Result<StreamConsumer, StoreError> {
+    reader_client(config).create().map_err(backend)
+}
+
+/// The context of readers: librdkafka also reports end-of-partition events
+/// as client errors, which would log every one of them at `error`; other
+/// errors are logged as usual.
+pub(crate) struct Quiet;
+
+impl rdkafka::ClientContext for Quiet {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if !matches!(
+            error,
+            KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF)
+        ) {
+            tracing::error!(%error, reason, "librdkafka");
+        }
+    }
+}
+
+impl ConsumerContext for Quiet {}
+
+/// A partition whose first record has not yet shown that the read started
+/// at or before the offset wanted.
+struct Start {
+    topic: String,
+    partition: i32,
+    /// The first offset wanted.
+    want: i64,
+    /// Where the current fetch started (at or before `want`).
+    from: i64,
+    /// The partition's first offset: never read from before it.
+    low: i64,
+    /// Whether a record at or before `want` has shown the read is whole;
+    /// records before `want` are then dropped until `want` is reached.
+    whole: bool,
+}
+
+impl Start {
+    /// Reads again from further back.
+    fn step_back(&mut self) -> i64 {
+        let back = (self.want - self.from).max(1) * 2;
+        self.from = (self.want - back).max(self.low);
+        self.from
+    }
+}
+
+/// What [`Reader::next`] gives.
+pub(crate) enum Read<'a> {
+    /// The next record of a partition, in offset order, none skipped.
+    Record(BorrowedMessage<'a>),
+    /// The partition has no more records for now.
+    End {
+        /// The partition.
+        partition: i32,
+    },
+}
+
+/// A consumer over assigned partitions, each from a given offset, that reads
+/// around fetches starting inside a record batch (see the module docs).
+pub(crate) struct Reader {
+    consumer: StreamConsumer<Quiet>,
+    starts: HashMap<(String, i32), Start>,
+    /// How long a start may see nothing before it reads from further back.
+    patience: Duration,
+}
+
+/// How long a partition that has not started may stay silent before the
+/// reader reads it from further back.
+const PATIENCE: Duration = Duration::from_millis(250);
+
+impl Reader {
+    /// Assigns `from` (topic, partition, first offset wanted); an offset
+    /// before a partition's start reads from its start. `settings` are extra
+    /// librdkafka properties for this consumer.
+    pub async fn open(
+        config: &KafkaConfig,
+        from: &[(&str, i32, i64)],
+        settings: &[(&str, &str)],
+    ) -> Result<Self, StoreError> {
+        let mut client = reader_client(config);
+        client.set("enable.partition.eof", "true");
+        for (key, value) in settings {
+            client.set(*key, *value);
+        }
+        let consumer: StreamConsumer<Quiet> = client.create_with_context(Quiet).map_err(backend)?;
+        let mut assignment = TopicPartitionList::new();
+        let mut starts = HashMap::new();
+        for &(topic, partition, want) in from {
+            let low = low_watermark(config, topic, partition).await?;
+            let want = want.max(low);
+            assignment
+                .add_partition_offset(topic, partition, Offset::Offset(want))
+                .map_err(backend)?;
+            if want > low {
+                starts.insert(
+                    (topic.to_owned(), partition),
+                    Start {
+                        topic: topic.to_owned(),
+                        partition,
+                        want,
+                        from: want,
+                        low,
+                        whole: false,
+                    },
+                );
+            }
+        }
+        consumer.assign(&assignment).map_err(backend)?;
+        Ok(Reader {
+            consumer,
+            starts,
+            patience: PATIENCE,
+        })
+    }
+
+    /// The next record or end of partition. Waits for one; cancel-safe
+    /// between records (a record is handed out once, when this returns).
+    pub async fn next(&mut self) -> Result<Read<'_>, StoreError> {
+        loop {
+            let waiting = self.starts.values().any(|s| !s.whole && s.from > s.low);
+            let received = if waiting {
+                tokio::time::timeout(self.patience, self.consumer.recv()).await.ok()
+            } else {
+                Some(self.consumer.recv().await)
+            };
+            let Some(received) = received else {
+                // Silence from partitions not yet started: perhaps a fetch
+                // from inside the last batch, which returns nothing.
+                let starts: Vec<&mut Start> = self
+                    .starts
+                    .values_mut()
+                    .filter(|s| !s.whole && s.from > s.low)
+                    .collect();
+                for start in starts {
+                    let from = start.step_back();
+                    tracing::debug!(topic = %start.topic, partition = start.partition, want = start.want, from, "no record yet; reading from further back");
+                    self.consumer
+                        .seek(
+                            &start.topic,
+                            start.partition,
+                            Offset::Offset(from),
+                            Duration::from_secs(10),
+                        )
+                        .map_err(backend)?;
+                }
+                continue;
+            };
+            match received {
+                Ok(message) => {
+                    let key = (message.topic().to_owned(), message.partition());
+                    if let Some(start) = self.starts.get_mut(&key) {
+                        let offset = message.offset();
+                        if !start.whole && offset > start.want && start.from > start.low {
+                            let from = start.step_back();
+                            tracing::debug!(topic = %start.topic, partition = start.partition, want = start.want, got = offset, from, "a fetch skipped records; reading from further back");
+                            self.consumer
+                                .seek(
+                                    &start.topic,
+                                    start.partition,
+                                    Offset::Offset(from),
+                                    Duration::from_secs(10),
+                                )
+                                .map_err(backend)?;
+                            continue;
+                        }
+                        start.whole = true;
+                        if offset < start.want {
+                            continue; // before the offset wanted: read only to find the batch start
+                        }
+                        self.starts.remove(&key);
+                    }
+                    return Ok(Read::Record(message));
+                }
+                Err(KafkaError::PartitionEOF(partition)) => {
+                    // The fetch position reached the partition's end: nothing
+                    // after the wanted offset was passed over.
+                    self.starts.retain(|_, s| s.partition != partition);
+                    return Ok(Read::End { partition });
+                }
+                Err(error) => return Err(backend(error)),
+            }
+        }
+    }
+
+    /// Like [`next`](Self::next), but gives up after `timeout` with `None`.
+    pub async fn next_within(&mut self, timeout: Duration) -> Result<Option<Read<'_>>, StoreError> {
+        // Written out so that the borrow of `self` ends with the timeout.
+        match tokio::time::timeout(timeout, self.next()).await {
+            Ok(read) => read.map(Some),
+            Err(_) => Ok(None),
+        }
+    }
+}
+
+/// The first offset still stored in a partition.
+async fn low_watermark(config: &KafkaConfig, topic: &str, partition: i32) -> Result<i64, StoreError> {
+    let consumer = plain_consumer(config)?;
+    let (topic, timeout) = (topic.to_owned(), config.timeout);
+    let (low, _) = tokio::task::spawn_blocking(move || consumer.fetch_watermarks(&topic, partition, timeout))
+        .await
+        .map_err(backend)?
+        .map_err(backend)?;
+    Ok(low.max(0))
+}
+
+/// Reads the given partitions of `topic`, each from the offset given to its
+/// end, and calls `each` on every record. Returns the end (next offset) of
+/// each partition.
+///
+/// The end is where the reader hears "end of partition" from fetches, not
+/// the broker's answer to a watermark query: tansu 0.6 answers that with the
+/// first offset of the newest batch plus one, short of the end when that
+/// batch holds several records.
+pub(crate) async fn read_to_end(
+    config: &KafkaConfig,
+    topic: &str,
+    from: &[(i32, i64)],
+    mut each: impl FnMut(&BorrowedMessage<'_>),
+) -> Result<Vec<(i32, i64)>, StoreError> {
+    if from.is_empty() {
+        return Ok(Vec::new());
+    }
+    let wanted: Vec<(&str, i32, i64)> = from.iter().map(|&(p, o)| (topic, p, o)).collect();
+    let mut reader = Reader::open(config, &wanted, &[]).await?;
+    let mut ends: HashMap<i32, i64> = from.iter().copied().collect();
+    let mut open: std::collections::HashSet<i32> = ends.keys().copied().collect();
+    while !open.is_empty() {
+        match reader.next_within(config.timeout).await? {
+            Some(Read::Record(message)) => {
+                ends.insert(message.partition(), message.offset() + 1);
+                each(&message);
+            }
+            Some(Read::End { partition, .. }) => {
+                open.remove(&partition);
+            }
+            None => return Err(backend_msg(format!("reading topic {topic:?} to its end timed out"))),
+        }
+    }
+    let mut ends: Vec<(i32, i64)> = ends.into_iter().collect();
+    ends.sort_unstable();
+    Ok(ends)
+}

@@ -1,0 +1,200 @@
+//! Any instance serves any book: a request about a book whose partition
+//! another instance owns goes to that instance, found in the partition's
+//! last claim in the log.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderName, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use bookshelf::StreamId;
+use bookshelf_kafka::KafkaStore;
+use serde_json::json;
+
+use crate::api::ApiError;
+
+/// The header a forwarded request carries, naming the instance that sent it
+/// on; such a request is never forwarded again.
+pub const FORWARDED_BY: &str = "x-bookshelf-forwarded-by";
+
+/// The largest body forwarded (as the gateway's default limit).
+const MAX_BODY: usize = 1 << 20;
+
+/// Routes requests to the owners of their books' partitions.
+pub struct Owners {
+    pub store: KafkaStore,
+    client: reqwest::Client,
+}
+
+impl Owners {
+    pub fn new(store: KafkaStore) -> Result<Owners, reqwest::Error> {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .connect_timeout(Duration::from_secs(2))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()?;
+        Ok(Owners { store, client })
+    }
+
+    /// A new book's id on a partition this instance owns, if it owns any.
+    pub fn new_id(&self) -> String {
+        for _ in 0..256 {
+            let id = uuid::Uuid::new_v4().simple().to_string();
+            if self.store.owns(&StreamId::for_aggregate("book", &id)) {
+                return id;
+            }
+        }
+        uuid::Uuid::new_v4().simple().to_string()
+    }
+
+    /// Where a request should be handled: `None` here, or the owner's address.
+    fn target(&self, method: &Method, path: &str) -> Option<Result<String, String>> {
+        let rest = path.strip_prefix("/books")?;
+        let id = rest
+            .strip_prefix('/')
+            .and_then(|r| r.split('/').next())
+            .filter(|id| !id.is_empty());
+        let claim = match id {
+            Some(id) => {
+                let stream = StreamId::for_aggregate("book", id);
+                if self.store.owns(&stream) {
+                    return None;
+                }
+                self.store.owner_of(&stream)
+            }
+            None if method == Method::POST && rest.is_empty() => {
+                let owners = self.store.owners();
+                if owners.iter().any(|o| o.mine) {
+                    return None;
+                }
+                owners
+                    .into_iter()
+                    .filter_map(|o| o.claim)
+                    .find(|c| !c.address.is_empty())
+            }
+            None => return None,
+        };
+        let me = &self.store.member().id;
+        Some(match claim {
+            Some(claim) if &claim.owner != me && !claim.address.is_empty() => Ok(claim.address),
+            Some(claim) => Err(format!(
+                "partition ownership is moving (last claimed by {})",
+                claim.owner
+            )),
+            None => Err("no instance owns this book's partition yet".into()),
+        })
+    }
+
+    /// The ownership of every partition as this instance reads the log.
+    pub fn describe(&self) -> serde_json::Value {
+        let (caught_up, next) = self.store.caught_up();
+        let partitions: Vec<_> = self
+            .store
+            .owners()
+            .into_iter()
+            .map(|o| {
+                json!({
+                    "partition": o.partition,
+                    "owner": o.claim.as_ref().map(|c| c.owner.clone()),
+                    "address": o.claim.as_ref().map(|c| c.address.clone()),
+                    "epoch": o.claim.as_ref().map_or(0, |c| c.epoch),
+                    "mine": o.mine,
+                    "next_offset": next.get(o.partition as usize),
+                })
+            })
+            .collect();
+        json!({ "instance": self.store.member().id, "caught_up": caught_up, "partitions": partitions })
+    }
+}
+
+/// Middleware: handles a request here when this instance owns its book's
+/// partition (or it was forwarded already), and forwards it otherwise.
+pub async fn route_to_owner(State(owners): State<Arc<Owners>>, request: Request, next: Next) -> Response {
+    if request.headers().contains_key(FORWARDED_BY) {
+        return next.run(request).await;
+    }
+    match owners.target(request.method(), request.uri().path()) {
+        None => next.run(request).await,
+        Some(Ok(address)) => forward(&owners, &address, request).await,
+        Some(Err(reason)) if request.method() == Method::GET => {
+            tracing::debug!(%reason, "answering a read from this instance's copy of the log");
+            next.run(request).await
+        }
+        Some(Err(reason)) => unavailable(reason),
+    }
+}
+
+fn unavailable(reason: String) -> Response {
+    let mut response = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, reason).into_response();
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+    response
+}
+
+fn hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "transfer-encoding"
+            | "te"
+            | "trailer"
+            | "upgrade"
+            | "host"
+            | "content-length"
+    )
+}
+
+async fn forward(owners: &Owners, address: &str, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let body = match axum::body::to_bytes(body, MAX_BODY).await {
+        Ok(body) => body,
+        Err(error) => return ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, error.to_string()).into_response(),
+    };
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let mut outgoing = owners
+        .client
+        .request(parts.method.clone(), format!("{address}{path}"))
+        .header(FORWARDED_BY, owners.store.member().id.as_str())
+        .body(body);
+    for (name, value) in &parts.headers {
+        if !hop_by_hop(name) {
+            outgoing = outgoing.header(name, value);
+        }
+    }
+    let answer = match outgoing.send().await {
+        Ok(answer) => answer,
+        // Nothing reached the owner: nothing was done.
+        Err(error) if error.is_connect() => {
+            return unavailable(format!("the owner at {address} refused the connection: {error}"))
+        }
+        Err(error) => {
+            return unavailable(format!(
+                "the owner at {address} did not answer, so the outcome is unknown: {error}"
+            ))
+        }
+    };
+    let status = answer.status();
+    let headers = answer.headers().clone();
+    let body = match answer.bytes().await {
+        Ok(body) => body,
+        Err(error) => {
+            return unavailable(format!(
+                "the owner at {address} broke off its answer, so the outcome is unknown: {error}"
+            ))
+        }
+    };
+    let mut response = Response::new(Body::from(body));
+    *response.status_mut() = status;
+    for (name, value) in &headers {
+        if !hop_by_hop(name) {
+            response.headers_mut().insert(name, value.clone());
+        }
+    }
+    response
+}
