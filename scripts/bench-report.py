@@ -34,12 +34,17 @@ def kafka():
         ("kafka_append", "one_event_per_append", "append: 1 event per append, 1 writer"),
         ("kafka_append", "eight_writers_one_event_each", "append: 1 event per append, 8 writers"),
         ("kafka_append", "hundred_events_per_append", "append: 100 events per append"),
+        ("kafka_commands", "pipelined", "commands, 64 clients, pipelined appends"),
+        ("kafka_commands", "one_at_a_time", "commands, 64 clients, one append at a time"),
+        ("kafka_commands", "bare_produce", "plain producer, 64 clients, await each ack"),
     ]
     rates = {}
     for group, bench, label in rows:
         rates[bench] = rate(group, bench)
         print(f"{label:45} median {median(group, bench) / 1e6:10.1f} ms  {rates[bench]:>12,.0f} per s")
     print(f"projection / bare consume = {rates['projection'] / rates['bare_consume']:.3f}")
+    print(f"pipelined / one at a time = {rates['pipelined'] / rates['one_at_a_time']:.2f}")
+    print(f"pipelined / bare produce = {rates['pipelined'] / rates['bare_produce']:.2f}")
 
 
 try:

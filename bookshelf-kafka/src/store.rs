@@ -135,6 +135,34 @@ struct Part {
     /// A send failed: whatever else is in flight may or may not land, so the
     /// owner claims again before it writes more, and that claim decides.
     doubt: bool,
+    /// While this instance owns the partition: every offset from its claim
+    /// up to (not including) this one holds a record it wrote under its
+    /// epoch, as Kafka acknowledged them, or one the follower has judged.
+    frontier: i64,
+    /// Acknowledged offsets of its own records beyond the frontier.
+    acked: std::collections::BTreeSet<i64>,
+}
+
+impl Part {
+    /// Takes note of an acknowledged record of this instance's, written under
+    /// `epoch`, and moves the frontier over every run of its own records.
+    fn acknowledged(&mut self, epoch: u64, offset: i64) {
+        if self.role != (Role::Owner { epoch }) || offset < self.frontier {
+            return;
+        }
+        self.acked.insert(offset);
+        while self.acked.remove(&self.frontier) {
+            self.frontier += 1;
+        }
+    }
+
+    /// Whether a record of this instance's at `offset`, written under
+    /// `epoch`, is part of the log already: the partition is still its own
+    /// under that epoch, and nothing but its own records lies between its
+    /// claim and that offset, so no other claim can come before it.
+    fn confirms(&self, epoch: u64, offset: i64) -> bool {
+        self.role == (Role::Owner { epoch }) && offset < self.frontier
+    }
 }
 
 /// How an append's record fared, as the follower read it.
@@ -201,7 +229,7 @@ impl KafkaStoreBuilder {
     }
 
     /// How long an instance that lost a claim to another waits before it
-    /// claims again, while discovery still names it the owner (default 2 s).
+    /// claims again, while discovery still names it the owner (default 0.5 s).
     pub fn claim_backoff(mut self, backoff: Duration) -> Self {
         self.claim_backoff = backoff;
         self
@@ -252,6 +280,8 @@ impl KafkaStoreBuilder {
                     rule: PartitionRule::resume(s.claim.clone()),
                     role: Role::Follower,
                     doubt: false,
+                    frontier: 0,
+                    acked: std::collections::BTreeSet::new(),
                 })
             })
             .collect();
@@ -268,6 +298,7 @@ impl KafkaStoreBuilder {
             parts,
             changed,
             pending: Mutex::new(HashMap::new()),
+            recent: Mutex::new(HashMap::new()),
             turns: (0..TURN_SLOTS).map(|_| tokio::sync::Mutex::new(())).collect(),
             in_flight: (0..partitions).map(|_| Semaphore::new(self.max_in_flight)).collect(),
             claim_backoff: self.claim_backoff,
@@ -279,15 +310,20 @@ impl KafkaStoreBuilder {
             .map(|(p, s)| (p as i32, s.next_offset))
             .collect();
         tracing::info!(topic = %inner.topic, partitions, member = %inner.member.id, state = %inner.state_path.display(), ?from, "Kafka event store opening");
-        let follower = tokio::spawn(follow(Arc::downgrade(&inner), from));
+        // One follower per partition: each has its own connection, so one
+        // partition's fetches do not wait behind another's.
+        let mut tasks: Vec<_> = from
+            .iter()
+            .map(|&start| tokio::spawn(follow(Arc::downgrade(&inner), vec![start])))
+            .collect();
         let members = match self.membership {
             Membership::Alone => None,
             Membership::Members(members) => Some(members),
         };
-        let steering = tokio::spawn(steer(Arc::downgrade(&inner), members));
+        tasks.push(tokio::spawn(steer(Arc::downgrade(&inner), members)));
         let store = KafkaStore {
             inner,
-            _tasks: Arc::new(Tasks(vec![follower, steering])),
+            _tasks: Arc::new(Tasks(tasks)),
         };
         if alone {
             store.wait_until_owner_of_all().await?;
@@ -376,6 +412,10 @@ struct Inner {
     /// Bumped whenever a partition's state changes.
     changed: watch::Sender<u64>,
     pending: Mutex<HashMap<EventId, Pending>>,
+    /// Appends answered on their acknowledgement that the follower has not
+    /// yet kept: the stream's version and its last event's offset. A stream
+    /// stays here for the few milliseconds until the follower reads it.
+    recent: Mutex<HashMap<String, (Version, i64)>>,
     turns: Vec<tokio::sync::Mutex<()>>,
     in_flight: Vec<Semaphore>,
     claim_backoff: Duration,
@@ -389,6 +429,42 @@ impl Inner {
 
     fn pending(&self) -> MutexGuard<'_, HashMap<EventId, Pending>> {
         self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn recent(&self) -> MutexGuard<'_, HashMap<String, (Version, i64)>> {
+        self.recent.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A stream's version: what the follower kept, or a newer append
+    /// answered since.
+    fn version(&self, stream: &StreamId) -> Result<Version, StoreError> {
+        // Read under the lock: the follower keeps an event before it takes
+        // the stream out of `recent`, so one of the two has it.
+        let recent = self.recent();
+        let kept = self.local.version(stream.as_str())?;
+        Ok(recent.get(stream.as_str()).map_or(kept, |&(v, _)| v.max(kept)))
+    }
+
+    /// Waits until the follower has kept every answered append of `stream`
+    /// from version `from` on, so that a read sees this instance's own
+    /// writes. Returns `false` when there is nothing to read: `from` is past
+    /// the last answered append.
+    async fn kept(&self, stream: &StreamId, from: Version) -> bool {
+        let Some((version, offset)) = self.recent().get(stream.as_str()).copied() else {
+            return true;
+        };
+        if from > version {
+            return false;
+        }
+        let partition = partition_for(stream.as_str(), self.partitions);
+        let mut changed = self.changed.subscribe();
+        let deadline = tokio::time::Instant::now() + self.config.timeout;
+        while self.part(partition).next <= offset {
+            if tokio::time::timeout_at(deadline, changed.changed()).await.is_err() {
+                break;
+            }
+        }
+        true
     }
 
     fn bump(&self) {
@@ -463,7 +539,7 @@ impl KafkaStore {
             membership: Membership::Alone,
             state: None,
             max_in_flight: 1024,
-            claim_backoff: Duration::from_secs(2),
+            claim_backoff: Duration::from_millis(500),
         }
     }
 
@@ -673,14 +749,22 @@ struct Learned {
     versions: HashMap<String, u64>,
 }
 
-/// Reads every partition of the topic from where the local state stopped,
+/// How long a follower's fetch may wait for records. Kafka answers a fetch as
+/// soon as a record arrives, so on Kafka this costs nothing; tansu 0.6 holds
+/// every fetch for the whole wait, so it is the follower's latency there.
+/// Appends rarely wait for the follower (see [`Part::confirms`]), and a
+/// shorter wait had the followers' empty fetches take the broker's time
+/// from the producers (on tansu, 1 ms gave a quarter of 50 ms's commands/s).
+const FOLLOWER_FETCH_WAIT_MS: &str = "50";
+
+/// Reads partitions of the topic from where the local state stopped,
 /// applies the rule, keeps the events, and settles the appends in flight.
 async fn follow(inner: Weak<Inner>, from: Vec<(i32, i64)>) {
     let mut from = from;
     loop {
         let Some(strong) = inner.upgrade() else { return };
         let result = follow_once(&strong, &from).await;
-        let next: Vec<(i32, i64)> = (0..strong.partitions).map(|p| (p, strong.part(p).next)).collect();
+        let next: Vec<(i32, i64)> = from.iter().map(|&(p, _)| (p, strong.part(p).next)).collect();
         drop(strong);
         match result {
             Ok(()) => return,
@@ -695,8 +779,8 @@ async fn follow(inner: Weak<Inner>, from: Vec<(i32, i64)>) {
 
 async fn follow_once(inner: &Arc<Inner>, from: &[(i32, i64)]) -> Result<(), StoreError> {
     let wanted: Vec<(&str, i32, i64)> = from.iter().map(|&(p, o)| (inner.topic.as_str(), p, o)).collect();
-    // A short fetch wait: appends are answered only once read back.
-    let mut reader = Reader::open(&inner.config, &wanted, &[("fetch.wait.max.ms", "5")]).await?;
+    let mut reader = Reader::open(&inner.config, &wanted, &[("fetch.wait.max.ms", FOLLOWER_FETCH_WAIT_MS)]).await?;
+    let mine: Vec<i32> = from.iter().map(|&(p, _)| p).collect();
     let mut rules: Vec<PartitionRule> = (0..inner.partitions).map(|p| inner.part(p).rule.clone()).collect();
     loop {
         let mut learned = Learned::default();
@@ -708,7 +792,7 @@ async fn follow_once(inner: &Arc<Inner>, from: &[(i32, i64)]) -> Result<(), Stor
                 None => break,
             }
         }
-        publish(inner, &rules, learned)?;
+        publish(inner, &mine, &rules, learned)?;
     }
 }
 
@@ -797,7 +881,7 @@ fn take(inner: &Inner, rules: &mut [PartitionRule], learned: &mut Learned, read:
 /// Saves a batch, then moves the partitions' state and settles the appends
 /// it decided, in that order: an append is answered only once its event can
 /// be read back here.
-fn publish(inner: &Inner, rules: &[PartitionRule], learned: Learned) -> Result<(), StoreError> {
+fn publish(inner: &Inner, mine: &[i32], rules: &[PartitionRule], learned: Learned) -> Result<(), StoreError> {
     let marks: Vec<Mark> = learned
         .next
         .iter()
@@ -810,8 +894,10 @@ fn publish(inner: &Inner, rules: &[PartitionRule], learned: Learned) -> Result<(
     inner.local.keep(&learned.kept, &marks, &learned.claims)?;
     let now = Instant::now();
     let mut closed: Vec<(i32, u64)> = Vec::new();
-    for (index, rule) in rules.iter().enumerate() {
-        let partition = index as i32;
+    for &partition in mine {
+        let Some(rule) = rules.get(partition as usize) else {
+            continue;
+        };
         let mut part = inner.part(partition);
         if let Some(&next) = learned.next.get(&partition) {
             part.next = next;
@@ -820,16 +906,26 @@ fn publish(inner: &Inner, rules: &[PartitionRule], learned: Learned) -> Result<(
             part.at_end = true;
         }
         if part.rule.epoch() == rule.epoch() {
+            // Still the same epoch: whatever the follower has read, it has
+            // judged, so the frontier may move up to it.
+            if part.next > part.frontier {
+                part.frontier = part.next;
+                let frontier = part.frontier;
+                part.acked.retain(|&o| o >= frontier);
+            }
             continue;
         }
         part.rule = rule.clone();
         let Some(claim) = rule.claim() else { continue };
         closed.push((partition, claim.epoch));
         let mine = claim.owner == inner.member.id;
+        part.acked.clear();
         part.role = match part.role {
             Role::Claiming { epoch, .. } | Role::Owner { epoch } if mine && epoch == claim.epoch => {
                 tracing::info!(partition, epoch, "this instance owns the partition");
                 part.doubt = false;
+                // The claim was the last record read: its own records follow.
+                part.frontier = part.next;
                 Role::Owner { epoch }
             }
             Role::Claiming { .. } | Role::Owner { .. } => {
@@ -840,6 +936,19 @@ fn publish(inner: &Inner, rules: &[PartitionRule], learned: Learned) -> Result<(
             }
             other => other,
         };
+    }
+    // After the partitions' next offsets moved: an append that checks them
+    // under this lock either sees them moved or has its entry removed here.
+    if !learned.kept.is_empty() {
+        let mut recent = inner.recent();
+        for kept in &learned.kept {
+            if recent
+                .get(kept.stream.as_str())
+                .is_some_and(|&(_, offset)| offset <= kept.offset)
+            {
+                recent.remove(kept.stream.as_str());
+            }
+        }
     }
     {
         let mut pending = inner.pending();
@@ -1007,12 +1116,66 @@ impl EventStore for KafkaStore {
         if events.is_empty() {
             return Err(StoreError::EmptyAppend(stream.clone()));
         }
+        // On a task of its own: a caller that goes away (an HTTP client that
+        // hung up) must not cut an append short between sending its records
+        // and learning where they landed, or the stream's next append would
+        // be checked against a version that misses them.
+        let (store, stream) = (self.clone(), stream.clone());
+        tokio::spawn(async move { store.append_whole(&stream, expected, events).await })
+            .await
+            .map_err(|e| StoreError::Closed(format!("an append's task ended: {e}")))?
+    }
+
+    async fn read_stream(&self, stream: &StreamId, from: Version) -> Result<Vec<Arc<RecordedEvent>>, StoreError> {
+        if !self.inner.kept(stream, from).await {
+            return Ok(Vec::new());
+        }
+        self.inner.local.read_stream(stream, from)
+    }
+
+    async fn stream_version(&self, stream: &StreamId) -> Result<Version, StoreError> {
+        self.inner.version(stream)
+    }
+
+    async fn head(&self) -> Result<Position, StoreError> {
+        self.single_partition("head")?;
+        let ends = partition_ends(&self.inner.config, &self.inner.topic, 1).await?;
+        Ok(Position(ends.first().map_or(0, |&(_, end)| end.max(0) as u64)))
+    }
+
+    async fn subscribe(&self, from: Position) -> Result<KafkaSubscription, StoreError> {
+        self.single_partition("subscribe")?;
+        let rule = PartitionRule::resume(self.inner.local.claim_before(0, from.0 as i64)?);
+        let reader = Reader::open(
+            &self.inner.config,
+            &[(self.inner.topic.as_str(), 0, from.0 as i64)],
+            &[],
+        )
+        .await?;
+        Ok(KafkaSubscription {
+            reader,
+            rule,
+            next: from,
+            passed_over: 0,
+        })
+    }
+}
+
+impl KafkaStore {
+    /// An append, start to end: take the stream's turn, check the version,
+    /// send, and wait until the records are known to be in the log.
+    async fn append_whole(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendOutcome, StoreError> {
         let inner = &self.inner;
         let partition = self.partition_of(stream);
         let slot = murmur_slot(stream);
         let _turn = inner.turns[slot].lock().await;
         let epoch = self.epoch_for(stream, partition).await?;
-        let actual = inner.local.version(stream.as_str())?;
+        let actual = inner.version(stream)?;
         if !expected.admits(actual) {
             return Err(StoreError::Conflict {
                 stream: stream.clone(),
@@ -1071,27 +1234,68 @@ impl EventStore for KafkaStore {
                 }
             }
         }
+        let mut acked = Vec::with_capacity(deliveries.len());
         for delivery in deliveries {
-            if !matches!(delivery.await, Ok(Ok(_))) {
-                // It may land all the same: close the epoch, and let the log decide.
-                inner.part(partition).doubt = true;
-                inner.bump();
+            match delivery.await {
+                Ok(Ok(delivered)) => {
+                    let offset = delivered.offset;
+                    inner.part(partition).acknowledged(epoch, offset);
+                    acked.push(offset);
+                }
+                _ => {
+                    // It may land all the same: close the epoch, and let the log decide.
+                    inner.part(partition).doubt = true;
+                }
             }
         }
-        let mut offsets = Vec::with_capacity(waits.len());
-        let mut failure = None;
+        inner.bump();
+        // Answered as soon as the records are known to be in the log: by the
+        // frontier of this owner's own records, or by the follower.
+        let mut changed = inner.changed.subscribe();
         let deadline = tokio::time::Instant::now() + inner.config.timeout * 2;
-        for (id, wait) in waits {
-            match tokio::time::timeout_at(deadline, wait).await {
-                Ok(Ok(Ok(offset))) => offsets.push(offset),
-                Ok(Ok(Err(error))) => failure = failure.or(Some(error)),
-                Ok(Err(_)) | Err(_) => {
-                    inner.pending().remove(&id);
+        let last = acked.iter().copied().max();
+        let sent = waits.len();
+        let mut offsets = Vec::with_capacity(sent);
+        let mut failure = None;
+        let mut waits = waits.into_iter().peekable();
+        while let Some((id, wait)) = waits.peek_mut() {
+            let confirmed = acked.len() == sent && last.is_some_and(|last| inner.part(partition).confirms(epoch, last));
+            if confirmed {
+                let mut pending = inner.pending();
+                for (id, _) in waits.by_ref() {
+                    pending.remove(&id);
+                }
+                offsets = acked.clone();
+                break;
+            }
+            tokio::select! {
+                settled = &mut *wait => {
+                    match settled {
+                        Ok(Ok(offset)) => offsets.push(offset),
+                        Ok(Err(error)) => failure = failure.or(Some(error)),
+                        Err(_) => failure = failure.or(Some(StoreError::Closed("the store's follower stopped".into()))),
+                    }
+                    waits.next();
+                }
+                _ = changed.changed() => {}
+                _ = tokio::time::sleep_until(deadline) => {
+                    inner.pending().remove(id);
                     failure = failure.or(Some(backend_msg(format!(
                         "append to {stream}: not read back from partition {partition} within {:?}; \
                          the outcome is unknown",
                         inner.config.timeout * 2
                     ))));
+                    waits.next();
+                }
+            }
+        }
+        offsets.sort_unstable();
+        if failure.is_none() {
+            if let Some(&last) = offsets.last() {
+                let mut recent = inner.recent();
+                let version = Version(actual.0 + offsets.len() as u64);
+                if inner.part(partition).next <= last {
+                    recent.insert(stream.as_str().to_owned(), (version, last));
                 }
             }
         }
@@ -1111,37 +1315,6 @@ impl EventStore for KafkaStore {
             version: Version(actual.0 + offsets.len() as u64),
             first_position: Position(offsets[0] as u64),
             last_position: Position(offsets[offsets.len() - 1] as u64),
-        })
-    }
-
-    async fn read_stream(&self, stream: &StreamId, from: Version) -> Result<Vec<Arc<RecordedEvent>>, StoreError> {
-        self.inner.local.read_stream(stream, from)
-    }
-
-    async fn stream_version(&self, stream: &StreamId) -> Result<Version, StoreError> {
-        self.inner.local.version(stream.as_str())
-    }
-
-    async fn head(&self) -> Result<Position, StoreError> {
-        self.single_partition("head")?;
-        let ends = partition_ends(&self.inner.config, &self.inner.topic, 1).await?;
-        Ok(Position(ends.first().map_or(0, |&(_, end)| end.max(0) as u64)))
-    }
-
-    async fn subscribe(&self, from: Position) -> Result<KafkaSubscription, StoreError> {
-        self.single_partition("subscribe")?;
-        let rule = PartitionRule::resume(self.inner.local.claim_before(0, from.0 as i64)?);
-        let reader = Reader::open(
-            &self.inner.config,
-            &[(self.inner.topic.as_str(), 0, from.0 as i64)],
-            &[],
-        )
-        .await?;
-        Ok(KafkaSubscription {
-            reader,
-            rule,
-            next: from,
-            passed_over: 0,
         })
     }
 }

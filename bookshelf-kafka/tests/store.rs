@@ -153,6 +153,40 @@ async fn each_stream_stays_in_order_across_partitions() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_append_whose_caller_goes_away_still_counts_for_the_next() {
+    // A caller that stops waiting (an HTTP client that hung up) drops the
+    // append's future just after its record went out. The next append on
+    // the stream must see that record's version, not write it again.
+    let store = open(&topic("abandoned"), 1).await;
+    for round in 0..20 {
+        let stream = StreamId::new(format!("counter-{round}"));
+        let abandoned = tokio::time::timeout(
+            Duration::from_micros(200),
+            store.append(&stream, ExpectedVersion::NoStream, vec![counted(1)]),
+        )
+        .await;
+        let next = store
+            .append(&stream, ExpectedVersion::Any, vec![counted(2)])
+            .await
+            .unwrap();
+        assert_eq!(
+            next.version,
+            Version(2),
+            "round {round} (first append abandoned: {})",
+            abandoned.is_err()
+        );
+        let versions: Vec<u64> = store
+            .read_stream(&stream, Version(1))
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.version.0)
+            .collect();
+        assert_eq!(versions, vec![1, 2], "round {round}");
+    }
+}
+
 #[tokio::test]
 async fn reopening_learns_every_streams_version_from_the_topic() {
     let topic = topic("reopen");

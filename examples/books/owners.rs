@@ -14,7 +14,7 @@ use bookshelf::StreamId;
 use bookshelf_kafka::KafkaStore;
 use serde_json::json;
 
-use crate::api::ApiError;
+use crate::api::{ApiError, NOT_OWNER_HEADER};
 
 /// The header a forwarded request carries, naming the instance that sent it
 /// on; such a request is never forwarded again.
@@ -110,20 +110,54 @@ impl Owners {
     }
 }
 
+/// How long a command waits for its book's partition to have an owner
+/// again (while ownership moves) before it is answered 503.
+const SETTLE: Duration = Duration::from_secs(3);
+
 /// Middleware: handles a request here when this instance owns its book's
-/// partition (or it was forwarded already), and forwards it otherwise.
+/// partition (or it was forwarded already), and forwards it otherwise. While
+/// ownership moves (no owner yet, or the one asked says it no longer owns
+/// the partition), it tries again for up to three seconds: such a refusal
+/// stored nothing, so sending the request again is safe.
 pub async fn route_to_owner(State(owners): State<Arc<Owners>>, request: Request, next: Next) -> Response {
     if request.headers().contains_key(FORWARDED_BY) {
         return next.run(request).await;
     }
-    match owners.target(request.method(), request.uri().path()) {
-        None => next.run(request).await,
-        Some(Ok(address)) => forward(&owners, &address, request).await,
-        Some(Err(reason)) if request.method() == Method::GET => {
-            tracing::debug!(%reason, "answering a read from this instance's copy of the log");
-            next.run(request).await
+    let (parts, body) = request.into_parts();
+    let body = match axum::body::to_bytes(body, MAX_BODY).await {
+        Ok(body) => body,
+        Err(error) => return ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, error.to_string()).into_response(),
+    };
+    let rebuild = || {
+        let mut request = Request::new(Body::from(body.clone()));
+        *request.method_mut() = parts.method.clone();
+        *request.uri_mut() = parts.uri.clone();
+        *request.version_mut() = parts.version;
+        *request.headers_mut() = parts.headers.clone();
+        // The router's path parameters travel in the extensions.
+        *request.extensions_mut() = parts.extensions.clone();
+        request
+    };
+    let deadline = tokio::time::Instant::now() + SETTLE;
+    loop {
+        let response = match owners.target(&parts.method, parts.uri.path()) {
+            None => next.clone().run(rebuild()).await,
+            Some(Ok(address)) => forward(&owners, &address, rebuild()).await,
+            Some(Err(_)) if parts.method == Method::GET => {
+                // No owner to ask: answer from this instance's copy of the log.
+                return next.run(rebuild()).await;
+            }
+            Some(Err(reason)) => unavailable(reason),
+        };
+        let moving = response.status() == StatusCode::SERVICE_UNAVAILABLE
+            && (response.headers().contains_key(NOT_OWNER_HEADER)
+                || owners
+                    .target(&parts.method, parts.uri.path())
+                    .is_some_and(|t| t.is_err()));
+        if !moving || tokio::time::Instant::now() >= deadline {
+            return response;
         }
-        Some(Err(reason)) => unavailable(reason),
+        tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
 
@@ -131,7 +165,7 @@ fn unavailable(reason: String) -> Response {
     let mut response = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, reason).into_response();
     response
         .headers_mut()
-        .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        .insert(NOT_OWNER_HEADER, header::HeaderValue::from_static("true"));
     response
 }
 
@@ -171,12 +205,15 @@ async fn forward(owners: &Owners, address: &str, request: Request) -> Response {
         Ok(answer) => answer,
         // Nothing reached the owner: nothing was done.
         Err(error) if error.is_connect() => {
-            return unavailable(format!("the owner at {address} refused the connection: {error}"))
+            // Perhaps it died: wait for the next owner.
+            return unavailable(format!("the owner at {address} refused the connection: {error}"));
         }
         Err(error) => {
-            return unavailable(format!(
-                "the owner at {address} did not answer, so the outcome is unknown: {error}"
-            ))
+            return ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("the owner at {address} did not answer, so the outcome is unknown: {error}"),
+            )
+            .into_response()
         }
     };
     let status = answer.status();
@@ -184,9 +221,11 @@ async fn forward(owners: &Owners, address: &str, request: Request) -> Response {
     let body = match answer.bytes().await {
         Ok(body) => body,
         Err(error) => {
-            return unavailable(format!(
-                "the owner at {address} broke off its answer, so the outcome is unknown: {error}"
-            ))
+            return ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("the owner at {address} broke off its answer, so the outcome is unknown: {error}"),
+            )
+            .into_response()
         }
     };
     let mut response = Response::new(Body::from(body));

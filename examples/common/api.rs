@@ -21,11 +21,17 @@ use crate::books::{Authors, Book, BookCommand, BookError, LastRead};
 /// The header that carries a request's correlation id into event metadata.
 pub const CORRELATION_HEADER: &str = "x-correlation-id";
 
+/// The header on an answer to a command this instance could not take because
+/// its book's partition has (now) another owner, or the command was fenced
+/// off: nothing was stored, and the same request may go to the owner.
+pub const NOT_OWNER_HEADER: &str = "x-bookshelf-not-owner";
+
 /// An error answered as `{"error": "..."}` with its status.
 #[derive(Debug)]
 pub struct ApiError {
     status: StatusCode,
     message: String,
+    not_owner: bool,
 }
 
 impl ApiError {
@@ -33,13 +39,36 @@ impl ApiError {
         ApiError {
             status,
             message: message.into(),
+            not_owner: false,
         }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, axum::Json(json!({ "error": self.message }))).into_response()
+        let mut response = (self.status, axum::Json(json!({ "error": self.message }))).into_response();
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        }
+        if self.not_owner {
+            response
+                .headers_mut()
+                .insert(NOT_OWNER_HEADER, header::HeaderValue::from_static("true"));
+        }
+        response
+    }
+}
+
+/// Whether a store error says that another instance owns the stream's
+/// partition, or fenced the append off: nothing was stored.
+fn not_owner(error: &CommandError<BookError>) -> bool {
+    match error {
+        CommandError::Store(bookshelf::StoreError::Backend(source)) => {
+            source.is::<bookshelf_kafka::NotOwner>() || source.is::<bookshelf_kafka::Fenced>()
+        }
+        _ => false,
     }
 }
 
@@ -56,14 +85,22 @@ impl From<CommandError<BookError>> for ApiError {
             CommandError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
-        if status.is_server_error() {
+        let not_owner = not_owner(&error);
+        if not_owner {
+            tracing::info!(%error, "command not taken here");
+        } else if status == StatusCode::SERVICE_UNAVAILABLE {
+            tracing::warn!(%error, "command not taken");
+        } else if status.is_server_error() {
             tracing::error!(%error, "command failed");
         }
         let message = match error {
             CommandError::Rejected(inner) => inner.to_string(),
             other => other.to_string(),
         };
-        ApiError::new(status, message)
+        ApiError {
+            not_owner,
+            ..ApiError::new(status, message)
+        }
     }
 }
 
