@@ -324,7 +324,16 @@ async fn the_bookshelf_on_kafka_and_consul_through_the_gateway() {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         Service::start(example, &args)
     };
-    let books = start("books", &on("books", "books-1"));
+    // Two books instances share the topic's partitions (each owns some and
+    // forwards the others' books to their owner), each with its own state.
+    let data = std::env::temp_dir().join(&topic);
+    let with_data = |id: &'static str| {
+        let mut args = on("books", id);
+        args.extend(["--data".to_owned(), data.display().to_string()]);
+        args
+    };
+    let books = start("books", &with_data("books-1"));
+    let books_2 = start("books", &with_data("books-2"));
     let view_a = start("last_read", &on("last-read", "last-read-a"));
     let view_b = start("last_read", &on("last-read", "last-read-b"));
     let authors = start("authors", &on("authors", "authors-1"));
@@ -334,12 +343,24 @@ async fn the_bookshelf_on_kafka_and_consul_through_the_gateway() {
     // The gateway finds them all (and itself registers).
     eventually("the gateway sees every instance", Duration::from_secs(20), || async {
         let health = send(http.get(format!("{}/health", gateway.url))).await;
-        (health.body["services"] == json!({ "authors": 1, "books": 1, "last-read": 2 })).then_some(())
+        (health.body["services"] == json!({ "authors": 1, "books": 2, "last-read": 2 })).then_some(())
     })
     .await;
     assert!(consul.registered().iter().any(|id| id.starts_with("gateway-")));
 
     let id = scenario(&gateway.url).await;
+
+    // Both books instances serve the book, whichever owns its partition.
+    let mut served_books = BTreeSet::new();
+    for _ in 0..6 {
+        let answer = send(http.get(format!("{}/books/{id}", gateway.url))).await;
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+        served_books.insert(answer.header("x-served-by").to_owned());
+    }
+    assert_eq!(
+        served_books,
+        BTreeSet::from(["books-1".to_owned(), "books-2".to_owned()])
+    );
 
     // Balanced across both view instances, each of which catches up.
     let mut caught_up = BTreeSet::new();
@@ -411,6 +432,8 @@ async fn the_bookshelf_on_kafka_and_consul_through_the_gateway() {
     assert!(gateway.terminate(), "the gateway exits cleanly on SIGTERM");
     assert!(authors.terminate(), "authors exits cleanly on SIGTERM");
     assert!(books.terminate(), "books exits cleanly on SIGTERM");
+    assert!(books_2.terminate(), "the second books exits cleanly on SIGTERM");
+    let _ = std::fs::remove_dir_all(&data);
     assert!(
         consul.registered().iter().all(|id| id == "last-read-b"),
         "all but the crashed instance deregistered: {:?}",

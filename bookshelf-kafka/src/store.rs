@@ -779,7 +779,13 @@ async fn follow(inner: Weak<Inner>, from: Vec<(i32, i64)>) {
 
 async fn follow_once(inner: &Arc<Inner>, from: &[(i32, i64)]) -> Result<(), StoreError> {
     let wanted: Vec<(&str, i32, i64)> = from.iter().map(|&(p, o)| (inner.topic.as_str(), p, o)).collect();
-    let mut reader = Reader::open(&inner.config, &wanted, &[("fetch.wait.max.ms", FOLLOWER_FETCH_WAIT_MS)]).await?;
+    // librdkafka prefetches up to this much per consumer: the follower's
+    // memory while it catches up, whatever the log's size.
+    let settings = [
+        ("fetch.wait.max.ms", FOLLOWER_FETCH_WAIT_MS),
+        ("queued.max.messages.kbytes", "8192"),
+    ];
+    let mut reader = Reader::open(&inner.config, &wanted, &settings).await?;
     let mine: Vec<i32> = from.iter().map(|&(p, _)| p).collect();
     let mut rules: Vec<PartitionRule> = (0..inner.partitions).map(|p| inner.part(p).rule.clone()).collect();
     loop {
