@@ -94,6 +94,10 @@ async fn members_share_the_partitions_and_a_leavers_partitions_move() {
         owned(&b)
     );
     let on_b = stream_on(owned(&b)[0], "counter");
+    until("a has read b's claim", || {
+        a.owner_of(&on_b).is_some_and(|c| c.owner == "b")
+    })
+    .await;
 
     // a does not write b's partitions; it says who does.
     let refused = error_of(a.append(&on_b, ExpectedVersion::Any, vec![counted(1)]).await);
