@@ -291,34 +291,24 @@ fn command_store(runtime: &tokio::runtime::Runtime, in_flight: usize) -> (Reposi
     })
 }
 
-/// One pass: `CLIENTS * COMMANDS_PER_CLIENT` "mark read" commands, each
-/// client on its own book taking the next command as soon as its last one
-/// is answered (so a pass lasts as long as the work, not as the slowest
-/// client); returns each command's latency.
-async fn command_pass(books: &std::sync::Arc<Repository<Book, KafkaStore>>, ids: &[String]) -> Vec<Duration> {
+/// One pass: `CLIENTS * COMMANDS_PER_CLIENT` operations from `CLIENTS`
+/// concurrent clients, each taking the next as soon as its last one is done
+/// (so a pass lasts as long as the work, not as the slowest client);
+/// `client(n)` makes client n's operation. Returns each one's latency.
+async fn timed_pass<Op, Fut>(client: impl Fn(usize) -> Op) -> Vec<Duration>
+where
+    Op: FnMut() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
     let left = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(CLIENTS * COMMANDS_PER_CLIENT));
-    let clients: Vec<_> = ids
-        .iter()
-        .cloned()
-        .map(|id| {
-            let books = std::sync::Arc::clone(books);
-            let left = std::sync::Arc::clone(&left);
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|n| {
+            let (mut op, left) = (client(n), std::sync::Arc::clone(&left));
             tokio::spawn(async move {
                 let mut latencies = Vec::with_capacity(COMMANDS_PER_CLIENT);
-                let take = || {
-                    left.fetch_update(
-                        std::sync::atomic::Ordering::AcqRel,
-                        std::sync::atomic::Ordering::Acquire,
-                        |n| n.checked_sub(1),
-                    )
-                    .is_ok()
-                };
-                while take() {
+                while take_one(&left) {
                     let started = std::time::Instant::now();
-                    books
-                        .execute(&id, &BookCommand::MarkRead, Metadata::default())
-                        .await
-                        .unwrap();
+                    op().await;
                     latencies.push(started.elapsed());
                 }
                 latencies
@@ -330,6 +320,23 @@ async fn command_pass(books: &std::sync::Arc<Repository<Book, KafkaStore>>, ids:
         all.extend(client.await.unwrap());
     }
     all
+}
+
+/// A pass of "mark read" commands, each client on its own book.
+async fn command_pass(books: &std::sync::Arc<Repository<Book, KafkaStore>>, ids: &[String]) -> Vec<Duration> {
+    timed_pass(|n| {
+        let (books, id) = (std::sync::Arc::clone(books), ids[n].clone());
+        move || {
+            let (books, id) = (std::sync::Arc::clone(&books), id.clone());
+            async move {
+                books
+                    .execute(&id, &BookCommand::MarkRead, Metadata::default())
+                    .await
+                    .unwrap();
+            }
+        }
+    })
+    .await
 }
 
 fn commands(c: &mut Criterion, runtime: &tokio::runtime::Runtime) {
@@ -388,6 +395,13 @@ fn commands(c: &mut Criterion, runtime: &tokio::runtime::Runtime) {
     group.finish();
 }
 
+/// Takes one command of a pass's work, if any is left.
+fn take_one(left: &std::sync::atomic::AtomicUsize) -> bool {
+    use std::sync::atomic::Ordering;
+    left.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+        .is_ok()
+}
+
 fn report(name: &str, latencies: &mut [Duration], took: Duration) {
     latencies.sort_unstable();
     let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q) as usize].as_secs_f64() * 1e3;
@@ -405,36 +419,19 @@ fn report(name: &str, latencies: &mut [Duration], took: Duration) {
 /// sending one ~230-byte record and awaiting its acknowledgement, over and
 /// over, with a plain producer (no read-back, no version check).
 async fn bare_pass(producer: &FutureProducer, topic: &str) -> Vec<Duration> {
-    let left = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(CLIENTS * COMMANDS_PER_CLIENT));
-    let clients: Vec<_> = (0..CLIENTS)
-        .map(|n| {
-            let (producer, topic, left) = (producer.clone(), topic.to_owned(), std::sync::Arc::clone(&left));
-            tokio::spawn(async move {
-                let (key, body) = envelope(n as u64);
-                let partition = bookshelf_partition(&key);
-                let mut latencies = Vec::new();
-                while left
-                    .fetch_update(
-                        std::sync::atomic::Ordering::AcqRel,
-                        std::sync::atomic::Ordering::Acquire,
-                        |n| n.checked_sub(1),
-                    )
-                    .is_ok()
-                {
-                    let started = std::time::Instant::now();
-                    let record = FutureRecord::to(&topic).key(&key).payload(&body).partition(partition);
-                    producer.send(record, Duration::from_secs(30)).await.unwrap();
-                    latencies.push(started.elapsed());
-                }
-                latencies
-            })
-        })
-        .collect();
-    let mut all = Vec::new();
-    for client in clients {
-        all.extend(client.await.unwrap());
-    }
-    all
+    timed_pass(|n| {
+        let (producer, topic) = (producer.clone(), topic.to_owned());
+        let (key, body) = envelope(n as u64);
+        let partition = bookshelf_partition(&key);
+        move || {
+            let (producer, topic, key, body) = (producer.clone(), topic.clone(), key.clone(), body.clone());
+            async move {
+                let record = FutureRecord::to(&topic).key(&key).payload(&body).partition(partition);
+                producer.send(record, Duration::from_secs(30)).await.unwrap();
+            }
+        }
+    })
+    .await
 }
 
 async fn create_topic(name: &str, partitions: i32) {

@@ -25,6 +25,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bookshelf_consul::double::ConsulDouble;
+use bookshelf_kafka::rule::Verdict;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use support::{brokers, Service};
@@ -537,10 +538,11 @@ async fn three_books_instances_share_a_topic_fence_a_paused_owner_and_survive_a_
     }
 }
 
-/// Reads every partition of `topic` from the start with a plain consumer and
-/// counts the records by the verdict of the log's rule.
-async fn judge_topic(topic: &str) -> BTreeMap<&'static str, usize> {
-    use bookshelf_kafka::rule::{PartitionRule, Verdict};
+/// Reads every partition of `topic` from the start to its end with a plain
+/// consumer, and hands each record to `each` with the verdict of the log's
+/// rule on it.
+async fn read_topic(topic: &str, mut each: impl FnMut(&rdkafka::message::BorrowedMessage<'_>, &Verdict)) {
+    use bookshelf_kafka::rule::PartitionRule;
     use rdkafka::consumer::{Consumer, StreamConsumer};
     use rdkafka::Message;
     let consumer: StreamConsumer = rdkafka::ClientConfig::new()
@@ -558,7 +560,6 @@ async fn judge_topic(topic: &str) -> BTreeMap<&'static str, usize> {
     }
     consumer.assign(&assignment).expect("assigned");
     let mut rules = vec![PartitionRule::default(); 3];
-    let mut counts = BTreeMap::new();
     let mut ended = BTreeSet::new();
     while ended.len() < 3 {
         match tokio::time::timeout(Duration::from_secs(30), consumer.recv()).await {
@@ -568,77 +569,59 @@ async fn judge_topic(topic: &str) -> BTreeMap<&'static str, usize> {
             }
             Ok(Err(error)) => panic!("reading {topic}: {error}"),
             Ok(Ok(message)) => {
-                let verdict = match rules[message.partition() as usize].judge(&message, 3) {
-                    Verdict::Event { .. } => "event",
-                    Verdict::Claimed(_) => "claim",
-                    Verdict::StaleClaim(_) => "stale claim",
-                    Verdict::Stale { .. } => "stale",
-                    Verdict::Broken(_) => "broken",
-                };
-                *counts.entry(verdict).or_default() += 1;
+                let verdict = rules[message.partition() as usize].judge(&message, 3);
+                each(&message, &verdict);
             }
         }
     }
+}
+
+/// How many records of `topic` get each verdict of the log's rule.
+async fn judge_topic(topic: &str) -> BTreeMap<&'static str, usize> {
+    let mut counts = BTreeMap::new();
+    read_topic(topic, |_, verdict| {
+        let name = match verdict {
+            Verdict::Event { .. } => "event",
+            Verdict::Claimed(_) => "claim",
+            Verdict::StaleClaim(_) => "stale claim",
+            Verdict::Stale { .. } => "stale",
+            Verdict::Broken(_) => "broken",
+        };
+        *counts.entry(name).or_default() += 1;
+    })
+    .await;
     counts
 }
 
-/// The records of `topic` whose body contains `needle`, with where they are
-/// and the rule's verdict, for a failing check to show.
+/// The claims of `topic`, and its records whose body contains `needle`, with
+/// where they are, their epoch and version headers and the rule's verdict,
+/// for a failing check to show.
 async fn find_in_topic(topic: &str, needle: &str) -> Vec<String> {
-    use bookshelf_kafka::rule::PartitionRule;
-    use rdkafka::consumer::{Consumer, StreamConsumer};
     use rdkafka::Message;
-    let consumer: StreamConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .set("group.id", "bookshelf-test-find")
-        .set("enable.partition.eof", "true")
-        .create()
-        .expect("a plain consumer");
-    let mut assignment = rdkafka::TopicPartitionList::new();
-    for partition in 0..3 {
-        assignment
-            .add_partition_offset(topic, partition, rdkafka::Offset::Beginning)
-            .expect("a partition");
-    }
-    consumer.assign(&assignment).expect("assigned");
-    let mut rules = vec![PartitionRule::default(); 3];
     let mut found = Vec::new();
-    let mut ended = BTreeSet::new();
-    while ended.len() < 3 {
-        match tokio::time::timeout(Duration::from_secs(30), consumer.recv()).await {
-            Ok(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
-                ended.insert(p);
-            }
-            Ok(Ok(message)) => {
-                let verdict = rules[message.partition() as usize].judge(&message, 3);
-                let body = String::from_utf8_lossy(message.payload().unwrap_or_default()).into_owned();
-                let header = |name: &str| {
-                    use rdkafka::message::Headers;
-                    message
-                        .headers()
-                        .and_then(|h| h.iter().find(|h| h.key == name))
-                        .and_then(|h| h.value)
-                        .map(|v| String::from_utf8_lossy(v).into_owned())
-                        .unwrap_or_default()
-                };
-                let claim = matches!(
-                    verdict,
-                    bookshelf_kafka::rule::Verdict::Claimed(_) | bookshelf_kafka::rule::Verdict::StaleClaim(_)
-                );
-                if body.contains(needle) || claim {
-                    let short: String = body.chars().filter(|c| *c != '\\').skip(40).take(150).collect();
-                    found.push(format!(
-                        "{}@{} epoch {} version {} {verdict:?} {short}",
-                        message.partition(),
-                        message.offset(),
-                        header("bookshelf.epoch"),
-                        header("bookshelf.version")
-                    ));
-                }
-            }
-            _ => break,
+    read_topic(topic, |message, verdict| {
+        let body = String::from_utf8_lossy(message.payload().unwrap_or_default()).into_owned();
+        let claim = matches!(verdict, Verdict::Claimed(_) | Verdict::StaleClaim(_));
+        if body.contains(needle) || claim {
+            let header = |name: &str| {
+                use rdkafka::message::Headers;
+                message
+                    .headers()
+                    .and_then(|h| h.iter().find(|h| h.key == name))
+                    .and_then(|h| h.value)
+                    .map(|v| String::from_utf8_lossy(v).into_owned())
+                    .unwrap_or_default()
+            };
+            found.push(format!(
+                "{}@{} epoch {} version {} {verdict:?}",
+                message.partition(),
+                message.offset(),
+                header("bookshelf.epoch"),
+                header("bookshelf.version")
+            ));
         }
-    }
+    })
+    .await;
     found
 }
 

@@ -92,11 +92,25 @@ struct Start {
 }
 
 impl Start {
-    /// Reads again from further back.
-    fn step_back(&mut self) -> i64 {
+    /// Whether the read has not yet shown it starts at or before `want`,
+    /// and could still start further back.
+    fn unproven(&self) -> bool {
+        !self.whole && self.from > self.low
+    }
+
+    /// Reads again from further back (twice as far as the last time).
+    fn step_back(&mut self, consumer: &StreamConsumer<Quiet>, why: &str) -> Result<(), StoreError> {
         let back = (self.want - self.from).max(1) * 2;
         self.from = (self.want - back).max(self.low);
-        self.from
+        tracing::debug!(topic = %self.topic, partition = self.partition, want = self.want, from = self.from, why, "reading from further back");
+        consumer
+            .seek(
+                &self.topic,
+                self.partition,
+                Offset::Offset(self.from),
+                Duration::from_secs(10),
+            )
+            .map_err(backend)
     }
 }
 
@@ -173,7 +187,7 @@ impl Reader {
     /// between records (a record is handed out once, when this returns).
     pub async fn next(&mut self) -> Result<Read<'_>, StoreError> {
         loop {
-            let waiting = self.starts.values().any(|s| !s.whole && s.from > s.low);
+            let waiting = self.starts.values().any(Start::unproven);
             let received = if waiting {
                 tokio::time::timeout(self.patience, self.consumer.recv()).await.ok()
             } else {
@@ -182,22 +196,8 @@ impl Reader {
             let Some(received) = received else {
                 // Silence from partitions not yet started: perhaps a fetch
                 // from inside the last batch, which returns nothing.
-                let starts: Vec<&mut Start> = self
-                    .starts
-                    .values_mut()
-                    .filter(|s| !s.whole && s.from > s.low)
-                    .collect();
-                for start in starts {
-                    let from = start.step_back();
-                    tracing::debug!(topic = %start.topic, partition = start.partition, want = start.want, from, "no record yet; reading from further back");
-                    self.consumer
-                        .seek(
-                            &start.topic,
-                            start.partition,
-                            Offset::Offset(from),
-                            Duration::from_secs(10),
-                        )
-                        .map_err(backend)?;
+                for start in self.starts.values_mut().filter(|s| s.unproven()) {
+                    start.step_back(&self.consumer, "no record yet")?;
                 }
                 continue;
             };
@@ -206,17 +206,8 @@ impl Reader {
                     let key = (message.topic().to_owned(), message.partition());
                     if let Some(start) = self.starts.get_mut(&key) {
                         let offset = message.offset();
-                        if !start.whole && offset > start.want && start.from > start.low {
-                            let from = start.step_back();
-                            tracing::debug!(topic = %start.topic, partition = start.partition, want = start.want, got = offset, from, "a fetch skipped records; reading from further back");
-                            self.consumer
-                                .seek(
-                                    &start.topic,
-                                    start.partition,
-                                    Offset::Offset(from),
-                                    Duration::from_secs(10),
-                                )
-                                .map_err(backend)?;
+                        if offset > start.want && start.unproven() {
+                            start.step_back(&self.consumer, "a fetch skipped records")?;
                             continue;
                         }
                         start.whole = true;

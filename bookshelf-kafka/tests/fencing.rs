@@ -4,18 +4,15 @@
 
 mod common;
 
-use common::{brokers, counted, topic};
+use common::{brokers, counted, dead_letters, project_to_end, topic};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use bookshelf_core::{
     DomainEvent, Envelope, EventStore, ExpectedVersion, InMemoryViewStore, StoreError, StreamId, Version, View,
 };
-use bookshelf_kafka::{
-    dead_letter_headers, headers, high_watermarks, rule, Fenced, KafkaConfig, KafkaProjection, KafkaStore, NotOwner,
-};
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use bookshelf_kafka::{headers, rule, Fenced, KafkaConfig, KafkaProjection, KafkaStore, NotOwner};
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -228,20 +225,13 @@ async fn a_fenced_writers_late_records_are_passed_over_by_every_reader() {
     };
     let expected = vec![r#"{"n":1}"#.to_owned(), r#"{"n":2}"#.to_owned()];
     assert_eq!(ns(&second.read_stream(&stream, Version(1)).await.unwrap()), expected);
-    let running = KafkaProjection::<Seen>::new("seen", config(&topic))
-        .start()
-        .await
-        .unwrap();
-    let ends = high_watermarks(&config(&topic), &[&topic]).await.unwrap();
-    assert!(
-        tokio::time::timeout(Duration::from_secs(30), running.handle().wait_for(&ends))
-            .await
-            .unwrap()
-    );
-    running
-        .handle()
-        .read(|seen| assert_eq!(seen.by_stream.get(stream.as_str()), Some(&vec![1, 2])));
-    running.stop().await.unwrap();
+    project_to_end(
+        KafkaProjection::<Seen>::new("seen", config(&topic)),
+        &config(&topic),
+        &topic,
+        |seen| assert_eq!(seen.by_stream.get(stream.as_str()), Some(&vec![1, 2])),
+    )
+    .await;
     let third = KafkaStore::open(config(&topic)).await.unwrap();
     assert_eq!(ns(&third.read_stream(&stream, Version(1)).await.unwrap()), expected);
 }
@@ -375,52 +365,17 @@ async fn records_that_break_the_protocol_are_named_and_set_aside() {
         .unwrap();
     assert_eq!(store.stream_version(&stream).await.unwrap(), Version(2));
 
-    let running = KafkaProjection::<Seen>::new("seen", config(&topic))
-        .persist_to(InMemoryViewStore::new())
-        .start()
-        .await
-        .unwrap();
-    let ends = high_watermarks(&config(&topic), &[&topic]).await.unwrap();
-    assert!(
-        tokio::time::timeout(Duration::from_secs(30), running.handle().wait_for(&ends))
-            .await
-            .unwrap()
-    );
-    running
-        .handle()
-        .read(|seen| assert_eq!(seen.by_stream.get(stream.as_str()), Some(&vec![1, 2])));
-    running.stop().await.unwrap();
+    let projection = KafkaProjection::<Seen>::new("seen", config(&topic)).persist_to(InMemoryViewStore::new());
+    project_to_end(projection, &config(&topic), &topic, |seen| {
+        assert_eq!(seen.by_stream.get(stream.as_str()), Some(&vec![1, 2]))
+    })
+    .await;
 
-    let dead: StreamConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .set("group.id", "bookshelf-test-broken")
-        .create()
-        .unwrap();
-    let mut assignment = rdkafka::TopicPartitionList::new();
-    assignment
-        .add_partition_offset(&format!("{topic}.dead-letters"), 0, rdkafka::Offset::Beginning)
-        .unwrap();
-    dead.assign(&assignment).unwrap();
-    let mut reasons = Vec::new();
-    while reasons.len() < 3 {
-        let message = tokio::time::timeout(Duration::from_secs(30), dead.recv())
-            .await
-            .expect("three dead letters within 30 s")
-            .unwrap();
-        let header = |name: &str| {
-            message
-                .headers()
-                .and_then(|h| h.iter().find(|h| h.key == name))
-                .and_then(|h| h.value)
-                .map(|v| String::from_utf8_lossy(v).into_owned())
-                .unwrap_or_default()
-        };
-        reasons.push(format!(
-            "{} {}",
-            header(dead_letter_headers::SOURCE),
-            header(dead_letter_headers::REASON)
-        ));
-    }
+    let mut reasons: Vec<String> = dead_letters(&topic, 3)
+        .await
+        .into_iter()
+        .map(|(_, reason, source, _)| format!("{source} {reason}"))
+        .collect();
     reasons.sort();
     let text = reasons.join("\n");
     assert!(

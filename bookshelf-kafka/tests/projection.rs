@@ -4,16 +4,15 @@
 
 mod common;
 
-use common::{brokers, counted, topic};
+use common::{brokers, counted, dead_letters, topic};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bookshelf_core::{DomainEvent, Envelope, EventStore, ExpectedVersion, InMemoryViewStore, StreamId, View};
-use bookshelf_kafka::{dead_letter_headers, headers, high_watermarks, KafkaConfig, KafkaProjection, KafkaStore};
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use bookshelf_kafka::{headers, high_watermarks, KafkaConfig, KafkaProjection, KafkaStore};
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde::{Deserialize, Serialize};
 
@@ -113,35 +112,11 @@ async fn poison_records_go_to_the_dead_letter_topic_and_the_projection_goes_on()
     });
     running.stop().await.unwrap();
 
-    let dead: StreamConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .set("group.id", "bookshelf-test-dead")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    let mut assignment = rdkafka::TopicPartitionList::new();
-    assignment
-        .add_partition_offset(&format!("{topic}.dead-letters"), 0, rdkafka::Offset::Beginning)
-        .unwrap();
-    dead.assign(&assignment).unwrap();
     let mut reasons = BTreeMap::new();
-    while reasons.len() < 4 {
-        let message = tokio::time::timeout(Duration::from_secs(30), dead.recv())
-            .await
-            .expect("four dead letters within 30 s")
-            .unwrap();
-        let header = |name: &str| {
-            message
-                .headers()
-                .and_then(|h| h.iter().find(|h| h.key == name))
-                .and_then(|h| h.value)
-                .map(|v| String::from_utf8_lossy(v).into_owned())
-                .unwrap_or_default()
-        };
-        assert!(header(dead_letter_headers::SOURCE).starts_with(&format!("{topic}/")));
-        assert_eq!(header(dead_letter_headers::PROJECTION), "tally");
-        let key = String::from_utf8_lossy(message.key().unwrap()).into_owned();
-        reasons.insert(key, header(dead_letter_headers::REASON));
+    for (key, reason, source, projection) in dead_letters(&topic, 4).await {
+        assert!(source.starts_with(&format!("{topic}/")));
+        assert_eq!(projection, "tally");
+        reasons.insert(key, reason);
     }
     assert!(reasons["counter-1"].contains("not an event envelope"), "{reasons:?}");
     assert!(reasons["counter-3"].contains("UTF-8"), "{reasons:?}");

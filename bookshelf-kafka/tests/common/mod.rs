@@ -41,3 +41,72 @@ pub fn counted(n: u64) -> NewEvent {
         payload: serde_json::value::RawValue::from_string(format!(r#"{{"n":{n}}}"#)).expect("valid JSON"),
     }
 }
+
+/// A header of a record as text (empty when missing).
+pub fn header<M: rdkafka::Message>(message: &M, name: &str) -> String {
+    use rdkafka::message::Headers;
+    message
+        .headers()
+        .and_then(|h| h.iter().find(|h| h.key == name))
+        .and_then(|h| h.value)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .unwrap_or_default()
+}
+
+/// The first `count` records of `topic`'s dead-letter topic, each as its key
+/// and its `bookshelf.dead_letter.*` headers (reason, source, projection).
+pub async fn dead_letters(topic: &str, count: usize) -> Vec<(String, String, String, String)> {
+    use bookshelf_kafka::dead_letter_headers;
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    use rdkafka::Message;
+    let dead: StreamConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", "bookshelf-test-dead")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("a plain consumer");
+    let mut assignment = rdkafka::TopicPartitionList::new();
+    assignment
+        .add_partition_offset(&format!("{topic}.dead-letters"), 0, rdkafka::Offset::Beginning)
+        .expect("the dead-letter partition");
+    dead.assign(&assignment).expect("assigned");
+    let mut letters = Vec::new();
+    while letters.len() < count {
+        let message = tokio::time::timeout(std::time::Duration::from_secs(30), dead.recv())
+            .await
+            .unwrap_or_else(|_| panic!("{count} dead letters within 30 s; got {}", letters.len()))
+            .expect("a dead letter");
+        let key = message
+            .key()
+            .map(|k| String::from_utf8_lossy(k).into_owned())
+            .unwrap_or_default();
+        letters.push((
+            key,
+            header(&message, dead_letter_headers::REASON),
+            header(&message, dead_letter_headers::SOURCE),
+            header(&message, dead_letter_headers::PROJECTION),
+        ));
+    }
+    letters
+}
+
+/// Runs `projection` until it has taken every record of `topic` there is
+/// now, then hands its view to `check` and stops it.
+pub async fn project_to_end<V: bookshelf_core::View>(
+    projection: bookshelf_kafka::KafkaProjection<V>,
+    config: &bookshelf_kafka::KafkaConfig,
+    topic: &str,
+    check: impl FnOnce(&V),
+) {
+    let running = projection.start().await.expect("the projection starts");
+    let ends = bookshelf_kafka::high_watermarks(config, &[topic])
+        .await
+        .expect("the topic's ends");
+    let reached = tokio::time::timeout(std::time::Duration::from_secs(30), running.handle().wait_for(&ends)).await;
+    assert!(
+        reached.is_ok_and(|r| r),
+        "the projection reaches the end of {topic} within 30 s"
+    );
+    running.handle().read(check);
+    running.stop().await.expect("the projection stops and saves");
+}
