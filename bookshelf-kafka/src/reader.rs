@@ -130,8 +130,6 @@ pub(crate) enum Read<'a> {
 pub(crate) struct Reader {
     consumer: StreamConsumer<Quiet>,
     starts: HashMap<(String, i32), Start>,
-    /// How long a start may see nothing before it reads from further back.
-    patience: Duration,
 }
 
 /// How long a partition that has not started may stay silent before the
@@ -155,8 +153,9 @@ impl Reader {
         let consumer: StreamConsumer<Quiet> = client.create_with_context(Quiet).map_err(backend)?;
         let mut assignment = TopicPartitionList::new();
         let mut starts = HashMap::new();
+        let watermarks = std::sync::Arc::new(plain_consumer(config)?);
         for &(topic, partition, want) in from {
-            let low = low_watermark(config, topic, partition).await?;
+            let low = low_watermark(&watermarks, config, topic, partition).await?;
             let want = want.max(low);
             assignment
                 .add_partition_offset(topic, partition, Offset::Offset(want))
@@ -176,11 +175,7 @@ impl Reader {
             }
         }
         consumer.assign(&assignment).map_err(backend)?;
-        Ok(Reader {
-            consumer,
-            starts,
-            patience: PATIENCE,
-        })
+        Ok(Reader { consumer, starts })
     }
 
     /// The next record or end of partition. Waits for one; cancel-safe
@@ -189,7 +184,7 @@ impl Reader {
         loop {
             let waiting = self.starts.values().any(Start::unproven);
             let received = if waiting {
-                tokio::time::timeout(self.patience, self.consumer.recv()).await.ok()
+                tokio::time::timeout(PATIENCE, self.consumer.recv()).await.ok()
             } else {
                 Some(self.consumer.recv().await)
             };
@@ -239,10 +234,14 @@ impl Reader {
     }
 }
 
-/// The first offset still stored in a partition.
-async fn low_watermark(config: &KafkaConfig, topic: &str, partition: i32) -> Result<i64, StoreError> {
-    let consumer = plain_consumer(config)?;
-    let (topic, timeout) = (topic.to_owned(), config.timeout);
+/// The first offset still stored in a partition, asked through `consumer`.
+async fn low_watermark(
+    consumer: &std::sync::Arc<StreamConsumer>,
+    config: &KafkaConfig,
+    topic: &str,
+    partition: i32,
+) -> Result<i64, StoreError> {
+    let (consumer, topic, timeout) = (std::sync::Arc::clone(consumer), topic.to_owned(), config.timeout);
     let (low, _) = tokio::task::spawn_blocking(move || consumer.fetch_watermarks(&topic, partition, timeout))
         .await
         .map_err(backend)?
@@ -251,8 +250,7 @@ async fn low_watermark(config: &KafkaConfig, topic: &str, partition: i32) -> Res
 }
 
 /// Reads the given partitions of `topic`, each from the offset given to its
-/// end, and calls `each` on every record. Returns the end (next offset) of
-/// each partition.
+/// end. Returns the end (next offset) of each partition.
 ///
 /// The end is where the reader hears "end of partition" from fetches, not
 /// the broker's answer to a watermark query: tansu 0.6 answers that with the
@@ -262,7 +260,6 @@ pub(crate) async fn read_to_end(
     config: &KafkaConfig,
     topic: &str,
     from: &[(i32, i64)],
-    mut each: impl FnMut(&BorrowedMessage<'_>),
 ) -> Result<Vec<(i32, i64)>, StoreError> {
     if from.is_empty() {
         return Ok(Vec::new());
@@ -275,7 +272,6 @@ pub(crate) async fn read_to_end(
         match reader.next_within(config.timeout).await? {
             Some(Read::Record(message)) => {
                 ends.insert(message.partition(), message.offset() + 1);
-                each(&message);
             }
             Some(Read::End { partition, .. }) => {
                 open.remove(&partition);

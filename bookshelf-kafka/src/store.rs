@@ -734,7 +734,7 @@ async fn partition_ends(config: &KafkaConfig, topic: &str, partitions: i32) -> R
             .map_err(backend)?;
         starts.push((partition, (high - 1).max(0)));
     }
-    read_to_end(config, topic, &starts, |_| {}).await
+    read_to_end(config, topic, &starts).await
 }
 
 /// What the follower learned from one batch, to publish once it is saved.
