@@ -169,9 +169,21 @@ impl Part {
 type Settled = Result<i64, StoreError>;
 
 struct Pending {
+    stream: StreamId,
     partition: i32,
     epoch: u64,
     reply: oneshot::Sender<Settled>,
+}
+
+impl Pending {
+    /// Answers that the record is not in the log, and why.
+    fn fenced(self, reason: String) {
+        let error = StoreError::Backend(Box::new(Fenced {
+            stream: self.stream,
+            reason,
+        }));
+        let _ = self.reply.send(Err(error));
+    }
 }
 
 /// How a store learns which instances share its topic.
@@ -314,7 +326,7 @@ impl KafkaStoreBuilder {
         // partition's fetches do not wait behind another's.
         let mut tasks: Vec<_> = from
             .iter()
-            .map(|&start| tokio::spawn(follow(Arc::downgrade(&inner), vec![start])))
+            .map(|&(partition, next)| tokio::spawn(follow(Arc::downgrade(&inner), partition, next)))
             .collect();
         let members = match self.membership {
             Membership::Alone => None,
@@ -737,15 +749,19 @@ async fn partition_ends(config: &KafkaConfig, topic: &str, partitions: i32) -> R
     read_to_end(config, topic, &starts).await
 }
 
-/// What the follower learned from one batch, to publish once it is saved.
+/// What a partition's follower learned from one batch, to publish once it
+/// is saved.
 #[derive(Default)]
 struct Learned {
     kept: Vec<Kept>,
     accepted: Vec<(EventId, i64)>,
     fenced: Vec<(EventId, String)>,
+    /// Valid claims read, with their offsets.
     claims: Vec<(i32, i64, Claim)>,
-    ends: Vec<i32>,
-    next: HashMap<i32, i64>,
+    /// Whether the partition's end was reached.
+    ended: bool,
+    /// The next offset after the last record read, if any was.
+    next: Option<i64>,
     versions: HashMap<String, u64>,
 }
 
@@ -757,19 +773,19 @@ struct Learned {
 /// from the producers (on tansu, 1 ms gave a quarter of 50 ms's commands/s).
 const FOLLOWER_FETCH_WAIT_MS: &str = "50";
 
-/// Reads partitions of the topic from where the local state stopped,
+/// Reads one partition of the topic from where the local state stopped,
 /// applies the rule, keeps the events, and settles the appends in flight.
-async fn follow(inner: Weak<Inner>, from: Vec<(i32, i64)>) {
+async fn follow(inner: Weak<Inner>, partition: i32, from: i64) {
     let mut from = from;
     loop {
         let Some(strong) = inner.upgrade() else { return };
-        let result = follow_once(&strong, &from).await;
-        let next: Vec<(i32, i64)> = from.iter().map(|&(p, _)| (p, strong.part(p).next)).collect();
+        let result = follow_once(&strong, partition, from).await;
+        let next = strong.part(partition).next;
         drop(strong);
         match result {
             Ok(()) => return,
             Err(error) => {
-                tracing::error!(%error, "the store's follower failed; reading again in 1 s");
+                tracing::error!(partition, %error, "the store's follower failed; reading again in 1 s");
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
@@ -777,45 +793,40 @@ async fn follow(inner: Weak<Inner>, from: Vec<(i32, i64)>) {
     }
 }
 
-async fn follow_once(inner: &Arc<Inner>, from: &[(i32, i64)]) -> Result<(), StoreError> {
-    let wanted: Vec<(&str, i32, i64)> = from.iter().map(|&(p, o)| (inner.topic.as_str(), p, o)).collect();
+async fn follow_once(inner: &Arc<Inner>, partition: i32, from: i64) -> Result<(), StoreError> {
     // librdkafka prefetches up to this much per consumer: the follower's
     // memory while it catches up, whatever the log's size.
     let settings = [
         ("fetch.wait.max.ms", FOLLOWER_FETCH_WAIT_MS),
         ("queued.max.messages.kbytes", "8192"),
     ];
-    let mut reader = Reader::open(&inner.config, &wanted, &settings).await?;
-    let mine: Vec<i32> = from.iter().map(|&(p, _)| p).collect();
-    let mut rules: Vec<PartitionRule> = (0..inner.partitions).map(|p| inner.part(p).rule.clone()).collect();
+    let mut reader = Reader::open(&inner.config, &[(inner.topic.as_str(), partition, from)], &settings).await?;
+    let mut rule = inner.part(partition).rule.clone();
     loop {
         let mut learned = Learned::default();
         let first = reader.next().await?;
-        take(inner, &mut rules, &mut learned, first)?;
+        take(inner, &mut rule, &mut learned, first)?;
         for _ in 0..2000 {
             match reader.next_within(Duration::ZERO).await? {
-                Some(read) => take(inner, &mut rules, &mut learned, read)?,
+                Some(read) => take(inner, &mut rule, &mut learned, read)?,
                 None => break,
             }
         }
-        publish(inner, &mine, &rules, learned)?;
+        publish(inner, partition, &rule, learned)?;
     }
 }
 
-fn take(inner: &Inner, rules: &mut [PartitionRule], learned: &mut Learned, read: Read<'_>) -> Result<(), StoreError> {
+fn take(inner: &Inner, rule: &mut PartitionRule, learned: &mut Learned, read: Read<'_>) -> Result<(), StoreError> {
     let message: BorrowedMessage<'_> = match read {
         Read::Record(message) => message,
-        Read::End { partition } => {
-            learned.ends.push(partition);
+        Read::End { .. } => {
+            learned.ended = true;
             return Ok(());
         }
     };
     let partition = message.partition();
     let offset = message.offset();
-    learned.next.insert(partition, offset + 1);
-    let Some(rule) = rules.get_mut(partition as usize) else {
-        return Ok(());
-    };
+    learned.next = Some(offset + 1);
     let event_id = || header_text(&message, headers::EVENT_ID).and_then(|id| id.parse::<EventId>().ok());
     match rule.judge(&message, inner.partitions) {
         Verdict::Event { stream } => {
@@ -887,62 +898,25 @@ fn take(inner: &Inner, rules: &mut [PartitionRule], learned: &mut Learned, read:
 /// Saves a batch, then moves the partitions' state and settles the appends
 /// it decided, in that order: an append is answered only once its event can
 /// be read back here.
-fn publish(inner: &Inner, mine: &[i32], rules: &[PartitionRule], learned: Learned) -> Result<(), StoreError> {
+fn publish(inner: &Inner, partition: i32, rule: &PartitionRule, learned: Learned) -> Result<(), StoreError> {
     let marks: Vec<Mark> = learned
         .next
-        .iter()
-        .map(|(&partition, &next_offset)| Mark {
+        .map(|next_offset| Mark {
             partition,
             next_offset,
-            claim: rules.get(partition as usize).and_then(|r| r.claim().cloned()),
+            claim: rule.claim().cloned(),
         })
+        .into_iter()
         .collect();
     inner.local.keep(&learned.kept, &marks, &learned.claims)?;
-    let now = Instant::now();
-    let mut closed: Vec<(i32, u64)> = Vec::new();
-    for &partition in mine {
-        let Some(rule) = rules.get(partition as usize) else {
-            continue;
-        };
+    let closed = {
         let mut part = inner.part(partition);
-        if let Some(&next) = learned.next.get(&partition) {
+        if let Some(next) = learned.next {
             part.next = next;
         }
-        if learned.ends.contains(&partition) {
-            part.at_end = true;
-        }
-        if part.rule.epoch() == rule.epoch() {
-            // Still the same epoch: whatever the follower has read, it has
-            // judged, so the frontier may move up to it.
-            if part.next > part.frontier {
-                part.frontier = part.next;
-                let frontier = part.frontier;
-                part.acked.retain(|&o| o >= frontier);
-            }
-            continue;
-        }
-        part.rule = rule.clone();
-        let Some(claim) = rule.claim() else { continue };
-        closed.push((partition, claim.epoch));
-        let mine = claim.owner == inner.member.id;
-        part.acked.clear();
-        part.role = match part.role {
-            Role::Claiming { epoch, .. } | Role::Owner { epoch } if mine && epoch == claim.epoch => {
-                tracing::info!(partition, epoch, "this instance owns the partition");
-                part.doubt = false;
-                // The claim was the last record read: its own records follow.
-                part.frontier = part.next;
-                Role::Owner { epoch }
-            }
-            Role::Claiming { .. } | Role::Owner { .. } => {
-                tracing::warn!(partition, owner = %claim.owner, epoch = claim.epoch, "partition claimed by another instance; this one stops writing it");
-                Role::Lost {
-                    until: (!inner.alone).then(|| now + inner.claim_backoff),
-                }
-            }
-            other => other,
-        };
-    }
+        part.at_end |= learned.ended;
+        move_on(inner, partition, &mut part, rule)
+    };
     // After the partitions' next offsets moved: an append that checks them
     // under this lock either sees them moved or has its entry removed here.
     if !learned.kept.is_empty() {
@@ -965,10 +939,10 @@ fn publish(inner: &Inner, mine: &[i32], rules: &[PartitionRule], learned: Learne
         }
         for (id, reason) in learned.fenced {
             if let Some(p) = pending.remove(&id) {
-                let _ = p.reply.send(Err(fenced_error(reason)));
+                p.fenced(reason);
             }
         }
-        for (partition, epoch) in closed {
+        if let Some(epoch) = closed {
             let gone: Vec<EventId> = pending
                 .iter()
                 .filter(|(_, p)| p.partition == partition && p.epoch < epoch)
@@ -976,9 +950,9 @@ fn publish(inner: &Inner, mine: &[i32], rules: &[PartitionRule], learned: Learne
                 .collect();
             for id in gone {
                 if let Some(p) = pending.remove(&id) {
-                    let _ = p.reply.send(Err(fenced_error(format!(
+                    p.fenced(format!(
                         "partition {partition} was claimed under epoch {epoch} before the record landed"
-                    ))));
+                    ));
                 }
             }
         }
@@ -987,11 +961,42 @@ fn publish(inner: &Inner, mine: &[i32], rules: &[PartitionRule], learned: Learne
     Ok(())
 }
 
-fn fenced_error(reason: String) -> StoreError {
-    StoreError::Backend(Box::new(Fenced {
-        stream: StreamId::new(""),
-        reason,
-    }))
+/// Moves a partition's state over what its follower has just read under
+/// `rule`: the frontier of the owner's own records, and, when a claim
+/// changed the epoch, the role. Returns the new epoch in that case: the
+/// appends still waiting under an older one did not make it.
+fn move_on(inner: &Inner, partition: i32, part: &mut Part, rule: &PartitionRule) -> Option<u64> {
+    if part.rule.epoch() == rule.epoch() {
+        // Still the same epoch: whatever the follower has read, it has
+        // judged, so the frontier may move up to it.
+        if part.next > part.frontier {
+            part.frontier = part.next;
+            let frontier = part.frontier;
+            part.acked.retain(|&o| o >= frontier);
+        }
+        return None;
+    }
+    part.rule = rule.clone();
+    let claim = rule.claim()?;
+    let mine = claim.owner == inner.member.id;
+    part.acked.clear();
+    part.role = match part.role {
+        Role::Claiming { epoch, .. } | Role::Owner { epoch } if mine && epoch == claim.epoch => {
+            tracing::info!(partition, epoch, "this instance owns the partition");
+            part.doubt = false;
+            // The claim was the last record read: its own records follow.
+            part.frontier = part.next;
+            Role::Owner { epoch }
+        }
+        Role::Claiming { .. } | Role::Owner { .. } => {
+            tracing::warn!(partition, owner = %claim.owner, epoch = claim.epoch, "partition claimed by another instance; this one stops writing it");
+            Role::Lost {
+                until: (!inner.alone).then(|| Instant::now() + inner.claim_backoff),
+            }
+        }
+        other => other,
+    };
+    Some(claim.epoch)
 }
 
 /// Claims the partitions this instance should own, and steps down from
@@ -1213,6 +1218,7 @@ impl KafkaStore {
             inner.pending().insert(
                 envelope.event_id,
                 Pending {
+                    stream: stream.clone(),
                     partition,
                     epoch,
                     reply,
@@ -1306,16 +1312,7 @@ impl KafkaStore {
             }
         }
         if let Some(error) = failure {
-            return Err(match error {
-                StoreError::Backend(source) => match source.downcast::<Fenced>() {
-                    Ok(fenced) => StoreError::Backend(Box::new(Fenced {
-                        stream: stream.clone(),
-                        reason: fenced.reason,
-                    })),
-                    Err(other) => StoreError::Backend(other),
-                },
-                other => other,
-            });
+            return Err(error);
         }
         Ok(AppendOutcome {
             version: Version(actual.0 + offsets.len() as u64),
