@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{header, HeaderName, Method, StatusCode};
+use axum::http::{HeaderName, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use bookshelf::StreamId;
@@ -162,11 +162,7 @@ pub async fn route_to_owner(State(owners): State<Arc<Owners>>, request: Request,
 }
 
 fn unavailable(reason: String) -> Response {
-    let mut response = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, reason).into_response();
-    response
-        .headers_mut()
-        .insert(NOT_OWNER_HEADER, header::HeaderValue::from_static("true"));
-    response
+    ApiError::not_owner(reason).into_response()
 }
 
 fn hop_by_hop(name: &HeaderName) -> bool {

@@ -42,6 +42,16 @@ impl ApiError {
             not_owner: false,
         }
     }
+
+    /// A 503 saying that this instance could not take the request because
+    /// another owns (or is taking over) the book's partition: nothing was
+    /// stored, and the request may go to the owner.
+    pub fn not_owner(message: impl Into<String>) -> Self {
+        ApiError {
+            not_owner: true,
+            ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, message)
+        }
+    }
 }
 
 impl IntoResponse for ApiError {
@@ -97,9 +107,10 @@ impl From<CommandError<BookError>> for ApiError {
             CommandError::Rejected(inner) => inner.to_string(),
             other => other.to_string(),
         };
-        ApiError {
-            not_owner,
-            ..ApiError::new(status, message)
+        if not_owner {
+            ApiError::not_owner(message)
+        } else {
+            ApiError::new(status, message)
         }
     }
 }
