@@ -1,6 +1,8 @@
 //! Change events on Kafka (tansu, from `scripts/test.sh`): the books on a
-//! one-partition topic, their changes published to a topic of their own, a
-//! replica projecting that topic, and two notifiers on it.
+//! three-partition topic, their changes published to a three-partition
+//! topic of their own, a replica projecting that topic, and two notifiers
+//! on it, all in one process (`tests/changes_processes.rs` runs them as
+//! processes).
 
 #[path = "../examples/common/books.rs"]
 mod books;
@@ -14,25 +16,26 @@ use books::{Book, BookCommand, Clock};
 use bookshelf::change::{change_stream, ChangeFeed};
 use bookshelf::process::ProcessRunner;
 use bookshelf::{EventStore, Metadata, Repository, Version};
-use bookshelf_kafka::{KafkaConfig, KafkaProjection, KafkaStore};
+use bookshelf_kafka::{high_watermarks, KafkaConfig, KafkaProjection, KafkaStore};
 use consumers::{Mailbox, Notifier, Replica};
 use support::brokers;
 
-/// A store on a new one-partition topic: the feed and the runners read it
-/// as one global log.
+/// A store on a new three-partition topic: the feed and the runners read
+/// every partition.
 async fn topic(name: &str) -> (KafkaStore, KafkaConfig) {
     let config = KafkaConfig::new(
         brokers(),
         format!("bookshelf-test-{name}-{}", uuid::Uuid::new_v4().simple()),
     )
-    .partitions(1)
+    .partitions(3)
     .create_topic(true);
     (KafkaStore::open(config.clone()).await.unwrap(), config)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changes_flow_through_kafka_to_a_replica_and_notifiers() {
-    let (writes, _) = topic("books").await;
+    let (writes, writes_config) = topic("books").await;
+    let ends = |config: KafkaConfig| async move { high_watermarks(&config, &[config.topic()]).await.unwrap() };
     let (changes, changes_config) = topic("book-changes").await;
     let books = Repository::<Book, _>::new(writes.clone(), Clock::system()).with_cache(100);
     for n in 0..3 {
@@ -53,10 +56,13 @@ async fn changes_flow_through_kafka_to_a_replica_and_notifiers() {
         .unwrap();
 
     let feed = ChangeFeed::<Book, _, _>::new(writes.clone(), changes.clone()).start();
-    let end = writes.head().await.unwrap();
-    assert!(tokio::time::timeout(Duration::from_secs(30), feed.wait_for(end))
+    let end = ends(writes_config.clone()).await;
+    assert!(tokio::time::timeout(Duration::from_secs(30), feed.wait_for_ends(&end))
         .await
         .unwrap_or(false));
+    let progress = feed.progress();
+    assert_eq!(progress.len(), 3, "one entry per partition: {progress:?}");
+    assert!(progress.values().all(|p| p.lag() == Some(0)), "{progress:?}");
     feed.stop().await.unwrap();
     // Restarted, it reads the books again and publishes nothing twice.
     let feed = ChangeFeed::<Book, _, _>::new(writes.clone(), changes.clone()).start();
@@ -64,8 +70,8 @@ async fn changes_flow_through_kafka_to_a_replica_and_notifiers() {
         .execute("2", &BookCommand::Remove, Metadata::default())
         .await
         .unwrap();
-    let end = writes.head().await.unwrap();
-    assert!(tokio::time::timeout(Duration::from_secs(30), feed.wait_for(end))
+    let end = ends(writes_config.clone()).await;
+    assert!(tokio::time::timeout(Duration::from_secs(30), feed.wait_for_ends(&end))
         .await
         .unwrap_or(false));
     for (id, versions) in [("0", 2), ("1", 2), ("2", 2)] {
@@ -77,7 +83,7 @@ async fn changes_flow_through_kafka_to_a_replica_and_notifiers() {
     }
 
     // The replica: a view over the change topic, with its own offsets.
-    let replica = KafkaProjection::<Replica>::new("replica", changes_config)
+    let replica = KafkaProjection::<Replica>::new("replica", changes_config.clone())
         .start()
         .await
         .unwrap();
@@ -92,10 +98,10 @@ async fn changes_flow_through_kafka_to_a_replica_and_notifiers() {
         .map(|_| ProcessRunner::<Notifier, _, _>::new("notifier", changes.clone(), mailbox.clone()).start())
         .collect();
 
-    let published = changes.head().await.unwrap();
+    let published = ends(changes_config.clone()).await;
     for notifier in &notifiers {
         assert!(
-            tokio::time::timeout(Duration::from_secs(30), notifier.wait_for(published))
+            tokio::time::timeout(Duration::from_secs(30), notifier.wait_for_ends(&published))
                 .await
                 .unwrap_or(false)
         );

@@ -325,3 +325,56 @@ async fn an_event_that_does_not_decode_is_set_aside_and_the_process_goes_on() {
     assert!(letters[0].reason.contains("CopyReserved"), "{}", letters[0].reason);
     process.stop().await.unwrap();
 }
+
+/// An event of the loan process, as a replay over several partitions may
+/// hand it over.
+fn loan_event(stream: &str, version: u64, payload: domain::LoanEvent) -> bookshelf::Envelope<domain::LoanEvent> {
+    bookshelf::Envelope {
+        event_id: bookshelf::EventId::new(),
+        stream_id: StreamId::new(stream),
+        version: Version(version),
+        position: bookshelf::Position(0),
+        recorded_at: chrono::Utc::now(),
+        event_type: String::new(),
+        schema_version: 1,
+        metadata: Metadata::default(),
+        payload,
+    }
+}
+
+#[test]
+fn a_charge_read_before_its_reservation_still_lends_or_releases_the_copy() {
+    use bookshelf::process::ProcessManager;
+    use domain::LoanEvent;
+    let mut process = LoanProcess::default();
+    // The member's partition was read first: the charges come before the
+    // reservations they answer.
+    assert!(process
+        .react(&loan_event(
+            "member-ada",
+            2,
+            LoanEvent::MemberCharged { loan: "l1".into() }
+        ))
+        .is_empty());
+    assert!(process
+        .react(&loan_event(
+            "member-bob",
+            2,
+            LoanEvent::ChargeDeclined { loan: "l2".into() }
+        ))
+        .is_empty());
+    let reserve = |loan: &str, member: &str| LoanEvent::CopyReserved {
+        loan: loan.into(),
+        member: member.into(),
+        fee: 3,
+    };
+    let lend = process.react(&loan_event("copy-c1", 2, reserve("l1", "ada")));
+    let keys: Vec<&str> = lend.iter().map(|d| d.key.as_str()).collect();
+    assert_eq!(keys, ["l1/lend"], "paid already: lent, not charged again");
+    let release = process.react(&loan_event("copy-c2", 2, reserve("l2", "bob")));
+    let keys: Vec<&str> = release.iter().map(|d| d.key.as_str()).collect();
+    assert_eq!(keys, ["l2/release"], "declined already: released");
+    assert_eq!(process.loans["l1"].step, Step::Lending);
+    assert_eq!(process.loans["l2"].step, Step::Releasing);
+    assert!(process.charged_early.is_empty());
+}

@@ -10,19 +10,24 @@
 //! published is not published again. Changes of one aggregate are in order
 //! in their stream, and in the output log.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::watch;
 
 use crate::aggregate::Aggregate;
 use crate::codec::{self, DomainEvent, EventCodec};
-use crate::envelope::{EventId, Metadata, NewEvent, Position, StreamId, Version};
-use crate::projection::ProjectionError;
-use crate::runner::RunnerTask;
-use crate::store::{EventStore, ExpectedVersion, StoreError, Subscription};
+use crate::envelope::{EventId, Metadata, NewEvent, Position, RecordedEvent, StreamId, Version};
+use crate::projection::{ProjectionError, StoredView, ViewStore};
+use crate::repository::RetryPolicy;
+use crate::runner::{Progress, RunnerTask};
+use crate::source::{Checkpoint, EventSource, PartitionProgress};
+use crate::store::{EventStore, ExpectedVersion, StoreError};
 
 /// One change of one aggregate.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -65,10 +70,14 @@ pub fn change_stream(category: &str, id: &str) -> StreamId {
 
 /// Publishes the changes of aggregates `A`, read from `source`, to `output`.
 ///
-/// On start it reads `source` from the beginning to rebuild each
-/// aggregate's state (it keeps one state per aggregate, not the events), and
-/// publishes what `output` does not have yet. An event that does not decode
-/// is reported and left out: its change is missing, the next one follows.
+/// It keeps one state per aggregate (not the events), and, with
+/// [`persist_to`](Self::persist_to), saves those states with its checkpoint
+/// (the next offset of every partition of `source`) after every
+/// `save_every` events, whenever it has caught up, and when stopped: a
+/// restart resumes there instead of reading `source` from its start. An
+/// event that does not decode is reported and left out: its change is
+/// missing, the next one follows. A publish that fails is tried again as
+/// the [`RetryPolicy`] says, then the feed stops (a restart resumes).
 ///
 /// ```
 /// # use bookshelf_core::change::{ChangeEvent, ChangeFeed, change_stream};
@@ -102,23 +111,72 @@ pub struct ChangeFeed<A: Aggregate, S, O> {
     output: O,
     codec: EventCodec<A::Event>,
     batch_size: usize,
+    save_every: u64,
+    saved: Option<SavedStates<A>>,
+    retry: RetryPolicy,
 }
+
+/// Where a feed's states are kept, and how they are read back.
+struct SavedStates<A> {
+    store: Arc<dyn ViewStore>,
+    decode: fn(&str) -> Result<States<A>, serde_json::Error>,
+}
+
+/// Each aggregate's state and version, by stream.
+type States<A> = HashMap<StreamId, (A, Version)>;
 
 impl<A, S, O> ChangeFeed<A, S, O>
 where
     A: Aggregate + Serialize,
-    S: EventStore,
+    S: EventSource,
     O: EventStore,
 {
-    /// The changes of `A`'s aggregates in `source`, published to `output`
-    /// (which may be `source` itself).
+    /// The changes of `A`'s aggregates in `source` (any [`EventSource`]: the
+    /// in-memory store, a Kafka topic of any number of partitions), published
+    /// to `output`.
     pub fn new(source: S, output: O) -> Self {
         ChangeFeed {
             source,
             output,
             codec: EventCodec::new(),
             batch_size: 256,
+            save_every: 1_000,
+            saved: None,
+            retry: RetryPolicy::attempts(10).with_backoff(Duration::from_millis(10)),
         }
+    }
+
+    /// Keeps every aggregate's state with the checkpoint in `store`, so that
+    /// a restart resumes where the feed was.
+    pub fn persist_to(mut self, store: impl ViewStore) -> Self
+    where
+        A: DeserializeOwned,
+    {
+        self.saved = Some(SavedStates {
+            store: Arc::new(store),
+            decode: |json| {
+                let saved: Vec<SavedState<A>> = serde_json::from_str(json)?;
+                Ok(saved
+                    .into_iter()
+                    .map(|s| (StreamId::new(s.stream), (s.state, s.version)))
+                    .collect())
+            },
+        });
+        self
+    }
+
+    /// Saves after this many events (default 1,000), besides when caught up
+    /// and when stopped.
+    pub fn save_every(mut self, events: u64) -> Self {
+        self.save_every = events.max(1);
+        self
+    }
+
+    /// How often, and after what pause, a failed publish is tried again
+    /// before the feed stops (default: 10 times from 10 ms on).
+    pub fn retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
     }
 
     /// Starts publishing as a task.
@@ -130,60 +188,141 @@ where
 
     async fn run(
         self,
-        progress: watch::Sender<Option<Position>>,
+        progress: watch::Sender<Progress>,
         mut stop: watch::Receiver<bool>,
     ) -> Result<(), ProjectionError> {
-        let mut states: HashMap<StreamId, (A, Version)> = HashMap::new();
-        let mut subscription = self.source.subscribe(Position(0)).await?;
+        let (mut states, mut checkpoint) = self.restore().await?;
+        let mut follower = self.source.follow(&checkpoint).await?;
+        progress.send_replace(Progress {
+            checkpoint: checkpoint.clone(),
+            ends: follower.ends(),
+        });
         let mut batch = Vec::with_capacity(self.batch_size);
-        loop {
+        let mut unsaved = 0u64;
+        let outcome = loop {
             tokio::select! {
                 biased;
-                _ = stop.changed() => return Ok(()),
-                next = subscription.next_batch(&mut batch, self.batch_size) => next?,
+                _ = stop.changed() => break Ok(()),
+                next = follower.next_batch(&mut batch, self.batch_size) => if let Err(error) = next {
+                    break Err(error.into());
+                },
             }
-            for record in &batch {
-                if record.stream_id.category() != A::CATEGORY {
-                    continue;
+            let caught_up = batch.len() < self.batch_size;
+            for record in batch.drain(..) {
+                if let Some(event) = record.event.as_ref().filter(|e| e.stream_id.category() == A::CATEGORY) {
+                    self.change(&mut states, event).await?;
+                    unsaved += 1;
                 }
-                let event = match self
-                    .codec
-                    .decode(&record.event_type, record.schema_version, &record.payload)
-                {
-                    Ok(event) => event,
-                    Err(error) => {
-                        tracing::error!(stream = %record.stream_id, version = %record.version, %error,
-                            "an event that does not decode is left out of the changes");
-                        continue;
-                    }
-                };
-                let (state, version) = states.entry(record.stream_id.clone()).or_default();
-                let before = serde_json::to_value(&*state).map_err(|e| self.serialize_error(e))?;
-                state.apply(&event);
-                *version = record.version;
-                let after = serde_json::to_value(&*state).map_err(|e| self.serialize_error(e))?;
-                let change = Change {
-                    aggregate: A::CATEGORY.to_owned(),
-                    id: record.stream_id.entity_id().to_owned(),
-                    version: record.version,
-                    event_id: record.event_id,
-                    event_type: record.event_type.clone(),
-                    event: serde_json::from_str(record.payload.get()).unwrap_or(Value::Null),
-                    before,
-                    after,
-                    recorded_at: record.recorded_at,
-                    metadata: record.metadata.clone(),
-                };
-                self.publish(change).await?;
+                checkpoint.set(&record.partition, record.mark);
             }
-            if let Some(last) = batch.last() {
-                progress.send_replace(Some(last.position.next()));
+            if unsaved >= self.save_every || (caught_up && unsaved > 0) {
+                self.save(&states, &checkpoint).await?;
+                unsaved = 0;
+            }
+            progress.send_replace(Progress {
+                checkpoint: checkpoint.clone(),
+                ends: follower.ends(),
+            });
+        };
+        if unsaved > 0 {
+            self.save(&states, &checkpoint).await?;
+        }
+        outcome
+    }
+
+    async fn restore(&self) -> Result<(States<A>, Checkpoint), ProjectionError> {
+        let Some(saved) = &self.saved else {
+            return Ok((HashMap::new(), Checkpoint::new()));
+        };
+        match saved.store.load().await? {
+            Some(stored) => {
+                let states = (saved.decode)(stored.state.get()).map_err(|source| ProjectionError::SavedState {
+                    projection: self.name(),
+                    source,
+                })?;
+                Ok((states, Checkpoint::from_saved(stored.checkpoint, &stored.offsets)))
+            }
+            None => Ok((HashMap::new(), Checkpoint::new())),
+        }
+    }
+
+    async fn save(&self, states: &States<A>, checkpoint: &Checkpoint) -> Result<(), ProjectionError> {
+        let Some(saved) = &self.saved else {
+            return Ok(());
+        };
+        let list: Vec<SavedStateRef<'_, A>> = states
+            .iter()
+            .map(|(stream, (state, version))| SavedStateRef {
+                stream: stream.as_str(),
+                version: *version,
+                state,
+            })
+            .collect();
+        let state = serde_json::value::to_raw_value(&list).map_err(|e| self.serialize_error(e))?;
+        let (position, offsets) = checkpoint.to_saved();
+        saved
+            .store
+            .save(&StoredView {
+                checkpoint: position,
+                offsets,
+                state,
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Folds `record` into its aggregate's state and publishes the change.
+    async fn change(&self, states: &mut States<A>, record: &RecordedEvent) -> Result<(), ProjectionError> {
+        let event = match self
+            .codec
+            .decode(&record.event_type, record.schema_version, &record.payload)
+        {
+            Ok(event) => event,
+            Err(error) => {
+                tracing::error!(stream = %record.stream_id, version = %record.version, %error,
+                    "an event that does not decode is left out of the changes");
+                return Ok(());
+            }
+        };
+        let (state, version) = states.entry(record.stream_id.clone()).or_default();
+        if record.version <= *version {
+            return Ok(()); // folded before the checkpoint saved with this state
+        }
+        let before = serde_json::to_value(&*state).map_err(|e| self.serialize_error(e))?;
+        state.apply(&event);
+        *version = record.version;
+        let after = serde_json::to_value(&*state).map_err(|e| self.serialize_error(e))?;
+        let change = Change {
+            aggregate: A::CATEGORY.to_owned(),
+            id: record.stream_id.entity_id().to_owned(),
+            version: record.version,
+            event_id: record.event_id,
+            event_type: record.event_type.clone(),
+            event: serde_json::from_str(record.payload.get()).unwrap_or(Value::Null),
+            before,
+            after,
+            recorded_at: record.recorded_at,
+            metadata: record.metadata.clone(),
+        };
+        let mut attempt = 1;
+        let mut backoff = self.retry.backoff;
+        loop {
+            match self.publish(&change).await {
+                Ok(()) => return Ok(()),
+                Err(error) if attempt < self.retry.max_attempts => {
+                    tracing::warn!(stream = %record.stream_id, version = %record.version, %error, attempt,
+                        "could not publish a change; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = backoff.saturating_mul(2);
+                    attempt += 1;
+                }
+                Err(error) => return Err(error),
             }
         }
     }
 
     /// Appends `change` at its version, unless it is there already.
-    async fn publish(&self, change: Change) -> Result<(), ProjectionError> {
+    async fn publish(&self, change: &Change) -> Result<(), ProjectionError> {
         let stream = change_stream(&change.aggregate, &change.id);
         let published = self.output.stream_version(&stream).await?;
         if published >= change.version {
@@ -196,7 +335,8 @@ where
             ExpectedVersion::Exact(published)
         };
         let metadata = change.metadata.clone();
-        let encoded = codec::encode(&ChangeEvent::Changed(change)).map_err(|e| ProjectionError::Task(e.to_string()))?;
+        let encoded =
+            codec::encode(&ChangeEvent::Changed(change.clone())).map_err(|e| ProjectionError::Task(e.to_string()))?;
         let event = NewEvent {
             event_id: EventId::new(),
             event_type: encoded.event_type,
@@ -212,12 +352,31 @@ where
         }
     }
 
+    fn name(&self) -> String {
+        format!("{}.changes", A::CATEGORY)
+    }
+
     fn serialize_error(&self, source: serde_json::Error) -> ProjectionError {
         ProjectionError::Serialize {
-            projection: format!("{}.changes", A::CATEGORY),
+            projection: self.name(),
             source,
         }
     }
+}
+
+/// One aggregate's state as a feed saves it.
+#[derive(Deserialize)]
+struct SavedState<A> {
+    stream: String,
+    version: Version,
+    state: A,
+}
+
+#[derive(Serialize)]
+struct SavedStateRef<'a, A> {
+    stream: &'a str,
+    version: Version,
+    state: &'a A,
 }
 
 /// A running [`ChangeFeed`].
@@ -230,6 +389,26 @@ impl RunningFeed {
     /// published, or the feed ended; returns whether the position was reached.
     pub async fn wait_for(&self, position: Position) -> bool {
         self.task.wait_for(position).await
+    }
+
+    /// Waits until the changes of every record before `ends` (the next
+    /// offset of each partition, keyed as the source names them) were
+    /// published, or the feed ended; returns whether they were reached.
+    pub async fn wait_for_ends(&self, ends: &BTreeMap<String, u64>) -> bool {
+        self.task.wait_for_ends(ends).await
+    }
+
+    /// Each partition's position (as saved with the states) and end as last
+    /// seen, and so the lag.
+    pub fn progress(&self) -> BTreeMap<String, PartitionProgress> {
+        self.task.progress()
+    }
+
+    /// Resolves once the feed has ended: it failed (a command still
+    /// unavailable after its retries, a store that failed), or was stopped.
+    /// [`stop`](Self::stop) then returns why.
+    pub async fn ended(&self) {
+        self.task.ended().await
     }
 
     /// Stops the feed.

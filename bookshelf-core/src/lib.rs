@@ -101,6 +101,7 @@
 //! | the write side | [`aggregate`], [`repository`], [`snapshot`] | [`Aggregate`], [`Repository`], [`RetryPolicy`], [`SnapshotStore`] |
 //! | the event store | [`store`] | [`EventStore`], [`ExpectedVersion`], [`Subscription`], [`InMemoryStore`] |
 //! | the read side | [`view`], [`projection`] | [`View`], [`ProjectionRunner`], [`ViewStore`], [`DeadLetters`] |
+//! | following a log of one or many partitions from a checkpoint | [`source`] | [`EventSource`], [`Checkpoint`], [`Follower`] |
 //! | long-running processes (sagas), compensation, idempotency keys | [`process`] | [`ProcessManager`], [`ProcessRunner`], [`CommandBus`], [`Repository::execute_once`] |
 //! | change events with the state before and after | [`change`] | [`change::ChangeFeed`], [`change::Change`] |
 //! | service discovery, client-side balancing | [`discovery`] | [`Discovery`], [`ServiceInstance`], [`InMemoryDiscovery`], [`Balancer`] |
@@ -134,6 +135,7 @@ pub mod projection;
 pub mod repository;
 mod runner;
 pub mod snapshot;
+pub mod source;
 pub mod store;
 pub mod testing;
 pub mod timestamp;
@@ -152,5 +154,6 @@ pub use projection::{
 };
 pub use repository::{CommandError, Committed, Loaded, Repository, RetryPolicy, IDEMPOTENCY_KEY};
 pub use snapshot::{InMemorySnapshots, Snapshot, SnapshotStore};
+pub use source::{Checkpoint, EventSource, Followed, Follower, GlobalLog, Mark, PartitionProgress};
 pub use store::{AppendOutcome, EventStore, ExpectedVersion, InMemoryStore, StoreError, Subscription};
 pub use view::View;

@@ -7,6 +7,15 @@
 //! commands through a [`CommandBus`], and saves its state with its checkpoint
 //! in a [`ViewStore`] once the commands of an event went through.
 //!
+//! The runner follows any [`EventSource`]: the in-memory store's one log,
+//! or a Kafka topic of any number of partitions, with its checkpoint (the
+//! next offset of every partition) saved with the state. Events of one
+//! stream come in their order. Events of streams in different partitions
+//! come in no set order relative to each other, and a replay after a crash
+//! may interleave them otherwise than the first run did: a process over
+//! several aggregates must take a step's cause and its effect in either
+//! order (keep what comes early until what it belongs to comes).
+//!
 //! Delivery is at least once: after a crash between sending a command and
 //! saving the checkpoint, the event is read again and its commands sent
 //! again. Each command therefore carries an idempotency key, the same each
@@ -25,13 +34,15 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::codec::{DecodeError, DomainEvent, EventCodec};
+use crate::envelope::RecordedEvent;
 use crate::envelope::{Envelope, Position};
 use crate::projection::{
     DeadLetter, DeadLetters, InMemoryDeadLetters, InMemoryViewStore, ProjectionError, StoredView, ViewStore,
 };
 use crate::repository::RetryPolicy;
-use crate::runner::RunnerTask;
-use crate::store::{EventStore, Subscription};
+use crate::runner::{Progress, RunnerTask};
+use crate::source::{Checkpoint, EventSource, PartitionProgress};
+use std::collections::BTreeMap;
 
 /// A command a process manager sends, with the key that makes sending it
 /// twice harmless.
@@ -157,7 +168,7 @@ pub trait ProcessManager: Default + Clone + Serialize + DeserializeOwned + Send 
 /// ```
 pub struct ProcessRunner<P: ProcessManager, S, B> {
     name: String,
-    store: S,
+    source: S,
     bus: Arc<B>,
     saved: Arc<dyn ViewStore>,
     categories: Vec<String>,
@@ -171,16 +182,18 @@ pub struct ProcessRunner<P: ProcessManager, S, B> {
 impl<P, S, B> ProcessRunner<P, S, B>
 where
     P: ProcessManager,
-    S: EventStore,
+    S: EventSource,
     B: CommandBus<P::Command>,
 {
-    /// Process manager `name` over `store`, sending through `bus`; its state
+    /// Process manager `name` over the log of `store` (any [`EventSource`]:
+    /// the in-memory store, a Kafka topic of any number of partitions),
+    /// sending through `bus`; its state
     /// kept in memory, ticking every second, commands that are unavailable
     /// tried 10 times from 10 ms on before the runner stops.
     pub fn new(name: impl Into<String>, store: S, bus: B) -> Self {
         ProcessRunner {
             name: name.into(),
-            store,
+            source: store,
             bus: Arc::new(bus),
             saved: Arc::new(InMemoryViewStore::new()),
             categories: Vec::new(),
@@ -237,21 +250,24 @@ where
     async fn run(
         self,
         shared: Arc<RwLock<P>>,
-        progress: watch::Sender<Option<Position>>,
+        progress: watch::Sender<Progress>,
         mut stop: watch::Receiver<bool>,
     ) -> Result<(), ProjectionError> {
         let mut state = P::default();
-        let mut checkpoint = Position(0);
+        let mut checkpoint = Checkpoint::new();
         if let Some(saved) = self.saved.load().await? {
             state = serde_json::from_str(saved.state.get()).map_err(|source| ProjectionError::SavedState {
                 projection: self.name.clone(),
                 source,
             })?;
-            checkpoint = saved.checkpoint;
+            checkpoint = Checkpoint::from_saved(saved.checkpoint, &saved.offsets);
         }
         publish(&shared, &state);
-        progress.send_replace(Some(checkpoint));
-        let mut subscription = self.store.subscribe(checkpoint).await?;
+        let mut follower = self.source.follow(&checkpoint).await?;
+        progress.send_replace(Progress {
+            checkpoint: checkpoint.clone(),
+            ends: follower.ends(),
+        });
         let mut ticks = tokio::time::interval(self.tick);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut batch = Vec::with_capacity(self.batch_size);
@@ -263,58 +279,65 @@ where
                     let commands = state.tick(Utc::now());
                     if !commands.is_empty() {
                         self.send_all(&mut state, commands).await?;
-                        self.save(&state, checkpoint).await?;
+                        self.save(&state, &checkpoint).await?;
                         publish(&shared, &state);
                     }
                     continue;
                 }
-                next = subscription.next_batch(&mut batch, self.batch_size) => next?,
+                next = follower.next_batch(&mut batch, self.batch_size) => next?,
             }
-            for record in &batch {
-                if record.position < checkpoint {
-                    continue;
-                }
-                let wanted =
-                    self.categories.is_empty() || self.categories.iter().any(|c| c == record.stream_id.category());
-                let event = if wanted {
-                    match self.codec.decode_envelope(record) {
-                        Ok(event) => Some(event),
-                        Err(DecodeError::UnknownEventType { .. }) => None,
-                        Err(error) => {
-                            tracing::error!(
-                                process = %self.name, stream = %record.stream_id, version = %record.version,
-                                position = %record.position, %error,
-                                "an event the process manager cannot decode is set aside"
-                            );
-                            self.dead_letters
-                                .put(DeadLetter {
-                                    projection: self.name.clone(),
-                                    event: Arc::clone(record),
-                                    reason: error.to_string(),
-                                })
-                                .await?;
-                            None
-                        }
-                    }
-                } else {
-                    None
+            for record in batch.drain(..) {
+                let event = match &record.event {
+                    Some(event) if self.wanted(event) => self.decode(event).await?,
+                    _ => None,
                 };
-                checkpoint = record.position.next();
+                checkpoint.set(&record.partition, record.mark);
                 if let Some(event) = event {
                     let commands = state.react(&event);
                     if !commands.is_empty() {
                         self.send_all(&mut state, commands).await?;
                         // The commands went through: the event is done with.
-                        self.save(&state, checkpoint).await?;
+                        self.save(&state, &checkpoint).await?;
                     }
                 }
             }
-            self.save(&state, checkpoint).await?;
+            self.save(&state, &checkpoint).await?;
             publish(&shared, &state);
-            progress.send_replace(Some(checkpoint));
+            progress.send_replace(Progress {
+                checkpoint: checkpoint.clone(),
+                ends: follower.ends(),
+            });
         }
-        self.save(&state, checkpoint).await?;
+        self.save(&state, &checkpoint).await?;
         Ok(())
+    }
+
+    fn wanted(&self, event: &RecordedEvent) -> bool {
+        self.categories.is_empty() || self.categories.iter().any(|c| c == event.stream_id.category())
+    }
+
+    /// The event, `None` for a type the process does not react to, or set
+    /// aside when it does not decode.
+    async fn decode(&self, record: &Arc<RecordedEvent>) -> Result<Option<Envelope<P::Event>>, ProjectionError> {
+        match self.codec.decode_envelope(record) {
+            Ok(event) => Ok(Some(event)),
+            Err(DecodeError::UnknownEventType { .. }) => Ok(None),
+            Err(error) => {
+                tracing::error!(
+                    process = %self.name, stream = %record.stream_id, version = %record.version,
+                    position = %record.position, %error,
+                    "an event the process manager cannot decode is set aside"
+                );
+                self.dead_letters
+                    .put(DeadLetter {
+                        projection: self.name.clone(),
+                        event: Arc::clone(record),
+                        reason: error.to_string(),
+                    })
+                    .await?;
+                Ok(None)
+            }
+        }
     }
 
     /// Sends `commands`, and the compensations for those refused.
@@ -349,7 +372,7 @@ where
         Ok(())
     }
 
-    async fn save(&self, state: &P, checkpoint: Position) -> Result<(), ProjectionError> {
+    async fn save(&self, state: &P, checkpoint: &Checkpoint) -> Result<(), ProjectionError> {
         let json = serde_json::to_string(state).map_err(|source| ProjectionError::Serialize {
             projection: self.name.clone(),
             source,
@@ -358,10 +381,11 @@ where
             projection: self.name.clone(),
             source,
         })?;
+        let (position, offsets) = checkpoint.to_saved();
         self.saved
             .save(&StoredView {
-                checkpoint,
-                offsets: Default::default(),
+                checkpoint: position,
+                offsets,
                 state,
             })
             .await?;
@@ -387,10 +411,32 @@ impl<P: ProcessManager> RunningProcess<P> {
         query(&self.shared.read().unwrap_or_else(|p| p.into_inner()))
     }
 
-    /// Waits until every event before `position` was handled, or the runner
-    /// ended; returns whether the position was reached.
+    /// Waits until every event before `position` of a log with one global
+    /// order was handled, or the runner ended; returns whether the position
+    /// was reached.
     pub async fn wait_for(&self, position: Position) -> bool {
         self.task.wait_for(position).await
+    }
+
+    /// Waits until every record before `ends` (the next offset of each
+    /// partition, keyed as the source names its partitions: `topic/partition`
+    /// on Kafka) was handled, or the runner ended; returns whether they were
+    /// reached.
+    pub async fn wait_for_ends(&self, ends: &BTreeMap<String, u64>) -> bool {
+        self.task.wait_for_ends(ends).await
+    }
+
+    /// Each partition's position (the next offset to handle, as saved with
+    /// the state) and end as last seen, and so the lag.
+    pub fn progress(&self) -> BTreeMap<String, PartitionProgress> {
+        self.task.progress()
+    }
+
+    /// Resolves once the runner has ended: it failed (a command still
+    /// unavailable after its retries, a store that failed), or was stopped.
+    /// [`stop`](Self::stop) then returns why.
+    pub async fn ended(&self) {
+        self.task.ended().await
     }
 
     /// Stops after the event in hand, saving the state.

@@ -33,6 +33,7 @@ use tokio::task::JoinHandle;
 
 use crate::codec::{DecodeError, EventCodec};
 use crate::envelope::{Envelope, Position, RecordedEvent};
+use crate::source::PartitionProgress;
 use crate::store::{EventStore, StoreError, Subscription};
 use crate::view::View;
 
@@ -432,9 +433,10 @@ impl<V: View, S: EventStore> ProjectionRunner<V, S> {
         let shared = Arc::new(RwLock::new(V::default()));
         let (progress_tx, progress) = watch::channel(Progress::Starting);
         let (stop_tx, stop) = watch::channel(false);
-        let task = tokio::spawn(self.run(Arc::clone(&shared), progress_tx, stop));
+        let end = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let task = tokio::spawn(self.run(Arc::clone(&shared), progress_tx, Arc::clone(&end), stop));
         RunningProjection {
-            handle: ProjectionHandle { shared, progress },
+            handle: ProjectionHandle { shared, progress, end },
             stop: stop_tx,
             task,
         }
@@ -444,9 +446,10 @@ impl<V: View, S: EventStore> ProjectionRunner<V, S> {
         self,
         shared: Arc<RwLock<V>>,
         progress: watch::Sender<Progress>,
+        end: Arc<std::sync::atomic::AtomicU64>,
         mut stop: watch::Receiver<bool>,
     ) -> Result<(), ProjectionError> {
-        let result = self.run_inner(&shared, &progress, &mut stop).await;
+        let result = self.run_inner(&shared, &progress, &end, &mut stop).await;
         let ended = match &result {
             Ok(()) => Progress::Stopped,
             Err(error) => Progress::Failed(error.to_string()),
@@ -459,9 +462,16 @@ impl<V: View, S: EventStore> ProjectionRunner<V, S> {
         &self,
         shared: &RwLock<V>,
         progress: &watch::Sender<Progress>,
+        head: &std::sync::atomic::AtomicU64,
         stop: &mut watch::Receiver<bool>,
     ) -> Result<(), ProjectionError> {
         let mut checkpoint = self.restore(shared).await?;
+        let see_head = || async {
+            if let Ok(at) = self.store.head().await {
+                head.fetch_max(at.0, std::sync::atomic::Ordering::Relaxed);
+            }
+        };
+        see_head().await;
         progress.send_replace(Progress::At(checkpoint));
         tracing::info!(projection = %self.name, %checkpoint, "projection started");
         let mut subscription = self.store.subscribe(checkpoint).await?;
@@ -501,6 +511,7 @@ impl<V: View, S: EventStore> ProjectionRunner<V, S> {
                     unsaved = 0;
                 }
             }
+            see_head().await;
             progress.send_replace(Progress::At(checkpoint));
         }
         self.save(shared, checkpoint).await?;
@@ -608,11 +619,14 @@ impl<V: View> RunningProjection<V> {
 pub struct ProjectionHandle<V> {
     shared: Arc<RwLock<V>>,
     progress: watch::Receiver<Progress>,
+    /// The store's head as the projection last saw it.
+    end: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl<V> Clone for ProjectionHandle<V> {
     fn clone(&self) -> Self {
         ProjectionHandle {
+            end: Arc::clone(&self.end),
             shared: Arc::clone(&self.shared),
             progress: self.progress.clone(),
         }
@@ -649,6 +663,21 @@ impl<V: View> ProjectionHandle<V> {
             })
             .await;
         matches!(reached.as_deref(), Ok(Progress::At(_)))
+    }
+
+    /// The position (the next event to apply) and the store's head as last
+    /// seen, and so the lag, under the name of the store's one log,
+    /// [`GLOBAL`](crate::source::GLOBAL).
+    pub fn progress(&self) -> BTreeMap<String, PartitionProgress> {
+        let position = self.checkpoint().map_or(0, |p| p.0);
+        let end = self.end.load(std::sync::atomic::Ordering::Relaxed).max(position);
+        BTreeMap::from([(
+            crate::source::GLOBAL.to_owned(),
+            PartitionProgress {
+                position,
+                end: Some(end),
+            },
+        )])
     }
 
     /// Why the projection failed, if it did.

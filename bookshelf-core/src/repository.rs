@@ -480,14 +480,10 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
         precondition: Option<Version>,
     ) -> Result<Committed<A::Event>, CommandError<A::Error>> {
         if let Some(key) = metadata.extra.get(IDEMPOTENCY_KEY) {
-            let recorded = self.store.read_stream(stream, Version(1)).await?;
-            if recorded
-                .iter()
-                .any(|r| r.metadata.extra.get(IDEMPOTENCY_KEY) == Some(key))
-            {
+            if self.store.find_idempotency_key(stream, key).await?.is_some() {
                 return Ok(Committed {
                     stream_id: stream.clone(),
-                    version: recorded.last().map_or(Version::INITIAL, |r| r.version),
+                    version: self.store.stream_version(stream).await?,
                     events: Vec::new(),
                     position: None,
                     duplicate: true,

@@ -1,6 +1,7 @@
 //! What the process runner and the change feed share: a task that reports
-//! the position it has reached and stops when asked.
+//! how far it has read each partition and stops when asked.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 
 use tokio::sync::watch;
@@ -8,22 +9,31 @@ use tokio::task::JoinHandle;
 
 use crate::envelope::Position;
 use crate::projection::ProjectionError;
+use crate::source::{Checkpoint, PartitionProgress, GLOBAL};
+
+/// How far a runner has read: its checkpoint, and the ends of the
+/// partitions as its follower last saw them.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Progress {
+    pub checkpoint: Checkpoint,
+    pub ends: BTreeMap<String, u64>,
+}
 
 /// A spawned runner task, its progress and its stop switch.
 pub(crate) struct RunnerTask {
-    progress: watch::Receiver<Option<Position>>,
+    progress: watch::Receiver<Progress>,
     stop: watch::Sender<bool>,
     task: JoinHandle<Result<(), ProjectionError>>,
 }
 
 impl RunnerTask {
-    /// Spawns `run(progress, stopped)`: it reports the next position it will
-    /// read on `progress`, and ends when `stopped` changes.
-    pub(crate) fn spawn<F>(run: impl FnOnce(watch::Sender<Option<Position>>, watch::Receiver<bool>) -> F) -> Self
+    /// Spawns `run(progress, stopped)`: it reports its progress on
+    /// `progress` as it goes, and ends when `stopped` changes.
+    pub(crate) fn spawn<F>(run: impl FnOnce(watch::Sender<Progress>, watch::Receiver<bool>) -> F) -> Self
     where
         F: Future<Output = Result<(), ProjectionError>> + Send + 'static,
     {
-        let (progress, watched) = watch::channel(None);
+        let (progress, watched) = watch::channel(Progress::default());
         let (stop, stopped) = watch::channel(false);
         RunnerTask {
             progress: watched,
@@ -32,12 +42,53 @@ impl RunnerTask {
         }
     }
 
-    /// Waits until the task has reported `position` or beyond, or ended;
-    /// returns whether the position was reached.
+    /// Waits until the task has read a log with one global order up to
+    /// `position`, or ended; returns whether the position was reached.
     pub(crate) async fn wait_for(&self, position: Position) -> bool {
+        self.wait_for_ends(&BTreeMap::from([(GLOBAL.to_owned(), position.0)]))
+            .await
+    }
+
+    /// Waits until the task has read every partition of `ends` up to its
+    /// offset there, or ended; returns whether they were reached.
+    pub(crate) async fn wait_for_ends(&self, ends: &BTreeMap<String, u64>) -> bool {
         let mut progress = self.progress.clone();
-        let reached = progress.wait_for(|p| p.is_some_and(|at| at >= position)).await.is_ok();
+        let reached = progress.wait_for(|p| p.checkpoint.reached(ends)).await.is_ok();
         reached
+    }
+
+    /// Each partition's position and end as last seen.
+    pub(crate) fn progress(&self) -> BTreeMap<String, PartitionProgress> {
+        let progress = self.progress.borrow();
+        let mut partitions: BTreeMap<String, PartitionProgress> = progress
+            .checkpoint
+            .iter()
+            .map(|(partition, mark)| {
+                (
+                    partition.to_owned(),
+                    PartitionProgress {
+                        position: mark.next,
+                        end: None,
+                    },
+                )
+            })
+            .collect();
+        for (partition, &end) in &progress.ends {
+            partitions
+                .entry(partition.clone())
+                .or_insert(PartitionProgress {
+                    position: progress.checkpoint.get(partition).next,
+                    end: None,
+                })
+                .end = Some(end);
+        }
+        partitions
+    }
+
+    /// Resolves once the task has ended, whatever the reason.
+    pub(crate) async fn ended(&self) {
+        let mut progress = self.progress.clone();
+        while progress.changed().await.is_ok() {}
     }
 
     /// Asks the task to stop and waits for its result.

@@ -129,6 +129,11 @@ async fn rebuild_replays_from_scratch_and_replaces_the_saved_view() {
         .persist_to(saved.clone())
         .start();
     assert!(first.handle().wait_for(Position(500)).await);
+    let progress = first.handle().progress()[bookshelf_core::source::GLOBAL];
+    assert_eq!(
+        (progress.position, progress.end, progress.lag()),
+        (500, Some(500), Some(0))
+    );
     let incremental = first.handle().read(Ledger::clone);
     first.stop().await.unwrap();
 

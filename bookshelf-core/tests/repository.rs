@@ -152,9 +152,50 @@ impl EventStore for CountingStore {
     async fn head(&self) -> Result<Position, StoreError> {
         self.inner.head().await
     }
+    async fn find_idempotency_key(&self, stream: &StreamId, key: &str) -> Result<Option<Version>, StoreError> {
+        self.inner.find_idempotency_key(stream, key).await
+    }
     async fn subscribe(&self, from: Position) -> Result<Self::Subscription, StoreError> {
         self.inner.subscribe(from).await
     }
+}
+
+#[tokio::test]
+async fn an_idempotency_key_is_found_without_reading_the_stream() {
+    let store = CountingStore::default();
+    let repo = Repository::<Account, _>::new(store.clone(), ()).with_snapshots(InMemorySnapshots::new(), 100);
+    repo.execute_once("1", "open", &AccountCommand::Open, Metadata::default())
+        .await
+        .unwrap();
+    for n in 0..249 {
+        repo.execute_once(
+            "1",
+            &format!("deposit-{n}"),
+            &AccountCommand::Deposit(2),
+            Metadata::default(),
+        )
+        .await
+        .unwrap();
+    }
+    store.read.store(0, Ordering::SeqCst);
+    let again = repo
+        .execute_once("1", "deposit-3", &AccountCommand::Deposit(2), Metadata::default())
+        .await
+        .unwrap();
+    assert!(again.duplicate);
+    assert_eq!(again.version, Version(250));
+    assert_eq!(store.read.load(Ordering::SeqCst), 0, "a known key reads no event");
+    let new = repo
+        .execute_once("1", "deposit-250", &AccountCommand::Deposit(2), Metadata::default())
+        .await
+        .unwrap();
+    assert!(!new.duplicate);
+    assert_eq!(
+        store.read.load(Ordering::SeqCst),
+        50,
+        "a new key reads only what the load after the snapshot reads"
+    );
+    assert_eq!(repo.load("1").await.unwrap().state.balance, 500);
 }
 
 #[tokio::test]

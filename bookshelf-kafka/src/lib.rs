@@ -11,6 +11,9 @@
 //!   from one or more topics of any number of partitions, saving each
 //!   partition's offset with the view's state, and sets poison records aside
 //!   in a dead-letter topic.
+//! * [`KafkaLog`] is a topic of any number of partitions as the core's
+//!   [`EventSource`](bookshelf_core::EventSource): what process runners and
+//!   change feeds follow on Kafka (a [`KafkaStore`] is one too).
 //! * [`rule`] is the one rule every reader applies to decide which records
 //!   are events of the log.
 //!
@@ -67,9 +70,9 @@
 //!   writes carries that epoch (header `bookshelf.epoch`).
 //! * **The reader rule** ([`rule`]): in each partition, an event counts only
 //!   if its epoch is that of the last valid claim before it. Every reader
-//!   applies it: the store's own follower, [`KafkaProjection`], and
-//!   [`KafkaSubscription`] (hence the core's process runner and change feed
-//!   on one-partition topics). The verdict depends only on the log's order,
+//!   applies it: the store's own follower, [`KafkaProjection`], [`KafkaLog`]
+//!   (hence the core's process runners and change feeds) and
+//!   [`KafkaSubscription`]. The verdict depends only on the log's order,
 //!   so all readers agree on which events exist.
 //! * **Answers.** An append is answered when its records are known to be
 //!   events of the log: at once on their acknowledgement when every record
@@ -115,12 +118,14 @@ mod partition;
 mod projection;
 mod reader;
 pub mod rule;
+mod source;
 mod store;
 
 pub use config::KafkaConfig;
 pub use ownership::{members_from_discovery, rendezvous_owner};
 pub use partition::partition_for;
 pub use projection::{dead_letter_headers, KafkaProjection, KafkaViewHandle, RunningKafkaProjection};
+pub use source::KafkaLog;
 pub use store::{
     headers, high_watermarks, Fenced, KafkaStore, KafkaStoreBuilder, KafkaSubscription, Member, NotOwner,
     PartitionOwner,

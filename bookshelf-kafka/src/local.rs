@@ -32,12 +32,27 @@ CREATE TABLE IF NOT EXISTS events (
     body TEXT NOT NULL,
     PRIMARY KEY (stream, version)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS keys (
+    stream TEXT NOT NULL,
+    key TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    PRIMARY KEY (stream, key)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS claims (
     partition INTEGER NOT NULL,
     offset INTEGER NOT NULL,
     claim TEXT NOT NULL,
     PRIMARY KEY (partition, offset)
 ) WITHOUT ROWID;
+";
+
+/// The layout's version, in SQLite's `user_version`. A file of another
+/// version is emptied and rebuilt from the topic (it is a copy of the log).
+const LAYOUT: i64 = 2;
+
+const DROP: &str = "
+DROP TABLE IF EXISTS topic; DROP TABLE IF EXISTS partitions; DROP TABLE IF EXISTS events;
+DROP TABLE IF EXISTS keys; DROP TABLE IF EXISTS claims;
 ";
 
 fn failed(path: &Path, what: &str, error: impl std::fmt::Display) -> StoreError {
@@ -47,6 +62,8 @@ fn failed(path: &Path, what: &str, error: impl std::fmt::Display) -> StoreError 
 /// One event to keep: where it is in the topic and its envelope as JSON.
 pub(crate) struct Kept {
     pub stream: String,
+    /// Its idempotency key, if it has one.
+    pub key: Option<String>,
     pub version: u64,
     pub partition: i32,
     pub offset: i64,
@@ -98,6 +115,22 @@ impl LocalState {
             Ok(connection)
         };
         let writer = connect()?;
+        let layout: i64 = writer
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(|e| failed(path, "not a SQLite database", e))?;
+        if layout != LAYOUT {
+            let tables: i64 = writer
+                .query_row("SELECT COUNT(*) FROM sqlite_master WHERE type = 'table'", [], |r| {
+                    r.get(0)
+                })
+                .map_err(|e| failed(path, "not a SQLite database", e))?;
+            if tables > 0 {
+                tracing::info!(file = %path.display(), layout, "local state of an older layout: rebuilt from the topic");
+            }
+            writer
+                .execute_batch(&format!("{DROP} PRAGMA user_version = {LAYOUT};"))
+                .map_err(|e| failed(path, "cannot write", e))?;
+        }
         writer
             .execute_batch(SCHEMA)
             .map_err(|e| failed(path, "not a Bookshelf state file", e))?;
@@ -166,7 +199,15 @@ impl LocalState {
                     "INSERT OR IGNORE INTO events (stream, version, partition, offset, body) VALUES (?1, ?2, ?3, ?4, ?5)",
                 )
                 .map_err(|e| write(&e))?;
+            let mut keyed = tx
+                .prepare_cached("INSERT OR IGNORE INTO keys (stream, key, version) VALUES (?1, ?2, ?3)")
+                .map_err(|e| write(&e))?;
             for event in events {
+                if let Some(key) = &event.key {
+                    keyed
+                        .execute(params![event.stream, key, event.version as i64])
+                        .map_err(|e| write(&e))?;
+                }
                 insert
                     .execute(params![
                         event.stream,
@@ -219,6 +260,17 @@ impl LocalState {
         json.map(|json| serde_json::from_str(&json))
             .transpose()
             .map_err(|e| failed(&self.path, "holds a claim that does not parse", e))
+    }
+
+    /// The version of the first event of `stream` kept under idempotency key
+    /// `key`.
+    pub fn find_key(&self, stream: &str, key: &str) -> Result<Option<Version>, StoreError> {
+        let connection = lock(&self.reader);
+        let version: Option<i64> = connection
+            .prepare_cached("SELECT version FROM keys WHERE stream = ?1 AND key = ?2")
+            .and_then(|mut s| s.query_row([stream, key], |r| r.get(0)).optional())
+            .map_err(|e| failed(&self.path, "cannot read", e))?;
+        Ok(version.map(|v| Version(v as u64)))
     }
 
     /// The stream's version as kept: the version of its last event, 0 for none.

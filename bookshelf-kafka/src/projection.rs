@@ -6,8 +6,8 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use bookshelf_core::{
-    DecodeError, Envelope, EventCodec, Position, ProjectionError, StoreError, UnknownEvents, View, ViewPersistence,
-    ViewStore,
+    Checkpoint, DecodeError, Envelope, EventCodec, Mark, PartitionProgress, Position, ProjectionError, StoreError,
+    UnknownEvents, View, ViewPersistence, ViewStore,
 };
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -17,6 +17,7 @@ use tokio::task::JoinHandle;
 use crate::config::KafkaConfig;
 use crate::reader::{Read, Reader};
 use crate::rule::{locate, PartitionRule, Verdict};
+use crate::source::{partition_key, Ends};
 use crate::store::{admin_create_topics, partition_count};
 
 /// Header names added to a record set aside in the dead-letter topic.
@@ -28,15 +29,6 @@ pub mod dead_letter_headers {
     /// The projection that could not apply it.
     pub const PROJECTION: &str = "bookshelf.dead_letter.projection";
 }
-
-/// `topic/partition`: the key of an offset in a [`bookshelf_core::StoredView`].
-fn partition_key(topic: &str, partition: i32) -> String {
-    format!("{topic}/{partition}")
-}
-
-/// The suffix of the keys under which a partition's epoch at its saved
-/// offset is kept beside the offsets (`topic/partition:epoch`).
-const EPOCH_SUFFIX: &str = ":epoch";
 
 /// Configures and starts a projection of view `V` from Kafka topics.
 ///
@@ -148,8 +140,11 @@ impl<V: View> KafkaProjection<V> {
     /// reached.
     pub async fn start(self) -> Result<RunningKafkaProjection<V>, ProjectionError> {
         let (view, saved, taken) = self.restore().await?;
-        let (offsets, epochs): (BTreeMap<String, u64>, BTreeMap<String, u64>) =
-            saved.into_iter().partition(|(key, _)| !key.ends_with(EPOCH_SUFFIX));
+        if self.config.create_topic {
+            let topics: Vec<&str> = self.topics.iter().map(String::as_str).collect();
+            admin_create_topics(&self.config, &topics, self.config.partitions).await?;
+        }
+        let mut offsets = BTreeMap::new();
         let mut from = Vec::new();
         let mut rules = BTreeMap::new();
         let mut counts = BTreeMap::new();
@@ -158,13 +153,17 @@ impl<V: View> KafkaProjection<V> {
             counts.insert(topic.clone(), partitions);
             for partition in 0..partitions {
                 let key = partition_key(topic, partition);
-                let next = offsets.get(&key).copied().unwrap_or(0);
-                let epoch = epochs.get(&format!("{key}{EPOCH_SUFFIX}")).copied().unwrap_or(0);
-                rules.insert(key, PartitionRule::at_epoch(epoch));
-                from.push((topic.as_str(), partition, next as i64));
+                let mark = saved.get(&key);
+                if mark.next > 0 {
+                    offsets.insert(key.clone(), mark.next);
+                }
+                rules.insert(key, PartitionRule::at_epoch(mark.epoch));
+                from.push((topic.as_str(), partition, mark.next as i64));
             }
         }
         let reader = Reader::open(&self.config, &from, &[("enable.partition.eof", "false")]).await?;
+        let mut ends = Ends::new(&self.config, &from);
+        ends.refresh();
         if self.config.create_topic {
             admin_create_topics(&self.config, &[self.dead_letter_topic.as_str()], 1).await?;
         }
@@ -181,12 +180,21 @@ impl<V: View> KafkaProjection<V> {
             offsets,
             rules,
             taken,
+            ends: ends.get(),
             ended: None,
         };
         let (progress_tx, progress) = watch::channel(at.clone());
         let (stop_tx, stop) = watch::channel(false);
         tracing::info!(projection = %self.name, topics = ?self.topics, offsets = ?at.offsets, "Kafka projection started");
-        let task = tokio::spawn(self.run(Arc::clone(&shared), reader, counts, producer, at, progress_tx, stop));
+        let task = tokio::spawn(self.run(
+            Arc::clone(&shared),
+            (reader, ends),
+            counts,
+            producer,
+            at,
+            progress_tx,
+            stop,
+        ));
         Ok(RunningKafkaProjection {
             handle: KafkaViewHandle { shared, progress },
             stop: stop_tx,
@@ -194,16 +202,19 @@ impl<V: View> KafkaProjection<V> {
         })
     }
 
-    async fn restore(&self) -> Result<(V, BTreeMap<String, u64>, u64), ProjectionError> {
+    async fn restore(&self) -> Result<(V, Checkpoint, u64), ProjectionError> {
         let Some(persistence) = &self.persistence else {
-            return Ok((V::default(), BTreeMap::new(), 0));
+            return Ok((V::default(), Checkpoint::new(), 0));
         };
         if self.rebuild {
-            return Ok((V::default(), BTreeMap::new(), 0));
+            return Ok((V::default(), Checkpoint::new(), 0));
         }
         Ok(match persistence.restore(&self.name).await? {
-            Some(saved) => (saved.view, saved.offsets, saved.checkpoint.0),
-            None => (V::default(), BTreeMap::new(), 0),
+            Some(saved) => {
+                let checkpoint = Checkpoint::from_saved(Position(0), &saved.offsets);
+                (saved.view, checkpoint, saved.checkpoint.0)
+            }
+            None => (V::default(), Checkpoint::new(), 0),
         })
     }
 
@@ -211,7 +222,7 @@ impl<V: View> KafkaProjection<V> {
     async fn run(
         self,
         shared: Arc<RwLock<V>>,
-        mut reader: Reader,
+        (mut reader, mut ends): (Reader, Ends),
         counts: BTreeMap<String, i32>,
         producer: FutureProducer,
         mut at: Progress,
@@ -219,7 +230,15 @@ impl<V: View> KafkaProjection<V> {
         mut stop: watch::Receiver<bool>,
     ) -> Result<(), ProjectionError> {
         let result = self
-            .consume(&shared, &mut reader, &counts, &producer, &mut at, &progress, &mut stop)
+            .consume(
+                &shared,
+                (&mut reader, &mut ends),
+                &counts,
+                &producer,
+                &mut at,
+                &progress,
+                &mut stop,
+            )
             .await;
         let saved = self.save(&shared, &at).await;
         let result = result.and(saved);
@@ -233,7 +252,7 @@ impl<V: View> KafkaProjection<V> {
     async fn consume(
         &self,
         shared: &RwLock<V>,
-        reader: &mut Reader,
+        (reader, ends): (&mut Reader, &mut Ends),
         counts: &BTreeMap<String, i32>,
         producer: &FutureProducer,
         at: &mut Progress,
@@ -309,6 +328,11 @@ impl<V: View> KafkaProjection<V> {
                     unsaved += 1;
                 }
             }
+            for message in &batch {
+                ends.saw(message.topic(), message.partition(), message.offset() as u64 + 1);
+            }
+            ends.refresh();
+            at.ends = ends.get();
             if unsaved > 0 && (unsaved >= self.save_every || drained) {
                 match self.save(shared, at).await {
                     Ok(()) => unsaved = 0,
@@ -379,14 +403,13 @@ impl<V: View> KafkaProjection<V> {
     async fn save(&self, shared: &RwLock<V>, at: &Progress) -> Result<(), ProjectionError> {
         match &self.persistence {
             Some(persistence) => {
-                let checkpoint = Position(at.taken);
-                let mut offsets = at.offsets.clone();
-                for (key, rule) in &at.rules {
-                    if rule.epoch() > 0 {
-                        offsets.insert(format!("{key}{EPOCH_SUFFIX}"), rule.epoch());
-                    }
+                let mut checkpoint = Checkpoint::new();
+                for (key, &next) in &at.offsets {
+                    let epoch = at.rules.get(key).map_or(0, PartitionRule::epoch);
+                    checkpoint.set(key, Mark { next, epoch });
                 }
-                persistence.save(&self.name, shared, checkpoint, offsets).await
+                let (_, offsets) = checkpoint.to_saved();
+                persistence.save(&self.name, shared, Position(at.taken), offsets).await
             }
             None => Ok(()),
         }
@@ -405,6 +428,8 @@ struct Progress {
     rules: BTreeMap<String, PartitionRule>,
     /// How many records the view has taken (applied, skipped or set aside).
     taken: u64,
+    /// Each partition's end as last seen.
+    ends: BTreeMap<String, u64>,
     /// `Some(None)` once stopped, `Some(Some(reason))` once failed.
     ended: Option<Option<String>>,
 }
@@ -474,6 +499,31 @@ impl<V: View> KafkaViewHandle<V> {
             Err(_) => false,
         };
         outcome
+    }
+
+    /// Each partition's position (the next offset the view will take) and
+    /// end as last seen, and so the lag.
+    pub fn progress(&self) -> BTreeMap<String, PartitionProgress> {
+        let progress = self.progress.borrow();
+        let mut partitions: BTreeMap<String, PartitionProgress> = progress
+            .ends
+            .iter()
+            .map(|(key, &end)| {
+                (
+                    key.clone(),
+                    PartitionProgress {
+                        position: progress.offsets.get(key).copied().unwrap_or(0),
+                        end: Some(end),
+                    },
+                )
+            })
+            .collect();
+        for (key, &position) in &progress.offsets {
+            partitions
+                .entry(key.clone())
+                .or_insert(PartitionProgress { position, end: None });
+        }
+        partitions
     }
 
     /// Why the projection failed, if it did.

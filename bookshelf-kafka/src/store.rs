@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bookshelf_core::{
     AppendOutcome, Envelope, EventId, EventStore, ExpectedVersion, NewEvent, Position, RecordedEvent, StoreError,
-    StreamId, Subscription, Version,
+    StreamId, Subscription, Version, IDEMPOTENCY_KEY,
 };
 use chrono::Utc;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -202,6 +202,7 @@ pub struct KafkaStoreBuilder {
     state: Option<PathBuf>,
     max_in_flight: usize,
     claim_backoff: Duration,
+    one_owner: bool,
 }
 
 impl KafkaStoreBuilder {
@@ -221,6 +222,16 @@ impl KafkaStoreBuilder {
     /// it, the store claims every partition, as the one writer of its topic.
     pub fn members(mut self, members: watch::Receiver<Vec<String>>) -> Self {
         self.membership = Membership::Members(members);
+        self
+    }
+
+    /// Gives every partition to one member: the one that rendezvous hashing
+    /// picks for partition 0 among the members listed. The others follow
+    /// and take over, one of them, when it leaves: one writer at a time,
+    /// handed over, for services whose work spans partitions (a process
+    /// manager, say).
+    pub fn one_owner(mut self) -> Self {
+        self.one_owner = true;
         self
     }
 
@@ -314,6 +325,7 @@ impl KafkaStoreBuilder {
             turns: (0..TURN_SLOTS).map(|_| tokio::sync::Mutex::new(())).collect(),
             in_flight: (0..partitions).map(|_| Semaphore::new(self.max_in_flight)).collect(),
             claim_backoff: self.claim_backoff,
+            one_owner: self.one_owner,
             config,
         });
         let from: Vec<(i32, i64)> = saved
@@ -431,6 +443,8 @@ struct Inner {
     turns: Vec<tokio::sync::Mutex<()>>,
     in_flight: Vec<Semaphore>,
     claim_backoff: Duration,
+    /// Whether every partition goes to partition 0's owner.
+    one_owner: bool,
 }
 
 impl Inner {
@@ -552,6 +566,7 @@ impl KafkaStore {
             state: None,
             max_in_flight: 1024,
             claim_backoff: Duration::from_millis(500),
+            one_owner: false,
         }
     }
 
@@ -607,6 +622,22 @@ impl KafkaStore {
             })
             .collect();
         (all, next)
+    }
+
+    /// Whether this instance writes every partition now: with
+    /// [`KafkaStoreBuilder::one_owner`], whether it is the one writer.
+    pub fn owns_every_partition(&self) -> bool {
+        (0..self.inner.partitions).all(|p| matches!(self.inner.part(p).role, Role::Owner { .. }))
+    }
+
+    /// Waits until [`owns_every_partition`](Self::owns_every_partition) is
+    /// `owner`.
+    pub async fn until_owner_of_all(&self, owner: bool) {
+        let mut changed = self.inner.changed.subscribe();
+        while self.owns_every_partition() != owner {
+            // The sender lives in `inner`, which `self` holds.
+            let _ = changed.changed().await;
+        }
     }
 
     /// Waits until this instance owns every partition (the one writer).
@@ -865,6 +896,7 @@ fn take(inner: &Inner, rule: &mut PartitionRule, learned: &mut Learned, read: Re
                 .unwrap_or_default()
                 .to_owned();
             learned.kept.push(Kept {
+                key: event.metadata.extra.get(IDEMPOTENCY_KEY).cloned(),
                 stream,
                 version: event.version.0,
                 partition,
@@ -1013,7 +1045,10 @@ async fn steer(inner: Weak<Inner>, mut members: Option<watch::Receiver<Vec<Strin
             for partition in 0..inner.partitions {
                 let should = match &list {
                     None => true,
-                    Some(list) => rendezvous_owner(list, partition) == Some(inner.member.id.as_str()),
+                    Some(list) => {
+                        let chosen_by = if inner.one_owner { 0 } else { partition };
+                        rendezvous_owner(list, chosen_by) == Some(inner.member.id.as_str())
+                    }
                 };
                 if let Some(epoch) = decide(&inner, partition, should) {
                     send_claim(&inner, partition, epoch);
@@ -1142,6 +1177,10 @@ impl EventStore for KafkaStore {
             return Ok(Vec::new());
         }
         self.inner.local.read_stream(stream, from)
+    }
+
+    async fn find_idempotency_key(&self, stream: &StreamId, key: &str) -> Result<Option<Version>, StoreError> {
+        self.inner.local.find_key(stream.as_str(), key)
     }
 
     async fn stream_version(&self, stream: &StreamId) -> Result<Version, StoreError> {
@@ -1402,5 +1441,14 @@ impl Subscription for KafkaSubscription {
 
     fn position(&self) -> Position {
         self.next
+    }
+}
+
+/// The store's topic, every partition, read from Kafka as [`crate::KafkaLog`]
+/// reads it: what process runners and change feeds follow.
+#[bookshelf_core::async_trait]
+impl bookshelf_core::EventSource for KafkaStore {
+    async fn follow(&self, from: &bookshelf_core::Checkpoint) -> Result<Box<dyn bookshelf_core::Follower>, StoreError> {
+        crate::KafkaLog::new(self.inner.config.clone()).follow(from).await
     }
 }

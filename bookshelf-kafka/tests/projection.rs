@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{brokers, counted, dead_letters, topic};
+use common::{brokers, counted, dead_letters, fill_in_batches, topic};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -260,50 +260,6 @@ async fn running_reached(saved: &InMemoryViewStore, ends: &BTreeMap<String, u64>
         .all(|(key, end)| view.offsets.get(key).is_some_and(|at| at >= end))
 }
 
-/// `records` `Counted` events over 30 streams (versions in order, on each
-/// stream's partition, no epoch), written by a plain producer that batches
-/// (`linger.ms` 50): hundreds of records per batch. Returns their sum.
-async fn fill_in_batches(topic: &str, records: u64) -> u64 {
-    let producer: FutureProducer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .set("linger.ms", "50")
-        .set("batch.num.messages", "1000")
-        .create()
-        .unwrap();
-    let admin: rdkafka::admin::AdminClient<_> = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .create()
-        .unwrap();
-    let new = rdkafka::admin::NewTopic::new(topic, 3, rdkafka::admin::TopicReplication::Fixed(1));
-    for result in admin
-        .create_topics([&new], &rdkafka::admin::AdminOptions::new())
-        .await
-        .unwrap()
-    {
-        result.unwrap();
-    }
-    let mut deliveries = Vec::new();
-    let mut sum = 0;
-    for n in 0..records {
-        let stream = format!("counter-{}", n % 30);
-        let body = format!(
-            r#"{{"event_id":"{}","stream_id":"{stream}","version":{},"position":0,"recorded_at":"2026-11-23T00:00:00Z","event_type":"Counted","schema_version":1,"payload":{{"n":{n}}}}}"#,
-            bookshelf_core::EventId::new(),
-            n / 30 + 1
-        );
-        sum += n;
-        let record = FutureRecord::to(topic)
-            .key(&stream)
-            .payload(&body)
-            .partition(bookshelf_kafka::partition_for(&stream, 3));
-        deliveries.push(producer.send_result(record).map_err(|(e, _)| e).unwrap());
-    }
-    for delivery in deliveries {
-        delivery.await.unwrap().unwrap();
-    }
-    sum
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_projection_stopped_inside_record_batches_resumes_without_skipping() {
     // Checkpoints every 7 records and restarts after every few hundred fall
@@ -348,6 +304,9 @@ async fn a_projection_stopped_inside_record_batches_resumes_without_skipping() {
         .await
         .unwrap();
     assert!(running.handle().wait_for(&ends).await);
+    let progress = running.handle().progress();
+    assert_eq!(progress.len(), 3, "{progress:?}");
+    assert!(progress.values().all(|p| p.lag() == Some(0)), "{progress:?}");
     running.handle().read(|tally| {
         assert_eq!((tally.count, tally.sum), (records, sum), "after {restarts} restarts");
         for (stream, versions) in &tally.seen {

@@ -1,8 +1,13 @@
 //! Change events with the state before and after, a replica and a notifier.
 //!
 //! ```text
-//! cargo run --example changes
+//! cargo run --example changes                   # the demo below, in memory
+//! cargo run --example changes -- --broker 127.0.0.1:9092 --topic books --role feed --consul http://127.0.0.1:8500
+//! cargo run --example changes -- --broker 127.0.0.1:9092 --role replica
+//! cargo run --example changes -- --broker 127.0.0.1:9092 --role notifier --mailbox /tmp/mailbox
 //! ```
+//!
+//! On Kafka each process runs one role (see `service.rs`).
 //!
 //! The books aggregate writes to its store; a `ChangeFeed` publishes each
 //! book's changes (state before and after, self-contained JSON) to a change
@@ -11,22 +16,103 @@
 //! notifier, run twice, that writes to a mailbox directory it owns. Both
 //! notifiers see every change; each message is delivered once.
 
+#[path = "../common/api.rs"]
+mod api;
 #[path = "../common/books.rs"]
 mod books;
 mod consumers;
+mod service;
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use bookshelf::change::ChangeFeed;
 use bookshelf::process::ProcessRunner;
 use bookshelf::{EventStore, FileViewStore, InMemoryStore, Metadata, ProjectionRunner, Repository};
+use clap::Parser;
 
 use books::{Book, BookCommand, Clock};
 use consumers::{Mailbox, Notifier, Replica};
 
+/// The books' change events, a replica and a notifier: all in one process in
+/// memory, or one role per process on Kafka (`--broker ... --role ...`).
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// What this process does on Kafka.
+    #[arg(long, value_enum)]
+    role: Option<service::Role>,
+    /// The port to listen on (0 picks a free one).
+    #[arg(long, default_value_t = 8091)]
+    port: u16,
+    /// The service name to register under (default: changes-ROLE).
+    #[arg(long)]
+    name: Option<String>,
+    /// Where the process keeps its state and checkpoint.
+    #[arg(long, default_value = "bookshelf-data")]
+    data: PathBuf,
+    /// The topic the changes are published to.
+    #[arg(long, default_value = "book-changes")]
+    changes_topic: String,
+    /// The notifier's mailbox directory (default: DATA/mailbox).
+    #[arg(long)]
+    mailbox: Option<PathBuf>,
+    #[command(flatten)]
+    service: api::ServiceFlags,
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    tracing_subscriber::fmt().with_writer(std::io::stderr).init();
+    api::init_tracing();
+    let args = Args::parse();
+    match (&args.service.broker, args.role) {
+        (None, _) => demo().await,
+        (Some(_), None) => Err("on Kafka, say which part this process runs: --role feed, replica or notifier".into()),
+        (Some(broker), Some(role)) => serve(&args, broker, role).await,
+    }
+}
+
+/// One role of the changes service, on Kafka.
+async fn serve(args: &Args, broker: &str, role: service::Role) -> Result<(), Box<dyn std::error::Error>> {
+    let listener = args.service.listen(args.port).await?;
+    let local = listener.local_addr()?;
+    let role_name = format!("{role:?}").to_lowercase();
+    let name = args.name.clone().unwrap_or_else(|| format!("changes-{role_name}"));
+    let id = args
+        .service
+        .id
+        .clone()
+        .unwrap_or_else(|| format!("{name}-{}", local.port()));
+    let (stop, shutdown) = tokio::sync::watch::channel(false);
+    let running = service::start(
+        role,
+        service::Settings {
+            flags: &args.service,
+            broker,
+            name: &name,
+            id: &id,
+            address: format!("http://{local}"),
+            data: args.data.clone(),
+            changes_topic: &args.changes_topic,
+            mailbox: args.mailbox.clone().unwrap_or_else(|| args.data.join("mailbox")),
+        },
+        shutdown,
+    )
+    .await?;
+    let app = running.routes.merge(api::health_routes()).fallback(api::not_found);
+    let registration = args.service.register(&name, local).await?;
+    println!("changes ({role_name}) is listening on http://{local}/");
+    api::serve(listener, app, registration).await?;
+    stop.send_replace(true);
+    let _ = tokio::time::timeout(Duration::from_secs(10), running.task).await;
+    if let Some(store) = running.store {
+        store.flush(Duration::from_secs(10)).await?;
+    }
+    Ok(())
+}
+
+/// Everything in one process, in memory, printed.
+async fn demo() -> Result<(), Box<dyn std::error::Error>> {
     let dir = std::env::temp_dir().join(format!("bookshelf-changes-{}", std::process::id()));
     let mailbox = Mailbox {
         dir: dir.join("mailbox"),

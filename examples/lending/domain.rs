@@ -281,9 +281,18 @@ pub struct Loan {
 /// out. Idempotency keys are `LOAN/charge`, `LOAN/lend` and `LOAN/release`:
 /// the same for a step however often it is taken, so a replay after a crash
 /// sends nothing twice, and a timeout and a declined charge release once.
+///
+/// On a log of several partitions, the events of the copy and of the member
+/// come in any order relative to each other (each stream's own events in
+/// order): a replay may read a loan's charge before its reservation. The
+/// outcome of a charge read first is kept until the reservation comes.
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct LoanProcess {
     pub loans: BTreeMap<String, Loan>,
+    /// Charges read before their loan's reservation: `true` when paid,
+    /// `false` when declined.
+    #[serde(default)]
+    pub charged_early: BTreeMap<String, bool>,
     /// How long a charge may take.
     pub charge_within_ms: u64,
 }
@@ -291,9 +300,22 @@ pub struct LoanProcess {
 impl LoanProcess {
     pub fn with_timeout(timeout: Duration) -> Self {
         LoanProcess {
-            loans: BTreeMap::new(),
             charge_within_ms: timeout.as_millis() as u64,
+            ..LoanProcess::default()
         }
+    }
+
+    fn lend(loan_id: &str, loan: &mut Loan) -> Dispatch<LoanCommand> {
+        loan.step = Step::Lending;
+        Dispatch::new(
+            format!("{loan_id}/lend"),
+            LoanCommand::Copy {
+                id: loan.copy.clone(),
+                command: CopyCommand::Lend {
+                    loan: loan_id.to_owned(),
+                },
+            },
+        )
     }
 
     fn release(loan_id: &str, loan: &mut Loan, reason: String) -> Dispatch<LoanCommand> {
@@ -325,17 +347,19 @@ impl ProcessManager for LoanProcess {
         match &event.payload {
             LoanEvent::CopyReserved { loan, member, fee } => {
                 let deadline = event.recorded_at + chrono::Duration::milliseconds(within as i64);
-                self.loans.insert(
-                    loan.clone(),
-                    Loan {
-                        copy: event.stream_id.entity_id().to_owned(),
-                        member: member.clone(),
-                        fee: *fee,
-                        step: Step::Charging,
-                        deadline,
-                        reason: None,
-                    },
-                );
+                let entry = self.loans.entry(loan.clone()).or_insert(Loan {
+                    copy: event.stream_id.entity_id().to_owned(),
+                    member: member.clone(),
+                    fee: *fee,
+                    step: Step::Charging,
+                    deadline,
+                    reason: None,
+                });
+                match self.charged_early.remove(loan) {
+                    Some(true) => return vec![Self::lend(loan, entry)],
+                    Some(false) => return vec![Self::release(loan, entry, "the charge was declined".into())],
+                    None => {}
+                }
                 vec![Dispatch::new(
                     format!("{loan}/charge"),
                     LoanCommand::Member {
@@ -348,23 +372,22 @@ impl ProcessManager for LoanProcess {
                 )]
             }
             LoanEvent::MemberCharged { loan: id } => match self.loans.get_mut(id) {
-                Some(loan) if loan.step == Step::Charging => {
-                    loan.step = Step::Lending;
-                    vec![Dispatch::new(
-                        format!("{id}/lend"),
-                        LoanCommand::Copy {
-                            id: loan.copy.clone(),
-                            command: CopyCommand::Lend { loan: id.clone() },
-                        },
-                    )]
+                Some(loan) if loan.step == Step::Charging => vec![Self::lend(id, loan)],
+                Some(_) => Vec::new(),
+                None => {
+                    self.charged_early.insert(id.clone(), true);
+                    Vec::new()
                 }
-                _ => Vec::new(),
             },
             LoanEvent::ChargeDeclined { loan: id } => match self.loans.get_mut(id) {
                 Some(loan) if loan.step == Step::Charging => {
                     vec![Self::release(id, loan, "the charge was declined".into())]
                 }
-                _ => Vec::new(),
+                Some(_) => Vec::new(),
+                None => {
+                    self.charged_early.insert(id.clone(), false);
+                    Vec::new()
+                }
             },
             LoanEvent::CopyLent { loan } => {
                 if let Some(loan) = self.loans.get_mut(loan) {

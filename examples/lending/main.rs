@@ -2,8 +2,15 @@
 //! compensation.
 //!
 //! ```text
-//! cargo run --example lending
+//! cargo run --example lending                   # the demo below, in memory
+//! cargo run --example lending -- --broker 127.0.0.1:9092 --topic lending --consul http://127.0.0.1:8500
 //! ```
+//!
+//! With `--broker`, it is a service (see `service.rs`): `POST /members`
+//! `{"id", "balance"}`, `POST /copies` `{"id"}`, `POST
+//! /copies/{id}/reserve` `{"loan", "member", "fee"}`, `GET /members/{id}`,
+//! `GET /copies/{id}` (state and events), `GET /role`; the loan process runs
+//! on the instance that writes the topic.
 //!
 //! Ada has 10 on her account and Bob 1. Each reserves a copy with a fee of
 //! 3: the loan process charges the member and lends the copy, or, when the
@@ -12,18 +19,89 @@
 //! process manager's commands carry idempotency keys, so that a replay after
 //! a crash sends nothing twice (`tests/lending.rs` crashes it on purpose).
 
+#[path = "../common/api.rs"]
+mod api;
+#[path = "../common/books.rs"]
+mod books;
 mod domain;
+mod service;
 
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bookshelf::process::ProcessRunner;
 use bookshelf::{InMemoryStore, Metadata, Position, Repository};
+use bookshelf_kafka::{members_from_discovery, KafkaConfig, KafkaStore};
+use clap::Parser;
 
 use domain::{Copy, CopyCommand, LendingBus, LoanProcess, Member, MemberCommand};
 
+/// Copies, members and the loan process.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// The port to listen on (0 picks a free one).
+    #[arg(long, default_value_t = 8090)]
+    port: u16,
+    /// The service name to register under.
+    #[arg(long, default_value = "lending")]
+    name: String,
+    /// Where an instance keeps its local state and the loan process's
+    /// checkpoint.
+    #[arg(long, default_value = "bookshelf-data")]
+    data: PathBuf,
+    #[command(flatten)]
+    service: api::ServiceFlags,
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    tracing_subscriber::fmt().with_writer(std::io::stderr).init();
+    api::init_tracing();
+    let args = Args::parse();
+    match args.service.broker.clone() {
+        None => demo().await,
+        Some(broker) => serve(&args, &broker).await,
+    }
+}
+
+/// The lending service on Kafka.
+async fn serve(args: &Args, broker: &str) -> Result<(), Box<dyn std::error::Error>> {
+    let listener = args.service.listen(args.port).await?;
+    let local = listener.local_addr()?;
+    let id = args
+        .service
+        .id
+        .clone()
+        .unwrap_or_else(|| format!("{}-{}", args.name, local.port()));
+    let topic = args.service.topic.as_str();
+    let config = KafkaConfig::new(broker, topic).partitions(3).create_topic(true);
+    let mut builder = KafkaStore::builder(config)
+        .member(&id, format!("http://{local}"))
+        .state_file(args.data.join(format!("{topic}-{id}.sqlite")))
+        .one_owner();
+    if let Some(consul) = args.service.consul_config() {
+        let discovery = bookshelf_consul::ConsulDiscovery::new(consul)?;
+        builder = builder.members(members_from_discovery(discovery, &args.name, Duration::from_secs(1)));
+    }
+    let store = builder.open().await?;
+    let loans = tokio::spawn(service::run_loans(
+        store.clone(),
+        args.data.join(format!("{topic}-{id}-loans.json")),
+    ));
+    let app = service::routes(Arc::new(service::Lending::new(store.clone())))
+        .merge(api::health_routes())
+        .fallback(api::not_found);
+    let registration = args.service.register(&args.name, local).await?;
+    println!("lending is listening on http://{local}/ (Kafka topic {topic})");
+    api::serve(listener, app, registration).await?;
+    loans.abort();
+    store.flush(Duration::from_secs(10)).await?;
+    Ok(())
+}
+
+/// Three loans in memory, printed.
+async fn demo() -> Result<(), Box<dyn std::error::Error>> {
     let store = InMemoryStore::new();
     let copies = Repository::<Copy, _>::new(store.clone(), ());
     let members = Repository::<Member, _>::new(store.clone(), ());

@@ -9,6 +9,7 @@ use tokio::sync::watch;
 
 use super::{AppendOutcome, EventStore, ExpectedVersion, StoreError, Subscription};
 use crate::envelope::{Envelope, NewEvent, Position, RecordedEvent, StreamId, Version};
+use crate::repository::IDEMPOTENCY_KEY;
 
 /// An event store in the process's memory.
 ///
@@ -51,6 +52,19 @@ struct Log {
     events: Vec<Arc<RecordedEvent>>,
     /// The positions of each stream's events, in version order.
     streams: HashMap<StreamId, Vec<u64>>,
+    /// The version of each event recorded under an idempotency key, by
+    /// stream and key.
+    keys: HashMap<(StreamId, String), Version>,
+}
+
+impl Log {
+    fn index_key(&mut self, event: &RecordedEvent) {
+        if let Some(key) = event.metadata.extra.get(IDEMPOTENCY_KEY) {
+            self.keys
+                .entry((event.stream_id.clone(), key.clone()))
+                .or_insert(event.version);
+        }
+    }
 }
 
 impl Shared {
@@ -94,6 +108,7 @@ impl InMemoryStore {
             event.version = Version(positions.len() as u64 + 1);
             event.position = Position(position);
             positions.push(position);
+            log.index_key(&event);
             log.events.push(Arc::new(event));
         }
         drop(log);
@@ -126,7 +141,9 @@ impl EventStore for InMemoryStore {
         }
         let recorded_at = Utc::now();
         let mut log = self.shared.write();
-        let Log { events: all, streams } = &mut *log;
+        let Log {
+            events: all, streams, ..
+        } = &mut *log;
         let positions = streams.entry(stream.clone()).or_default();
         let actual = Version(positions.len() as u64);
         if !expected.admits(actual) {
@@ -158,6 +175,10 @@ impl EventStore for InMemoryStore {
             }));
         }
         let last_position = Position(all.len() as u64 - 1);
+        for position in first_position.0..=last_position.0 {
+            let event = Arc::clone(&log.events[position as usize]);
+            log.index_key(&event);
+        }
         drop(log);
         self.shared.appended.send_modify(|_| {});
         Ok(AppendOutcome {
@@ -187,6 +208,11 @@ impl EventStore for InMemoryStore {
 
     async fn head(&self) -> Result<Position, StoreError> {
         Ok(Position(self.shared.read().events.len() as u64))
+    }
+
+    async fn find_idempotency_key(&self, stream: &StreamId, key: &str) -> Result<Option<Version>, StoreError> {
+        let log = self.shared.read();
+        Ok(log.keys.get(&(stream.clone(), key.to_owned())).copied())
     }
 
     async fn subscribe(&self, from: Position) -> Result<MemorySubscription, StoreError> {

@@ -161,6 +161,21 @@ pub trait EventStore: Send + Sync + 'static {
     /// Backend failures.
     async fn head(&self) -> Result<Position, StoreError>;
 
+    /// The version of the first event of `stream` recorded under
+    /// idempotency key `key` (the [`IDEMPOTENCY_KEY`](crate::IDEMPOTENCY_KEY)
+    /// of its metadata), if there is one. This default reads the whole
+    /// stream; stores that index the keys answer without reading it.
+    ///
+    /// # Errors
+    /// Backend failures.
+    async fn find_idempotency_key(&self, stream: &StreamId, key: &str) -> Result<Option<Version>, StoreError> {
+        let recorded = self.read_stream(stream, Version(1)).await?;
+        Ok(recorded
+            .iter()
+            .find(|r| r.metadata.extra.get(crate::IDEMPOTENCY_KEY).map(String::as_str) == Some(key))
+            .map(|r| r.version))
+    }
+
     /// Every event from position `from` on: first those already stored, then
     /// live ones as they are appended.
     ///
@@ -209,6 +224,10 @@ impl<S: EventStore> EventStore for Arc<S> {
 
     async fn head(&self) -> Result<Position, StoreError> {
         (**self).head().await
+    }
+
+    async fn find_idempotency_key(&self, stream: &StreamId, key: &str) -> Result<Option<Version>, StoreError> {
+        (**self).find_idempotency_key(stream, key).await
     }
 
     async fn subscribe(&self, from: Position) -> Result<Self::Subscription, StoreError> {

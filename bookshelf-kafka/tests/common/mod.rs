@@ -110,3 +110,47 @@ pub async fn project_to_end<V: bookshelf_core::View>(
     running.handle().read(check);
     running.stop().await.expect("the projection stops and saves");
 }
+
+/// `records` `Counted` events over 30 streams (versions in order, on each
+/// stream's partition, no epoch), written by a plain producer that batches
+/// (`linger.ms` 50): hundreds of records per batch. Returns their sum.
+pub async fn fill_in_batches(topic: &str, records: u64) -> u64 {
+    let producer: rdkafka::producer::FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("linger.ms", "50")
+        .set("batch.num.messages", "1000")
+        .create()
+        .unwrap();
+    let admin: rdkafka::admin::AdminClient<_> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .unwrap();
+    let new = rdkafka::admin::NewTopic::new(topic, 3, rdkafka::admin::TopicReplication::Fixed(1));
+    for result in admin
+        .create_topics([&new], &rdkafka::admin::AdminOptions::new())
+        .await
+        .unwrap()
+    {
+        result.unwrap();
+    }
+    let mut deliveries = Vec::new();
+    let mut sum = 0;
+    for n in 0..records {
+        let stream = format!("counter-{}", n % 30);
+        let body = format!(
+            r#"{{"event_id":"{}","stream_id":"{stream}","version":{},"position":0,"recorded_at":"2026-11-23T00:00:00Z","event_type":"Counted","schema_version":1,"payload":{{"n":{n}}}}}"#,
+            bookshelf_core::EventId::new(),
+            n / 30 + 1
+        );
+        sum += n;
+        let record = rdkafka::producer::FutureRecord::to(topic)
+            .key(&stream)
+            .payload(&body)
+            .partition(bookshelf_kafka::partition_for(&stream, 3));
+        deliveries.push(producer.send_result(record).map_err(|(e, _)| e).unwrap());
+    }
+    for delivery in deliveries {
+        delivery.await.unwrap().unwrap();
+    }
+    sum
+}

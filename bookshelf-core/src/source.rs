@@ -1,0 +1,277 @@
+//! Following a log from a checkpoint: how process runners and change feeds
+//! read, whether the log is one global sequence (the in-memory store) or a
+//! topic of several partitions (Kafka).
+//!
+//! An [`EventSource`] hands out a [`Follower`] that starts at a
+//! [`Checkpoint`]: the next offset of every partition, with the fencing
+//! epoch the log's rule had reached there. Each record comes with the
+//! [`Mark`] to save after it, so that a reader that saves its state with
+//! its checkpoint resumes after a crash exactly where its state stands: no
+//! record applied twice, none passed over. Records that are not events for
+//! readers (a partition's ownership claims, events of a fenced writer,
+//! records that break the log's protocol) come through without an event, so
+//! that the checkpoint moves past them too; the source reports them.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::envelope::{Position, RecordedEvent};
+use crate::store::{EventStore, StoreError, Subscription};
+
+/// The name of the one partition of a log with a global order.
+pub const GLOBAL: &str = "";
+
+/// The suffix of the keys under which a partition's epoch is kept beside
+/// its offset in a saved checkpoint (`topic/partition:epoch`).
+const EPOCH_SUFFIX: &str = ":epoch";
+
+/// Where a reader stands in one partition.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Mark {
+    /// The next offset to read.
+    pub next: u64,
+    /// The epoch of the partition's last valid ownership claim before
+    /// `next` (0 for logs without claims); events of other epochs are
+    /// passed over.
+    pub epoch: u64,
+}
+
+/// Where a reader stands in every partition of a log. Partitions not named
+/// are read from their start.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Checkpoint {
+    marks: BTreeMap<String, Mark>,
+}
+
+impl Checkpoint {
+    /// The start of every partition.
+    pub fn new() -> Self {
+        Checkpoint::default()
+    }
+
+    /// Position `position` of a log with one global order.
+    pub fn global(position: Position) -> Self {
+        let mut checkpoint = Checkpoint::new();
+        checkpoint.set(
+            GLOBAL,
+            Mark {
+                next: position.0,
+                epoch: 0,
+            },
+        );
+        checkpoint
+    }
+
+    /// The mark of `partition` (its start when not named).
+    pub fn get(&self, partition: &str) -> Mark {
+        self.marks.get(partition).copied().unwrap_or_default()
+    }
+
+    /// Moves `partition` to `mark`.
+    pub fn set(&mut self, partition: &str, mark: Mark) {
+        match self.marks.get_mut(partition) {
+            Some(slot) => *slot = mark,
+            None => {
+                self.marks.insert(partition.to_owned(), mark);
+            }
+        }
+    }
+
+    /// The partitions named, with their marks.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, Mark)> {
+        self.marks.iter().map(|(partition, mark)| (partition.as_str(), *mark))
+    }
+
+    /// Whether every partition of `ends` (next offsets, as
+    /// [`Follower::ends`] gives) is reached.
+    pub fn reached(&self, ends: &BTreeMap<String, u64>) -> bool {
+        ends.iter().all(|(partition, &end)| self.get(partition).next >= end)
+    }
+
+    /// The checkpoint as saved in a [`StoredView`](crate::StoredView): the
+    /// global position in `checkpoint`, or each partition's offset under its
+    /// name in `offsets` with its epoch, when not 0, under `NAME:epoch`.
+    pub fn to_saved(&self) -> (Position, BTreeMap<String, u64>) {
+        let mut offsets = BTreeMap::new();
+        let mut position = Position(0);
+        for (partition, mark) in &self.marks {
+            if partition == GLOBAL {
+                position = Position(mark.next);
+                continue;
+            }
+            offsets.insert(partition.clone(), mark.next);
+            if mark.epoch > 0 {
+                offsets.insert(format!("{partition}{EPOCH_SUFFIX}"), mark.epoch);
+            }
+        }
+        (position, offsets)
+    }
+
+    /// The checkpoint saved by [`to_saved`](Self::to_saved).
+    pub fn from_saved(position: Position, offsets: &BTreeMap<String, u64>) -> Self {
+        if offsets.is_empty() {
+            return Checkpoint::global(position);
+        }
+        let mut checkpoint = Checkpoint::new();
+        for (key, &value) in offsets {
+            match key.strip_suffix(EPOCH_SUFFIX) {
+                Some(partition) => checkpoint.marks.entry(partition.to_owned()).or_default().epoch = value,
+                None => checkpoint.marks.entry(key.clone()).or_default().next = value,
+            }
+        }
+        checkpoint
+    }
+}
+
+/// One record read by a [`Follower`].
+#[derive(Clone, Debug)]
+pub struct Followed {
+    /// The partition it was read from.
+    pub partition: Arc<str>,
+    /// Where the partition's reader stands after it: save this with a state
+    /// that reflects the record.
+    pub mark: Mark,
+    /// The event, or `None` for a record that is not an event for readers
+    /// (the source has reported why).
+    pub event: Option<Arc<RecordedEvent>>,
+}
+
+/// How far a reader is in one partition.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PartitionProgress {
+    /// The next offset the reader will take.
+    pub position: u64,
+    /// The partition's end (its next offset) as last seen, if seen.
+    pub end: Option<u64>,
+}
+
+impl PartitionProgress {
+    /// How many records the reader is behind the end last seen.
+    pub fn lag(&self) -> Option<u64> {
+        self.end.map(|end| end.saturating_sub(self.position))
+    }
+}
+
+/// A log that readers can follow from a checkpoint.
+#[async_trait]
+pub trait EventSource: Send + Sync + 'static {
+    /// Starts reading at `from`.
+    ///
+    /// # Errors
+    /// When the log cannot be reached.
+    async fn follow(&self, from: &Checkpoint) -> Result<Box<dyn Follower>, StoreError>;
+}
+
+/// A reader of an [`EventSource`], handing out records in each partition's
+/// order, every one once.
+#[async_trait]
+pub trait Follower: Send + 'static {
+    /// Waits until `batch` holds at least one record, adding the records
+    /// read, up to `max` in all.
+    ///
+    /// Cancel-safe: a record read is in `batch` before anything else is
+    /// awaited, so dropping the future loses nothing if the caller keeps
+    /// `batch` (and drains it itself).
+    ///
+    /// # Errors
+    /// Backend failures and [`StoreError::Closed`].
+    async fn next_batch(&mut self, batch: &mut Vec<Followed>, max: usize) -> Result<(), StoreError>;
+
+    /// The end (next offset) of each partition as last seen.
+    fn ends(&self) -> BTreeMap<String, u64>;
+}
+
+/// Follows an [`EventStore`] through its global subscription
+/// ([`EventStore::subscribe`]): the partition [`GLOBAL`].
+pub struct GlobalLog<S>(pub S);
+
+#[async_trait]
+impl<S: EventStore + Clone> EventSource for GlobalLog<S> {
+    async fn follow(&self, from: &Checkpoint) -> Result<Box<dyn Follower>, StoreError> {
+        let subscription = self.0.subscribe(Position(from.get(GLOBAL).next)).await?;
+        Ok(Box::new(GlobalFollower {
+            store: self.0.clone(),
+            subscription,
+            partition: Arc::from(GLOBAL),
+            events: Vec::new(),
+            end: None,
+        }))
+    }
+}
+
+struct GlobalFollower<S: EventStore> {
+    store: S,
+    subscription: S::Subscription,
+    partition: Arc<str>,
+    events: Vec<Arc<RecordedEvent>>,
+    end: Option<u64>,
+}
+
+#[async_trait]
+impl<S: EventStore + Clone> Follower for GlobalFollower<S> {
+    async fn next_batch(&mut self, batch: &mut Vec<Followed>, max: usize) -> Result<(), StoreError> {
+        if batch.is_empty() {
+            self.subscription.next_batch(&mut self.events, max).await?;
+            batch.extend(self.events.drain(..).map(|event| Followed {
+                partition: Arc::clone(&self.partition),
+                mark: Mark {
+                    next: event.position.0 + 1,
+                    epoch: 0,
+                },
+                event: Some(event),
+            }));
+        }
+        // The store's head, for the lag; a head that cannot be read now
+        // leaves the last one seen.
+        if let Ok(head) = self.store.head().await {
+            self.end = Some(head.0);
+        }
+        Ok(())
+    }
+
+    fn ends(&self) -> BTreeMap<String, u64> {
+        let at = self.subscription.position().0;
+        BTreeMap::from([(GLOBAL.to_owned(), self.end.unwrap_or(at).max(at))])
+    }
+}
+
+#[async_trait]
+impl EventSource for crate::store::InMemoryStore {
+    async fn follow(&self, from: &Checkpoint) -> Result<Box<dyn Follower>, StoreError> {
+        GlobalLog(self.clone()).follow(from).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_checkpoint_saves_and_restores_offsets_and_epochs() {
+        let mut checkpoint = Checkpoint::new();
+        checkpoint.set("books/0", Mark { next: 12, epoch: 3 });
+        checkpoint.set("books/1", Mark { next: 7, epoch: 0 });
+        let (position, offsets) = checkpoint.to_saved();
+        assert_eq!(position, Position(0));
+        assert_eq!(offsets.get("books/0:epoch"), Some(&3));
+        assert!(!offsets.contains_key("books/1:epoch"));
+        let restored = Checkpoint::from_saved(position, &offsets);
+        assert_eq!(restored.get("books/0"), Mark { next: 12, epoch: 3 });
+        assert_eq!(restored.get("books/1"), Mark { next: 7, epoch: 0 });
+        assert_eq!(restored.get("books/2"), Mark::default());
+    }
+
+    #[test]
+    fn a_global_checkpoint_is_its_position() {
+        let checkpoint = Checkpoint::global(Position(42));
+        assert_eq!(checkpoint.to_saved(), (Position(42), BTreeMap::new()));
+        assert_eq!(
+            Checkpoint::from_saved(Position(42), &BTreeMap::new()).get(GLOBAL).next,
+            42
+        );
+        assert!(checkpoint.reached(&BTreeMap::from([(GLOBAL.to_owned(), 42)])));
+        assert!(!checkpoint.reached(&BTreeMap::from([(GLOBAL.to_owned(), 43)])));
+    }
+}
