@@ -30,8 +30,6 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use support::{brokers, Service};
 
-const TTL_MS: &str = "2000";
-
 struct Cluster {
     consul: ConsulDouble,
     topic: String,
@@ -66,24 +64,8 @@ impl Cluster {
     }
 
     fn start_books(&mut self, id: &str) {
-        let (brokers, consul, data) = (brokers(), self.consul.url(), self.data.display().to_string());
-        let service = Service::start(
-            "books",
-            &[
-                "--broker",
-                &brokers,
-                "--topic",
-                &self.topic,
-                "--consul",
-                &consul,
-                "--id",
-                id,
-                "--data",
-                &data,
-                "--check-ttl-ms",
-                TTL_MS,
-            ],
-        );
+        let args = support::on_kafka(&self.topic, &self.consul.url(), id, &self.data, &[]);
+        let service = Service::start("books", &args);
         self.books.insert(id.to_owned(), service);
     }
 

@@ -13,7 +13,7 @@ const DUNE: &str = "9780441013593";
 
 #[tokio::test]
 async fn books_speaks_http_with_versions_conflicts_and_an_event_log() {
-    let books = Service::start("books", &[]);
+    let books = Service::start::<&str>("books", &[]);
     let (url, http) = (&books.url, reqwest::Client::new());
 
     let added = http

@@ -31,32 +31,17 @@ struct System {
 
 impl System {
     fn role(&self, role: &str, id: &str) -> Service {
-        let (brokers, consul) = (brokers(), self.consul.url());
-        let data = self.data.join(id);
-        let mailbox = self.data.join("mailbox");
-        Service::start(
-            "changes",
-            &[
-                "--broker",
-                &brokers,
-                "--topic",
-                &self.books_topic,
-                "--changes-topic",
-                &self.changes_topic,
-                "--role",
-                role,
-                "--consul",
-                &consul,
-                "--id",
-                id,
-                "--data",
-                &data.display().to_string(),
-                "--mailbox",
-                &mailbox.display().to_string(),
-                "--check-ttl-ms",
-                "2000",
-            ],
-        )
+        let mailbox = self.data.join("mailbox").display().to_string();
+        let more = [
+            "--changes-topic",
+            &self.changes_topic,
+            "--role",
+            role,
+            "--mailbox",
+            &mailbox,
+        ];
+        let args = support::on_kafka(&self.books_topic, &self.consul.url(), id, &self.data.join(id), &more);
+        Service::start("changes", &args)
     }
 
     async fn json(&self, url: &str) -> Option<Value> {

@@ -214,7 +214,7 @@ fn load(gateway: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_embedded_bookshelf_through_the_gateway() {
-    let shelf = Service::start("last_read", &[]);
+    let shelf = Service::start::<&str>("last_read", &[]);
     let slow = slow_service().await;
     let mut args: Vec<String> = Vec::new();
     for name in ["books", "last-read", "authors"] {

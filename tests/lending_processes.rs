@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use bookshelf_consul::double::ConsulDouble;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use support::{brokers, Service};
+use support::Service;
 
 const LOANS: usize = 24;
 const FEE: u64 = 3;
@@ -27,24 +27,8 @@ struct Lending {
 
 impl Lending {
     fn start_instance(&mut self, id: &str) {
-        let (brokers, consul, data) = (brokers(), self.consul.url(), self.data.display().to_string());
-        let service = Service::start(
-            "lending",
-            &[
-                "--broker",
-                &brokers,
-                "--topic",
-                &self.topic,
-                "--consul",
-                &consul,
-                "--id",
-                id,
-                "--data",
-                &data,
-                "--check-ttl-ms",
-                "2000",
-            ],
-        );
+        let args = support::on_kafka(&self.topic, &self.consul.url(), id, &self.data, &[]);
+        let service = Service::start("lending", &args);
         self.instances.insert(id.to_owned(), service);
     }
 

@@ -37,7 +37,7 @@ use crate::codec::{DecodeError, DomainEvent, EventCodec};
 use crate::envelope::RecordedEvent;
 use crate::envelope::{Envelope, Position};
 use crate::projection::{
-    DeadLetter, DeadLetters, InMemoryDeadLetters, InMemoryViewStore, ProjectionError, StoredView, ViewStore,
+    set_aside, DeadLetters, InMemoryDeadLetters, InMemoryViewStore, ProjectionError, StoredView, ViewStore,
 };
 use crate::repository::RetryPolicy;
 use crate::runner::{Progress, RunnerTask};
@@ -323,18 +323,7 @@ where
             Ok(event) => Ok(Some(event)),
             Err(DecodeError::UnknownEventType { .. }) => Ok(None),
             Err(error) => {
-                tracing::error!(
-                    process = %self.name, stream = %record.stream_id, version = %record.version,
-                    position = %record.position, %error,
-                    "an event the process manager cannot decode is set aside"
-                );
-                self.dead_letters
-                    .put(DeadLetter {
-                        projection: self.name.clone(),
-                        event: Arc::clone(record),
-                        reason: error.to_string(),
-                    })
-                    .await?;
+                set_aside(&*self.dead_letters, &self.name, record, &error).await?;
                 Ok(None)
             }
         }

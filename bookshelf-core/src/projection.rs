@@ -534,22 +534,7 @@ impl<V: View, S: EventStore> ProjectionRunner<V, S> {
                 Ok(None)
             }
             Err(error) => {
-                tracing::warn!(
-                    projection = %self.name,
-                    stream = %record.stream_id,
-                    version = %record.version,
-                    position = %record.position,
-                    event_type = %record.event_type,
-                    %error,
-                    "poison event set aside"
-                );
-                self.dead_letters
-                    .put(DeadLetter {
-                        projection: self.name.clone(),
-                        event: Arc::clone(record),
-                        reason: error.to_string(),
-                    })
-                    .await?;
+                set_aside(&*self.dead_letters, &self.name, record, &error).await?;
                 Ok(None)
             }
         }
@@ -687,4 +672,31 @@ impl<V: View> ProjectionHandle<V> {
             _ => None,
         }
     }
+}
+
+/// Logs an event that `reader` (a projection or a process) cannot decode,
+/// with where it is and why, and puts it in `dead_letters`.
+pub(crate) async fn set_aside(
+    dead_letters: &dyn DeadLetters,
+    reader: &str,
+    record: &Arc<RecordedEvent>,
+    error: &DecodeError,
+) -> Result<(), ProjectionError> {
+    tracing::warn!(
+        reader,
+        stream = %record.stream_id,
+        version = %record.version,
+        position = %record.position,
+        event_type = %record.event_type,
+        %error,
+        "poison event set aside"
+    );
+    dead_letters
+        .put(DeadLetter {
+            projection: reader.to_owned(),
+            event: Arc::clone(record),
+            reason: error.to_string(),
+        })
+        .await?;
+    Ok(())
 }

@@ -80,9 +80,12 @@ async fn a_restarted_feed_resumes_from_its_saved_states_and_checkpoint() {
         .await
         .unwrap();
 
-    let feed = ChangeFeed::<Account, _, _>::new(source.clone(), changes.clone())
-        .persist_to(saved.clone())
-        .start();
+    let start_feed = || {
+        ChangeFeed::<Account, _, _>::new(source.clone(), changes.clone())
+            .persist_to(saved.clone())
+            .start()
+    };
+    let feed = start_feed();
     assert!(feed.wait_for(writes.head().await.unwrap()).await);
     feed.stop().await.unwrap();
     assert_eq!(source.read.swap(0, Ordering::SeqCst), 2);
@@ -91,9 +94,7 @@ async fn a_restarted_feed_resumes_from_its_saved_states_and_checkpoint() {
         .execute("a", &AccountCommand::Deposit(7), Metadata::default())
         .await
         .unwrap();
-    let feed = ChangeFeed::<Account, _, _>::new(source.clone(), changes.clone())
-        .persist_to(saved.clone())
-        .start();
+    let feed = start_feed();
     assert!(feed.wait_for(writes.head().await.unwrap()).await);
     let progress = feed.progress();
     assert_eq!((progress[GLOBAL].position, progress[GLOBAL].lag()), (3, Some(0)));

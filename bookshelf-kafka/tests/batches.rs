@@ -7,31 +7,15 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use bookshelf_core::process::{CommandBus, Dispatch, DispatchError, ProcessManager, ProcessRunner};
-use bookshelf_core::{async_trait, DomainEvent, Envelope, EventStore, InMemoryViewStore, StreamId, Version, ViewStore};
+use bookshelf_core::{async_trait, Envelope, EventStore, InMemoryViewStore, StreamId, Version, ViewStore};
 use bookshelf_kafka::{high_watermarks, KafkaConfig, KafkaLog, KafkaStore};
-use common::{brokers, fill_in_batches, topic};
-use serde::{Deserialize, Serialize};
+use common::{brokers, fill_in_batches, topic, CounterEvent, Tally};
 
 fn config(topic: &str) -> KafkaConfig {
     KafkaConfig::new(brokers(), topic).partitions(3)
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-enum CounterEvent {
-    Counted { n: u64 },
-}
-impl DomainEvent for CounterEvent {}
-
-/// A process that only folds: the count, the sum and each stream's versions.
-#[derive(Debug, Default, Clone, Serialize, Deserialize)]
-struct Tally {
-    count: u64,
-    sum: u64,
-    seen: BTreeMap<String, Vec<u64>>,
 }
 
 impl ProcessManager for Tally {
@@ -39,13 +23,7 @@ impl ProcessManager for Tally {
     type Command = ();
 
     fn react(&mut self, event: &Envelope<CounterEvent>) -> Vec<Dispatch<()>> {
-        let CounterEvent::Counted { n } = event.payload;
-        self.count += 1;
-        self.sum += n;
-        self.seen
-            .entry(event.stream_id.to_string())
-            .or_default()
-            .push(event.version.0);
+        self.take(event);
         Vec::new()
     }
 }
@@ -56,14 +34,6 @@ struct Nowhere;
 impl CommandBus<()> for Nowhere {
     async fn dispatch(&self, _: &Dispatch<()>) -> Result<(), DispatchError> {
         Ok(())
-    }
-}
-
-fn assert_one_fold(tally: &Tally, records: u64, sum: u64, what: &str) {
-    assert_eq!((tally.count, tally.sum), (records, sum), "{what}");
-    for (stream, versions) in &tally.seen {
-        let in_order: Vec<u64> = (1..=versions.len() as u64).collect();
-        assert_eq!(versions, &in_order, "{what}: stream {stream} once each, in order");
     }
 }
 
@@ -121,7 +91,7 @@ async fn a_process_runner_stopped_inside_record_batches_resumes_without_skipping
     let progress = running.progress();
     assert_eq!(progress.len(), 3, "{progress:?}");
     assert!(progress.values().all(|p| p.lag() == Some(0)), "{progress:?}");
-    running.read(|tally| assert_one_fold(tally, records, sum, &format!("after {restarts} restarts")));
+    running.read(|tally| tally.assert_one_fold(records, sum, &format!("after {restarts} restarts")));
     running.stop().await.unwrap();
     assert!(
         restarts >= 3,

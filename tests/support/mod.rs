@@ -16,6 +16,32 @@ pub fn brokers() -> String {
     })
 }
 
+/// The flags of one instance of a service on Kafka that finds the others
+/// through Consul: the broker, `topic`, the Consul agent, its instance id,
+/// its data directory, a 2 s check TTL (so that a killed instance leaves the
+/// list quickly), and `more`.
+pub fn on_kafka(topic: &str, consul: &str, id: &str, data: &std::path::Path, more: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "--broker",
+        &brokers(),
+        "--topic",
+        topic,
+        "--consul",
+        consul,
+        "--id",
+        id,
+        "--data",
+        &data.display().to_string(),
+        "--check-ttl-ms",
+        "2000",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(more.iter().map(|s| s.to_string()));
+    args
+}
+
 /// An example running as its own process; killed when dropped.
 pub struct Service {
     child: Child,
@@ -42,7 +68,7 @@ fn example_path(name: &str) -> PathBuf {
 impl Service {
     /// Starts example `name` with `args` on a free port, and waits until it
     /// prints the URL it listens on.
-    pub fn start(name: &str, args: &[&str]) -> Service {
+    pub fn start<S: AsRef<std::ffi::OsStr>>(name: &str, args: &[S]) -> Service {
         let mut child = Command::new(example_path(name))
             .args(["--port", "0"])
             .args(args)

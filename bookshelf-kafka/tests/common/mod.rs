@@ -154,3 +154,41 @@ pub async fn fill_in_batches(topic: &str, records: u64) -> u64 {
     }
     sum
 }
+
+/// The event `counted` and `fill_in_batches` write.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub enum CounterEvent {
+    Counted { n: u64 },
+}
+impl bookshelf_core::DomainEvent for CounterEvent {}
+
+/// A fold that shows what a reader took: how many events, their sum, and
+/// each stream's versions in the order taken.
+#[derive(Debug, Default, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Tally {
+    pub count: u64,
+    pub sum: u64,
+    pub seen: std::collections::BTreeMap<String, Vec<u64>>,
+}
+
+impl Tally {
+    pub fn take(&mut self, event: &bookshelf_core::Envelope<CounterEvent>) {
+        let CounterEvent::Counted { n } = event.payload;
+        self.count += 1;
+        self.sum += n;
+        self.seen
+            .entry(event.stream_id.to_string())
+            .or_default()
+            .push(event.version.0);
+    }
+
+    /// Panics unless this is one fold of `records` events summing to `sum`:
+    /// each stream's versions once each, in order.
+    pub fn assert_one_fold(&self, records: u64, sum: u64, what: &str) {
+        assert_eq!((self.count, self.sum), (records, sum), "{what}");
+        for (stream, versions) in &self.seen {
+            let in_order: Vec<u64> = (1..=versions.len() as u64).collect();
+            assert_eq!(versions, &in_order, "{what}: stream {stream} once each, in order");
+        }
+    }
+}
