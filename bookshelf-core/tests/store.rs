@@ -1,5 +1,6 @@
-//! The event store's concurrency and subscription guarantees, on the
-//! in-memory store.
+//! The behaviour every event store must have, run over every store: the
+//! in-memory one and (feature `sqlite`) the SQLite one. A new store joins by
+//! adding a line to `every_store!` at the end.
 
 mod common;
 
@@ -8,14 +9,101 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bookshelf_core::{
-    EventStore, ExpectedVersion, InMemoryStore, Position, StoreError, StreamId, Subscription, Version,
+    EventStore, ExpectedVersion, InMemorySnapshots, Metadata, Position, Snapshot, SnapshotStore, StoreError, StreamId,
+    Subscription, Version,
 };
-use common::deposit;
+use common::{deposit, raw_event};
 use tokio::sync::Barrier;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn conflicting_appends_exactly_one_wins() {
-    let store = InMemoryStore::new();
+async fn appends_assign_versions_and_positions_atomically<S: EventStore>(store: S) {
+    let (a, b) = (StreamId::new("a-1"), StreamId::new("b-1"));
+    let out = store
+        .append(&a, ExpectedVersion::NoStream, vec![deposit(1), deposit(2)])
+        .await
+        .unwrap();
+    assert_eq!(out.version, Version(2));
+    assert_eq!((out.first_position, out.last_position), (Position(0), Position(1)));
+    let out = store.append(&b, ExpectedVersion::Any, vec![deposit(3)]).await.unwrap();
+    assert_eq!((out.version, out.first_position), (Version(1), Position(2)));
+    let out = store
+        .append(&a, ExpectedVersion::Exact(Version(2)), vec![deposit(4)])
+        .await
+        .unwrap();
+    assert_eq!((out.version, out.first_position), (Version(3), Position(3)));
+
+    let read = store.read_stream(&a, Version(2)).await.unwrap();
+    assert_eq!(read.iter().map(|e| e.version.0).collect::<Vec<_>>(), vec![2, 3]);
+    assert_eq!(read.iter().map(|e| e.position.0).collect::<Vec<_>>(), vec![1, 3]);
+    assert_eq!(read[1].payload.get(), r#"{"amount":4}"#);
+    assert_eq!(read[1].stream_id, a);
+    assert_eq!(store.stream_version(&a).await.unwrap(), Version(3));
+    assert_eq!(store.stream_version(&StreamId::new("c-1")).await.unwrap(), Version(0));
+    assert_eq!(store.head().await.unwrap(), Position(4));
+}
+
+async fn a_failed_append_stores_nothing<S: EventStore>(store: S) {
+    let a = StreamId::new("a-1");
+    let err = store
+        .append(&a, ExpectedVersion::Exact(Version(1)), vec![deposit(1), deposit(2)])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict { actual: Version(0), .. }), "{err}");
+    assert_eq!(store.head().await.unwrap(), Position(0));
+    assert_eq!(store.stream_version(&a).await.unwrap(), Version(0));
+    assert!(matches!(
+        store.append(&a, ExpectedVersion::Any, vec![]).await,
+        Err(StoreError::EmptyAppend(_))
+    ));
+    assert!(store.read_stream(&a, Version(1)).await.unwrap().is_empty());
+}
+
+async fn metadata_and_idempotency_keys_are_kept<S: EventStore>(store: S) {
+    let a = StreamId::new("a-1");
+    let mut keyed = deposit(5);
+    keyed.metadata = Metadata::correlated("req-1").with(bookshelf_core::IDEMPOTENCY_KEY, "step-1");
+    store.append(&a, ExpectedVersion::Any, vec![deposit(1)]).await.unwrap();
+    store.append(&a, ExpectedVersion::Any, vec![keyed]).await.unwrap();
+    assert_eq!(
+        store.find_idempotency_key(&a, "step-1").await.unwrap(),
+        Some(Version(2))
+    );
+    assert_eq!(store.find_idempotency_key(&a, "step-2").await.unwrap(), None);
+    assert_eq!(
+        store
+            .find_idempotency_key(&StreamId::new("b-1"), "step-1")
+            .await
+            .unwrap(),
+        None
+    );
+    let read = store.read_stream(&a, Version(2)).await.unwrap();
+    assert_eq!(read[0].metadata.correlation_id.as_deref(), Some("req-1"));
+    assert_eq!(read[0].event_type, "Deposited");
+    let odd = raw_event("Renamed", 3, r#"{"name":"\u00e9t\u00e9 \"quoted\""}"#);
+    store.append(&a, ExpectedVersion::Any, vec![odd]).await.unwrap();
+    let read = store.read_stream(&a, Version(3)).await.unwrap();
+    assert_eq!((read[0].schema_version, read[0].event_type.as_str()), (3, "Renamed"));
+    let name: serde_json::Value = serde_json::from_str(read[0].payload.get()).unwrap();
+    assert_eq!(name["name"], "été \"quoted\"");
+}
+
+async fn a_subscription_waits_at_the_end_and_wakes_on_append<S: EventStore>(store: S) {
+    let mut subscription = store.subscribe(Position::START).await.unwrap();
+    let mut batch = Vec::new();
+    let waiting = tokio::time::timeout(Duration::from_millis(50), subscription.next_batch(&mut batch, 10)).await;
+    assert!(waiting.is_err(), "an empty store must make the subscriber wait");
+    store
+        .append(&StreamId::new("a-1"), ExpectedVersion::Any, vec![deposit(1)])
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(5), subscription.next_batch(&mut batch, 10))
+        .await
+        .expect("the append wakes the subscriber")
+        .unwrap();
+    assert_eq!(batch.len(), 1);
+    assert_eq!(subscription.position(), Position(1));
+}
+
+async fn conflicting_appends_exactly_one_wins<S: EventStore + Clone>(store: S) {
     for round in 0..200u64 {
         let stream = StreamId::new(format!("account-{round}"));
         let writers = 4;
@@ -60,9 +148,7 @@ async fn conflicting_appends_exactly_one_wins() {
 /// Writers append to several streams while a subscriber that started in the
 /// middle reads: it must see every event from its start exactly once, in
 /// position order, and each stream's versions in order.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn subscription_hands_over_from_catch_up_to_live_without_gap_or_repeat() {
-    let store = InMemoryStore::new();
+async fn subscription_hands_over_from_catch_up_to_live_without_gap_or_repeat<S: EventStore + Clone>(store: S) {
     let streams = 8;
     let per_writer: usize = 500;
     // Something to catch up on first.
@@ -134,9 +220,7 @@ async fn subscription_hands_over_from_catch_up_to_live_without_gap_or_repeat() {
     );
 }
 
-#[tokio::test]
-async fn a_slow_subscriber_neither_blocks_appends_nor_buffers_them() {
-    let store = InMemoryStore::new();
+async fn a_slow_subscriber_neither_blocks_appends_nor_buffers_them<S: EventStore>(store: S) {
     let mut subscription = store.subscribe(Position::START).await.unwrap();
     let stream = StreamId::new("account-1");
     // The subscriber reads nothing while 10,000 events are appended: no append waits.
@@ -156,3 +240,74 @@ async fn a_slow_subscriber_neither_blocks_appends_nor_buffers_them() {
     assert_eq!(batch.len(), 100);
     assert_eq!(subscription.position(), Position(100));
 }
+
+async fn snapshots_keep_the_newest<T: SnapshotStore>(snapshots: T) {
+    let stream = StreamId::new("a-1");
+    assert!(snapshots.load(&stream).await.unwrap().is_none());
+    let at = |version: u64, balance: i64| Snapshot {
+        stream_id: stream.clone(),
+        version: Version(version),
+        state: serde_json::json!({ "balance": balance }),
+        taken_at: chrono::Utc::now(),
+    };
+    snapshots.save(at(100, 7)).await.unwrap();
+    snapshots.save(at(200, 9)).await.unwrap();
+    let newest = snapshots.load(&stream).await.unwrap().expect("a snapshot");
+    assert_eq!(
+        (newest.version, newest.state["balance"].as_i64()),
+        (Version(200), Some(9))
+    );
+    assert!(snapshots.load(&StreamId::new("b-1")).await.unwrap().is_none());
+}
+
+/// Runs each behaviour above on a new store of every kind.
+macro_rules! every_store {
+    ($($test:ident),* $(,)?) => {
+        mod memory {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $test() {
+                    super::$test(bookshelf_core::InMemoryStore::new()).await;
+                }
+            )*
+
+            #[tokio::test]
+            async fn snapshots_keep_the_newest() {
+                super::snapshots_keep_the_newest(super::InMemorySnapshots::new()).await;
+            }
+        }
+
+        #[cfg(feature = "sqlite")]
+        mod sqlite {
+            use bookshelf_core::store::SqliteStore;
+
+            fn store(dir: &tempfile::TempDir) -> SqliteStore {
+                SqliteStore::open(dir.path().join("events.sqlite")).expect("a new SQLite store")
+            }
+
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $test() {
+                    let dir = tempfile::tempdir().unwrap();
+                    super::$test(store(&dir)).await;
+                }
+            )*
+
+            #[tokio::test]
+            async fn snapshots_keep_the_newest() {
+                let dir = tempfile::tempdir().unwrap();
+                super::snapshots_keep_the_newest(store(&dir).snapshots()).await;
+            }
+        }
+    };
+}
+
+every_store!(
+    appends_assign_versions_and_positions_atomically,
+    a_failed_append_stores_nothing,
+    metadata_and_idempotency_keys_are_kept,
+    a_subscription_waits_at_the_end_and_wakes_on_append,
+    conflicting_appends_exactly_one_wins,
+    subscription_hands_over_from_catch_up_to_live_without_gap_or_repeat,
+    a_slow_subscriber_neither_blocks_appends_nor_buffers_them,
+);

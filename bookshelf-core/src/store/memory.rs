@@ -286,68 +286,6 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn append_assigns_versions_and_positions_atomically() {
-        let store = InMemoryStore::new();
-        let a = StreamId::new("a-1");
-        let b = StreamId::new("b-1");
-        let out = store
-            .append(&a, ExpectedVersion::NoStream, vec![event(1), event(2)])
-            .await
-            .unwrap();
-        assert_eq!(out.version, Version(2));
-        assert_eq!((out.first_position, out.last_position), (Position(0), Position(1)));
-        let out = store.append(&b, ExpectedVersion::Any, vec![event(3)]).await.unwrap();
-        assert_eq!((out.version, out.first_position), (Version(1), Position(2)));
-        let out = store
-            .append(&a, ExpectedVersion::Exact(Version(2)), vec![event(4)])
-            .await
-            .unwrap();
-        assert_eq!((out.version, out.first_position), (Version(3), Position(3)));
-
-        let read: Vec<_> = store.read_stream(&a, Version(2)).await.unwrap();
-        assert_eq!(read.iter().map(|e| e.version.0).collect::<Vec<_>>(), vec![2, 3]);
-        assert_eq!(read[1].payload.get(), "4");
-        assert_eq!(store.stream_version(&a).await.unwrap(), Version(3));
-        assert_eq!(store.head().await.unwrap(), Position(4));
-    }
-
-    #[tokio::test]
-    async fn a_failed_append_stores_nothing() {
-        let store = InMemoryStore::new();
-        let a = StreamId::new("a-1");
-        let err = store
-            .append(&a, ExpectedVersion::Exact(Version(1)), vec![event(1), event(2)])
-            .await
-            .unwrap_err();
-        assert!(matches!(err, StoreError::Conflict { actual: Version(0), .. }), "{err}");
-        assert!(store.is_empty());
-        assert_eq!(store.stream_version(&a).await.unwrap(), Version(0));
-        assert!(matches!(
-            store.append(&a, ExpectedVersion::Any, vec![]).await,
-            Err(StoreError::EmptyAppend(_))
-        ));
-    }
-
-    #[tokio::test]
-    async fn subscription_waits_at_the_end_and_wakes_on_append() {
-        let store = InMemoryStore::new();
-        let mut sub = store.subscribe(Position::START).await.unwrap();
-        let mut batch = Vec::new();
-        let waiting = tokio::time::timeout(Duration::from_millis(50), sub.next_batch(&mut batch, 10)).await;
-        assert!(waiting.is_err(), "an empty store must make the subscriber wait");
-        store
-            .append(&StreamId::new("a-1"), ExpectedVersion::Any, vec![event(1)])
-            .await
-            .unwrap();
-        tokio::time::timeout(Duration::from_secs(5), sub.next_batch(&mut batch, 10))
-            .await
-            .expect("the append wakes the subscriber")
-            .unwrap();
-        assert_eq!(batch.len(), 1);
-        assert_eq!(sub.position(), Position(1));
-    }
-
-    #[tokio::test]
     async fn import_renumbers_events_in_the_order_given() {
         let source = InMemoryStore::new();
         for (stream, n) in [("a-1", 1), ("b-1", 2), ("a-1", 3)] {

@@ -17,6 +17,8 @@
 //! [`InMemoryStore`] for the in-memory one.
 
 mod memory;
+#[cfg(feature = "sqlite")]
+mod sqlite;
 
 use std::sync::Arc;
 
@@ -25,6 +27,8 @@ use async_trait::async_trait;
 use crate::envelope::{NewEvent, Position, RecordedEvent, StreamId, Version};
 
 pub use memory::{InMemoryStore, MemorySubscription};
+#[cfg(feature = "sqlite")]
+pub use sqlite::{Durability, SqliteSnapshots, SqliteStore, SqliteSubscription, SqliteViewStore};
 
 /// What an append expects of the stream it writes to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

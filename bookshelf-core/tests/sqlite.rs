@@ -1,0 +1,217 @@
+//! What the SQLite store adds to the behaviour every store has
+//! (`tests/store.rs`): it keeps its events across a reopen, two processes
+//! on one file race as two tasks do, views keep state and checkpoint in
+//! one row, and bad files are errors naming the file.
+
+#![cfg(feature = "sqlite")]
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::process::Command;
+
+use bookshelf_core::store::SqliteStore;
+use bookshelf_core::{
+    EventStore, ExpectedVersion, Position, ProjectionRunner, StoreError, StreamId, Subscription, Version,
+};
+use common::{deposit, Ledger};
+
+fn message(error: StoreError) -> String {
+    error.to_string()
+}
+
+#[tokio::test]
+async fn a_reopened_store_has_kept_every_event_and_goes_on_from_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nested").join("events.sqlite");
+    let store = SqliteStore::open(&path).unwrap();
+    for n in 0..10 {
+        store
+            .append(&StreamId::new(format!("account-{}", n % 3)), ExpectedVersion::Any, vec![deposit(n)])
+            .await
+            .unwrap();
+    }
+    drop(store);
+    let store = SqliteStore::open(&path).unwrap();
+    assert_eq!(store.head().await.unwrap(), Position(10));
+    assert_eq!(store.stream_version(&StreamId::new("account-0")).await.unwrap(), Version(4));
+    let next = store
+        .append(&StreamId::new("account-0"), ExpectedVersion::Exact(Version(4)), vec![deposit(99)])
+        .await
+        .unwrap();
+    assert_eq!((next.version, next.first_position), (Version(5), Position(10)));
+    let mut subscription = store.subscribe(Position(8)).await.unwrap();
+    let mut batch = Vec::new();
+    subscription.next_batch(&mut batch, 10).await.unwrap();
+    assert_eq!(batch.iter().map(|e| e.position.0).collect::<Vec<_>>(), [8, 9, 10]);
+}
+
+#[tokio::test]
+async fn a_view_keeps_its_state_and_checkpoint_together_in_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.sqlite");
+    let store = SqliteStore::open(&path).unwrap();
+    for n in 1..=50 {
+        store
+            .append(&StreamId::new("account-1"), ExpectedVersion::Any, vec![deposit(n)])
+            .await
+            .unwrap();
+    }
+    let ledger = ProjectionRunner::<Ledger, _>::new("ledger", store.clone())
+        .persist_to(store.view_store("ledger"))
+        .start();
+    assert!(ledger.handle().wait_for(Position(50)).await);
+    ledger.stop().await.unwrap();
+    drop(store);
+
+    let store = SqliteStore::open(&path).unwrap();
+    for n in 51..=60 {
+        store
+            .append(&StreamId::new("account-1"), ExpectedVersion::Any, vec![deposit(n)])
+            .await
+            .unwrap();
+    }
+    let ledger = ProjectionRunner::<Ledger, _>::new("ledger", store.clone())
+        .persist_to(store.view_store("ledger"))
+        .start();
+    assert!(ledger.handle().wait_for(Position(60)).await);
+    ledger.handle().read(|view| {
+        assert_eq!(view.total, (1..=60).sum::<i64>());
+        // Resumed at its checkpoint: only the ten new events were applied
+        // in this run, after the fifty restored with the state.
+        assert_eq!(view.applied.len(), 60);
+        assert!(view.applied_each_once_in_order());
+    });
+    ledger.stop().await.unwrap();
+}
+
+/// One writer process of `two_processes_on_one_file_race_as_tasks_do`.
+/// Run only by that test, in a child process (it is ignored otherwise).
+#[tokio::test]
+#[ignore = "a child process of two_processes_on_one_file_race_as_tasks_do"]
+async fn racing_writer() {
+    let Ok(path) = std::env::var("BOOKSHELF_RACE_FILE") else {
+        panic!("racing_writer runs only as the child of two_processes_on_one_file_race_as_tasks_do");
+    };
+    let store = SqliteStore::open(&path).unwrap();
+    // Both writers start together: when the parent says go.
+    let go = format!("{path}.go");
+    while !std::path::Path::new(&go).exists() {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    let mut won = Vec::new();
+    let mut conflicts = 0;
+    for n in 0..300 {
+        let stream = StreamId::new(format!("account-{}", n % 2));
+        let version = store.stream_version(&stream).await.unwrap();
+        match store
+            .append(&stream, ExpectedVersion::Exact(version), vec![deposit(1)])
+            .await
+        {
+            Ok(outcome) => won.push(format!("{stream}@{}", outcome.version)),
+            Err(StoreError::Conflict { .. }) => conflicts += 1,
+            Err(other) => panic!("{other}"),
+        }
+    }
+    println!("RACE {conflicts} {}", won.join(" "));
+}
+
+#[test]
+fn two_processes_on_one_file_race_as_tasks_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.sqlite");
+    drop(SqliteStore::open(&path).unwrap());
+    let exe = std::env::current_exe().unwrap();
+    let children: Vec<_> = (0..2)
+        .map(|_| {
+            Command::new(&exe)
+                .args(["--exact", "racing_writer", "--ignored", "--nocapture"])
+                .env("BOOKSHELF_RACE_FILE", &path)
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .expect("the test binary runs again as a writer")
+        })
+        .collect();
+    // Let both open the store, then start them at once.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    std::fs::write(format!("{}.go", path.display()), b"").unwrap();
+    let mut won = Vec::new();
+    let mut conflicts = 0;
+    for child in children {
+        let output = child.wait_with_output().unwrap();
+        assert!(output.status.success(), "a writer failed");
+        let text = String::from_utf8_lossy(&output.stdout);
+        let line = text.lines().find_map(|l| l.strip_prefix("RACE ")).expect("the writer's report");
+        let mut fields = line.split(' ');
+        conflicts += fields.next().and_then(|c| c.parse::<u32>().ok()).unwrap();
+        won.extend(fields.map(str::to_owned));
+    }
+    // Every append that won is in the file once, at the version it was
+    // told; every one that lost is not: the file holds exactly the wins.
+    let distinct: BTreeSet<&String> = won.iter().collect();
+    assert_eq!(distinct.len(), won.len(), "two writers won the same version");
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let store = SqliteStore::open(&path).unwrap();
+    let head = runtime.block_on(store.head()).unwrap();
+    assert_eq!(head.0 as usize, won.len());
+    assert_eq!(won.len() as u32 + conflicts, 600);
+    println!("{} appends won, {conflicts} conflicted", won.len());
+}
+
+#[test]
+fn bad_files_are_errors_that_name_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+
+    let garbage = dir.path().join("garbage.sqlite");
+    std::fs::write(&garbage, vec![b'x'; 8192]).unwrap();
+    let error = message(SqliteStore::open(&garbage).unwrap_err());
+    assert!(error.contains("garbage.sqlite") && error.contains("not a"), "{error}");
+    assert_eq!(std::fs::read(&garbage).unwrap(), vec![b'x'; 8192], "left as it was");
+
+    let foreign = dir.path().join("foreign.sqlite");
+    {
+        let db = rusqlite::Connection::open(&foreign).unwrap();
+        db.execute_batch("CREATE TABLE invoices (id INTEGER); INSERT INTO invoices VALUES (1);")
+            .unwrap();
+    }
+    let error = message(SqliteStore::open(&foreign).unwrap_err());
+    assert!(error.contains("foreign.sqlite") && error.contains("another program"), "{error}");
+    let db = rusqlite::Connection::open(&foreign).unwrap();
+    let kept: i64 = db.query_row("SELECT COUNT(*) FROM invoices", [], |r| r.get(0)).unwrap();
+    assert_eq!(kept, 1, "the other program's data is untouched");
+
+    let in_a_file = dir.path().join("a-file");
+    std::fs::write(&in_a_file, b"not a directory").unwrap();
+    let error = message(SqliteStore::open(in_a_file.join("events.sqlite")).unwrap_err());
+    assert!(error.contains("a-file"), "{error}");
+}
+
+#[tokio::test]
+async fn a_truncated_file_is_an_error_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.sqlite");
+    let store = SqliteStore::open(&path).unwrap();
+    for n in 0..2_000 {
+        store
+            .append(&StreamId::new(format!("account-{}", n % 7)), ExpectedVersion::Any, vec![deposit(n)])
+            .await
+            .unwrap();
+    }
+    drop(store);
+    // Checkpointed into the main file when the last connection closed; cut
+    // it in half.
+    let length = std::fs::metadata(&path).unwrap().len();
+    let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    file.set_len(length / 2).unwrap();
+    drop(file);
+    let outcome = async {
+        let store = SqliteStore::open(&path)?;
+        for n in 0..7 {
+            store.read_stream(&StreamId::new(format!("account-{n}")), Version(1)).await?;
+        }
+        store.head().await
+    }
+    .await;
+    let error = message(outcome.expect_err("half a file cannot be read whole"));
+    assert!(error.contains("events.sqlite"), "{error}");
+}
