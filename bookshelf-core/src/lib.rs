@@ -100,7 +100,7 @@
 //! | domain events to JSON and back, upcasting | [`codec`] | [`DomainEvent`], [`EventCodec`], [`Upcasters`] |
 //! | the write side | [`aggregate`], [`repository`], [`snapshot`] | [`Aggregate`], [`Repository`], [`RetryPolicy`], [`SnapshotStore`] |
 //! | the event store | [`store`] | [`EventStore`], [`ExpectedVersion`], [`Subscription`], [`InMemoryStore`] |
-//! | the read side | [`view`], [`projection`] | [`View`], [`ProjectionRunner`], [`ViewStore`], [`DeadLetters`] |
+//! | the read side | [`view`], [`projection`], `table` (feature `sqlite`: views as SQL tables) | [`View`], [`ProjectionRunner`], [`ViewStore`], [`DeadLetters`] |
 //! | following a log of one or many partitions from a checkpoint | [`source`] | [`EventSource`], [`Checkpoint`], [`Follower`] |
 //! | long-running processes (sagas), compensation, idempotency keys | [`process`] | [`ProcessManager`], [`ProcessRunner`], [`CommandBus`], [`Repository::execute_once`] |
 //! | change events with the state before and after | [`change`] | [`change::ChangeFeed`], [`change::Change`] |
@@ -137,6 +137,8 @@ mod runner;
 pub mod snapshot;
 pub mod source;
 pub mod store;
+#[cfg(feature = "sqlite")]
+pub mod table;
 pub mod testing;
 pub mod timestamp;
 pub mod view;

@@ -21,9 +21,15 @@ pub(crate) struct Progress {
 
 /// A spawned runner task, its progress and its stop switch.
 pub(crate) struct RunnerTask {
-    progress: watch::Receiver<Progress>,
+    watch: RunnerWatch,
     stop: watch::Sender<bool>,
     task: JoinHandle<Result<(), ProjectionError>>,
+}
+
+/// What anyone may watch of a runner task: its progress, and its end.
+#[derive(Clone)]
+pub(crate) struct RunnerWatch {
+    progress: watch::Receiver<Progress>,
 }
 
 impl RunnerTask {
@@ -36,12 +42,47 @@ impl RunnerTask {
         let (progress, watched) = watch::channel(Progress::default());
         let (stop, stopped) = watch::channel(false);
         RunnerTask {
-            progress: watched,
+            watch: RunnerWatch { progress: watched },
             stop,
             task: tokio::spawn(run(progress, stopped)),
         }
     }
 
+    /// A watch of the task's progress, for handles.
+    #[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
+    pub(crate) fn watch(&self) -> RunnerWatch {
+        self.watch.clone()
+    }
+
+    pub(crate) async fn wait_for(&self, position: Position) -> bool {
+        self.watch.wait_for(position).await
+    }
+
+    pub(crate) async fn wait_for_ends(&self, ends: &BTreeMap<String, u64>) -> bool {
+        self.watch.wait_for_ends(ends).await
+    }
+
+    pub(crate) fn progress(&self) -> BTreeMap<String, PartitionProgress> {
+        self.watch.progress()
+    }
+
+    pub(crate) async fn ended(&self) {
+        self.watch.ended().await
+    }
+
+    /// Asks the task to stop and waits for its result.
+    pub(crate) async fn stop(self) -> Result<(), ProjectionError> {
+        self.stop.send_replace(true);
+        self.task.await.map_err(|e| ProjectionError::Task(e.to_string()))?
+    }
+
+    /// Ends the task at once.
+    pub(crate) fn abort(self) {
+        self.task.abort();
+    }
+}
+
+impl RunnerWatch {
     /// Waits until the task has read a log with one global order up to
     /// `position`, or ended; returns whether the position was reached.
     pub(crate) async fn wait_for(&self, position: Position) -> bool {
@@ -89,16 +130,5 @@ impl RunnerTask {
     pub(crate) async fn ended(&self) {
         let mut progress = self.progress.clone();
         while progress.changed().await.is_ok() {}
-    }
-
-    /// Asks the task to stop and waits for its result.
-    pub(crate) async fn stop(self) -> Result<(), ProjectionError> {
-        self.stop.send_replace(true);
-        self.task.await.map_err(|e| ProjectionError::Task(e.to_string()))?
-    }
-
-    /// Ends the task at once.
-    pub(crate) fn abort(self) {
-        self.task.abort();
     }
 }

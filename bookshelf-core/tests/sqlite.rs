@@ -27,16 +27,27 @@ async fn a_reopened_store_has_kept_every_event_and_goes_on_from_there() {
     let store = SqliteStore::open(&path).unwrap();
     for n in 0..10 {
         store
-            .append(&StreamId::new(format!("account-{}", n % 3)), ExpectedVersion::Any, vec![deposit(n)])
+            .append(
+                &StreamId::new(format!("account-{}", n % 3)),
+                ExpectedVersion::Any,
+                vec![deposit(n)],
+            )
             .await
             .unwrap();
     }
     drop(store);
     let store = SqliteStore::open(&path).unwrap();
     assert_eq!(store.head().await.unwrap(), Position(10));
-    assert_eq!(store.stream_version(&StreamId::new("account-0")).await.unwrap(), Version(4));
+    assert_eq!(
+        store.stream_version(&StreamId::new("account-0")).await.unwrap(),
+        Version(4)
+    );
     let next = store
-        .append(&StreamId::new("account-0"), ExpectedVersion::Exact(Version(4)), vec![deposit(99)])
+        .append(
+            &StreamId::new("account-0"),
+            ExpectedVersion::Exact(Version(4)),
+            vec![deposit(99)],
+        )
         .await
         .unwrap();
     assert_eq!((next.version, next.first_position), (Version(5), Position(10)));
@@ -141,7 +152,10 @@ fn two_processes_on_one_file_race_as_tasks_do() {
         let output = child.wait_with_output().unwrap();
         assert!(output.status.success(), "a writer failed");
         let text = String::from_utf8_lossy(&output.stdout);
-        let line = text.lines().find_map(|l| l.strip_prefix("RACE ")).expect("the writer's report");
+        let line = text
+            .lines()
+            .find_map(|l| l.strip_prefix("RACE "))
+            .expect("the writer's report");
         let mut fields = line.split(' ');
         conflicts += fields.next().and_then(|c| c.parse::<u32>().ok()).unwrap();
         won.extend(fields.map(str::to_owned));
@@ -150,7 +164,10 @@ fn two_processes_on_one_file_race_as_tasks_do() {
     // told; every one that lost is not: the file holds exactly the wins.
     let distinct: BTreeSet<&String> = won.iter().collect();
     assert_eq!(distinct.len(), won.len(), "two writers won the same version");
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let store = SqliteStore::open(&path).unwrap();
     let head = runtime.block_on(store.head()).unwrap();
     assert_eq!(head.0 as usize, won.len());
@@ -175,7 +192,10 @@ fn bad_files_are_errors_that_name_the_file() {
             .unwrap();
     }
     let error = message(SqliteStore::open(&foreign).unwrap_err());
-    assert!(error.contains("foreign.sqlite") && error.contains("another program"), "{error}");
+    assert!(
+        error.contains("foreign.sqlite") && error.contains("another program"),
+        "{error}"
+    );
     let db = rusqlite::Connection::open(&foreign).unwrap();
     let kept: i64 = db.query_row("SELECT COUNT(*) FROM invoices", [], |r| r.get(0)).unwrap();
     assert_eq!(kept, 1, "the other program's data is untouched");
@@ -193,7 +213,11 @@ async fn a_truncated_file_is_an_error_not_a_panic() {
     let store = SqliteStore::open(&path).unwrap();
     for n in 0..2_000 {
         store
-            .append(&StreamId::new(format!("account-{}", n % 7)), ExpectedVersion::Any, vec![deposit(n)])
+            .append(
+                &StreamId::new(format!("account-{}", n % 7)),
+                ExpectedVersion::Any,
+                vec![deposit(n)],
+            )
             .await
             .unwrap();
     }
@@ -207,7 +231,9 @@ async fn a_truncated_file_is_an_error_not_a_panic() {
     let outcome = async {
         let store = SqliteStore::open(&path)?;
         for n in 0..7 {
-            store.read_stream(&StreamId::new(format!("account-{n}")), Version(1)).await?;
+            store
+                .read_stream(&StreamId::new(format!("account-{n}")), Version(1))
+                .await?;
         }
         store.head().await
     }

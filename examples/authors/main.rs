@@ -57,7 +57,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .unknown_events(UnknownEvents::Skip)
         .start()
         .await?;
-    let app = api::authors_routes(view.handle())
+    let app = api::authors_routes(api::AuthorsView(view.handle()))
         .merge(api::health_routes())
         .fallback(api::not_found);
 

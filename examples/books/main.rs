@@ -1,7 +1,7 @@
 //! The books service: the `Book` aggregate behind HTTP.
 //!
 //! ```text
-//! cargo run --example books                      # in-memory store, port 8088
+//! cargo run --example books                      # events in bookshelf-data/books.sqlite, port 8088
 //! cargo run --example books -- --broker 127.0.0.1:9092 --topic books --consul http://127.0.0.1:8500
 //! ```
 //!
@@ -23,6 +23,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bookshelf::store::SqliteStore;
 use bookshelf::{EventStore, InMemoryStore, Repository};
 use bookshelf_kafka::{members_from_discovery, KafkaConfig, KafkaStore};
 use clap::Parser;
@@ -39,8 +40,8 @@ struct Args {
     /// The service name to register under.
     #[arg(long, default_value = "books")]
     name: String,
-    /// Where an instance on Kafka keeps its local state (the events it has
-    /// read, by stream), one file per topic and instance.
+    /// Where the events are kept (`books.sqlite`), or, on Kafka, the local
+    /// state (the events read, by stream), one file per topic and instance.
     #[arg(long, default_value = "bookshelf-data")]
     data: PathBuf,
     #[command(flatten)]
@@ -54,7 +55,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let listener = args.service.listen(args.port).await?;
     let local = listener.local_addr()?;
     match &args.service.broker {
-        None => serve(&args, listener, InMemoryStore::new(), None, "in-memory store").await?,
+        None if args.service.in_memory => serve(&args, listener, InMemoryStore::new(), None, "in-memory store").await?,
+        None => {
+            let path = args.data.join("books.sqlite");
+            let store = SqliteStore::open(&path)?;
+            let kind = format!("events kept in {}", path.display());
+            serve(&args, listener, store, None, &kind).await?
+        }
         Some(broker) => {
             let config = KafkaConfig::new(broker.as_str(), args.service.topic.as_str())
                 .partitions(3)

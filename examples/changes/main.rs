@@ -1,7 +1,7 @@
 //! Change events with the state before and after, a replica and a notifier.
 //!
 //! ```text
-//! cargo run --example changes                   # the demo below, in memory
+//! cargo run --example changes                   # the demo below, kept in bookshelf-data/
 //! cargo run --example changes -- --broker 127.0.0.1:9092 --topic books --role feed --consul http://127.0.0.1:8500
 //! cargo run --example changes -- --broker 127.0.0.1:9092 --role replica
 //! cargo run --example changes -- --broker 127.0.0.1:9092 --role notifier --mailbox /tmp/mailbox
@@ -28,6 +28,7 @@ use std::time::Duration;
 
 use bookshelf::change::ChangeFeed;
 use bookshelf::process::ProcessRunner;
+use bookshelf::store::{SqliteStore, SqliteViewStore};
 use bookshelf::{EventStore, FileViewStore, InMemoryStore, Metadata, ProjectionRunner, Repository};
 use clap::Parser;
 
@@ -66,7 +67,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     api::init_tracing();
     let args = Args::parse();
     match (&args.service.broker, args.role) {
-        (None, _) => demo().await,
+        (None, _) => demo(args.data.clone(), args.service.in_memory).await,
         (Some(_), None) => Err("on Kafka, say which part this process runs: --role feed, replica or notifier".into()),
         (Some(broker), Some(role)) => serve(&args, broker, role).await,
     }
@@ -111,21 +112,72 @@ async fn serve(args: &Args, broker: &str, role: service::Role) -> Result<(), Box
     Ok(())
 }
 
-/// Everything in one process, in memory, printed.
-async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-    let dir = std::env::temp_dir().join(format!("bookshelf-changes-{}", std::process::id()));
-    let mailbox = Mailbox {
-        dir: dir.join("mailbox"),
+/// Everything in one process, printed: kept in `data` (the books' events in
+/// `books.sqlite`; the changes, the replica and the notifiers' checkpoints
+/// in `changes.sqlite`; the mailbox in `mailbox/`), or in memory. Each
+/// command carries an idempotency key, so a second run on kept data
+/// changes nothing and delivers no message again.
+async fn demo(data: PathBuf, in_memory: bool) -> Result<(), Box<dyn std::error::Error>> {
+    if in_memory {
+        let dir = std::env::temp_dir().join(format!("bookshelf-changes-{}", std::process::id()));
+        let replica = FileViewStore::new(dir.join("replica.json"));
+        let saved = Saved {
+            feed: None,
+            replica,
+            notifiers: [None, None],
+        };
+        return run_demo(InMemoryStore::new(), InMemoryStore::new(), saved, dir.join("mailbox")).await;
+    }
+    let writes = SqliteStore::open(data.join("books.sqlite"))?;
+    let changes = SqliteStore::open(data.join("changes.sqlite"))?;
+    let saved = Saved {
+        feed: Some(writes.view_store("feed")),
+        replica: changes.view_store("replica"),
+        notifiers: [
+            Some(changes.view_store("notifier-1")),
+            Some(changes.view_store("notifier-2")),
+        ],
     };
-    std::fs::create_dir_all(&mailbox.dir)?;
+    run_demo(writes, changes, saved, data.join("mailbox")).await
+}
 
-    let (writes, changes) = (InMemoryStore::new(), InMemoryStore::new());
-    let feed = ChangeFeed::<Book, _, _>::new(writes.clone(), changes.clone()).start();
+/// Where the demo's runners keep their state.
+struct Saved<R> {
+    feed: Option<SqliteViewStore>,
+    replica: R,
+    notifiers: [Option<SqliteViewStore>; 2],
+}
+
+async fn run_demo<S, R>(
+    writes: S,
+    changes: S,
+    saved: Saved<R>,
+    mailbox: PathBuf,
+) -> Result<(), Box<dyn std::error::Error>>
+where
+    S: EventStore + bookshelf::EventSource + Clone,
+    R: bookshelf::ViewStore,
+{
+    let mailbox = Mailbox { dir: mailbox };
+    std::fs::create_dir_all(&mailbox.dir)?;
+    let mut feed = ChangeFeed::<Book, _, _>::new(writes.clone(), changes.clone());
+    if let Some(store) = saved.feed {
+        feed = feed.persist_to(store);
+    }
+    let feed = feed.start();
     let replica = ProjectionRunner::<Replica, _>::new("replica", changes.clone())
-        .persist_to(FileViewStore::new(dir.join("replica.json")))
+        .persist_to(saved.replica)
         .start();
-    let notifiers: Vec<_> = (0..2)
-        .map(|_| ProcessRunner::<Notifier, _, _>::new("notifier", changes.clone(), mailbox.clone()).start())
+    let notifiers: Vec<_> = saved
+        .notifiers
+        .into_iter()
+        .map(|store| {
+            let notifier = ProcessRunner::<Notifier, _, _>::new("notifier", changes.clone(), mailbox.clone());
+            match store {
+                Some(store) => notifier.persist_to(store).start(),
+                None => notifier.start(),
+            }
+        })
         .collect();
 
     let books = Repository::<Book, _>::new(writes.clone(), Clock::system());
@@ -134,22 +186,19 @@ async fn demo() -> Result<(), Box<dyn std::error::Error>> {
         author: author.into(),
         isbn: "9780441013593".into(),
     };
-    books
-        .execute("dune", &add("Dune", "Frank Herbert"), Metadata::default())
-        .await?;
-    books
-        .execute("emma", &add("Emma", "Jane Austen"), Metadata::default())
-        .await?;
-    books
-        .execute("dune", &BookCommand::MarkRead, Metadata::default())
-        .await?;
-    books
-        .execute("dune", &BookCommand::Rate { stars: 5 }, Metadata::default())
-        .await?;
-    books
-        .execute("emma", &BookCommand::MarkRead, Metadata::default())
-        .await?;
-    books.execute("emma", &BookCommand::Remove, Metadata::default()).await?;
+    let steps = [
+        ("dune", add("Dune", "Frank Herbert")),
+        ("emma", add("Emma", "Jane Austen")),
+        ("dune", BookCommand::MarkRead),
+        ("dune", BookCommand::Rate { stars: 5 }),
+        ("emma", BookCommand::MarkRead),
+        ("emma", BookCommand::Remove),
+    ];
+    for (n, (id, command)) in steps.iter().enumerate() {
+        books
+            .execute_once(id, &format!("demo/{n}"), command, Metadata::default())
+            .await?;
+    }
 
     let end = writes.head().await?;
     feed.wait_for(end).await;
@@ -160,7 +209,7 @@ async fn demo() -> Result<(), Box<dyn std::error::Error>> {
     }
     tokio::time::sleep(Duration::from_millis(50)).await;
 
-    println!("replica ({}):", dir.join("replica.json").display());
+    println!("replica:");
     for (id, (version, state)) in replica.handle().read(|r| r.books.clone()) {
         println!("  {id} v{version}: {state}");
     }

@@ -425,24 +425,43 @@ async fn last_read<H: ViewReader<LastRead>>(State(view): State<H>) -> Response {
     axum::Json(view.read_view(LastRead::books)).into_response()
 }
 
+/// What the authors routes ask, of the in-memory view or of a table.
+pub trait AuthorsQuery: Clone + Send + Sync + 'static {
+    /// Every author, by name, with their number of books and reads.
+    fn list(&self) -> Vec<crate::books::AuthorSummary>;
+    /// The books of `author`, by title, or `None` for an author with none.
+    fn books_of(&self, author: &str) -> Option<Vec<crate::books::ShelvedBook>>;
+}
+
+/// The in-memory view, wherever it runs.
+#[derive(Clone)]
+pub struct AuthorsView<H>(pub H);
+
+impl<H: ViewReader<Authors>> AuthorsQuery for AuthorsView<H> {
+    fn list(&self) -> Vec<crate::books::AuthorSummary> {
+        self.0.read_view(Authors::list)
+    }
+
+    fn books_of(&self, author: &str) -> Option<Vec<crate::books::ShelvedBook>> {
+        self.0.read_view(|authors| authors.books_of(author))
+    }
+}
+
 /// `GET /authors`: every author with their number of books and reads;
 /// `GET /authors/{author}`: that author's books.
-pub fn authors_routes<H: ViewReader<Authors>>(view: H) -> Router {
+pub fn authors_routes<Q: AuthorsQuery>(view: Q) -> Router {
     Router::new()
-        .route("/authors", get(authors::<H>))
-        .route("/authors/{author}", get(books_of::<H>))
+        .route("/authors", get(authors::<Q>))
+        .route("/authors/{author}", get(books_of::<Q>))
         .with_state(view)
 }
 
-async fn authors<H: ViewReader<Authors>>(State(view): State<H>) -> Response {
-    axum::Json(view.read_view(Authors::list)).into_response()
+async fn authors<Q: AuthorsQuery>(State(view): State<Q>) -> Response {
+    axum::Json(view.list()).into_response()
 }
 
-async fn books_of<H: ViewReader<Authors>>(
-    State(view): State<H>,
-    Path(author): Path<String>,
-) -> Result<Response, ApiError> {
-    match view.read_view(|authors| authors.books_of(&author)) {
+async fn books_of<Q: AuthorsQuery>(State(view): State<Q>, Path(author): Path<String>) -> Result<Response, ApiError> {
+    match view.books_of(&author) {
         Some(books) => Ok(axum::Json(json!({ "author": author, "books": books })).into_response()),
         None => Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -487,6 +506,10 @@ pub struct ServiceFlags {
     /// stopped or cut-off instance stays listed as healthy.
     #[arg(long, default_value_t = 10_000)]
     pub check_ttl_ms: u64,
+    /// Without `--broker`: keep events and views in memory only (lost when
+    /// the process stops) instead of in the data directory.
+    #[arg(long)]
+    pub in_memory: bool,
 }
 
 impl ServiceFlags {

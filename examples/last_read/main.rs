@@ -1,9 +1,11 @@
 //! The "last read books" service: the five most recently read books as a JSON
 //! list on `GET /`.
 //!
-//! With no flags it runs on the embedded default: an in-memory event store,
-//! with the books aggregate in the same process, so that you can add a book,
-//! mark it read and see it appear:
+//! With no flags it runs on the embedded default: a SQLite event store in
+//! `bookshelf-data/` (`--data DIR`), with the books aggregate in the same
+//! process and its views saved beside it, so that you can add a book, mark
+//! it read, see it appear, and find it again after a restart
+//! (`--in-memory` keeps nothing):
 //!
 //! ```text
 //! cargo run --example last_read
@@ -21,10 +23,15 @@
 mod api;
 #[path = "../common/books.rs"]
 mod books;
+#[path = "../common/tables.rs"]
+mod tables;
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
-use bookshelf::{InMemoryStore, ProjectionRunner, Repository, UnknownEvents};
+use bookshelf::store::SqliteStore;
+use bookshelf::table::TableProjection;
+use bookshelf::{EventSource, EventStore, InMemoryStore, ProjectionRunner, Repository, UnknownEvents};
 use bookshelf_kafka::{KafkaConfig, KafkaProjection};
 use clap::Parser;
 
@@ -40,6 +47,14 @@ struct Args {
     /// The service name to register under.
     #[arg(long, default_value = "last-read")]
     name: String,
+    /// Where the embedded default keeps its events (`bookshelf.sqlite`) and
+    /// views (`views.sqlite`).
+    #[arg(long, default_value = "bookshelf-data")]
+    data: PathBuf,
+    /// Rebuild the views from the events at start, instead of resuming them
+    /// from their checkpoints.
+    #[arg(long)]
+    rebuild: bool,
     #[command(flatten)]
     service: api::ServiceFlags,
 }
@@ -51,9 +66,21 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let listener = args.service.listen(args.port).await?;
     let local = listener.local_addr()?;
 
-    let (app, stop_view): (axum::Router, StopView) = match &args.service.broker {
-        None => embedded(),
-        Some(broker) => from_kafka(broker, &args.service.topic).await?,
+    let (app, stop_view, kind): (axum::Router, StopView, String) = match &args.service.broker {
+        None if args.service.in_memory => {
+            let (app, stop) = embedded(InMemoryStore::new(), None, false)?;
+            (app, stop, "in-memory store: nothing is kept".to_owned())
+        }
+        None => {
+            let store = SqliteStore::open(args.data.join("bookshelf.sqlite"))?;
+            let views = args.data.join("views.sqlite");
+            let (app, stop) = embedded(store.clone(), Some(views), args.rebuild)?;
+            (app, stop, format!("events and views kept in {}", args.data.display()))
+        }
+        Some(broker) => {
+            let (app, stop) = from_kafka(broker, &args.service.topic).await?;
+            (app, stop, String::new())
+        }
     };
     let app = app.merge(api::health_routes()).fallback(api::not_found);
 
@@ -62,9 +89,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     match &args.service.broker {
         None => {
-            println!(
-                "last_read is listening on http://{local}/ (embedded default: in-memory store, books in this process)"
-            );
+            println!("last_read is listening on http://{local}/ (embedded default, books in this process; {kind})");
             println!("  GET  http://{local}/                  the last read books (also at /last-read)");
             println!("  GET  http://{local}/authors           books by author");
             println!("  POST http://{local}/books             add a book");
@@ -94,32 +119,87 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
 type StopView = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), bookshelf::ProjectionError>> + Send>>;
 
-/// The view and the books aggregate on one in-memory store.
-fn embedded() -> (axum::Router, StopView) {
-    let store = InMemoryStore::new();
-    let view = ProjectionRunner::<LastRead, _>::new("last-read", store.clone())
-        .only_category("book")
-        .start();
-    let authors = ProjectionRunner::<Authors, _>::new("authors", store.clone())
-        .only_category("book")
-        .start();
+/// The views and the books aggregate on one store: the last read books as
+/// a view saved in the store (when it keeps views), the authors as a SQL
+/// table in `tables` (or in memory without one).
+fn embedded<S>(
+    store: S,
+    tables: Option<PathBuf>,
+    rebuild: bool,
+) -> Result<(axum::Router, StopView), Box<dyn std::error::Error>>
+where
+    S: EventStore + EventSource + Clone + Keeps,
+{
+    let mut view = ProjectionRunner::<LastRead, _>::new("last-read", store.clone()).only_category("book");
+    if let Some(saved) = store.view_store("last-read") {
+        view = view.persist_to(saved).save_every(100);
+    }
+    if rebuild {
+        view = view.rebuild();
+    }
+    let view = view.start();
+    let mut settle = vec![api::settle_on(view.handle())];
+    let (authors, stop_authors): (axum::Router, StopView) = match tables {
+        Some(path) => {
+            if rebuild && path.exists() {
+                std::fs::remove_file(&path)?; // derived data: built again from the events
+            }
+            let table = TableProjection::new("authors", store.clone(), path, tables::AuthorsTable).start()?;
+            let handle = table.handle();
+            settle.push(Arc::new(move |position| {
+                let handle = handle.clone();
+                Box::pin(async move { handle.wait_for(position).await })
+            }));
+            (
+                api::authors_routes(tables::AuthorsTableHandle(table.handle())),
+                Box::pin(table.stop()),
+            )
+        }
+        None => {
+            let authors = ProjectionRunner::<Authors, _>::new("authors", store.clone())
+                .only_category("book")
+                .start();
+            settle.push(api::settle_on(authors.handle()));
+            (
+                api::authors_routes(api::AuthorsView(authors.handle())),
+                Box::pin(authors.stop()),
+            )
+        }
+    };
     let books = Arc::new(api::BooksApi {
         books: Repository::<Book, _>::new(store.clone(), Clock::system()).with_cache(100_000),
-        read_your_writes: vec![api::settle_on(view.handle()), api::settle_on(authors.handle())],
+        read_your_writes: settle,
         new_id: None,
     });
     let app = api::last_read_routes(view.handle())
-        .merge(api::authors_routes(authors.handle()))
+        .merge(authors)
         .merge(api::books_routes(books));
     let stop = async move {
         view.stop().await?;
-        authors.stop().await
+        stop_authors.await
     };
-    (app, Box::pin(stop))
+    Ok((app, Box::pin(stop)))
+}
+
+/// Where a store keeps views, if it does.
+trait Keeps {
+    fn view_store(&self, name: &str) -> Option<bookshelf::store::SqliteViewStore>;
+}
+
+impl Keeps for InMemoryStore {
+    fn view_store(&self, _: &str) -> Option<bookshelf::store::SqliteViewStore> {
+        None
+    }
+}
+
+impl Keeps for SqliteStore {
+    fn view_store(&self, name: &str) -> Option<bookshelf::store::SqliteViewStore> {
+        Some(SqliteStore::view_store(self, name))
+    }
 }
 
 /// The view alone, projected from the book events on Kafka.
-async fn from_kafka(broker: &str, topic: &str) -> Result<(axum::Router, StopView), bookshelf::ProjectionError> {
+async fn from_kafka(broker: &str, topic: &str) -> Result<(axum::Router, StopView), Box<dyn std::error::Error>> {
     let config = KafkaConfig::new(broker, topic).partitions(3).create_topic(true);
     let view = KafkaProjection::<LastRead>::new("last-read", config)
         // The books topic may carry other book events this view ignores.

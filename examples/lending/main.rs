@@ -2,7 +2,7 @@
 //! compensation.
 //!
 //! ```text
-//! cargo run --example lending                   # the demo below, in memory
+//! cargo run --example lending                   # the demo below, kept in bookshelf-data/lending.sqlite
 //! cargo run --example lending -- --broker 127.0.0.1:9092 --topic lending --consul http://127.0.0.1:8500
 //! ```
 //!
@@ -31,6 +31,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bookshelf::process::ProcessRunner;
+use bookshelf::store::{SqliteStore, SqliteViewStore};
 use bookshelf::{InMemoryStore, Metadata, Position, Repository};
 use bookshelf_kafka::{members_from_discovery, KafkaConfig, KafkaStore};
 use clap::Parser;
@@ -60,7 +61,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     api::init_tracing();
     let args = Args::parse();
     match args.service.broker.clone() {
-        None => demo().await,
+        None if args.service.in_memory => demo(InMemoryStore::new(), None).await,
+        None => {
+            let store = SqliteStore::open(args.data.join("lending.sqlite"))?;
+            demo(store.clone(), Some(store.view_store("loans"))).await
+        }
         Some(broker) => serve(&args, &broker).await,
     }
 }
@@ -100,27 +105,43 @@ async fn serve(args: &Args, broker: &str) -> Result<(), Box<dyn std::error::Erro
     Ok(())
 }
 
-/// Three loans in memory, printed.
-async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-    let store = InMemoryStore::new();
+/// Three loans, printed. Each command carries an idempotency key, so that
+/// a second run on the kept data changes nothing and prints the same.
+async fn demo<S>(store: S, saved: Option<SqliteViewStore>) -> Result<(), Box<dyn std::error::Error>>
+where
+    S: bookshelf::EventStore + bookshelf::EventSource + Clone,
+{
     let copies = Repository::<Copy, _>::new(store.clone(), ());
     let members = Repository::<Member, _>::new(store.clone(), ());
     members
-        .execute("ada", &MemberCommand::Join { balance: 10 }, Metadata::default())
+        .execute_once(
+            "ada",
+            "demo/join",
+            &MemberCommand::Join { balance: 10 },
+            Metadata::default(),
+        )
         .await?;
     members
-        .execute("bob", &MemberCommand::Join { balance: 1 }, Metadata::default())
+        .execute_once(
+            "bob",
+            "demo/join",
+            &MemberCommand::Join { balance: 1 },
+            Metadata::default(),
+        )
         .await?;
     for copy in ["dune-1", "dune-2", "emma-1"] {
         copies
-            .execute(copy, &CopyCommand::Register, Metadata::default())
+            .execute_once(copy, "demo/register", &CopyCommand::Register, Metadata::default())
             .await?;
     }
 
-    let loans = ProcessRunner::<LoanProcess, _, _>::new("loans", store.clone(), LendingBus::new(store.clone()))
+    let mut loans = ProcessRunner::<LoanProcess, _, _>::new("loans", store.clone(), LendingBus::new(store.clone()))
         .only_categories(["copy", "member"])
-        .tick_every(Duration::from_millis(100))
-        .start();
+        .tick_every(Duration::from_millis(100));
+    if let Some(saved) = saved {
+        loans = loans.persist_to(saved);
+    }
+    let loans = loans.start();
     for (loan, copy, member) in [
         ("loan-1", "dune-1", "ada"),
         ("loan-2", "dune-2", "bob"),
@@ -131,7 +152,9 @@ async fn demo() -> Result<(), Box<dyn std::error::Error>> {
             member: member.into(),
             fee: 3,
         };
-        copies.execute(copy, &reserve, Metadata::correlated(loan)).await?;
+        copies
+            .execute_once(copy, &format!("demo/{loan}"), &reserve, Metadata::correlated(loan))
+            .await?;
     }
 
     // Each loan takes a few steps; wait until the log is quiet.

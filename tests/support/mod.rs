@@ -43,10 +43,16 @@ pub fn on_kafka(topic: &str, consul: &str, id: &str, data: &std::path::Path, mor
 }
 
 /// An example running as its own process; killed when dropped.
+///
+/// It runs in a working directory of its own (removed when dropped), so
+/// that what a service keeps in its default data directory stays apart
+/// from other tests and from the checkout.
 pub struct Service {
     child: Child,
     /// `http://127.0.0.1:PORT`
     pub url: String,
+    /// The working directory, when this `Service` made it.
+    scratch: Option<PathBuf>,
 }
 
 /// Where cargo put the example binaries: beside this test's `deps` folder.
@@ -69,7 +75,19 @@ impl Service {
     /// Starts example `name` with `args` on a free port, and waits until it
     /// prints the URL it listens on.
     pub fn start<S: AsRef<std::ffi::OsStr>>(name: &str, args: &[S]) -> Service {
+        let scratch = std::env::temp_dir().join(format!("bookshelf-service-{}", uuid::Uuid::new_v4().simple()));
+        let mut service = Service::start_in(&scratch, name, args);
+        service.scratch = Some(scratch);
+        service
+    }
+
+    /// Starts example `name` with `args` in working directory `dir` (made
+    /// if missing, kept when the service is dropped): for a service that is
+    /// restarted on the data it kept.
+    pub fn start_in<S: AsRef<std::ffi::OsStr>>(dir: &std::path::Path, name: &str, args: &[S]) -> Service {
+        std::fs::create_dir_all(dir).expect("a working directory for the service");
         let mut child = Command::new(example_path(name))
+            .current_dir(dir)
             .args(["--port", "0"])
             .args(args)
             .stdout(Stdio::piped())
@@ -89,7 +107,11 @@ impl Service {
         let url = url
             .recv_timeout(Duration::from_secs(30))
             .unwrap_or_else(|_| panic!("example {name} did not say where it listens within 30 s"));
-        Service { child, url }
+        Service {
+            child,
+            url,
+            scratch: None,
+        }
     }
 
     /// Sends SIGTERM and waits for the process to exit; returns whether it
@@ -140,9 +162,27 @@ pub fn run(name: &str, args: &[&str]) -> (bool, String) {
     )
 }
 
+/// Runs example `name` with `args` in working directory `dir` to the end;
+/// returns whether it succeeded and what it wrote to stderr.
+pub fn run_in(dir: &std::path::Path, name: &str, args: &[&str]) -> (bool, String) {
+    std::fs::create_dir_all(dir).expect("a working directory");
+    let output = Command::new(example_path(name))
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run example {name}: {e}"));
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
 impl Drop for Service {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if let Some(scratch) = &self.scratch {
+            let _ = std::fs::remove_dir_all(scratch);
+        }
     }
 }

@@ -273,7 +273,6 @@ mod tests {
     use super::*;
     use crate::envelope::{EventId, Metadata};
     use serde_json::value::RawValue;
-    use std::time::Duration;
 
     fn event(n: u64) -> NewEvent {
         NewEvent {
