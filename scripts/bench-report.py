@@ -53,9 +53,35 @@ def kafka():
             print(f"{label} = {rates[a] / rates[b]:.3f}")
 
 
+def stores():
+    rows = [("stores_append", f"{store}_{n}_per_append", f"append, {n} per append: {label}")
+            for n in (1, 10)
+            for store, label in (("memory", "in memory"), ("sqlite", "SQLite, NORMAL"), ("sqlite_full", "SQLite, FULL"))]
+    rows += [
+        ("stores_commands", "memory", "commands (load + handle + append): in memory"),
+        ("stores_commands", "sqlite", "commands (load + handle + append): SQLite"),
+        ("stores_projection", "memory", "projection (subscription + runner): in memory"),
+        ("stores_projection", "sqlite", "projection (subscription + runner): SQLite"),
+    ]
+    rates = {}
+    for group, bench, label in rows:
+        if not os.path.exists(os.path.join(root, group, bench, "new", "estimates.json")):
+            continue
+        rates[(group, bench)] = rate(group, bench)
+        print(f"{label:52} median {median(group, bench) / 1e6:9.1f} ms  {rates[(group, bench)]:>11,.0f} per s")
+    for group, a, b in [("stores_append", f"sqlite_{n}_per_append", f"memory_{n}_per_append") for n in (1, 10)] + [
+        ("stores_append", f"sqlite_full_{n}_per_append", f"sqlite_{n}_per_append") for n in (1, 10)
+    ] + [("stores_commands", "sqlite", "memory"), ("stores_projection", "sqlite", "memory")]:
+        if (group, a) in rates and (group, b) in rates:
+            print(f"{group} {a} / {b} = {rates[(group, a)] / rates[(group, b)]:.3f}")
+
+
 try:
     if sys.argv[1:] == ["kafka"]:
         kafka()
+        sys.exit(0)
+    if sys.argv[1:] == ["stores"]:
+        stores()
         sys.exit(0)
     rows = [
         ("projection", "a_fold_decoded", "(a) fold decoded events"),

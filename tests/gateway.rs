@@ -1,7 +1,7 @@
 //! The bookshelf end to end: the services as separate processes, driven only
 //! through the gateway.
 //!
-//! * On the embedded default: `last_read` (books and views on one in-memory
+//! * On the embedded default: `last_read` (books and views on one SQLite
 //!   store) behind a gateway with in-process discovery that checks
 //!   `/health` itself.
 //! * On Kafka with discovery: `books` writing to a topic on tansu (from
