@@ -167,8 +167,12 @@ fn projection(c: &mut Criterion) {
         black_box(running.handle().read(LastRead::books));
         running.stop().await.unwrap();
     }
-    group.bench_function("memory", |b| b.iter(|| runtime.block_on(project(memory.clone(), events))));
-    group.bench_function("sqlite", |b| b.iter(|| runtime.block_on(project(sqlite.clone(), events))));
+    group.bench_function("memory", |b| {
+        b.iter(|| runtime.block_on(project(memory.clone(), events)))
+    });
+    group.bench_function("sqlite", |b| {
+        b.iter(|| runtime.block_on(project(sqlite.clone(), events)))
+    });
     group.finish();
 }
 
