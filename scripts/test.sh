@@ -20,6 +20,11 @@ echo "Kafka tests use the tansu broker at $KAFKA_BROKERS"
 TANSU_BIN=$(scripts/tansu.sh bin)
 export TANSU_BIN
 
+# Python packages from PyPI that tests drive the services with (a standard
+# Consul client), in a virtual environment made once into the cache.
+BOOKSHELF_PYTHON=$(scripts/python.sh)
+export BOOKSHELF_PYTHON
+
 # The Consul adapter's contract runs against the Consul double always, and
 # against a real agent only when CONSUL_HTTP_ADDR names one.
 if [ -n "${CONSUL_HTTP_ADDR:-}" ]; then

@@ -19,6 +19,13 @@
 //!   jitter); `X-Consul-Index` per service name (never 0), the last
 //!   deregistration's index for a missing service; an entry per instance
 //!   with `Node`, `Service` and `Checks` (including `serfHealth`).
+//! * `GET /v1/catalog/services` (every name with the union of its tags, and
+//!   `consul`) and `GET /v1/catalog/service/:name` (an entry per instance,
+//!   whatever its health, `ServiceID`, `ServiceAddress`, `ServicePort`, …),
+//!   with `tag`, `dc`, blocking queries and `X-Consul-Index` as `health`.
+//! * Check ids: a check registered without an id is `service:<ServiceID>`;
+//!   only when a registration has several (`Check` and `Checks` together)
+//!   are they numbered `service:<ServiceID>:<n>`, in that order.
 //! * Registrations reach the catalog (and so `health`) only after a short
 //!   visibility delay, as with the agent's asynchronous anti-entropy.
 //! * Wrong verbs get 405 with `Allow`; unknown paths 404 `Invalid URL path: …`;
@@ -317,6 +324,8 @@ fn router(shared: Arc<Shared>) -> Router {
         )
         .route("/v1/agent/check/update/{id}", put_only(put(check_update)))
         .route("/v1/health/service/{name}", get(health_service))
+        .route("/v1/catalog/services", get(catalog_services))
+        .route("/v1/catalog/service/{name}", get(catalog_service))
         .route("/v1/agent/services", get(agent_services))
         .route("/v1/agent/checks", get(agent_checks))
         .route("/v1/status/leader", get(|| async { "\"127.0.0.1:8300\"" }))
@@ -512,17 +521,29 @@ fn parse_registration(body: &[u8], visible_at: Instant) -> Result<Service, Strin
         None => 0,
         Some(value) => value.as_u64().ok_or("Request decode failed: Port is not a number")?,
     };
-    let mut checks = Vec::new();
+    // `Check` then `Checks`, as the agent lists them: a check without an id
+    // is `service:<id>`, numbered `service:<id>:<n>` only when there are
+    // several.
+    let mut given: Vec<&Map<String, Value>> = Vec::new();
     if let Some(Value::Object(check)) = field(&object, "Check") {
-        checks.push(parse_check(check, format!("service:{id}"), &name)?.0);
+        given.push(check);
     }
     if let Some(Value::Array(many)) = field(&object, "Checks") {
-        for (i, check) in many.iter().enumerate() {
+        for check in many {
             let Value::Object(check) = check else {
                 return Err("Request decode failed: a check must be an object".into());
             };
-            checks.push(parse_check(check, format!("service:{id}:{}", i + 1), &name)?.0);
+            given.push(check);
         }
+    }
+    let mut checks = Vec::new();
+    for (i, check) in given.iter().enumerate() {
+        let default_id = if given.len() > 1 {
+            format!("service:{id}:{}", i + 1)
+        } else {
+            format!("service:{id}")
+        };
+        checks.push(parse_check(check, default_id, &name)?.0);
     }
     Ok(Service {
         id,
@@ -751,7 +772,20 @@ async fn health_service(
     if query.dc.as_deref().is_some_and(|dc| dc != "dc1") {
         return text(StatusCode::INTERNAL_SERVER_ERROR, "No path to datacenter");
     }
-    // The agent adds up to wait/16 of jitter to a blocking wait.
+    blocking(&shared, &query, |state| {
+        (
+            state.index_of(&name),
+            Value::Array(health_entries(state, &name, &query)),
+        )
+    })
+    .await
+}
+
+/// Answers a read at once, or, for a blocking query (`index` given), once
+/// the index `read` gives passes it or the wait is over (the agent adds up
+/// to wait/16 of jitter), with `X-Consul-Index` and the other headers of a
+/// read.
+async fn blocking(shared: &Shared, query: &HealthQuery, read: impl Fn(&AgentState) -> (u64, Value)) -> Response {
     let jitter = query.wait.as_nanos() as u64 / 16;
     let jitter = Duration::from_nanos(if jitter == 0 {
         0
@@ -762,10 +796,7 @@ async fn health_service(
     let mut changed = shared.changed.subscribe();
     loop {
         changed.borrow_and_update();
-        let (index, entries) = {
-            let state = shared.lock();
-            (state.index_of(&name), health_entries(&state, &name, &query))
-        };
+        let (index, body) = read(&shared.lock());
         let timed_out = tokio::time::Instant::now() >= deadline;
         if query.index == 0 || index > query.index || timed_out {
             return (
@@ -776,12 +807,80 @@ async fn health_service(
                     ("X-Consul-LastContact", "0".to_owned()),
                     ("Content-Type", "application/json".to_owned()),
                 ],
-                Value::Array(entries).to_string(),
+                body.to_string(),
             )
                 .into_response();
         }
         let _ = tokio::time::timeout_at(deadline, changed.changed()).await;
     }
+}
+
+/// `GET /v1/catalog/services`: every service name in the catalog with the
+/// union of its instances' tags (and `consul`, which an agent always
+/// lists); the index is the catalog's, moved by any write.
+async fn catalog_services(State(shared): State<Arc<Shared>>, RawQuery(raw): RawQuery) -> Response {
+    let query = match parse_health_query(raw) {
+        Ok(query) => query,
+        Err(message) => return text(StatusCode::BAD_REQUEST, message),
+    };
+    if query.dc.as_deref().is_some_and(|dc| dc != "dc1") {
+        return text(StatusCode::INTERNAL_SERVER_ERROR, "No path to datacenter");
+    }
+    blocking(&shared, &query, |state| {
+        let mut names: BTreeMap<&str, Vec<String>> = BTreeMap::from([("consul", Vec::new())]);
+        for service in state.services.values().filter(|s| s.in_catalog) {
+            let tags = names.entry(service.name.as_str()).or_default();
+            for tag in &service.tags {
+                if !tags.contains(tag) {
+                    tags.push(tag.clone());
+                }
+            }
+        }
+        (state.index.max(1), json!(names))
+    })
+    .await
+}
+
+/// `GET /v1/catalog/service/:name`: one entry per instance in the catalog,
+/// whatever its health, with `tag` filtering and blocking as `health`.
+async fn catalog_service(
+    State(shared): State<Arc<Shared>>,
+    Path(name): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Response {
+    let query = match parse_health_query(raw) {
+        Ok(query) => query,
+        Err(message) => return text(StatusCode::BAD_REQUEST, message),
+    };
+    if query.dc.as_deref().is_some_and(|dc| dc != "dc1") {
+        return text(StatusCode::INTERNAL_SERVER_ERROR, "No path to datacenter");
+    }
+    blocking(&shared, &query, |state| {
+        let entries: Vec<Value> = state
+            .services
+            .values()
+            .filter(|s| s.in_catalog && s.name == name)
+            .filter(|s| {
+                query
+                    .tags
+                    .iter()
+                    .all(|wanted| s.tags.iter().any(|tag| tag.eq_ignore_ascii_case(wanted)))
+            })
+            .map(|s| {
+                json!({
+                    "ID": "40e4a748-2192-161a-0510-9bf59fe950b5", "Node": "double-node", "Address": "127.0.0.1",
+                    "Datacenter": "dc1", "TaggedAddresses": { "lan": "127.0.0.1", "wan": "127.0.0.1" },
+                    "NodeMeta": {}, "ServiceKind": "", "ServiceID": s.id, "ServiceName": s.name,
+                    "ServiceTags": s.tags, "ServiceAddress": s.address, "ServiceMeta": s.meta,
+                    "ServicePort": s.port, "ServiceWeights": { "Passing": 1, "Warning": 1 },
+                    "ServiceEnableTagOverride": false,
+                    "CreateIndex": s.create_index, "ModifyIndex": state.index_of(&s.name),
+                })
+            })
+            .collect();
+        (state.index_of(&name), Value::Array(entries))
+    })
+    .await
 }
 
 async fn agent_services(State(shared): State<Arc<Shared>>) -> Response {

@@ -493,14 +493,16 @@ pub struct ServiceFlags {
     /// The Kafka topic of the book events.
     #[arg(long, default_value = "books")]
     pub topic: String,
-    /// The Consul agent to register with, such as http://127.0.0.1:8500.
-    #[arg(long)]
+    /// The Consul agent to register with, such as http://127.0.0.1:8500 or
+    /// 127.0.0.1:8500; taken from CONSUL_HTTP_ADDR when not given, as
+    /// Consul's own tools do.
+    #[arg(long, env = "CONSUL_HTTP_ADDR")]
     pub consul: Option<String>,
     /// The instance id to register under (default: NAME-PORT).
     #[arg(long)]
     pub id: Option<String>,
-    /// Tags to register with, comma-separated.
-    #[arg(long, value_delimiter = ',')]
+    /// Tags to register with: `--tags a b`, `--tags a,b`, or `--tags a --tags b`.
+    #[arg(long, num_args = 1.., value_delimiter = ',')]
     pub tags: Vec<String>,
     /// The TTL of the instance's Consul check, in milliseconds: how long a
     /// stopped or cut-off instance stays listed as healthy.

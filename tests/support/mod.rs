@@ -85,11 +85,31 @@ impl Service {
     /// if missing, kept when the service is dropped): for a service that is
     /// restarted on the data it kept.
     pub fn start_in<S: AsRef<std::ffi::OsStr>>(dir: &std::path::Path, name: &str, args: &[S]) -> Service {
-        std::fs::create_dir_all(dir).expect("a working directory for the service");
-        let mut child = Command::new(example_path(name))
-            .current_dir(dir)
-            .args(["--port", "0"])
+        let mut command = Command::new(example_path(name));
+        // A service finds Consul from CONSUL_HTTP_ADDR too: only the Consul
+        // a test names.
+        command.env_remove("CONSUL_HTTP_ADDR").args(["--port", "0"]).args(args);
+        Service::launch(dir, name, command)
+    }
+
+    /// Starts example `name` with exactly `args` (no `--port 0` added) and
+    /// the environment variables `env`, in a working directory of its own.
+    pub fn start_verbatim(name: &str, args: &[&str], env: &[(&str, &str)]) -> Service {
+        let scratch = std::env::temp_dir().join(format!("bookshelf-service-{}", uuid::Uuid::new_v4().simple()));
+        let mut command = Command::new(example_path(name));
+        command
+            .env_remove("CONSUL_HTTP_ADDR")
             .args(args)
+            .envs(env.iter().copied());
+        let mut service = Service::launch(&scratch, name, command);
+        service.scratch = Some(scratch);
+        service
+    }
+
+    fn launch(dir: &std::path::Path, name: &str, mut command: Command) -> Service {
+        std::fs::create_dir_all(dir).expect("a working directory for the service");
+        let mut child = command
+            .current_dir(dir)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
