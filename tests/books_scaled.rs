@@ -580,6 +580,7 @@ async fn judge_topic(topic: &str) -> BTreeMap<&'static str, usize> {
             Verdict::StaleClaim(_) => "stale claim",
             Verdict::Stale { .. } => "stale",
             Verdict::Broken(_) => "broken",
+            Verdict::Foreign => "foreign",
         };
         *counts.entry(name).or_default() += 1;
     })

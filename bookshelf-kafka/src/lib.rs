@@ -111,6 +111,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod cloudevents;
 mod config;
 mod local;
 mod ownership;

@@ -295,7 +295,7 @@ impl<V: View> KafkaProjection<V> {
                 let partitions = counts.get(message.topic()).copied().unwrap_or(1);
                 let verdict = at.rules.entry(key).or_default().judge(message, partitions);
                 match verdict {
-                    Verdict::Event { .. } => match self.decode(message) {
+                    Verdict::Event { .. } | Verdict::Foreign => match self.decode(message) {
                         Ok(Some(event)) => decoded.push(event),
                         Ok(None) => {}
                         Err(reason) => self.dead_letter(producer, message, &reason).await?,
@@ -347,9 +347,15 @@ impl<V: View> KafkaProjection<V> {
 
     /// The event in a record; `Ok(None)` for an event type the view skips.
     fn decode(&self, message: &OwnedMessage) -> Result<Option<Envelope<V::Event>>, String> {
-        let body = message.payload().ok_or("the record has no body")?;
-        let json = std::str::from_utf8(body).map_err(|e| format!("the body is not UTF-8: {e}"))?;
-        match self.codec.decode_json(json) {
+        let decoded = if crate::cloudevents::is_foreign(message) {
+            let recorded = crate::cloudevents::envelope_of(message)?;
+            self.codec.decode_envelope(&recorded)
+        } else {
+            let body = message.payload().ok_or("the record has no body")?;
+            let json = std::str::from_utf8(body).map_err(|e| format!("the body is not UTF-8: {e}"))?;
+            self.codec.decode_json(json)
+        };
+        match decoded {
             Ok(mut event) => {
                 event.position = Position(message.offset() as u64);
                 Ok(Some(event))

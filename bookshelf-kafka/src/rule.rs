@@ -20,6 +20,10 @@
 //! * a **claim** (header [`KIND`] = `claim`) with a well-formed body and an
 //!   epoch above `e` makes its epoch current; a claim at or below `e` is
 //!   stale and changes nothing; a claim that does not parse is broken;
+//! * a **CloudEvent of another producer** (a CloudEvents record without an
+//!   [`EPOCH`] header: see [`crate::cloudevents`]) is foreign: views and
+//!   runners take it, the store keeps it in no aggregate's stream, and no
+//!   epoch applies to it (no owner wrote it);
 //! * an **event** (any other record) is part of the log when it has a UTF-8
 //!   stream key, sits on the partition that key belongs to, and carries
 //!   epoch `e` (no header counts as 0). A lower epoch is stale: written by
@@ -81,6 +85,10 @@ pub enum Verdict {
     },
     /// A record that breaks the protocol; the reason says how.
     Broken(String),
+    /// A CloudEvent that another producer wrote (see
+    /// [`crate::cloudevents`]): an event for views and runners, in no
+    /// aggregate's stream.
+    Foreign,
 }
 
 /// The state of one partition as a reader goes through it: the current epoch
@@ -165,6 +173,9 @@ fn verdict<M: Message>(record: &M, current: u64, partitions: i32) -> Verdict {
                 Err(reason) => Verdict::Broken(format!("a claim, but {reason}")),
             },
         };
+    }
+    if crate::cloudevents::is_foreign(record) {
+        return Verdict::Foreign;
     }
     let Some(key) = record.key() else {
         return Verdict::Broken("an event record without a stream key".into());

@@ -5,12 +5,11 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bookshelf_core::{
-    async_trait, Checkpoint, EventSource, Followed, Follower, Mark, Position, RecordedEvent, StoreError,
-};
+use bookshelf_core::{async_trait, Checkpoint, EventSource, Followed, Follower, Mark, StoreError};
 use rdkafka::consumer::Consumer;
 use rdkafka::message::{BorrowedMessage, Message};
 
+use crate::cloudevents::envelope_of;
 use crate::config::KafkaConfig;
 use crate::reader::{plain_consumer, Read, Reader};
 use crate::rule::{locate, PartitionRule, Verdict};
@@ -189,7 +188,7 @@ impl Judge {
             epoch: rule.epoch(),
         };
         let event = match verdict {
-            Verdict::Event { .. } => match decode(message) {
+            Verdict::Event { .. } | Verdict::Foreign => match envelope_of(message) {
                 Ok(event) => Some(Arc::new(event)),
                 Err(reason) => {
                     tracing::error!(record = %locate(message), %reason, "record passed over: not an event envelope");
@@ -250,13 +249,4 @@ impl Follower for KafkaFollower {
     fn ends(&self) -> BTreeMap<String, u64> {
         self.judge.ends.get()
     }
-}
-
-/// The envelope in a record's body, with its offset as its position.
-fn decode(message: &BorrowedMessage<'_>) -> Result<RecordedEvent, String> {
-    let body = message.payload().ok_or("the record has no body")?;
-    let json = std::str::from_utf8(body).map_err(|e| format!("the body is not UTF-8: {e}"))?;
-    let mut event = RecordedEvent::from_json(json).map_err(|e| e.to_string())?;
-    event.position = Position(message.offset() as u64);
-    Ok(event)
 }

@@ -18,6 +18,7 @@ use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use tokio::sync::{oneshot, watch, Semaphore};
 
+use crate::cloudevents::envelope_of;
 use crate::config::KafkaConfig;
 use crate::local::{Kept, LocalState, Mark};
 use crate::ownership::rendezvous_owner;
@@ -48,7 +49,7 @@ pub mod headers {
     pub const EPOCH: &str = crate::rule::EPOCH;
 }
 
-fn record_headers(event: &RecordedEvent, epoch: u64) -> OwnedHeaders {
+fn record_headers(event: &RecordedEvent, epoch: u64, topic: &str) -> OwnedHeaders {
     let mut fields: Vec<(String, String)> = vec![
         (headers::EVENT_ID.into(), event.event_id.to_string()),
         (headers::EVENT_TYPE.into(), event.event_type.clone()),
@@ -66,6 +67,11 @@ fn record_headers(event: &RecordedEvent, epoch: u64) -> OwnedHeaders {
     for (key, value) in &event.metadata.extra {
         fields.push((format!("{}{key}", headers::META_PREFIX), value.clone()));
     }
+    fields.extend(
+        crate::cloudevents::headers_of(event, topic)
+            .into_iter()
+            .map(|(key, value)| (key.to_owned(), value)),
+    );
     fields.iter().fold(OwnedHeaders::new(), |all, (key, value)| {
         all.insert(Header {
             key,
@@ -78,15 +84,6 @@ fn header_text<'a, M: Message>(message: &'a M, name: &str) -> Option<&'a str> {
     let headers = message.headers()?;
     let value = headers.iter().find(|h| h.key == name)?.value?;
     std::str::from_utf8(value).ok()
-}
-
-/// Decodes the envelope in an event record; its position is its offset.
-pub(crate) fn decode<M: Message>(message: &M) -> Result<RecordedEvent, String> {
-    let body = message.payload().ok_or("the record has no body")?;
-    let json = std::str::from_utf8(body).map_err(|e| format!("the body is not UTF-8: {e}"))?;
-    let mut event = RecordedEvent::from_json(json).map_err(|e| format!("the body is not an event envelope: {e}"))?;
-    event.position = Position(message.offset() as u64);
-    Ok(event)
 }
 
 /// The instance a store runs in: its id, and where it takes requests.
@@ -861,7 +858,7 @@ fn take(inner: &Inner, rule: &mut PartitionRule, learned: &mut Learned, read: Re
     let event_id = || header_text(&message, headers::EVENT_ID).and_then(|id| id.parse::<EventId>().ok());
     match rule.judge(&message, inner.partitions) {
         Verdict::Event { stream } => {
-            let event = match decode(&message) {
+            let event = match envelope_of(&message) {
                 Ok(event) => event,
                 Err(reason) => {
                     tracing::error!(record = %locate(&message), %reason, "record passed over: not an event");
@@ -923,6 +920,8 @@ fn take(inner: &Inner, rule: &mut PartitionRule, learned: &mut Learned, read: Re
         Verdict::Broken(reason) => {
             tracing::error!(record = %locate(&message), %reason, "record passed over: it breaks the protocol");
         }
+        // Another producer's CloudEvent: in no aggregate's stream.
+        Verdict::Foreign => {}
     }
     Ok(())
 }
@@ -1269,7 +1268,7 @@ impl KafkaStore {
                 .key(stream.as_str())
                 .payload(&body)
                 .partition(partition)
-                .headers(record_headers(&envelope, epoch));
+                .headers(record_headers(&envelope, epoch, &inner.topic));
             match inner.producer.send_result(record) {
                 Ok(delivery) => deliveries.push(delivery),
                 Err((error, _)) => {
@@ -1396,7 +1395,7 @@ fn take_event(
     batch: &mut Vec<Arc<RecordedEvent>>,
 ) {
     match rule.judge(message, 1) {
-        Verdict::Event { .. } => match decode(message) {
+        Verdict::Event { .. } | Verdict::Foreign => match envelope_of(message) {
             Ok(event) => batch.push(Arc::new(event)),
             Err(reason) => {
                 *passed_over += 1;

@@ -9,32 +9,13 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use bookshelf_core::process::{CommandBus, Dispatch, DispatchError, ProcessManager, ProcessRunner};
-use bookshelf_core::{async_trait, Envelope, EventStore, InMemoryViewStore, StreamId, Version, ViewStore};
+use bookshelf_core::process::ProcessRunner;
+use bookshelf_core::{EventStore, InMemoryViewStore, StreamId, Version, ViewStore};
 use bookshelf_kafka::{high_watermarks, KafkaConfig, KafkaLog, KafkaStore};
-use common::{brokers, fill_in_batches, topic, CounterEvent, Tally};
+use common::{brokers, fill_in_batches, topic, Nowhere, Tally};
 
 fn config(topic: &str) -> KafkaConfig {
     KafkaConfig::new(brokers(), topic).partitions(3)
-}
-
-impl ProcessManager for Tally {
-    type Event = CounterEvent;
-    type Command = ();
-
-    fn react(&mut self, event: &Envelope<CounterEvent>) -> Vec<Dispatch<()>> {
-        self.take(event);
-        Vec::new()
-    }
-}
-
-struct Nowhere;
-
-#[async_trait]
-impl CommandBus<()> for Nowhere {
-    async fn dispatch(&self, _: &Dispatch<()>) -> Result<(), DispatchError> {
-        Ok(())
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

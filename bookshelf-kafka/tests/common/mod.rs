@@ -192,3 +192,27 @@ impl Tally {
         }
     }
 }
+
+/// As a process manager, the tally only folds: it sends nothing.
+impl bookshelf_core::process::ProcessManager for Tally {
+    type Event = CounterEvent;
+    type Command = ();
+
+    fn react(&mut self, event: &bookshelf_core::Envelope<CounterEvent>) -> Vec<bookshelf_core::process::Dispatch<()>> {
+        self.take(event);
+        Vec::new()
+    }
+}
+
+/// A command bus for processes that send nothing.
+pub struct Nowhere;
+
+#[bookshelf_core::async_trait]
+impl bookshelf_core::process::CommandBus<()> for Nowhere {
+    async fn dispatch(
+        &self,
+        _: &bookshelf_core::process::Dispatch<()>,
+    ) -> Result<(), bookshelf_core::process::DispatchError> {
+        Ok(())
+    }
+}
