@@ -193,10 +193,11 @@ where
     ) -> Result<(), ProjectionError> {
         let (mut states, mut checkpoint) = self.restore().await?;
         let mut follower = self.source.follow(&checkpoint).await?;
-        progress.send_replace(Progress {
+        Progress {
             checkpoint: checkpoint.clone(),
             ends: follower.ends(),
-        });
+        }
+        .report(&self.name(), &progress);
         let mut batch = Vec::with_capacity(self.batch_size);
         let mut unsaved = 0u64;
         let outcome = loop {
@@ -219,10 +220,11 @@ where
                 self.save(&states, &checkpoint).await?;
                 unsaved = 0;
             }
-            progress.send_replace(Progress {
+            Progress {
                 checkpoint: checkpoint.clone(),
                 ends: follower.ends(),
-            });
+            }
+            .report(&self.name(), &progress);
         };
         if unsaved > 0 {
             self.save(&states, &checkpoint).await?;

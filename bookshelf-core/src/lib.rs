@@ -106,6 +106,7 @@
 //! | change events with the state before and after | [`change`] | [`change::ChangeFeed`], [`change::Change`] |
 //! | service discovery, client-side balancing | [`discovery`] | [`Discovery`], [`ServiceInstance`], [`InMemoryDiscovery`], [`Balancer`] |
 //! | testing aggregates | [`testing`] | [`testing::AggregateTest`] |
+//! | the metrics it records (Prometheus-ready) | [`telemetry`] | [`telemetry::COMMANDS`] and the rest |
 //! | fast RFC 3339 timestamps for serde | [`timestamp`] | [`timestamp::parse`] |
 //!
 //! ## Guarantees, in one place
@@ -139,6 +140,7 @@ pub mod source;
 pub mod store;
 #[cfg(feature = "sqlite")]
 pub mod table;
+pub mod telemetry;
 pub mod testing;
 pub mod timestamp;
 pub mod view;

@@ -264,10 +264,11 @@ where
         }
         publish(&shared, &state);
         let mut follower = self.source.follow(&checkpoint).await?;
-        progress.send_replace(Progress {
+        Progress {
             checkpoint: checkpoint.clone(),
             ends: follower.ends(),
-        });
+        }
+        .report(&self.name, &progress);
         let mut ticks = tokio::time::interval(self.tick);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut batch = Vec::with_capacity(self.batch_size);
@@ -303,10 +304,11 @@ where
             }
             self.save(&state, &checkpoint).await?;
             publish(&shared, &state);
-            progress.send_replace(Progress {
+            Progress {
                 checkpoint: checkpoint.clone(),
                 ends: follower.ends(),
-            });
+            }
+            .report(&self.name, &progress);
         }
         self.save(&state, &checkpoint).await?;
         Ok(())

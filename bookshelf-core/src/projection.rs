@@ -513,6 +513,17 @@ impl<V: View, S: EventStore> ProjectionRunner<V, S> {
             }
             see_head().await;
             progress.send_replace(Progress::At(checkpoint));
+            let end = head.load(std::sync::atomic::Ordering::Relaxed).max(checkpoint.0);
+            crate::telemetry::progress(
+                &self.name,
+                &BTreeMap::from([(
+                    crate::source::GLOBAL.to_owned(),
+                    PartitionProgress {
+                        position: checkpoint.0,
+                        end: Some(end),
+                    },
+                )]),
+            );
         }
         self.save(shared, checkpoint).await?;
         tracing::info!(projection = %self.name, %checkpoint, "projection stopped");
@@ -691,6 +702,7 @@ pub(crate) async fn set_aside(
         %error,
         "poison event set aside"
     );
+    crate::telemetry::dead_letter(reader);
     dead_letters
         .put(DeadLetter {
             projection: reader.to_owned(),

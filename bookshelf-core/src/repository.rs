@@ -455,10 +455,31 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
             BuildHasherDefault::<DefaultHasher>::default().hash_one(stream.as_str()) as usize % TURN_SLOTS
         };
         let _turn = self.turns[slot].lock().await;
+        let started = std::time::Instant::now();
+        let outcome = self.attempts(&stream, command, &metadata, precondition).await;
+        let label = match &outcome {
+            Ok(committed) if committed.duplicate => "duplicate",
+            Ok(_) => "ok",
+            Err(CommandError::Rejected(_)) => "rejected",
+            Err(CommandError::Conflict { .. }) => "conflict",
+            Err(_) => "failed",
+        };
+        crate::telemetry::command(A::CATEGORY, label, started.elapsed());
+        outcome
+    }
+
+    /// Tries `command`, again after a conflict as the retry policy says.
+    async fn attempts(
+        &self,
+        stream: &StreamId,
+        command: &A::Command,
+        metadata: &Metadata,
+        precondition: Option<Version>,
+    ) -> Result<Committed<A::Event>, CommandError<A::Error>> {
         let mut attempt = 1;
         let mut backoff = self.retry.backoff;
         loop {
-            match self.try_once(&stream, command, &metadata, precondition).await {
+            match self.try_once(stream, command, metadata, precondition).await {
                 Err(CommandError::Conflict { .. }) if precondition.is_none() && attempt < self.retry.max_attempts => {
                     tracing::debug!(%stream, attempt, "version conflict; retrying");
                     attempt += 1;

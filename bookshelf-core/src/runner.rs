@@ -19,6 +19,41 @@ pub(crate) struct Progress {
     pub ends: BTreeMap<String, u64>,
 }
 
+impl Progress {
+    /// Each partition's position and end as last seen.
+    pub(crate) fn partitions(&self) -> BTreeMap<String, PartitionProgress> {
+        let mut partitions: BTreeMap<String, PartitionProgress> = self
+            .checkpoint
+            .iter()
+            .map(|(partition, mark)| {
+                (
+                    partition.to_owned(),
+                    PartitionProgress {
+                        position: mark.next,
+                        end: None,
+                    },
+                )
+            })
+            .collect();
+        for (partition, &end) in &self.ends {
+            partitions
+                .entry(partition.clone())
+                .or_insert(PartitionProgress {
+                    position: self.checkpoint.get(partition).next,
+                    end: None,
+                })
+                .end = Some(end);
+        }
+        partitions
+    }
+
+    /// Tells watchers, and the metrics, where runner `reader` stands.
+    pub(crate) fn report(self, reader: &str, to: &watch::Sender<Progress>) {
+        crate::telemetry::progress(reader, &self.partitions());
+        to.send_replace(self);
+    }
+}
+
 /// A spawned runner task, its progress and its stop switch.
 pub(crate) struct RunnerTask {
     watch: RunnerWatch,
@@ -100,30 +135,7 @@ impl RunnerWatch {
 
     /// Each partition's position and end as last seen.
     pub(crate) fn progress(&self) -> BTreeMap<String, PartitionProgress> {
-        let progress = self.progress.borrow();
-        let mut partitions: BTreeMap<String, PartitionProgress> = progress
-            .checkpoint
-            .iter()
-            .map(|(partition, mark)| {
-                (
-                    partition.to_owned(),
-                    PartitionProgress {
-                        position: mark.next,
-                        end: None,
-                    },
-                )
-            })
-            .collect();
-        for (partition, &end) in &progress.ends {
-            partitions
-                .entry(partition.clone())
-                .or_insert(PartitionProgress {
-                    position: progress.checkpoint.get(partition).next,
-                    end: None,
-                })
-                .end = Some(end);
-        }
-        partitions
+        self.progress.borrow().partitions()
     }
 
     /// Resolves once the task has ended, whatever the reason.

@@ -209,10 +209,11 @@ impl<T: TableView, S: EventSource> TableProjection<T, S> {
         mut stop: watch::Receiver<bool>,
     ) -> Result<(), ProjectionError> {
         let mut follower = self.source.follow(&checkpoint).await?;
-        progress.send_replace(Progress {
+        Progress {
             checkpoint: checkpoint.clone(),
             ends: follower.ends(),
-        });
+        }
+        .report(&self.name, &progress);
         let mut batch = Vec::with_capacity(self.batch_size);
         let mut decoded = Vec::with_capacity(self.batch_size);
         loop {
@@ -234,10 +235,11 @@ impl<T: TableView, S: EventSource> TableProjection<T, S> {
             }
             self.commit(&mut db, decoded.drain(..), &next)?;
             checkpoint = next;
-            progress.send_replace(Progress {
+            Progress {
                 checkpoint: checkpoint.clone(),
                 ends: follower.ends(),
-            });
+            }
+            .report(&self.name, &progress);
         }
     }
 

@@ -341,6 +341,7 @@ impl<V: View> KafkaProjection<V> {
                     }
                 }
             }
+            bookshelf_core::telemetry::progress(&self.name, &at.partitions());
             progress.send_replace(at.clone());
         }
     }
@@ -372,6 +373,7 @@ impl<V: View> KafkaProjection<V> {
         reason: &str,
     ) -> Result<(), ProjectionError> {
         let source = locate(message);
+        bookshelf_core::telemetry::dead_letter(&self.name);
         tracing::warn!(projection = %self.name, %source, %reason, "poison record sent to {}", self.dead_letter_topic);
         let mut headers = OwnedHeaders::new();
         if let Some(original) = message.headers() {
@@ -424,6 +426,32 @@ impl<V: View> KafkaProjection<V> {
 
 fn store_error(error: rdkafka::error::KafkaError) -> ProjectionError {
     ProjectionError::Store(StoreError::Backend(Box::new(error)))
+}
+
+impl Progress {
+    /// Each partition's position and end as last seen.
+    fn partitions(&self) -> BTreeMap<String, PartitionProgress> {
+        let mut partitions: BTreeMap<String, PartitionProgress> = self
+            .ends
+            .iter()
+            .map(|(key, &end)| {
+                let position = self.offsets.get(key).copied().unwrap_or(0);
+                (
+                    key.clone(),
+                    PartitionProgress {
+                        position,
+                        end: Some(end),
+                    },
+                )
+            })
+            .collect();
+        for (key, &position) in &self.offsets {
+            partitions
+                .entry(key.clone())
+                .or_insert(PartitionProgress { position, end: None });
+        }
+        partitions
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -510,26 +538,7 @@ impl<V: View> KafkaViewHandle<V> {
     /// Each partition's position (the next offset the view will take) and
     /// end as last seen, and so the lag.
     pub fn progress(&self) -> BTreeMap<String, PartitionProgress> {
-        let progress = self.progress.borrow();
-        let mut partitions: BTreeMap<String, PartitionProgress> = progress
-            .ends
-            .iter()
-            .map(|(key, &end)| {
-                (
-                    key.clone(),
-                    PartitionProgress {
-                        position: progress.offsets.get(key).copied().unwrap_or(0),
-                        end: Some(end),
-                    },
-                )
-            })
-            .collect();
-        for (key, &position) in &progress.offsets {
-            partitions
-                .entry(key.clone())
-                .or_insert(PartitionProgress { position, end: None });
-        }
-        partitions
+        self.progress.borrow().partitions()
     }
 
     /// Why the projection failed, if it did.

@@ -1352,6 +1352,7 @@ impl KafkaStore {
         if let Some(error) = failure {
             return Err(error);
         }
+        bookshelf_core::telemetry::appended("kafka", offsets.len());
         Ok(AppendOutcome {
             version: Version(actual.0 + offsets.len() as u64),
             first_position: Position(offsets[0] as u64),

@@ -470,9 +470,43 @@ async fn books_of<Q: AuthorsQuery>(State(view): State<Q>, Path(author): Path<Str
     }
 }
 
-/// `GET /health`.
+/// `GET /health`, and `GET /metrics`: the process's metrics in Prometheus's
+/// text format (see `bookshelf::telemetry` for the library's own).
 pub fn health_routes() -> Router {
-    Router::new().route("/health", get(|| async { axum::Json(json!({ "status": "ok" })) }))
+    Router::new()
+        .route("/health", get(|| async { axum::Json(json!({ "status": "ok" })) }))
+        .route("/metrics", get(metrics))
+}
+
+/// The Prometheus recorder of this process, installed on first use.
+fn prometheus() -> Option<&'static metrics_exporter_prometheus::PrometheusHandle> {
+    static HANDLE: std::sync::OnceLock<Option<metrics_exporter_prometheus::PrometheusHandle>> =
+        std::sync::OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            // Latency buckets from half a millisecond to ten seconds.
+            let buckets = [
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+            ];
+            metrics_exporter_prometheus::PrometheusBuilder::new()
+                .set_buckets(&buckets)
+                .and_then(|builder| builder.install_recorder())
+                .map_err(|error| tracing::error!(%error, "no Prometheus recorder: /metrics stays empty"))
+                .ok()
+        })
+        .as_ref()
+}
+
+/// Installs the Prometheus recorder, so that what happens before the first
+/// scrape is counted: call at start.
+pub fn record_metrics() {
+    let _ = prometheus();
+}
+
+/// `GET /metrics`.
+pub async fn metrics() -> Response {
+    let text = prometheus().map(|handle| handle.render()).unwrap_or_default();
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
 /// A JSON 404 for every path no route takes.
@@ -578,6 +612,7 @@ impl Registration {
 
 /// Structured logs on standard error, filtered by `RUST_LOG` (default `info`).
 pub fn init_tracing() {
+    record_metrics();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

@@ -141,6 +141,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let app = axum::Router::new()
         .route("/health", get(proxy::health))
+        .route("/metrics", get(api::metrics))
         .fallback(proxy::forward)
         .with_state(gateway.clone());
     let listener = tokio::net::TcpListener::bind(SocketAddr::new(args.addr, args.port)).await?;

@@ -151,11 +151,36 @@ pub async fn forward(
         ms = started.elapsed().as_secs_f64() * 1e3,
         "request"
     );
+    let route = gateway.route_of(&path).unwrap_or("none").to_owned();
+    let instance = response
+        .headers()
+        .get(SERVED_BY_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-")
+        .to_owned();
+    let status = response.status().as_u16().to_string();
+    metrics::counter!(REQUESTS, "route" => route.clone(), "status" => status, "instance" => instance).increment(1);
+    metrics::histogram!(REQUEST_DURATION, "route" => route).record(started.elapsed().as_secs_f64());
     response.headers_mut().insert(CORRELATION_HEADER, correlation);
     response
 }
 
+/// `bookshelf_gateway_requests_total{route, status, instance}`: requests by
+/// the route prefix that took them (`none` for no route), the status
+/// answered, and the instance that answered (`-` for the gateway itself).
+pub const REQUESTS: &str = "bookshelf_gateway_requests_total";
+/// `bookshelf_gateway_request_duration_seconds{route}`.
+pub const REQUEST_DURATION: &str = "bookshelf_gateway_request_duration_seconds";
+
 impl Gateway {
+    /// The prefix of the route that takes `path`.
+    fn route_of(&self, path: &str) -> Option<&str> {
+        self.routes
+            .iter()
+            .find(|route| route.takes(path))
+            .map(|route| route.prefix.as_str())
+    }
+
     async fn route(&self, peer: SocketAddr, correlation: &HeaderValue, request: Request) -> Result<Response, ApiError> {
         let path = request.uri().path();
         let Some(route) = self.routes.iter().find(|route| route.takes(path)) else {

@@ -171,6 +171,7 @@ impl Shared {
         // A new list is discovery's latest word: an instance listed again
         // (restarted, say) gets a fresh chance.
         self.lock_ejected().clear();
+        crate::telemetry::instances(&self.name, list.len());
         self.instances.send_replace(Some(list.into()));
     }
 

@@ -175,6 +175,7 @@ impl EventStore for InMemoryStore {
             }));
         }
         let last_position = Position(all.len() as u64 - 1);
+        crate::telemetry::appended("memory", (last_position.0 + 1 - first_position.0) as usize);
         for position in first_position.0..=last_position.0 {
             let event = Arc::clone(&log.events[position as usize]);
             log.index_key(&event);

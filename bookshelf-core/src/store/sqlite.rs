@@ -356,6 +356,10 @@ impl EventStore for SqliteStore {
             }
         };
         self.shared.appended.send_modify(|_| {});
+        crate::telemetry::appended(
+            "sqlite",
+            (outcome.last_position.0 + 1 - outcome.first_position.0) as usize,
+        );
         Ok(outcome)
     }
 
