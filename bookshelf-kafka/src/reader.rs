@@ -16,6 +16,11 @@
 //! fetch starts at or before a batch boundary, and drops the records before
 //! the wanted offset. On a broker that answers fetches as Kafka does, the
 //! first record is the wanted one and nothing is read twice.
+//!
+//! Whatever the broker does, each partition hands out its records in offset
+//! order and each once: a record before the next offset due (read again
+//! after a step back) is dropped, and an end-of-partition that may come
+//! from the fetch before a step back is not reported.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -130,6 +135,9 @@ pub(crate) enum Read<'a> {
 pub(crate) struct Reader {
     consumer: StreamConsumer<Quiet>,
     starts: HashMap<(String, i32), Start>,
+    /// The next offset each partition hands out: a record before it (read
+    /// again after a step back) is never handed out twice.
+    next: HashMap<(String, i32), i64>,
 }
 
 /// How long a partition that has not started may stay silent before the
@@ -153,10 +161,12 @@ impl Reader {
         let consumer: StreamConsumer<Quiet> = client.create_with_context(Quiet).map_err(backend)?;
         let mut assignment = TopicPartitionList::new();
         let mut starts = HashMap::new();
+        let mut next = HashMap::new();
         let watermarks = std::sync::Arc::new(plain_consumer(config)?);
         for &(topic, partition, want) in from {
             let low = low_watermark(&watermarks, config, topic, partition).await?;
             let want = want.max(low);
+            next.insert((topic.to_owned(), partition), want);
             assignment
                 .add_partition_offset(topic, partition, Offset::Offset(want))
                 .map_err(backend)?;
@@ -175,7 +185,7 @@ impl Reader {
             }
         }
         consumer.assign(&assignment).map_err(backend)?;
-        Ok(Reader { consumer, starts })
+        Ok(Reader { consumer, starts, next })
     }
 
     /// The next record or end of partition. Waits for one; cancel-safe
@@ -199,23 +209,35 @@ impl Reader {
             match received {
                 Ok(message) => {
                     let key = (message.topic().to_owned(), message.partition());
+                    let offset = message.offset();
                     if let Some(start) = self.starts.get_mut(&key) {
-                        let offset = message.offset();
                         if offset > start.want && start.unproven() {
                             start.step_back(&self.consumer, "a fetch skipped records")?;
                             continue;
                         }
                         start.whole = true;
-                        if offset < start.want {
-                            continue; // before the offset wanted: read only to find the batch start
+                        if offset >= start.want {
+                            self.starts.remove(&key);
                         }
-                        self.starts.remove(&key);
                     }
+                    let next = self.next.entry(key).or_insert(offset);
+                    if offset < *next {
+                        continue; // handed out before, or before the offset wanted
+                    }
+                    *next = offset + 1;
                     return Ok(Read::Record(message));
                 }
                 Err(KafkaError::PartitionEOF(partition)) => {
-                    // The fetch position reached the partition's end: nothing
-                    // after the wanted offset was passed over.
+                    // After a step back, an end may come from the fetch
+                    // before it: the partition's end is known only once the
+                    // read from further back has shown a record.
+                    if self
+                        .starts
+                        .values()
+                        .any(|s| s.partition == partition && s.unproven() && s.from < s.want)
+                    {
+                        continue;
+                    }
                     self.starts.retain(|_, s| s.partition != partition);
                     return Ok(Read::End { partition });
                 }
