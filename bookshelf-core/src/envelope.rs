@@ -205,12 +205,33 @@ pub struct Metadata {
     /// The id of the command or event that caused this event.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub causation_id: Option<String>,
+    /// The W3C `traceparent` of the step that caused this event (see
+    /// [`crate::trace`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
     /// Free key-value pairs.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub extra: BTreeMap<String, String>,
 }
 
 impl Metadata {
+    /// The metadata of what `event` causes (the commands a process manager
+    /// sends because of it): the event's correlation id, the event as the
+    /// cause, and its trace continued in a new span.
+    pub fn following<P>(event: &Envelope<P>) -> Metadata {
+        Metadata {
+            correlation_id: event.metadata.correlation_id.clone(),
+            causation_id: Some(event.event_id.to_string()),
+            traceparent: event
+                .metadata
+                .traceparent
+                .as_deref()
+                .and_then(|t| t.parse::<crate::trace::TraceParent>().ok())
+                .map(|t| t.child().to_string()),
+            extra: BTreeMap::new(),
+        }
+    }
+
     /// Metadata with a correlation id.
     pub fn correlated(correlation_id: impl Into<String>) -> Self {
         Metadata {

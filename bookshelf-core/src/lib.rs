@@ -107,6 +107,7 @@
 //! | service discovery, client-side balancing | [`discovery`] | [`Discovery`], [`ServiceInstance`], [`InMemoryDiscovery`], [`Balancer`] |
 //! | testing aggregates | [`testing`] | [`testing::AggregateTest`] |
 //! | the metrics it records (Prometheus-ready) | [`telemetry`] | [`telemetry::COMMANDS`] and the rest |
+//! | W3C trace context through requests, events and commands | [`trace`] | [`trace::TraceParent`], [`Metadata::following`] |
 //! | fast RFC 3339 timestamps for serde | [`timestamp`] | [`timestamp::parse`] |
 //!
 //! ## Guarantees, in one place
@@ -143,6 +144,7 @@ pub mod table;
 pub mod telemetry;
 pub mod testing;
 pub mod timestamp;
+pub mod trace;
 pub mod view;
 
 pub use aggregate::Aggregate;

@@ -35,7 +35,7 @@ use tokio::sync::watch;
 
 use crate::codec::{DecodeError, DomainEvent, EventCodec};
 use crate::envelope::RecordedEvent;
-use crate::envelope::{Envelope, Position};
+use crate::envelope::{Envelope, Metadata, Position};
 use crate::projection::{
     set_aside, DeadLetters, InMemoryDeadLetters, InMemoryViewStore, ProjectionError, StoredView, ViewStore,
 };
@@ -53,6 +53,11 @@ pub struct Dispatch<C> {
     pub key: String,
     /// The command.
     pub command: C,
+    /// The metadata for what the command stores. The runner fills it for
+    /// the commands that react to an event, as [`Metadata::following`] that
+    /// event (its correlation id, the event as cause, its trace continued),
+    /// unless the process manager set it.
+    pub metadata: Metadata,
 }
 
 impl<C> Dispatch<C> {
@@ -61,6 +66,7 @@ impl<C> Dispatch<C> {
         Dispatch {
             key: key.into(),
             command,
+            metadata: Metadata::default(),
         }
     }
 }
@@ -294,7 +300,15 @@ where
                 };
                 checkpoint.set(&record.partition, record.mark);
                 if let Some(event) = event {
-                    let commands = state.react(&event);
+                    if let Some(trace) = &event.metadata.traceparent {
+                        tracing::debug!(process = %self.name, %trace, stream = %event.stream_id, version = %event.version, "event");
+                    }
+                    let mut commands = state.react(&event);
+                    for dispatch in &mut commands {
+                        if dispatch.metadata == Metadata::default() {
+                            dispatch.metadata = Metadata::following(&event);
+                        }
+                    }
                     if !commands.is_empty() {
                         self.send_all(&mut state, commands).await?;
                         // The commands went through: the event is done with.

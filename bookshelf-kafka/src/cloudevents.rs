@@ -42,7 +42,8 @@
 //! * payload: the data, which must be JSON (`datacontenttype` or
 //!   `content-type` absent, `application/json` or `…+json`); other data
 //!   is reported and set aside;
-//! * metadata: `source` under the key `cloudevents.source`.
+//! * metadata: `source` under the key `cloudevents.source`; a valid
+//!   `traceparent` (distributed-tracing extension) as the event's.
 //!
 //! A view applies such an event when its type is one the view knows, as any
 //! other; fencing does not apply to them (they come from no owner).
@@ -67,6 +68,9 @@ pub const TIME: &str = "ce_time";
 pub const SUBJECT: &str = "ce_subject";
 /// `content-type`.
 pub const CONTENT_TYPE: &str = "content-type";
+/// `ce_traceparent`: the distributed-tracing extension, kept as the
+/// event's `traceparent` (and written from it).
+pub const TRACEPARENT: &str = "ce_traceparent";
 /// The content type of a structured-mode record.
 pub const STRUCTURED: &str = "application/cloudevents+json";
 /// The metadata key under which a foreign event's `source` is kept.
@@ -130,6 +134,7 @@ struct Attributes {
     time: Option<String>,
     subject: Option<String>,
     content_type: Option<String>,
+    traceparent: Option<String>,
 }
 
 /// Refuses data whose content type is given and is not JSON.
@@ -164,6 +169,7 @@ fn foreign<M: Message>(record: &M) -> Result<RecordedEvent, String> {
                 time: text("time"),
                 subject: text("subject"),
                 content_type: text("datacontenttype"),
+                traceparent: text("traceparent"),
             },
             data,
         )
@@ -185,6 +191,7 @@ fn foreign<M: Message>(record: &M) -> Result<RecordedEvent, String> {
                 time: header(record, TIME).map(str::to_owned),
                 subject: header(record, SUBJECT).map(str::to_owned),
                 content_type: header(record, CONTENT_TYPE).map(str::to_owned),
+                traceparent: header(record, TRACEPARENT).map(str::to_owned),
             },
             data,
         )
@@ -218,6 +225,9 @@ fn foreign<M: Message>(record: &M) -> Result<RecordedEvent, String> {
         .unwrap_or_else(|| "cloudevents".to_owned());
     let mut metadata = Metadata::default();
     metadata.extra.insert(SOURCE_METADATA.to_owned(), attributes.source);
+    metadata.traceparent = attributes
+        .traceparent
+        .filter(|t| t.parse::<bookshelf_core::trace::TraceParent>().is_ok());
     Ok(RecordedEvent {
         event_id,
         stream_id: StreamId::new(stream),

@@ -43,6 +43,8 @@ pub mod headers {
     pub const CORRELATION_ID: &str = "bookshelf.correlation_id";
     /// The causation id, when there is one.
     pub const CAUSATION_ID: &str = "bookshelf.causation_id";
+    /// The W3C `traceparent`, when there is one.
+    pub const TRACEPARENT: &str = "bookshelf.traceparent";
     /// Prefix of the free metadata key-values.
     pub const META_PREFIX: &str = "bookshelf.meta.";
     /// The epoch of the owner that wrote the event (see [`crate::rule`]).
@@ -63,6 +65,11 @@ fn record_headers(event: &RecordedEvent, epoch: u64, topic: &str) -> OwnedHeader
     }
     if let Some(id) = &event.metadata.causation_id {
         fields.push((headers::CAUSATION_ID.into(), id.clone()));
+    }
+    if let Some(trace) = &event.metadata.traceparent {
+        fields.push((headers::TRACEPARENT.into(), trace.clone()));
+        // The CloudEvents distributed-tracing extension, as Kafka carries it.
+        fields.push((crate::cloudevents::TRACEPARENT.into(), trace.clone()));
     }
     for (key, value) in &event.metadata.extra {
         fields.push((format!("{}{key}", headers::META_PREFIX), value.clone()));

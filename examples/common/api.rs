@@ -145,7 +145,14 @@ pub fn metadata_from(headers: &HeaderMap) -> Metadata {
         .filter(|value| !value.is_empty() && value.len() <= 128)
         .map(str::to_owned)
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-    Metadata::correlated(correlation)
+    let mut metadata = Metadata::correlated(correlation);
+    // The caller's W3C trace, continued in this service's span.
+    metadata.traceparent = headers
+        .get("traceparent")
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<bookshelf::trace::TraceParent>().ok())
+        .map(|parent| parent.child().to_string());
+    metadata
 }
 
 /// The state of the books routes.

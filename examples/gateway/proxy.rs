@@ -11,6 +11,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use bookshelf::trace::TraceParent;
 use bookshelf::{Balancer, ServiceInstance};
 use serde_json::json;
 
@@ -135,7 +136,18 @@ pub async fn forward(
     request: Request,
 ) -> Response {
     let started = Instant::now();
+    let mut request = request;
     let correlation = correlation_id(request.headers());
+    // The caller's trace, continued in the gateway's own span, or a new one.
+    let trace = request
+        .headers()
+        .get(TRACEPARENT)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<TraceParent>().ok())
+        .map_or_else(TraceParent::start, |parent| parent.child());
+    if let Ok(value) = HeaderValue::from_str(&trace.to_string()) {
+        request.headers_mut().insert(TRACEPARENT, value);
+    }
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     let mut response = match gateway.route(peer, &correlation, request).await {
@@ -148,6 +160,7 @@ pub async fn forward(
         status = response.status().as_u16(),
         served_by = response.headers().get(SERVED_BY_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("-"),
         correlation_id = correlation.to_str().unwrap_or("-"),
+        trace_id = %trace.trace_id(),
         ms = started.elapsed().as_secs_f64() * 1e3,
         "request"
     );
@@ -164,6 +177,9 @@ pub async fn forward(
     response.headers_mut().insert(CORRELATION_HEADER, correlation);
     response
 }
+
+/// The W3C trace context header.
+pub const TRACEPARENT: &str = "traceparent";
 
 /// `bookshelf_gateway_requests_total{route, status, instance}`: requests by
 /// the route prefix that took them (`none` for no route), the status

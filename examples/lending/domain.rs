@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use bookshelf::process::{CommandBus, Dispatch, DispatchError, ProcessManager};
-use bookshelf::{async_trait, Aggregate, CommandError, DomainEvent, Envelope, EventStore, Metadata, Repository};
+use bookshelf::{async_trait, Aggregate, CommandError, DomainEvent, Envelope, EventStore, Repository};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -456,7 +456,12 @@ fn dispatch_error<E: std::error::Error>(error: CommandError<E>) -> DispatchError
 #[async_trait]
 impl<S: EventStore> CommandBus<LoanCommand> for LendingBus<S> {
     async fn dispatch(&self, dispatch: &Dispatch<LoanCommand>) -> Result<(), DispatchError> {
-        let metadata = Metadata::correlated(dispatch.key.split('/').next().unwrap_or_default());
+        // The runner's metadata: the causing event's correlation id, the
+        // event as cause, its trace continued; the loan id when it has none.
+        let mut metadata = dispatch.metadata.clone();
+        if metadata.correlation_id.is_none() {
+            metadata.correlation_id = Some(dispatch.key.split('/').next().unwrap_or_default().to_owned());
+        }
         let key = dispatch.key.as_str();
         match &dispatch.command {
             LoanCommand::Copy { id, command } => {

@@ -16,16 +16,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use axum::Router;
 use bookshelf::process::ProcessRunner;
-use bookshelf::{CommandError, EventStore, FileViewStore, Metadata, Repository, RetryPolicy, StreamId};
+use bookshelf::{CommandError, EventStore, FileViewStore, Repository, RetryPolicy, StreamId};
 use bookshelf_kafka::KafkaStore;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::api::{ApiError, Json};
+use crate::api::{self, ApiError, Json};
 use crate::domain::{Copy, CopyCommand, LendingBus, LendingError, LoanProcess, Member, MemberCommand};
 
 /// What the HTTP handlers share.
@@ -109,24 +109,32 @@ fn checked(id: &str) -> Result<&str, ApiError> {
     }
 }
 
-async fn join(State(lending): State<Arc<Lending>>, Json(member): Json<NewMember>) -> Result<StatusCode, ApiError> {
+async fn join(
+    State(lending): State<Arc<Lending>>,
+    headers: HeaderMap,
+    Json(member): Json<NewMember>,
+) -> Result<StatusCode, ApiError> {
     let command = MemberCommand::Join {
         balance: member.balance,
     };
     lending.writes::<Member>(checked(&member.id)?)?;
     lending
         .members
-        .execute(checked(&member.id)?, &command, Metadata::default())
+        .execute(checked(&member.id)?, &command, api::metadata_from(&headers))
         .await
         .map_err(api_error)?;
     Ok(StatusCode::CREATED)
 }
 
-async fn register(State(lending): State<Arc<Lending>>, Json(copy): Json<NewCopy>) -> Result<StatusCode, ApiError> {
+async fn register(
+    State(lending): State<Arc<Lending>>,
+    headers: HeaderMap,
+    Json(copy): Json<NewCopy>,
+) -> Result<StatusCode, ApiError> {
     lending.writes::<Copy>(checked(&copy.id)?)?;
     lending
         .copies
-        .execute(checked(&copy.id)?, &CopyCommand::Register, Metadata::default())
+        .execute(checked(&copy.id)?, &CopyCommand::Register, api::metadata_from(&headers))
         .await
         .map_err(api_error)?;
     Ok(StatusCode::CREATED)
@@ -135,6 +143,7 @@ async fn register(State(lending): State<Arc<Lending>>, Json(copy): Json<NewCopy>
 async fn reserve(
     State(lending): State<Arc<Lending>>,
     Path(copy): Path<String>,
+    headers: HeaderMap,
     Json(reservation): Json<Reservation>,
 ) -> Result<StatusCode, ApiError> {
     let command = CopyCommand::Reserve {
@@ -145,7 +154,11 @@ async fn reserve(
     lending.writes::<Copy>(checked(&copy)?)?;
     lending
         .copies
-        .execute(checked(&copy)?, &command, Metadata::correlated(&reservation.loan))
+        .execute(checked(&copy)?, &command, {
+            let mut metadata = api::metadata_from(&headers);
+            metadata.correlation_id = Some(reservation.loan.clone());
+            metadata
+        })
         .await
         .map_err(api_error)?;
     Ok(StatusCode::ACCEPTED)
@@ -173,6 +186,9 @@ async fn stream<A: bookshelf::Aggregate + serde::Serialize>(
                 "type": e.event_type,
                 "payload": serde_json::from_str::<Value>(e.payload.get()).unwrap_or(Value::Null),
                 "key": e.metadata.extra.get(bookshelf::IDEMPOTENCY_KEY),
+                "correlation_id": e.metadata.correlation_id,
+                "causation_id": e.metadata.causation_id,
+                "traceparent": e.metadata.traceparent,
             })
         })
         .collect();
