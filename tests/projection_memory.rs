@@ -9,6 +9,7 @@
 
 #[path = "../examples/common/books.rs"]
 mod books;
+mod support;
 
 use books::{BookEvent, LastRead};
 use bookshelf::{
@@ -16,19 +17,7 @@ use bookshelf::{
     StreamId, Version,
 };
 use chrono::{TimeZone, Utc};
-
-fn status_kib(field: &str) -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status is readable on Linux");
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix(field))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {field} in /proc/self/status"))
-}
-
-fn reset_peak() {
-    std::fs::write("/proc/self/clear_refs", "5").expect("resetting the peak RSS through /proc/self/clear_refs");
-}
+use support::{reset_peak, status_kib};
 
 fn store_with(events: u64) -> InMemoryStore {
     let store = InMemoryStore::new();

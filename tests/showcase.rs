@@ -8,7 +8,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use bookshelf_consul::double::ConsulDouble;
-use support::{brokers, Service};
+use support::{brokers, get_json, Service};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_showcase_last_read_line_runs_verbatim() {
@@ -40,14 +40,7 @@ async fn the_showcase_last_read_line_runs_verbatim() {
     let http = reqwest::Client::new();
     let start = Instant::now();
     let instance = loop {
-        let answer: serde_json::Value = http
-            .get(format!("{}/v1/health/service/lastreadbooks", consul.url()))
-            .send()
-            .await
-            .expect("the double answers")
-            .json()
-            .await
-            .expect("JSON");
+        let answer = get_json(&http, &format!("{}/v1/health/service/lastreadbooks", consul.url())).await;
         if let Some(entry) = answer.as_array().and_then(|a| a.first()) {
             break entry["Service"].clone();
         }
@@ -60,24 +53,10 @@ async fn the_showcase_last_read_line_runs_verbatim() {
     assert_eq!(instance["ID"], "lastread1");
     assert_eq!(instance["Tags"], serde_json::json!(["books", "last"]));
     assert_eq!(instance["Port"], 8087);
-    let shelf: serde_json::Value = http
-        .get(format!("{}/", service.url))
-        .send()
-        .await
-        .expect("last_read answers")
-        .json()
-        .await
-        .expect("JSON");
+    let shelf = get_json(&http, &format!("{}/", service.url)).await;
     assert!(shelf.is_array(), "{shelf}");
 
     assert!(service.terminate(), "it stops cleanly");
-    let left: serde_json::Value = http
-        .get(format!("{}/v1/agent/services", consul.url()))
-        .send()
-        .await
-        .expect("the double answers")
-        .json()
-        .await
-        .expect("JSON");
+    let left = get_json(&http, &format!("{}/v1/agent/services", consul.url())).await;
     assert!(left.get("lastread1").is_none(), "deregistered on shutdown: {left}");
 }

@@ -11,7 +11,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use support::{brokers, Service};
+use support::{brokers, get_json, Service};
 
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 
@@ -77,22 +77,8 @@ async fn a_requests_trace_reaches_the_commands_a_process_manager_sends() {
     // The loan ends: the copy is lent, after the charge.
     let start = Instant::now();
     let (copy, member) = loop {
-        let copy: Value = http
-            .get(format!("{}/copies/c1", gateway.url))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let member: Value = http
-            .get(format!("{}/members/ann", gateway.url))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let copy = get_json(&http, &format!("{}/copies/c1", gateway.url)).await;
+        let member = get_json(&http, &format!("{}/members/ann", gateway.url)).await;
         if copy["state"]["Lent"].is_object() {
             break (copy, member);
         }

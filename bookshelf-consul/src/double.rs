@@ -711,17 +711,33 @@ fn parse_health_query(raw: Option<String>) -> Result<HealthQuery, String> {
     Ok(query)
 }
 
-fn health_entries(state: &AgentState, name: &str, query: &HealthQuery) -> Vec<Value> {
+/// The query of a catalog or health read, or the answer refusing it (a bad
+/// parameter, a datacenter other than the double's).
+fn read_query(raw: Option<String>) -> Result<HealthQuery, (StatusCode, String)> {
+    let query = parse_health_query(raw).map_err(|message| (StatusCode::BAD_REQUEST, message))?;
+    if query.dc.as_deref().is_some_and(|dc| dc != "dc1") {
+        return Err((StatusCode::INTERNAL_SERVER_ERROR, "No path to datacenter".to_owned()));
+    }
+    Ok(query)
+}
+
+/// The instances of `name` in the catalog that carry every tag the query
+/// asks for (case-insensitively, as Consul compares tags).
+fn listed<'a>(state: &'a AgentState, name: &'a str, query: &'a HealthQuery) -> impl Iterator<Item = &'a Service> + 'a {
     state
         .services
         .values()
-        .filter(|s| s.in_catalog && s.name == name)
-        .filter(|s| {
+        .filter(move |s| s.in_catalog && s.name == name)
+        .filter(move |s| {
             query
                 .tags
                 .iter()
                 .all(|wanted| s.tags.iter().any(|tag| tag.eq_ignore_ascii_case(wanted)))
         })
+}
+
+fn health_entries(state: &AgentState, name: &str, query: &HealthQuery) -> Vec<Value> {
+    listed(state, name, query)
         .filter(|s| !query.passing || s.checks.iter().all(|c| c.status == "passing"))
         .map(|s| {
             let mut checks: Vec<Value> = s
@@ -762,16 +778,13 @@ async fn health_service(
     Path(name): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> Response {
-    let query = match parse_health_query(raw) {
-        Ok(query) => query,
-        Err(message) => return text(StatusCode::BAD_REQUEST, message),
-    };
     if name.is_empty() {
         return text(StatusCode::BAD_REQUEST, "Missing service name");
     }
-    if query.dc.as_deref().is_some_and(|dc| dc != "dc1") {
-        return text(StatusCode::INTERNAL_SERVER_ERROR, "No path to datacenter");
-    }
+    let query = match read_query(raw) {
+        Ok(query) => query,
+        Err((status, message)) => return text(status, message),
+    };
     blocking(&shared, &query, |state| {
         (
             state.index_of(&name),
@@ -819,13 +832,10 @@ async fn blocking(shared: &Shared, query: &HealthQuery, read: impl Fn(&AgentStat
 /// union of its instances' tags (and `consul`, which an agent always
 /// lists); the index is the catalog's, moved by any write.
 async fn catalog_services(State(shared): State<Arc<Shared>>, RawQuery(raw): RawQuery) -> Response {
-    let query = match parse_health_query(raw) {
+    let query = match read_query(raw) {
         Ok(query) => query,
-        Err(message) => return text(StatusCode::BAD_REQUEST, message),
+        Err((status, message)) => return text(status, message),
     };
-    if query.dc.as_deref().is_some_and(|dc| dc != "dc1") {
-        return text(StatusCode::INTERNAL_SERVER_ERROR, "No path to datacenter");
-    }
     blocking(&shared, &query, |state| {
         let mut names: BTreeMap<&str, Vec<String>> = BTreeMap::from([("consul", Vec::new())]);
         for service in state.services.values().filter(|s| s.in_catalog) {
@@ -848,24 +858,12 @@ async fn catalog_service(
     Path(name): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> Response {
-    let query = match parse_health_query(raw) {
+    let query = match read_query(raw) {
         Ok(query) => query,
-        Err(message) => return text(StatusCode::BAD_REQUEST, message),
+        Err((status, message)) => return text(status, message),
     };
-    if query.dc.as_deref().is_some_and(|dc| dc != "dc1") {
-        return text(StatusCode::INTERNAL_SERVER_ERROR, "No path to datacenter");
-    }
     blocking(&shared, &query, |state| {
-        let entries: Vec<Value> = state
-            .services
-            .values()
-            .filter(|s| s.in_catalog && s.name == name)
-            .filter(|s| {
-                query
-                    .tags
-                    .iter()
-                    .all(|wanted| s.tags.iter().any(|tag| tag.eq_ignore_ascii_case(wanted)))
-            })
+        let entries: Vec<Value> = listed(state, &name, &query)
             .map(|s| {
                 json!({
                     "ID": "40e4a748-2192-161a-0510-9bf59fe950b5", "Node": "double-node", "Address": "127.0.0.1",

@@ -20,21 +20,26 @@ fn message(error: StoreError) -> String {
     error.to_string()
 }
 
-#[tokio::test]
-async fn a_reopened_store_has_kept_every_event_and_goes_on_from_there() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("nested").join("events.sqlite");
-    let store = SqliteStore::open(&path).unwrap();
-    for n in 0..10 {
+/// Deposits 0, 1, … `count - 1`, one per append, over `accounts` accounts.
+async fn deposit_into(store: &SqliteStore, count: i64, accounts: i64) {
+    for n in 0..count {
         store
             .append(
-                &StreamId::new(format!("account-{}", n % 3)),
+                &StreamId::new(format!("account-{}", n % accounts)),
                 ExpectedVersion::Any,
                 vec![deposit(n)],
             )
             .await
             .unwrap();
     }
+}
+
+#[tokio::test]
+async fn a_reopened_store_has_kept_every_event_and_goes_on_from_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nested").join("events.sqlite");
+    let store = SqliteStore::open(&path).unwrap();
+    deposit_into(&store, 10, 3).await;
     drop(store);
     let store = SqliteStore::open(&path).unwrap();
     assert_eq!(store.head().await.unwrap(), Position(10));
@@ -211,16 +216,7 @@ async fn a_truncated_file_is_an_error_not_a_panic() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("events.sqlite");
     let store = SqliteStore::open(&path).unwrap();
-    for n in 0..2_000 {
-        store
-            .append(
-                &StreamId::new(format!("account-{}", n % 7)),
-                ExpectedVersion::Any,
-                vec![deposit(n)],
-            )
-            .await
-            .unwrap();
-    }
+    deposit_into(&store, 2_000, 7).await;
     drop(store);
     // Checkpointed into the main file when the last connection closed; cut
     // it in half.
