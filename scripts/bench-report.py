@@ -76,7 +76,27 @@ def stores():
             print(f"{group} {a} / {b} = {rates[(group, a)] / rates[(group, b)]:.3f}")
 
 
+def peers():
+    for books in ("1000", "10000", "20"):
+        group = f"peers_{books}"
+        if not os.path.exists(os.path.join(root, group)):
+            continue
+        rates = {}
+        for bench, label in (("cqrs_es", "cqrs-es 0.5, MemStore + query"),
+                             ("bookshelf", "Bookshelf, InMemoryStore + Repository + runner"),
+                             ("bookshelf_cached", "the same, Repository with a state cache")):
+            if os.path.exists(os.path.join(root, group, bench, "new", "estimates.json")):
+                rates[bench] = rate(group, bench)
+                print(f"{books:>6} books: {label:50} median {median(group, bench) / 1e6:9.1f} ms  {rates[bench]:>11,.0f} commands/s")
+        for bench in ("bookshelf", "bookshelf_cached"):
+            if bench in rates and "cqrs_es" in rates:
+                print(f"{books:>6} books: {bench} / cqrs_es = {rates[bench] / rates['cqrs_es']:.2f}")
+
+
 try:
+    if sys.argv[1:] == ["peers"]:
+        peers()
+        sys.exit(0)
     if sys.argv[1:] == ["kafka"]:
         kafka()
         sys.exit(0)
