@@ -149,21 +149,37 @@ pub struct EncodedEvent {
 /// [`EncodeError::NotAnEnum`] when `event` is not an enum variant in serde's
 /// default representation; [`EncodeError::Json`] when serialization fails.
 pub fn encode<E: DomainEvent>(event: &E) -> Result<EncodedEvent, EncodeError> {
-    let (event_type, content) = match serde_json::to_value(event)? {
-        Value::String(unit_variant) => (unit_variant, Value::Null),
-        Value::Object(map) if map.len() == 1 => map.into_iter().next().expect("the map has one entry"),
-        other => return Err(EncodeError::NotAnEnum(other.to_string())),
+    // Serialized once, straight to text: serde writes an enum variant as
+    // `"Name"` or `{"Name":content}`, so the name and the content are cut
+    // out of the text (no intermediate `Value` tree).
+    let json = serde_json::to_string(event)?;
+    let Some((event_type, content)) = split_variant(&json) else {
+        return Err(EncodeError::NotAnEnum(json));
     };
-    if !variant_names::<E>().contains(&event_type.as_str()) {
+    if !variant_names::<E>().contains(&event_type) {
         return Err(EncodeError::NotAnEnum(format!("{{{event_type:?}: ...}}")));
     }
-    let payload = serde_json::value::to_raw_value(&content)?;
-    let schema_version = E::schema_version(&event_type);
+    let payload = RawValue::from_string(content.to_owned())?;
+    let schema_version = E::schema_version(event_type);
     Ok(EncodedEvent {
-        event_type,
+        event_type: event_type.to_owned(),
         schema_version,
         payload,
     })
+}
+
+/// The variant name and the content of an enum as serde_json writes it in
+/// serde's default representation: `"Name"` (content `null`) or
+/// `{"Name":content}`. `None` for anything else, and for a name that needed
+/// escaping (no variant name does).
+fn split_variant(json: &str) -> Option<(&str, &str)> {
+    if let Some(name) = json.strip_prefix('"').and_then(|rest| rest.strip_suffix('"')) {
+        return (!name.contains(['"', '\\'])).then_some((name, "null"));
+    }
+    let inner = json.strip_prefix("{\"")?.strip_suffix('}')?;
+    let (name, rest) = inner.split_once('"')?;
+    let content = rest.strip_prefix(':')?;
+    (!name.contains('\\')).then_some((name, content))
 }
 
 /// The variant names of a serde enum, read from its `Deserialize` impl.
