@@ -22,7 +22,7 @@ use support::events;
 use std::hint::black_box;
 use std::time::Duration;
 
-use books::{Book, BookCommand, BookEvent, Clock, LastRead};
+use books::{Book, BookEvent, Clock, LastRead};
 use bookshelf::{
     Envelope, EventCodec, EventId, EventStore, InMemoryStore, InMemoryViewStore, Metadata, Position, ProjectionRunner,
     RecordedEvent, Repository, StreamId, Version, View,
@@ -185,23 +185,7 @@ fn commands(c: &mut Criterion) {
                 },
                 |books| {
                     runtime.block_on(async {
-                        for id in 0..N {
-                            let add = BookCommand::Add {
-                                title: format!("Book {id}"),
-                                author: "Somebody".into(),
-                                isbn: "9780441013593".into(),
-                            };
-                            books.execute(&id.to_string(), &add, Metadata::default()).await.unwrap();
-                        }
-                        for _ in 0..2 {
-                            for id in 0..N {
-                                let id = id.to_string();
-                                books
-                                    .execute(&id, &BookCommand::MarkRead, Metadata::default())
-                                    .await
-                                    .unwrap();
-                            }
-                        }
+                        support::add_then_read_twice(&books, N).await;
                         black_box(books.store().head().await.unwrap())
                     })
                 },

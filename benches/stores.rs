@@ -15,7 +15,7 @@ mod support;
 
 use std::hint::black_box;
 
-use books::{Book, BookCommand, BookEvent, Clock, LastRead};
+use books::{Book, BookEvent, Clock, LastRead};
 use bookshelf::store::{Durability, SqliteStore};
 use bookshelf::{
     EventId, EventStore, ExpectedVersion, InMemoryStore, InMemoryViewStore, Metadata, NewEvent, Position,
@@ -97,27 +97,6 @@ fn appends(c: &mut Criterion) {
     group.finish();
 }
 
-/// Adds `n` books, then reads each twice: 3n commands, each a load, a
-/// decision and an append.
-async fn commands_on<S: EventStore>(books: &Repository<Book, S>, n: u64) {
-    for id in 0..n {
-        let add = BookCommand::Add {
-            title: format!("Book {id}"),
-            author: "Somebody".into(),
-            isbn: "9780441013593".into(),
-        };
-        books.execute(&id.to_string(), &add, Metadata::default()).await.unwrap();
-    }
-    for _ in 0..2 {
-        for id in 0..n {
-            books
-                .execute(&id.to_string(), &BookCommand::MarkRead, Metadata::default())
-                .await
-                .unwrap();
-        }
-    }
-}
-
 fn commands(c: &mut Criterion) {
     const N: u64 = 500;
     let runtime = runtime();
@@ -127,7 +106,7 @@ fn commands(c: &mut Criterion) {
     group.bench_function("memory", |b| {
         b.iter_batched(
             || Repository::<Book, _>::new(InMemoryStore::new(), Clock::system()),
-            |books| runtime.block_on(commands_on(&books, N)),
+            |books| runtime.block_on(support::add_then_read_twice(&books, N)),
             BatchSize::PerIteration,
         )
     });
@@ -138,7 +117,7 @@ fn commands(c: &mut Criterion) {
                 (Repository::<Book, _>::new(store, Clock::system()), dir)
             },
             |(books, dir)| {
-                runtime.block_on(commands_on(&books, N));
+                runtime.block_on(support::add_then_read_twice(&books, N));
                 (books, dir)
             },
             BatchSize::PerIteration,

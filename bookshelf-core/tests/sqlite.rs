@@ -20,9 +20,10 @@ fn message(error: StoreError) -> String {
     error.to_string()
 }
 
-/// Deposits 0, 1, … `count - 1`, one per append, over `accounts` accounts.
-async fn deposit_into(store: &SqliteStore, count: i64, accounts: i64) {
-    for n in 0..count {
+/// Deposits each amount of `amounts`, one per append, over `accounts`
+/// accounts (amount `n` into `account-{n % accounts}`).
+async fn deposit_into(store: &SqliteStore, amounts: std::ops::Range<i64>, accounts: i64) {
+    for n in amounts {
         store
             .append(
                 &StreamId::new(format!("account-{}", n % accounts)),
@@ -39,7 +40,7 @@ async fn a_reopened_store_has_kept_every_event_and_goes_on_from_there() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("nested").join("events.sqlite");
     let store = SqliteStore::open(&path).unwrap();
-    deposit_into(&store, 10, 3).await;
+    deposit_into(&store, 0..10, 3).await;
     drop(store);
     let store = SqliteStore::open(&path).unwrap();
     assert_eq!(store.head().await.unwrap(), Position(10));
@@ -67,12 +68,7 @@ async fn a_view_keeps_its_state_and_checkpoint_together_in_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("events.sqlite");
     let store = SqliteStore::open(&path).unwrap();
-    for n in 1..=50 {
-        store
-            .append(&StreamId::new("account-1"), ExpectedVersion::Any, vec![deposit(n)])
-            .await
-            .unwrap();
-    }
+    deposit_into(&store, 1..51, 1).await;
     let ledger = ProjectionRunner::<Ledger, _>::new("ledger", store.clone())
         .persist_to(store.view_store("ledger"))
         .start();
@@ -81,12 +77,7 @@ async fn a_view_keeps_its_state_and_checkpoint_together_in_the_file() {
     drop(store);
 
     let store = SqliteStore::open(&path).unwrap();
-    for n in 51..=60 {
-        store
-            .append(&StreamId::new("account-1"), ExpectedVersion::Any, vec![deposit(n)])
-            .await
-            .unwrap();
-    }
+    deposit_into(&store, 51..61, 1).await;
     let ledger = ProjectionRunner::<Ledger, _>::new("ledger", store.clone())
         .persist_to(store.view_store("ledger"))
         .start();
@@ -216,7 +207,7 @@ async fn a_truncated_file_is_an_error_not_a_panic() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("events.sqlite");
     let store = SqliteStore::open(&path).unwrap();
-    deposit_into(&store, 2_000, 7).await;
+    deposit_into(&store, 0..2_000, 7).await;
     drop(store);
     // Checkpointed into the main file when the last connection closed; cut
     // it in half.
