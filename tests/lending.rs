@@ -239,7 +239,7 @@ async fn a_crash_between_steps_resumes_without_charging_twice() {
     tokio::time::timeout(Duration::from_secs(5), hung.notified())
         .await
         .expect("the charge was sent");
-    first.abort();
+    first.abort().await;
     assert_eq!(charges(&library.member_events("ada").await), 1);
 
     // A new process manager resumes from the last save: it reads the

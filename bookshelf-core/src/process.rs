@@ -453,7 +453,9 @@ impl<P: ProcessManager> RunningProcess<P> {
     }
 
     /// Stops at once, saving nothing: what a crash would do.
-    pub fn abort(self) {
-        self.task.abort();
+    ///
+    /// Returns once the task is gone: nothing it does lands afterwards.
+    pub async fn abort(self) {
+        self.task.abort().await;
     }
 }

@@ -606,8 +606,13 @@ impl<V: View> RunningProjection<V> {
     }
 
     /// Stops the task at once, saving nothing: what a crash would do.
-    pub fn abort(self) {
+    ///
+    /// Returns once the task is gone: nothing it does lands afterwards.
+    pub async fn abort(self) {
         self.task.abort();
+        // A cancellation, or how it ended before the abort reached it: a
+        // crash reports neither.
+        let _ = self.task.await;
     }
 }
 

@@ -111,9 +111,13 @@ impl RunnerTask {
         self.task.await.map_err(|e| ProjectionError::Task(e.to_string()))?
     }
 
-    /// Ends the task at once.
-    pub(crate) fn abort(self) {
+    /// Ends the task at once and waits until it is gone, so that nothing it
+    /// was doing lands after this returns.
+    pub(crate) async fn abort(self) {
         self.task.abort();
+        // The task's answer is a cancellation, or whatever it ended with
+        // before the abort reached it: a crash reports neither.
+        let _ = self.task.await;
     }
 }
 

@@ -292,8 +292,10 @@ impl RunningTable {
 
     /// Stops at once: what a crash would do (the batch in hand is committed
     /// whole or not at all).
-    pub fn abort(self) {
-        self.task.abort();
+    ///
+    /// Returns once the task is gone: nothing it does lands afterwards.
+    pub async fn abort(self) {
+        self.task.abort().await;
     }
 }
 

@@ -55,7 +55,7 @@ async fn crashes_and_restarts_neither_lose_nor_repeat_events() {
             let head = store.head().await.unwrap().0;
             let target = Position(rng.below(head + 1));
             assert!(running.handle().wait_for(target).await);
-            running.abort(); // no final save: the in-memory view is lost
+            running.abort().await; // no final save: the in-memory view is lost
         }
         let running = ProjectionRunner::<Ledger, _>::new("ledger", store.clone())
             .persist_to(saved.clone())
@@ -77,6 +77,34 @@ async fn crashes_and_restarts_neither_lose_nor_repeat_events() {
         let stored = saved.load().await.unwrap().expect("stop saves the view");
         assert_eq!(stored.checkpoint, head);
     }
+}
+
+/// A projection far behind finds every batch ready at once; it must still
+/// yield, or it holds its worker thread (here the only one) until it has caught
+/// up, and an abort waits as long.
+#[tokio::test(flavor = "current_thread")]
+async fn a_projection_catching_up_yields_to_other_tasks_and_aborts_promptly() {
+    let store = InMemoryStore::new();
+    fill(&store, 20_000).await;
+    let running = ProjectionRunner::<Ledger, _>::new("ledger", store.clone())
+        .batch_size(1)
+        .start();
+    let view = running.handle();
+    // Let the projection run until it gives the thread back.
+    tokio::task::yield_now().await;
+    tokio::task::yield_now().await;
+    let reached = view.checkpoint().unwrap_or(Position::START);
+    assert!(
+        reached.0 < 20_000,
+        "the projection applied all {} events before any other task ran",
+        reached.0
+    );
+    running.abort().await;
+    let after = view.read(|ledger| ledger.applied.len());
+    assert!(
+        after < 20_000,
+        "abort waited for the projection to catch up ({after} applied)"
+    );
 }
 
 #[tokio::test]

@@ -244,7 +244,7 @@ pub async fn run_loans(store: KafkaStore, saved: PathBuf) {
                 // Stopped at once, as a crash would: what it was sending is
                 // sent again, under the same keys, by the next writer.
                 tracing::info!("this instance no longer writes the topic: the loan process stops");
-                running.abort();
+                running.abort().await;
             }
             outcome = running.ended() => {
                 tracing::error!(?outcome, "the loan process ended; starting it again in a second");

@@ -243,6 +243,10 @@ impl Subscription for MemorySubscription {
     async fn next_batch(&mut self, batch: &mut Vec<Arc<RecordedEvent>>, max: usize) -> Result<(), StoreError> {
         batch.clear();
         let max = max.max(1);
+        // A reader far behind finds every batch ready; spending the task's
+        // budget lets it yield now and then, so it shares its worker thread
+        // and an abort takes effect.
+        tokio::task::coop::consume_budget().await;
         loop {
             // Mark the current append as seen *before* looking at the log, so
             // that an append landing after the look wakes the wait below.

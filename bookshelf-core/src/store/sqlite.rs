@@ -431,6 +431,8 @@ impl Subscription for SqliteSubscription {
     async fn next_batch(&mut self, batch: &mut Vec<Arc<RecordedEvent>>, max: usize) -> Result<(), StoreError> {
         batch.clear();
         let max = max.max(1) as i64;
+        // As in the in-memory subscription: a reader behind yields now and then.
+        tokio::task::coop::consume_budget().await;
         loop {
             // Seen before the look, so that an append after it wakes the wait.
             self.appended.borrow_and_update();
