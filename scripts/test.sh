@@ -21,7 +21,8 @@ TANSU_BIN=$(scripts/tansu.sh bin)
 export TANSU_BIN
 
 # Python packages from PyPI that tests drive the services with (a standard
-# Consul client), in a virtual environment made once into the cache.
+# Consul client, a Kafka client, an OpenAPI fuzzer), in a virtual environment
+# made once into the cache.
 BOOKSHELF_PYTHON=$(scripts/python.sh)
 export BOOKSHELF_PYTHON
 

@@ -6,6 +6,8 @@
 mod api;
 #[path = "../examples/common/books.rs"]
 mod books;
+#[path = "../examples/common/docs.rs"]
+mod docs;
 #[path = "../examples/common/tables.rs"]
 mod tables;
 

@@ -17,6 +17,8 @@
 mod api;
 #[path = "../common/books.rs"]
 mod books;
+#[path = "../common/docs.rs"]
+mod docs;
 
 use bookshelf::UnknownEvents;
 use bookshelf_kafka::{KafkaConfig, KafkaProjection};
@@ -59,6 +61,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .await?;
     let app = api::authors_routes(api::AuthorsView(view.handle()))
         .merge(api::health_routes())
+        .serve_docs("authors API")
         .fallback(api::not_found);
 
     let registration = args.service.register(&args.name, local).await?;

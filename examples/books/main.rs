@@ -17,6 +17,8 @@
 mod api;
 #[path = "../common/books.rs"]
 mod books;
+#[path = "../common/docs.rs"]
+mod docs;
 mod owners;
 
 use std::path::PathBuf;
@@ -110,18 +112,20 @@ async fn serve<S: EventStore>(
     });
     let mut app = api::books_routes(api);
     if let Some(owners) = owners {
-        let describe = Arc::clone(&owners);
+        let route_to_owner = Arc::clone(&owners);
         app = app
-            .layer(axum::middleware::from_fn_with_state(owners, owners::route_to_owner))
-            .route(
-                "/ownership",
-                axum::routing::get(move || {
-                    let owners = Arc::clone(&describe);
-                    async move { axum::Json(owners.describe()) }
-                }),
-            );
+            .map_router(|router| {
+                router.layer(axum::middleware::from_fn_with_state(
+                    route_to_owner,
+                    owners::route_to_owner,
+                ))
+            })
+            .merge(owners::routes(owners));
     }
-    let app = app.merge(api::health_routes()).fallback(api::not_found);
+    let app = app
+        .merge(api::health_routes())
+        .serve_docs("books API")
+        .fallback(api::not_found);
 
     let registration = args.service.register(&args.name, local).await?;
     println!("books is listening on http://{local}/ ({kind})");

@@ -110,6 +110,24 @@ impl Owners {
     }
 }
 
+/// `GET /ownership`.
+pub fn routes(owners: Arc<Owners>) -> crate::docs::Api {
+    crate::docs::Api::new()
+        .route(__path_ownership, ownership)
+        .with_state(owners)
+}
+
+/// Who owns each partition of the books topic, as this instance reads it.
+#[utoipa::path(
+    get, path = "/ownership", tag = "meta",
+    responses((status = 200, description = "This instance, whether it has caught up with the topic, and each \
+        partition's owner, its address and epoch, whether it is this instance, and the next offset read",
+        body = Object))
+)]
+async fn ownership(State(owners): State<Arc<Owners>>) -> axum::Json<serde_json::Value> {
+    axum::Json(owners.describe())
+}
+
 /// How long a command waits for its book's partition to have an owner
 /// again (while ownership moves) before it is answered 503.
 const SETTLE: Duration = Duration::from_secs(3);

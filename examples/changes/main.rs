@@ -21,6 +21,8 @@ mod api;
 #[path = "../common/books.rs"]
 mod books;
 mod consumers;
+#[path = "../common/docs.rs"]
+mod docs;
 mod service;
 
 use std::path::PathBuf;
@@ -100,7 +102,11 @@ async fn serve(args: &Args, broker: &str, role: service::Role) -> Result<(), Box
         shutdown,
     )
     .await?;
-    let app = running.routes.merge(api::health_routes()).fallback(api::not_found);
+    let app = running
+        .routes
+        .merge(api::health_routes())
+        .serve_docs("changes API")
+        .fallback(api::not_found);
     let registration = args.service.register(&name, local).await?;
     println!("changes ({role_name}) is listening on http://{local}/");
     api::serve(listener, app, registration).await?;

@@ -21,17 +21,17 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::routing::get;
-use axum::Router;
+use axum::extract::State;
 use bookshelf::change::ChangeFeed;
 use bookshelf::process::ProcessRunner;
 use bookshelf::{FileViewStore, PartitionProgress, RetryPolicy};
-use bookshelf_kafka::{members_from_discovery, KafkaConfig, KafkaLog, KafkaProjection, KafkaStore};
+use bookshelf_kafka::{members_from_discovery, KafkaConfig, KafkaLog, KafkaProjection, KafkaStore, KafkaViewHandle};
 use serde_json::{json, Value};
 
 use crate::api::ServiceFlags;
 use crate::books::Book;
 use crate::consumers::{Mailbox, Notifier, Replica};
+use crate::docs::Api;
 
 /// What one process of the changes service does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -47,19 +47,58 @@ pub enum Role {
 /// Where the process stands, for `GET /progress`.
 type Progress = Arc<Mutex<BTreeMap<String, PartitionProgress>>>;
 
-fn describe(progress: &Progress) -> Value {
+/// Where a role stands in each partition it reads.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+struct ProgressBody {
+    /// By partition (`topic/partition`).
+    partitions: BTreeMap<String, PartitionBody>,
+}
+
+/// Where a role stands in one partition.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+struct PartitionBody {
+    /// The next offset it reads.
+    position: u64,
+    /// The partition's end, as last seen.
+    end: Option<u64>,
+    /// Records between the two.
+    lag: Option<u64>,
+}
+
+/// Where this process stands.
+#[utoipa::path(
+    get, path = "/progress", tag = "meta",
+    responses((status = 200, description = "Position and lag per partition", body = ProgressBody))
+)]
+async fn progress(State(progress): State<Progress>) -> axum::Json<ProgressBody> {
     let progress = progress.lock().unwrap_or_else(|p| p.into_inner());
-    let partitions: BTreeMap<&String, Value> = progress
+    let partitions = progress
         .iter()
-        .map(|(partition, p)| (partition, json!({"position": p.position, "end": p.end, "lag": p.lag()})))
+        .map(|(partition, p)| {
+            let body = PartitionBody {
+                position: p.position,
+                end: p.end,
+                lag: p.lag(),
+            };
+            (partition.clone(), body)
+        })
         .collect();
-    json!({ "partitions": partitions })
+    axum::Json(ProgressBody { partitions })
+}
+
+/// Every book's latest state, from the changes.
+#[utoipa::path(
+    get, path = "/replica", tag = "changes",
+    responses((status = 200, description = "Each book's state by id", body = Object))
+)]
+async fn replica_books(State(view): State<KafkaViewHandle<Replica>>) -> axum::Json<Value> {
+    axum::Json(json!(view.read(|r| r.books.clone())))
 }
 
 /// A role started: the routes it serves, and its task, which stops (saving
 /// its state) when the process's shutdown switch is set.
 pub struct Running {
-    pub routes: Router,
+    pub routes: Api,
     pub task: tokio::task::JoinHandle<()>,
     pub store: Option<KafkaStore>,
 }
@@ -97,14 +136,9 @@ pub async fn start(
     std::fs::create_dir_all(&settings.data)?;
     let progress: Progress = Arc::default();
     let saved = |what: &str| FileViewStore::new(settings.data.join(format!("{what}-{}.json", settings.id)));
-    let watched = Arc::clone(&progress);
-    let mut routes = Router::new().route(
-        "/progress",
-        get(move || {
-            let progress = Arc::clone(&watched);
-            async move { axum::Json(describe(&progress)) }
-        }),
-    );
+    let mut routes = Api::new()
+        .route(__path_progress, self::progress)
+        .with_state(Arc::clone(&progress));
     let (task, store) = match role {
         Role::Feed => {
             let mut builder = KafkaStore::builder(changes)
@@ -136,13 +170,10 @@ pub async fn start(
                 .start()
                 .await?;
             let handle = replica.handle();
-            let view = replica.handle();
-            routes = routes.route(
-                "/replica",
-                get(move || {
-                    let view = view.clone();
-                    async move { axum::Json(view.read(|r| r.books.clone())) }
-                }),
+            routes = routes.merge(
+                Api::new()
+                    .route(__path_replica_books, replica_books)
+                    .with_state(replica.handle()),
             );
             let task = tokio::spawn(async move {
                 loop {

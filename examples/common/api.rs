@@ -6,17 +6,17 @@
 use std::time::Duration;
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{FromRequest, Path, Request, State};
+use axum::extract::{FromRequest, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use axum::Router;
 use bookshelf::{CommandError, EventStore, Metadata, Position, ProjectionHandle, RecordedEvent, Repository, Version};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::sync::Arc;
 
-use crate::books::{Authors, Book, BookCommand, BookError, LastRead};
+use crate::books::{AuthorSummary, Authors, Book, BookCommand, BookError, LastRead, ReadBook, ShelvedBook};
+use crate::docs::{Api, ErrorBody};
 
 /// The header that carries a request's correlation id into event metadata.
 pub const CORRELATION_HEADER: &str = "x-correlation-id";
@@ -137,6 +137,21 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for Json<T> 
     }
 }
 
+/// `axum::extract::Path`, but a path segment that does not parse (a
+/// version that is not a number, say) is a 400 with a JSON error.
+pub struct Path<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned + Send> axum::extract::FromRequestParts<S> for Path<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(value)) => Ok(Path(value)),
+            Err(rejection) => Err(ApiError::new(StatusCode::BAD_REQUEST, rejection.body_text())),
+        }
+    }
+}
+
 /// The metadata of the events a request causes.
 pub fn metadata_from(headers: &HeaderMap) -> Metadata {
     let correlation = headers
@@ -180,18 +195,90 @@ pub fn settle_on<V: bookshelf::View>(view: ProjectionHandle<V>) -> Settle {
     })
 }
 
-#[derive(Debug, Deserialize)]
+/// A book to put on the shelf.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewBook {
+    /// Not blank.
+    #[schema(min_length = 1, example = "Dune")]
     title: String,
+    /// Not blank.
+    #[schema(min_length = 1, example = "Frank Herbert")]
     author: String,
+    /// An ISBN-10 or ISBN-13 with a right check digit; hyphens and spaces
+    /// allowed.
+    #[schema(min_length = 10, example = "978-0441013593")]
     isbn: String,
 }
 
-#[derive(Debug, Serialize)]
+/// What a command wrote: the book and its version now.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct Written {
     id: String,
     version: u64,
+}
+
+/// A link to a resource.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct Link {
+    href: String,
+}
+
+/// A book on the shelf.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct BookBody {
+    id: String,
+    title: String,
+    author: String,
+    isbn: String,
+    /// How often it was read.
+    reads: u32,
+    /// Its rating, 1 to 5, once rated.
+    stars: Option<u8>,
+    /// Its version, also the `ETag`.
+    version: u64,
+    _links: BookLinks,
+}
+
+/// Links from a book.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct BookLinks {
+    #[serde(rename = "self")]
+    this: Link,
+    events: Link,
+}
+
+/// Links from an event.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct EventLinks {
+    #[serde(rename = "self")]
+    this: Link,
+    book: Link,
+}
+
+/// One event of a book's log.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct EventBody {
+    version: u64,
+    #[serde(rename = "type")]
+    event_type: String,
+    schema_version: u32,
+    #[schema(value_type = String, format = DateTime)]
+    recorded_at: Value,
+    /// Correlation and causation ids, trace context, and more.
+    #[schema(value_type = Object)]
+    metadata: Value,
+    /// The event's data, as its type defines it (any JSON).
+    #[schema(value_type = Value)]
+    payload: Value,
+    _links: EventLinks,
+}
+
+/// A book's event log, oldest first.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct EventsBody {
+    _links: EventLinks,
+    events: Vec<EventBody>,
 }
 
 /// The books API:
@@ -203,17 +290,64 @@ struct Written {
 ///   the book has moved on;
 /// * `GET /books/{id}/events` and `GET /books/{id}/events/{version}`: the
 ///   book's event log, with links to the book and to each event.
-pub fn books_routes<S: EventStore>(api: Arc<BooksApi<S>>) -> Router {
-    Router::new()
-        .route("/books", post(add_book::<S>))
-        .route("/books/{id}", get(get_book::<S>).delete(remove_book::<S>))
-        .route("/books/{id}/read", post(mark_read::<S>))
-        .route("/books/{id}/rating", axum::routing::put(rate_book::<S>))
-        .route("/books/{id}/events", get(book_events::<S>))
-        .route("/books/{id}/events/{version}", get(book_event::<S>))
+pub fn books_routes<S: EventStore>(api: Arc<BooksApi<S>>) -> Api {
+    Api::new()
+        .route(__path_add_book, add_book::<S>)
+        .route(__path_get_book, get_book::<S>)
+        .route(__path_remove_book, remove_book::<S>)
+        .route(__path_mark_read, mark_read::<S>)
+        .route(__path_rate_book, rate_book::<S>)
+        .route(__path_book_events, book_events::<S>)
+        .route(__path_book_event, book_event::<S>)
         .with_state(api)
 }
 
+/// The request headers every command takes.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(non_snake_case)]
+struct CommandHeaders {
+    /// Recorded in the events' metadata (1 to 128 characters); a new one
+    /// when absent.
+    #[param(rename = "x-correlation-id", nullable = false)]
+    correlation: Option<String>,
+    /// A W3C trace context; the events record its continuation.
+    #[param(nullable = false)]
+    traceparent: Option<String>,
+}
+
+/// The `If-Match` of the commands on one book.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+struct Expected {
+    /// Carry the command out only at this version of the book, such as
+    /// `"3"`; a 409 when the book has moved on.
+    #[param(rename = "If-Match", nullable = false, pattern = r#"^ *"?[0-9]{1,19}"? *$"#)]
+    if_match: Option<String>,
+}
+
+/// Puts a book on the shelf.
+#[utoipa::path(
+    post, path = "/books", tag = "books",
+    params(CommandHeaders),
+    request_body = NewBook,
+    responses(
+        (status = 201, description = "On the shelf", body = Written,
+            headers(("Location" = String, description = "The book's resource")),
+            links(
+                ("GetBook" = (operation_id = "get_book", parameters(("id" = "$response.body#/id")))),
+                ("MarkRead" = (operation_id = "mark_read", parameters(("id" = "$response.body#/id")))),
+                ("RateBook" = (operation_id = "rate_book", parameters(("id" = "$response.body#/id")))),
+                ("BookEvents" = (operation_id = "book_events", parameters(("id" = "$response.body#/id")))),
+                ("RemoveBook" = (operation_id = "remove_book", parameters(("id" = "$response.body#/id")))),
+            )),
+        (status = 400, description = "Not a valid book, or not JSON", body = ErrorBody),
+        (status = 409, description = "A book with this id exists", body = ErrorBody),
+        (status = 413, description = "The body is too large", body = ErrorBody),
+        (status = 415, description = "The body is not declared as JSON", body = ErrorBody),
+        (status = 503, description = "The store cannot take it now; nothing was stored", body = ErrorBody),
+    )
+)]
 async fn add_book<S: EventStore>(
     State(api): State<Arc<BooksApi<S>>>,
     headers: HeaderMap,
@@ -272,6 +406,20 @@ impl<S: EventStore> BooksApi<S> {
     }
 }
 
+/// Records a reading of the book.
+#[utoipa::path(
+    post, path = "/books/{id}/read", tag = "books",
+    params(("id" = String, Path, description = "The book"), CommandHeaders, Expected),
+    responses(
+        (status = 200, description = "Done", body = Written,
+            headers(("ETag" = String, description = "The book's version now"))),
+        (status = 400, description = "Not a valid command or If-Match", body = ErrorBody),
+        (status = 404, description = "No such book", body = ErrorBody),
+        (status = 409, description = "The book is not at the If-Match version", body = ErrorBody),
+        (status = 410, description = "The book was removed", body = ErrorBody),
+        (status = 503, description = "The store cannot take it now; nothing was stored", body = ErrorBody),
+    )
+)]
 async fn mark_read<S: EventStore>(
     State(api): State<Arc<BooksApi<S>>>,
     Path(id): Path<String>,
@@ -280,12 +428,32 @@ async fn mark_read<S: EventStore>(
     api.command(id, BookCommand::MarkRead, &headers).await
 }
 
-#[derive(Debug, Deserialize)]
+/// A rating.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct Rating {
+    /// 1 to 5.
+    #[schema(minimum = 1, maximum = 5)]
     stars: u8,
 }
 
+/// Rates the book.
+#[utoipa::path(
+    put, path = "/books/{id}/rating", tag = "books",
+    params(("id" = String, Path, description = "The book"), CommandHeaders, Expected),
+    request_body = Rating,
+    responses(
+        (status = 200, description = "Done", body = Written,
+            headers(("ETag" = String, description = "The book's version now"))),
+        (status = 400, description = "Not a valid command or If-Match", body = ErrorBody),
+        (status = 404, description = "No such book", body = ErrorBody),
+        (status = 409, description = "The book is not at the If-Match version", body = ErrorBody),
+        (status = 410, description = "The book was removed", body = ErrorBody),
+        (status = 413, description = "The body is too large", body = ErrorBody),
+        (status = 415, description = "The body is not declared as JSON", body = ErrorBody),
+        (status = 503, description = "The store cannot take it now; nothing was stored", body = ErrorBody),
+    )
+)]
 async fn rate_book<S: EventStore>(
     State(api): State<Arc<BooksApi<S>>>,
     Path(id): Path<String>,
@@ -296,6 +464,20 @@ async fn rate_book<S: EventStore>(
         .await
 }
 
+/// Takes the book off the shelf.
+#[utoipa::path(
+    delete, path = "/books/{id}", tag = "books",
+    params(("id" = String, Path, description = "The book"), CommandHeaders, Expected),
+    responses(
+        (status = 200, description = "Done", body = Written,
+            headers(("ETag" = String, description = "The book's version now"))),
+        (status = 400, description = "Not a valid command or If-Match", body = ErrorBody),
+        (status = 404, description = "No such book", body = ErrorBody),
+        (status = 409, description = "The book is not at the If-Match version", body = ErrorBody),
+        (status = 410, description = "The book was removed", body = ErrorBody),
+        (status = 503, description = "The store cannot take it now; nothing was stored", body = ErrorBody),
+    )
+)]
 async fn remove_book<S: EventStore>(
     State(api): State<Arc<BooksApi<S>>>,
     Path(id): Path<String>,
@@ -304,6 +486,18 @@ async fn remove_book<S: EventStore>(
     api.command(id, BookCommand::Remove, &headers).await
 }
 
+/// The book as it is now.
+#[utoipa::path(
+    get, path = "/books/{id}", tag = "books",
+    params(("id" = String, Path, description = "The book")),
+    responses(
+        (status = 200, description = "The book", body = BookBody,
+            headers(("ETag" = String, description = "The book's version"))),
+        (status = 404, description = "No such book", body = ErrorBody),
+        (status = 410, description = "The book was removed", body = ErrorBody),
+        (status = 503, description = "The store cannot be read now", body = ErrorBody),
+    )
+)]
 async fn get_book<S: EventStore>(
     State(api): State<Arc<BooksApi<S>>>,
     Path(id): Path<String>,
@@ -318,34 +512,55 @@ async fn get_book<S: EventStore>(
             isbn,
             reads,
             stars,
-        } => json!({
-            "id": id, "title": title, "author": author, "isbn": isbn, "reads": reads, "stars": stars,
-            "version": loaded.version.0,
-            "_links": {
-                "self": { "href": format!("/books/{id}") },
-                "events": { "href": format!("/books/{id}/events") },
+        } => BookBody {
+            _links: BookLinks {
+                this: Link::to(format!("/books/{id}")),
+                events: Link::to(format!("/books/{id}/events")),
             },
-        }),
+            id,
+            title,
+            author,
+            isbn,
+            reads,
+            stars,
+            version: loaded.version.0,
+        },
     };
     let etag = format!("\"{}\"", loaded.version);
     Ok(([(header::ETAG, etag)], axum::Json(body)).into_response())
 }
 
-fn event_resource(id: &str, event: &RecordedEvent) -> Value {
-    json!({
-        "version": event.version.0,
-        "type": event.event_type,
-        "schema_version": event.schema_version,
-        "recorded_at": event.recorded_at,
-        "metadata": event.metadata,
-        "payload": event.payload,
-        "_links": {
-            "self": { "href": format!("/books/{id}/events/{}", event.version) },
-            "book": { "href": format!("/books/{id}") },
+fn event_resource(id: &str, event: &RecordedEvent) -> EventBody {
+    EventBody {
+        version: event.version.0,
+        event_type: event.event_type.clone(),
+        schema_version: event.schema_version,
+        recorded_at: json!(event.recorded_at),
+        metadata: json!(event.metadata),
+        payload: serde_json::from_str(event.payload.get()).unwrap_or(Value::Null),
+        _links: EventLinks {
+            this: Link::to(format!("/books/{id}/events/{}", event.version)),
+            book: Link::to(format!("/books/{id}")),
         },
-    })
+    }
 }
 
+impl Link {
+    fn to(href: String) -> Link {
+        Link { href }
+    }
+}
+
+/// The book's event log.
+#[utoipa::path(
+    get, path = "/books/{id}/events", tag = "books",
+    params(("id" = String, Path, description = "The book")),
+    responses(
+        (status = 200, description = "Every event of the book, oldest first", body = EventsBody),
+        (status = 404, description = "No such book", body = ErrorBody),
+        (status = 503, description = "The store cannot be read now", body = ErrorBody),
+    )
+)]
 async fn book_events<S: EventStore>(
     State(api): State<Arc<BooksApi<S>>>,
     Path(id): Path<String>,
@@ -360,16 +575,30 @@ async fn book_events<S: EventStore>(
     if events.is_empty() {
         return Err(ApiError::new(StatusCode::NOT_FOUND, "no such book"));
     }
-    let body = json!({
-        "_links": {
-            "self": { "href": format!("/books/{id}/events") },
-            "book": { "href": format!("/books/{id}") },
+    let body = EventsBody {
+        _links: EventLinks {
+            this: Link::to(format!("/books/{id}/events")),
+            book: Link::to(format!("/books/{id}")),
         },
-        "events": events.iter().map(|event| event_resource(&id, event)).collect::<Vec<_>>(),
-    });
+        events: events.iter().map(|event| event_resource(&id, event)).collect(),
+    };
     Ok(axum::Json(body).into_response())
 }
 
+/// One event of the book's log.
+#[utoipa::path(
+    get, path = "/books/{id}/events/{version}", tag = "books",
+    params(
+        ("id" = String, Path, description = "The book"),
+        ("version" = u64, Path, description = "The event's version, from 1"),
+    ),
+    responses(
+        (status = 200, description = "The event", body = EventBody),
+        (status = 400, description = "The version is not a number", body = ErrorBody),
+        (status = 404, description = "No such event", body = ErrorBody),
+        (status = 503, description = "The store cannot be read now", body = ErrorBody),
+    )
+)]
 async fn book_event<S: EventStore>(
     State(api): State<Arc<BooksApi<S>>>,
     Path((id, version)): Path<(String, u64)>,
@@ -421,13 +650,27 @@ impl<V: bookshelf::View> ViewReader<V> for bookshelf_kafka::KafkaViewHandle<V> {
 
 /// `GET /` and `GET /last-read`: the last read books as a JSON list, most
 /// recent first.
-pub fn last_read_routes<H: ViewReader<LastRead>>(view: H) -> Router {
-    Router::new()
-        .route("/", get(last_read::<H>))
-        .route("/last-read", get(last_read::<H>))
+pub fn last_read_routes<H: ViewReader<LastRead>>(view: H) -> Api {
+    Api::new()
+        .route(__path_last_read_root, last_read_root::<H>)
+        .route(__path_last_read, last_read::<H>)
         .with_state(view)
 }
 
+/// The last read books (the same as `GET /last-read`).
+#[utoipa::path(
+    get, path = "/", tag = "last-read",
+    responses((status = 200, description = "Up to five books, most recently read first", body = Vec<ReadBook>))
+)]
+async fn last_read_root<H: ViewReader<LastRead>>(view: State<H>) -> Response {
+    last_read(view).await
+}
+
+/// The last read books.
+#[utoipa::path(
+    get, path = "/last-read", tag = "last-read",
+    responses((status = 200, description = "Up to five books, most recently read first", body = Vec<ReadBook>))
+)]
 async fn last_read<H: ViewReader<LastRead>>(State(view): State<H>) -> Response {
     axum::Json(view.read_view(LastRead::books)).into_response()
 }
@@ -456,20 +699,43 @@ impl<H: ViewReader<Authors>> AuthorsQuery for AuthorsView<H> {
 
 /// `GET /authors`: every author with their number of books and reads;
 /// `GET /authors/{author}`: that author's books.
-pub fn authors_routes<Q: AuthorsQuery>(view: Q) -> Router {
-    Router::new()
-        .route("/authors", get(authors::<Q>))
-        .route("/authors/{author}", get(books_of::<Q>))
+pub fn authors_routes<Q: AuthorsQuery>(view: Q) -> Api {
+    Api::new()
+        .route(__path_authors, authors::<Q>)
+        .route(__path_books_of, books_of::<Q>)
         .with_state(view)
 }
 
+/// One author's books.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct AuthorBooks {
+    author: String,
+    /// By title.
+    books: Vec<ShelvedBook>,
+}
+
+/// Every author on the shelf.
+#[utoipa::path(
+    get, path = "/authors", tag = "authors",
+    responses((status = 200, description = "Every author, by name, with their number of books and reads",
+        body = Vec<AuthorSummary>))
+)]
 async fn authors<Q: AuthorsQuery>(State(view): State<Q>) -> Response {
     axum::Json(view.list()).into_response()
 }
 
+/// One author's books.
+#[utoipa::path(
+    get, path = "/authors/{author}", tag = "authors",
+    params(("author" = String, Path, description = "The author's name, as written on the books")),
+    responses(
+        (status = 200, description = "The author's books, by title", body = AuthorBooks),
+        (status = 404, description = "No book by this author is on the shelf", body = ErrorBody),
+    )
+)]
 async fn books_of<Q: AuthorsQuery>(State(view): State<Q>, Path(author): Path<String>) -> Result<Response, ApiError> {
     match view.books_of(&author) {
-        Some(books) => Ok(axum::Json(json!({ "author": author, "books": books })).into_response()),
+        Some(books) => Ok(axum::Json(AuthorBooks { author, books }).into_response()),
         None => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             format!("no book by {author:?} on the shelf"),
@@ -479,10 +745,24 @@ async fn books_of<Q: AuthorsQuery>(State(view): State<Q>, Path(author): Path<Str
 
 /// `GET /health`, and `GET /metrics`: the process's metrics in Prometheus's
 /// text format (see `bookshelf::telemetry` for the library's own).
-pub fn health_routes() -> Router {
-    Router::new()
-        .route("/health", get(|| async { axum::Json(json!({ "status": "ok" })) }))
-        .route("/metrics", get(metrics))
+pub fn health_routes() -> Api {
+    Api::new().route(__path_health, health).route(__path_metrics, metrics)
+}
+
+/// What `GET /health` answers.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct Healthy {
+    /// `ok`.
+    status: String,
+}
+
+/// Whether the service serves.
+#[utoipa::path(
+    get, path = "/health", tag = "meta",
+    responses((status = 200, description = "The service serves", body = Healthy))
+)]
+async fn health() -> axum::Json<Healthy> {
+    axum::Json(Healthy { status: "ok".into() })
 }
 
 /// The Prometheus recorder of this process, installed on first use.
@@ -510,7 +790,12 @@ pub fn record_metrics() {
     let _ = prometheus();
 }
 
-/// `GET /metrics`.
+/// The process's metrics.
+#[utoipa::path(
+    get, path = "/metrics", tag = "meta",
+    responses((status = 200, description = "Prometheus's text format, version 0.0.4", body = String,
+        content_type = "text/plain"))
+)]
 pub async fn metrics() -> Response {
     let text = prometheus().map(|handle| handle.render()).unwrap_or_default();
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()

@@ -212,12 +212,13 @@ pub fn normalize_isbn(isbn: &str) -> Result<String, BookError> {
 }
 
 /// One entry of the last-read list.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ReadBook {
     pub id: String,
     pub title: String,
     pub author: String,
     #[serde(with = "bookshelf::timestamp")]
+    #[schema(value_type = String, format = DateTime)]
     pub read_at: DateTime<Utc>,
 }
 
@@ -275,7 +276,7 @@ impl View for LastRead {
 }
 
 /// A book as the authors view lists it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ShelvedBook {
     pub id: String,
     pub title: String,
@@ -285,7 +286,7 @@ pub struct ShelvedBook {
 }
 
 /// One author's line in the list of authors.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct AuthorSummary {
     pub author: String,
     pub books: usize,

@@ -28,6 +28,8 @@
 mod api;
 #[path = "../common/books.rs"]
 mod books;
+#[path = "../common/docs.rs"]
+mod docs;
 mod proxy;
 
 use std::collections::BTreeMap;
@@ -35,7 +37,6 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::routing::get;
 use bookshelf::{Balancer, Discovery, Health, InMemoryDiscovery, ServiceInstance};
 use clap::Parser;
 
@@ -139,11 +140,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         tracing::warn!("discovery has not answered for every service yet; starting anyway");
     }
 
-    let app = axum::Router::new()
-        .route("/health", get(proxy::health))
-        .route("/metrics", get(api::metrics))
-        .fallback(proxy::forward)
-        .with_state(gateway.clone());
+    let combined = Arc::clone(&gateway);
+    let forwarding = Arc::clone(&gateway);
+    let app = docs::Api::new()
+        .route(proxy::__path_health, proxy::health)
+        .route(api::__path_metrics, api::metrics)
+        .with_state(Arc::clone(&gateway))
+        // The answers the gateway adds to its services' operations use it.
+        .schema::<docs::ErrorBody>()
+        .serve_docs_from("bookshelf gateway API", move |own| {
+            let gateway = Arc::clone(&combined);
+            async move { gateway.combined_document(own).await }
+        })
+        .fallback(move |peer, request| proxy::forward(axum::extract::State(Arc::clone(&forwarding)), peer, request));
     let listener = tokio::net::TcpListener::bind(SocketAddr::new(args.addr, args.port)).await?;
     let local = listener.local_addr()?;
     let registration = api::Registration::register(

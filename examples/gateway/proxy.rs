@@ -13,7 +13,7 @@ use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bookshelf::trace::TraceParent;
 use bookshelf::{Balancer, ServiceInstance};
-use serde_json::json;
+use serde_json::{json, Value};
 
 use crate::api::{ApiError, CORRELATION_HEADER};
 
@@ -92,9 +92,31 @@ impl Gateway {
     }
 }
 
-/// `GET /health`: the gateway serves; how many instances each service has.
+/// What the gateway's `GET /health` answers.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct GatewayHealth {
+    /// `ok`.
+    status: String,
+    /// How many healthy instances each service has now, by name.
+    services: BTreeMap<String, usize>,
+}
+
+/// The gateway serves; how many instances each service has.
+#[utoipa::path(
+    get, path = "/health", tag = "meta",
+    responses((status = 200, description = "The gateway serves", body = GatewayHealth))
+)]
 pub async fn health(State(gateway): State<Arc<Gateway>>) -> Response {
-    axum::Json(json!({ "status": "ok", "services": gateway.services() })).into_response()
+    let services = gateway
+        .services()
+        .into_iter()
+        .map(|(name, instances)| (name.to_owned(), instances))
+        .collect();
+    axum::Json(GatewayHealth {
+        status: "ok".into(),
+        services,
+    })
+    .into_response()
 }
 
 /// Headers that concern one connection, not the request: never forwarded.
@@ -189,6 +211,71 @@ pub const REQUESTS: &str = "bookshelf_gateway_requests_total";
 pub const REQUEST_DURATION: &str = "bookshelf_gateway_request_duration_seconds";
 
 impl Gateway {
+    /// `own` (the gateway's OpenAPI document) with each service's document
+    /// added, narrowed to the paths the gateway sends to it, and with the
+    /// answers the gateway itself may give on those paths (502, 503, 504). A
+    /// service with no instance that answers now is left out, and said so in
+    /// the log.
+    pub async fn combined_document(&self, mut own: Value) -> Value {
+        for route in &self.routes {
+            let service = route.balancer.service();
+            let Some(instance) = route.balancer.pick() else {
+                tracing::warn!(%service, "no instance to ask for its OpenAPI document");
+                continue;
+            };
+            let url = format!("http://{}{}", instance.authority(), crate::docs::DOCUMENT_PATH);
+            let fetched = async {
+                self.client
+                    .get(url)
+                    .send()
+                    .await?
+                    .error_for_status()?
+                    .json::<Value>()
+                    .await
+            };
+            let document = match fetched.await {
+                Ok(document) => document,
+                Err(error) => {
+                    tracing::warn!(%service, instance = %instance.id, %error, "cannot read the service's OpenAPI document");
+                    continue;
+                }
+            };
+            let paths = document.get("paths").and_then(Value::as_object).into_iter().flatten();
+            for (path, item) in paths {
+                let taken = own.pointer(&format!("/paths/{}", path.replace('~', "~0").replace('/', "~1")));
+                if taken.is_some() || self.route_of(path) != Some(route.prefix.as_str()) {
+                    continue;
+                }
+                let mut item = item.clone();
+                let operations = item.as_object_mut().into_iter().flat_map(|item| item.values_mut());
+                for responses in operations.filter_map(|operation| operation.get_mut("responses")) {
+                    if let Some(responses) = responses.as_object_mut() {
+                        for (status, description) in GATEWAY_ERRORS {
+                            responses
+                                .entry(status.to_string())
+                                .or_insert_with(|| gateway_error(description));
+                        }
+                    }
+                }
+                // The gateway's own document is an object with paths: indexing
+                // adds the entry.
+                own["paths"][path.as_str()] = item;
+            }
+            let schemas = document
+                .pointer("/components/schemas")
+                .and_then(Value::as_object)
+                .into_iter()
+                .flatten();
+            for (name, schema) in schemas {
+                let known = &mut own["components"]["schemas"];
+                if known.get(name).is_none() {
+                    known[name.as_str()] = schema.clone();
+                }
+            }
+        }
+        own
+    }
+
     /// The prefix of the route that takes `path`.
     fn route_of(&self, path: &str) -> Option<&str> {
         self.routes
@@ -327,6 +414,26 @@ impl Gateway {
             ))
         }
     }
+}
+
+/// What the gateway itself may answer on a path it forwards.
+const GATEWAY_ERRORS: [(u16, &str); 3] = [
+    (
+        502,
+        "From the gateway: every instance tried refused the connection, or one failed",
+    ),
+    (
+        503,
+        "From the gateway: the service has no healthy instance (or from the service)",
+    ),
+    (504, "From the gateway: the instance did not answer in time"),
+];
+
+fn gateway_error(description: &str) -> Value {
+    json!({
+        "description": description,
+        "content": { "application/json": { "schema": { "$ref": "#/components/schemas/ErrorBody" } } },
+    })
 }
 
 /// The upstream's answer, streamed back, with the instance that gave it.

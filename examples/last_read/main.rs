@@ -23,6 +23,8 @@
 mod api;
 #[path = "../common/books.rs"]
 mod books;
+#[path = "../common/docs.rs"]
+mod docs;
 #[path = "../common/tables.rs"]
 mod tables;
 
@@ -66,7 +68,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let listener = args.service.listen(args.port).await?;
     let local = listener.local_addr()?;
 
-    let (app, stop_view, kind): (axum::Router, StopView, String) = match &args.service.broker {
+    let (app, stop_view, kind): (docs::Api, StopView, String) = match &args.service.broker {
         None if args.service.in_memory => {
             let (app, stop) = embedded(InMemoryStore::new(), None, false)?;
             (app, stop, "in-memory store: nothing is kept".to_owned())
@@ -82,7 +84,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             (app, stop, String::new())
         }
     };
-    let app = app.merge(api::health_routes()).fallback(api::not_found);
+    let app = app
+        .merge(api::health_routes())
+        .serve_docs("last_read API")
+        .fallback(api::not_found);
 
     // Listening: now it is ready to be found.
     let registration = args.service.register(&args.name, local).await?;
@@ -95,6 +100,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             println!("  POST http://{local}/books             add a book");
             println!("  POST http://{local}/books/ID/read     mark a book read");
             println!("  GET  http://{local}/health");
+            println!("  GET  http://{local}/docs/             the API, described (also /openapi.json)");
             println!("Try:");
             println!(
                 "  id=$(curl -s -X POST http://{local}/books -H 'content-type: application/json' \\\n     -d '{{\"title\":\"Dune\",\"author\":\"Frank Herbert\",\"isbn\":\"9780441013593\"}}' | sed 's/.*\"id\":\"\\([^\"]*\\)\".*/\\1/')"
@@ -126,7 +132,7 @@ fn embedded<S>(
     store: S,
     tables: Option<PathBuf>,
     rebuild: bool,
-) -> Result<(axum::Router, StopView), Box<dyn std::error::Error>>
+) -> Result<(docs::Api, StopView), Box<dyn std::error::Error>>
 where
     S: EventStore + EventSource + Clone + Keeps,
 {
@@ -139,7 +145,7 @@ where
     }
     let view = view.start();
     let mut settle = vec![api::settle_on(view.handle())];
-    let (authors, stop_authors): (axum::Router, StopView) = match tables {
+    let (authors, stop_authors): (docs::Api, StopView) = match tables {
         Some(path) => {
             if rebuild && path.exists() {
                 std::fs::remove_file(&path)?; // derived data: built again from the events
@@ -199,7 +205,7 @@ impl Keeps for SqliteStore {
 }
 
 /// The view alone, projected from the book events on Kafka.
-async fn from_kafka(broker: &str, topic: &str) -> Result<(axum::Router, StopView), Box<dyn std::error::Error>> {
+async fn from_kafka(broker: &str, topic: &str) -> Result<(docs::Api, StopView), Box<dyn std::error::Error>> {
     let config = KafkaConfig::new(broker, topic).partitions(3).create_topic(true);
     let view = KafkaProjection::<LastRead>::new("last-read", config)
         // The books topic may carry other book events this view ignores.

@@ -23,6 +23,8 @@
 mod api;
 #[path = "../common/books.rs"]
 mod books;
+#[path = "../common/docs.rs"]
+mod docs;
 mod domain;
 mod service;
 
@@ -96,6 +98,7 @@ async fn serve(args: &Args, broker: &str) -> Result<(), Box<dyn std::error::Erro
     ));
     let app = service::routes(Arc::new(service::Lending::new(store.clone())))
         .merge(api::health_routes())
+        .serve_docs("lending API")
         .fallback(api::not_found);
     let registration = args.service.register(&args.name, local).await?;
     println!("lending is listening on http://{local}/ (Kafka topic {topic})");

@@ -15,17 +15,16 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use axum::routing::{get, post};
-use axum::Router;
 use bookshelf::process::ProcessRunner;
 use bookshelf::{CommandError, EventStore, FileViewStore, Repository, RetryPolicy, StreamId};
 use bookshelf_kafka::KafkaStore;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::api::{self, ApiError, Json};
+use crate::api::{self, ApiError, Json, Path};
+use crate::docs::{Api, ErrorBody};
 use crate::domain::{Copy, CopyCommand, LendingBus, LendingError, LoanProcess, Member, MemberCommand};
 
 /// What the HTTP handlers share.
@@ -78,22 +77,50 @@ fn api_error(error: CommandError<LendingError>) -> ApiError {
     }
 }
 
-#[derive(Deserialize)]
+/// A member joining, with the balance their loans' fees are charged to.
+#[derive(Deserialize, utoipa::ToSchema)]
 struct NewMember {
+    /// 1 to 64 letters, digits or '-'.
     id: String,
     balance: u32,
 }
 
-#[derive(Deserialize)]
+/// A copy of a book, registered for lending.
+#[derive(Deserialize, utoipa::ToSchema)]
 struct NewCopy {
+    /// 1 to 64 letters, digits or '-'.
     id: String,
 }
 
-#[derive(Deserialize)]
+/// A loan of a copy to a member, for a fee; the loan process charges the
+/// fee and then lends the copy, or releases it when the charge fails.
+#[derive(Deserialize, utoipa::ToSchema)]
 struct Reservation {
+    /// The loan's id (1 to 64 letters, digits or '-'), also its
+    /// correlation id.
     loan: String,
     member: String,
     fee: u32,
+}
+
+/// An aggregate's stream as this instance has read it.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+struct StreamBody {
+    /// The aggregate's state (`"Unknown"` before its first event).
+    #[schema(value_type = Value)]
+    state: Value,
+    version: u64,
+    /// Each event's type, payload, idempotency key, correlation and
+    /// causation ids and trace context.
+    #[schema(value_type = Vec<Object>)]
+    events: Vec<Value>,
+}
+
+/// Which instance this is, and whether it writes the topic now.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+struct RoleBody {
+    member: String,
+    writer: bool,
 }
 
 /// An id usable in a stream name.
@@ -109,6 +136,20 @@ fn checked(id: &str) -> Result<&str, ApiError> {
     }
 }
 
+/// A member joins.
+#[utoipa::path(
+    post, path = "/members", tag = "lending",
+    request_body = NewMember,
+    responses(
+        (status = 201, description = "Joined"),
+        (status = 400, description = "Not JSON, or an id that is not one", body = ErrorBody),
+        (status = 409, description = "Refused by the aggregate, or a concurrent change", body = ErrorBody),
+        (status = 413, description = "The body is too large", body = ErrorBody),
+        (status = 415, description = "The body is not declared as JSON", body = ErrorBody),
+        (status = 503, description = "Not taken here (`x-bookshelf-not-owner`: this instance does not write the topic) \
+            or not now; nothing was stored", body = ErrorBody),
+    )
+)]
 async fn join(
     State(lending): State<Arc<Lending>>,
     headers: HeaderMap,
@@ -126,6 +167,20 @@ async fn join(
     Ok(StatusCode::CREATED)
 }
 
+/// A copy is registered.
+#[utoipa::path(
+    post, path = "/copies", tag = "lending",
+    request_body = NewCopy,
+    responses(
+        (status = 201, description = "Registered"),
+        (status = 400, description = "Not JSON, or an id that is not one", body = ErrorBody),
+        (status = 409, description = "Refused by the aggregate, or a concurrent change", body = ErrorBody),
+        (status = 413, description = "The body is too large", body = ErrorBody),
+        (status = 415, description = "The body is not declared as JSON", body = ErrorBody),
+        (status = 503, description = "Not taken here (`x-bookshelf-not-owner`: this instance does not write the topic) \
+            or not now; nothing was stored", body = ErrorBody),
+    )
+)]
 async fn register(
     State(lending): State<Arc<Lending>>,
     headers: HeaderMap,
@@ -140,6 +195,22 @@ async fn register(
     Ok(StatusCode::CREATED)
 }
 
+/// Reserves the copy for a loan; the loan process does the rest.
+#[utoipa::path(
+    post, path = "/copies/{id}/reserve", tag = "lending",
+    params(("id" = String, Path, description = "The copy")),
+    request_body = Reservation,
+    responses(
+        (status = 202, description = "Reserved; the loan goes on in the loan process"),
+        (status = 404, description = "No such copy", body = ErrorBody),
+        (status = 400, description = "Not JSON, or an id that is not one", body = ErrorBody),
+        (status = 409, description = "Refused by the aggregate, or a concurrent change", body = ErrorBody),
+        (status = 413, description = "The body is too large", body = ErrorBody),
+        (status = 415, description = "The body is not declared as JSON", body = ErrorBody),
+        (status = 503, description = "Not taken here (`x-bookshelf-not-owner`: this instance does not write the topic) \
+            or not now; nothing was stored", body = ErrorBody),
+    )
+)]
 async fn reserve(
     State(lending): State<Arc<Lending>>,
     Path(copy): Path<String>,
@@ -170,7 +241,7 @@ async fn stream<A: bookshelf::Aggregate + serde::Serialize>(
     repository: &Repository<A, KafkaStore>,
     store: &KafkaStore,
     id: &str,
-) -> Result<axum::Json<Value>, ApiError> {
+) -> Result<axum::Json<StreamBody>, ApiError> {
     let loaded = repository
         .load(checked(id)?)
         .await
@@ -192,36 +263,64 @@ async fn stream<A: bookshelf::Aggregate + serde::Serialize>(
             })
         })
         .collect();
-    Ok(axum::Json(json!({
-        "state": loaded.state,
-        "version": loaded.version.0,
-        "events": events,
-    })))
-}
-
-async fn copy(State(lending): State<Arc<Lending>>, Path(id): Path<String>) -> Result<axum::Json<Value>, ApiError> {
-    stream(&lending.copies, &lending.store, &id).await
-}
-
-async fn member(State(lending): State<Arc<Lending>>, Path(id): Path<String>) -> Result<axum::Json<Value>, ApiError> {
-    stream(&lending.members, &lending.store, &id).await
-}
-
-async fn role(State(lending): State<Arc<Lending>>) -> axum::Json<Value> {
-    axum::Json(json!({
-        "member": lending.store.member().id,
-        "writer": lending.store.owns_every_partition(),
+    Ok(axum::Json(StreamBody {
+        state: json!(loaded.state),
+        version: loaded.version.0,
+        events,
     }))
 }
 
-pub fn routes(lending: Arc<Lending>) -> Router {
-    Router::new()
-        .route("/members", post(join))
-        .route("/members/{id}", get(member))
-        .route("/copies", post(register))
-        .route("/copies/{id}", get(copy))
-        .route("/copies/{id}/reserve", post(reserve))
-        .route("/role", get(role))
+/// A copy, as this instance has read it.
+#[utoipa::path(
+    get, path = "/copies/{id}", tag = "lending",
+    params(("id" = String, Path, description = "The copy")),
+    responses(
+        (status = 200, description = "Its state and events (none for an unknown id)", body = StreamBody),
+        (status = 400, description = "Not an id", body = ErrorBody),
+        (status = 503, description = "The topic cannot be read now", body = ErrorBody),
+    )
+)]
+async fn copy(State(lending): State<Arc<Lending>>, Path(id): Path<String>) -> Result<axum::Json<StreamBody>, ApiError> {
+    stream(&lending.copies, &lending.store, &id).await
+}
+
+/// A member, as this instance has read it.
+#[utoipa::path(
+    get, path = "/members/{id}", tag = "lending",
+    params(("id" = String, Path, description = "The member")),
+    responses(
+        (status = 200, description = "Its state and events (none for an unknown id)", body = StreamBody),
+        (status = 400, description = "Not an id", body = ErrorBody),
+        (status = 503, description = "The topic cannot be read now", body = ErrorBody),
+    )
+)]
+async fn member(
+    State(lending): State<Arc<Lending>>,
+    Path(id): Path<String>,
+) -> Result<axum::Json<StreamBody>, ApiError> {
+    stream(&lending.members, &lending.store, &id).await
+}
+
+/// Which instance this is, and whether it writes the topic.
+#[utoipa::path(
+    get, path = "/role", tag = "meta",
+    responses((status = 200, description = "This instance's role", body = RoleBody))
+)]
+async fn role(State(lending): State<Arc<Lending>>) -> axum::Json<RoleBody> {
+    axum::Json(RoleBody {
+        member: lending.store.member().id.clone(),
+        writer: lending.store.owns_every_partition(),
+    })
+}
+
+pub fn routes(lending: Arc<Lending>) -> Api {
+    Api::new()
+        .route(__path_join, join)
+        .route(__path_member, member)
+        .route(__path_register, register)
+        .route(__path_copy, copy)
+        .route(__path_reserve, reserve)
+        .route(__path_role, role)
         .with_state(lending)
 }
 
