@@ -5,7 +5,9 @@
 //! implementations), and, behind features, the adapters:
 //!
 //! * feature `kafka`: [`kafka`], the event store and projections on Apache Kafka;
-//! * feature `consul`: [`consul`], service discovery on HashiCorp Consul.
+//! * feature `consul`: [`consul`], service discovery on HashiCorp Consul;
+//! * feature `opentelemetry`: readers' spans join their event's trace, and
+//!   `otlp` exports spans to an OpenTelemetry collector.
 //!
 //! Start with the [`bookshelf_core`] front page: it builds an aggregate, a view
 //! and a store in forty lines.
@@ -30,3 +32,6 @@ pub use bookshelf_kafka as kafka;
 /// Service discovery on Consul (feature `consul`).
 #[cfg(feature = "consul")]
 pub use bookshelf_consul as consul;
+
+#[cfg(feature = "opentelemetry")]
+pub mod otlp;

@@ -211,7 +211,8 @@ where
             let caught_up = batch.len() < self.batch_size;
             for record in batch.drain(..) {
                 if let Some(event) = record.event.as_ref().filter(|e| e.stream_id.category() == A::CATEGORY) {
-                    self.change(&mut states, event).await?;
+                    let span = crate::trace::event_span(&self.name(), &event.event_type, &event.metadata);
+                    tracing::Instrument::instrument(self.change(&mut states, event), span).await?;
                     unsaved += 1;
                 }
                 checkpoint.set(&record.partition, record.mark);

@@ -300,20 +300,8 @@ where
                 };
                 checkpoint.set(&record.partition, record.mark);
                 if let Some(event) = event {
-                    if let Some(trace) = &event.metadata.traceparent {
-                        tracing::debug!(process = %self.name, %trace, stream = %event.stream_id, version = %event.version, "event");
-                    }
-                    let mut commands = state.react(&event);
-                    for dispatch in &mut commands {
-                        if dispatch.metadata == Metadata::default() {
-                            dispatch.metadata = Metadata::following(&event);
-                        }
-                    }
-                    if !commands.is_empty() {
-                        self.send_all(&mut state, commands).await?;
-                        // The commands went through: the event is done with.
-                        self.save(&state, &checkpoint).await?;
-                    }
+                    let span = crate::trace::event_span(&self.name, &event.event_type, &event.metadata);
+                    tracing::Instrument::instrument(self.react(&mut state, &checkpoint, &event), span).await?;
                 }
             }
             self.save(&state, &checkpoint).await?;
@@ -325,6 +313,27 @@ where
             .report(&self.name, &progress);
         }
         self.save(&state, &checkpoint).await?;
+        Ok(())
+    }
+
+    /// The commands `event` calls for, sent; the state saved after them.
+    async fn react(
+        &self,
+        state: &mut P,
+        checkpoint: &Checkpoint,
+        event: &Envelope<P::Event>,
+    ) -> Result<(), ProjectionError> {
+        let mut commands = state.react(event);
+        for dispatch in &mut commands {
+            if dispatch.metadata == Metadata::default() {
+                dispatch.metadata = Metadata::following(event);
+            }
+        }
+        if !commands.is_empty() {
+            self.send_all(state, commands).await?;
+            // The commands went through: the event is done with.
+            self.save(state, checkpoint).await?;
+        }
         Ok(())
     }
 

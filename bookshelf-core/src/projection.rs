@@ -497,6 +497,7 @@ impl<V: View, S: EventStore> ProjectionRunner<V, S> {
             {
                 let mut view = shared.write().unwrap_or_else(|p| p.into_inner());
                 for event in decoded.drain(..) {
+                    let _span = crate::trace::event_span(&self.name, &event.event_type, &event.metadata).entered();
                     view.apply(event);
                 }
             }

@@ -258,6 +258,7 @@ impl<T: TableView, S: EventSource> TableProjection<T, S> {
         let write = |e: rusqlite::Error| failed(&self.path, &format!("view {:?} cannot apply a batch", self.name), e);
         let tx = db.transaction().map_err(write)?;
         for event in events {
+            let _span = crate::trace::event_span(&self.name, &event.event_type, &event.metadata).entered();
             self.view.apply(&tx, &event).map_err(write)?;
         }
         tx.execute(

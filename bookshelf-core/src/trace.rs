@@ -2,12 +2,20 @@
 //! events it causes to the commands that follow from them, so that every
 //! step joins one distributed trace.
 //!
-//! A request's `traceparent` goes into the [`Metadata`](crate::Metadata) of the events its
+//! A request's `traceparent` goes into the [`Metadata`] of the events its
 //! command stores. A process runner continues the trace from the event:
 //! the commands it sends carry [`Metadata::following`](crate::Metadata::following) the event, with the
 //! same trace id, a new span id, the event's correlation id, and the event
-//! as their cause. Projections and runners log each event they handle in a
-//! span with its trace id.
+//! as their cause.
+//!
+//! Every reader (projections, table projections, process runners, change
+//! feeds, Kafka projections) handles each event inside [`event_span`]: a
+//! span named `bookshelf.event` with the reader, the event type and the
+//! event's trace id. With the `opentelemetry` feature the span is made a
+//! child of the span the event's `traceparent` names, so that an
+//! OpenTelemetry exporter (through `tracing-opentelemetry`) shows the
+//! projection's and the runner's work inside the request's trace; the span
+//! is at INFO level then, and at DEBUG without the feature.
 //!
 //! ```
 //! use bookshelf_core::trace::TraceParent;
@@ -21,6 +29,44 @@
 
 use std::fmt;
 use std::str::FromStr;
+
+use crate::Metadata;
+
+/// The level of [`event_span`]'s spans: INFO when they go to OpenTelemetry,
+/// DEBUG (off under the usual INFO filter, and nearly free) otherwise.
+#[cfg(feature = "opentelemetry")]
+const EVENT_SPAN_LEVEL: tracing::Level = tracing::Level::INFO;
+#[cfg(not(feature = "opentelemetry"))]
+const EVENT_SPAN_LEVEL: tracing::Level = tracing::Level::DEBUG;
+
+/// The span in which reader `reader` handles an event of type `event_type`
+/// with `metadata`: enter it around the handling. It records the event's
+/// trace id; with the `opentelemetry` feature its parent is the span the
+/// event's `traceparent` names. A span no subscriber wants costs a check.
+pub fn event_span(reader: &str, event_type: &str, metadata: &Metadata) -> tracing::Span {
+    let span = tracing::span!(
+        EVENT_SPAN_LEVEL,
+        "bookshelf.event",
+        otel.name = %format_args!("{reader} {event_type}"),
+        reader,
+        event_type,
+        trace_id = tracing::field::Empty,
+    );
+    if span.is_disabled() {
+        return span;
+    }
+    let Some(parent) = metadata
+        .traceparent
+        .as_deref()
+        .and_then(|t| t.parse::<TraceParent>().ok())
+    else {
+        return span;
+    };
+    span.record("trace_id", tracing::field::display(parent.trace_id()));
+    #[cfg(feature = "opentelemetry")]
+    parent.adopt(&span);
+    span
+}
 
 /// The `traceparent` of W3C Trace Context (version 00): a trace id, the
 /// id of the span that is the parent of what comes next, and flags.
@@ -65,6 +111,25 @@ impl TraceParent {
     /// The parent span id, 16 lowercase hex digits.
     pub fn span_id(&self) -> String {
         format!("{:016x}", self.span_id)
+    }
+}
+
+#[cfg(feature = "opentelemetry")]
+impl TraceParent {
+    /// Makes `span` a child of the remote span this names.
+    fn adopt(&self, span: &tracing::Span) {
+        use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
+        use tracing_opentelemetry::OpenTelemetrySpanExt;
+        let remote = SpanContext::new(
+            TraceId::from_bytes(self.trace_id.to_be_bytes()),
+            SpanId::from_bytes(self.span_id.to_be_bytes()),
+            TraceFlags::new(self.flags),
+            true,
+            TraceState::default(),
+        );
+        // Only fails when no OpenTelemetry layer is installed: then there is
+        // nothing to join.
+        let _ = span.set_parent(opentelemetry::Context::new().with_remote_span_context(remote));
     }
 }
 

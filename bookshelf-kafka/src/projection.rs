@@ -315,6 +315,8 @@ impl<V: View> KafkaProjection<V> {
             {
                 let mut view = shared.write().unwrap_or_else(|p| p.into_inner());
                 for event in decoded.drain(..) {
+                    let _span =
+                        bookshelf_core::trace::event_span(&self.name, &event.event_type, &event.metadata).entered();
                     view.apply(event);
                 }
             }

@@ -902,17 +902,53 @@ impl Registration {
     }
 }
 
-/// Structured logs on standard error, filtered by `RUST_LOG` (default `info`).
+/// Structured logs on standard error, filtered by `RUST_LOG` (default `info`);
+/// built with feature `opentelemetry` and given `OTEL_EXPORTER_OTLP_ENDPOINT`,
+/// spans go to that OpenTelemetry collector too, as this program's name.
 pub fn init_tracing() {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     record_metrics();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    let registry = tracing_subscriber::registry().with(filter).with(logs);
+    #[cfg(feature = "opentelemetry")]
+    {
+        let program = std::env::current_exe()
+            .ok()
+            .and_then(|path| path.file_stem().map(|stem| stem.to_string_lossy().into_owned()))
+            .unwrap_or_else(|| "bookshelf".to_owned());
+        match bookshelf::otlp::OtlpExport::from_env(&program) {
+            Ok(export) => {
+                registry.with(export.as_ref().map(|export| export.layer())).init();
+                if let Some(export) = export {
+                    tracing::info!("exporting spans over OTLP");
+                    *EXPORT.lock().unwrap_or_else(|p| p.into_inner()) = Some(export);
+                }
+            }
+            Err(error) => {
+                registry.init();
+                tracing::error!(%error, "spans are not exported");
+            }
+        }
+    }
+    #[cfg(not(feature = "opentelemetry"))]
+    registry.init();
+}
+
+/// The OTLP export, to finish at shutdown.
+#[cfg(feature = "opentelemetry")]
+static EXPORT: std::sync::Mutex<Option<bookshelf::otlp::OtlpExport>> = std::sync::Mutex::new(None);
+
+/// Sends the spans not exported yet, if spans are exported.
+pub fn finish_tracing() {
+    #[cfg(feature = "opentelemetry")]
+    if let Some(export) = EXPORT.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        export.shutdown();
+    }
 }
 
 /// Serves `app` until SIGINT or SIGTERM, lets requests in flight finish,
@@ -932,6 +968,7 @@ pub async fn serve(
     if let Some(registration) = registration {
         registration.deregister().await?;
     }
+    finish_tracing();
     Ok(())
 }
 
