@@ -93,7 +93,32 @@ def peers():
                 print(f"{books:>6} books: {bench} / cqrs_es = {rates[bench] / rates['cqrs_es']:.2f}")
 
 
+def proxies(path):
+    """The JSON lines scripts/proxies.sh wrote: a table, and the gateway's
+    ratios to nginx from the same run."""
+    import json
+    runs = {}
+    print(f"{'run':52} {'requests/s':>11} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}")
+    for line in open(path):
+        run = json.loads(line)
+        label = run["label"]
+        runs[label] = run
+        rps = run.get("rps", run.get("requests_per_second"))
+        top = run.get("max_ms")
+        print(f"{label:52} {rps:11,.0f} {run['p50_ms']:8.2f} {run['p99_ms']:8.2f} "
+              f"{'' if top is None else f'{top:8.2f}'}")
+    for tool in ("wrk", "load"):
+        gateway, nginx = runs.get(f"{tool} gateway"), runs.get(f"{tool} nginx")
+        if gateway and nginx:
+            rps = lambda r: r.get("rps", r.get("requests_per_second"))
+            print(f"{tool}: gateway / nginx = {rps(gateway) / rps(nginx):.2f}x throughput, "
+                  f"p99 {gateway['p99_ms'] / nginx['p99_ms']:.2f}x")
+
+
 try:
+    if sys.argv[1:2] == ["proxies"]:
+        proxies(sys.argv[2])
+        sys.exit(0)
     if sys.argv[1:] == ["peers"]:
         peers()
         sys.exit(0)

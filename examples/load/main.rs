@@ -12,6 +12,8 @@
 //! and compares its read count with the reads that were acknowledged. It
 //! prints requests per second and latency percentiles, and exits non-zero
 //! when any request failed, was answered wrongly, or a write went missing.
+//! With `--rate R` it offers R requests per second at even intervals and
+//! measures each latency from when the request was due.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -44,6 +46,13 @@ struct Args {
     /// Print the summary as one JSON object too.
     #[arg(long)]
     json: bool,
+    /// Offer this many requests per second, at even intervals, instead of
+    /// sending as fast as answers come: latencies then count from when
+    /// each request was due, so a slow answer that holds up the ones after
+    /// it shows in theirs too (no coordinated omission). `--concurrency`
+    /// still bounds the requests in flight.
+    #[arg(long)]
+    rate: Option<f64>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -144,6 +153,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let (client, target, ids, next, tally) =
             (client.clone(), target.clone(), ids.clone(), next.clone(), tally.clone());
         let requests = args.requests;
+        let interval = args.rate.filter(|rate| *rate > 0.0).map(|rate| 1.0 / rate);
         workers.push(tokio::spawn(async move {
             let mut mine = Tally::default();
             loop {
@@ -153,7 +163,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 }
                 let kind = Kind::of(n);
                 let book = (mix(n ^ 0x5151) % ids.len().max(1) as u64) as usize;
-                let sent = Instant::now();
+                let sent = match interval {
+                    Some(interval) => {
+                        let due = started + Duration::from_secs_f64(interval * n as f64);
+                        tokio::time::sleep_until(due.into()).await;
+                        due
+                    }
+                    None => Instant::now(),
+                };
                 let outcome = send(&client, &target, kind, ids.get(book).map(String::as_str)).await;
                 let micros = u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX);
                 mine.latencies
@@ -253,6 +270,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let summary = json!({
             "target": target, "requests": sent, "seconds": elapsed.as_secs_f64(), "requests_per_second": rate,
             "p50_ms": ms(&all, 0.5), "p90_ms": ms(&all, 0.9), "p99_ms": ms(&all, 0.99), "max_ms": all.max() as f64 / 1e3,
+            "offered_per_second": args.rate,
             "failed": tally.failed, "wrong": tally.wrong, "missing": missing, "extra": extra,
         });
         println!("{summary}");

@@ -1,0 +1,175 @@
+#!/usr/bin/env bash
+# The gateway beside nginx, and latency at a fixed offered rate, in one run.
+#
+#   scripts/proxies.sh [SECONDS] [CONNECTIONS] [RATE]   (defaults: 10, 32, 2000)
+#
+# 1. Throughput: the embedded last_read (release build, in memory) is
+#    loaded with wrk (`GET /`, keep-alive) directly, through nginx (Debian's
+#    package, one worker, keep-alive to the upstream, access log on) and
+#    through the gateway (in-process discovery, balancing, correlation ids,
+#    limits, logging at its default level), then with the checking load
+#    generator (examples/load: writes and reads, every answer checked) the
+#    same three ways. Printed: requests/s, p50 and p99 of each, and the
+#    gateway's ratios to nginx.
+# 2. Latency at a fixed offered rate (RATE requests/s, open loop, latency
+#    counted from when each request was due): commands and queries on the
+#    in-memory store directly and through the gateway, and on Kafka (books
+#    and last_read on tansu, started here) directly and through the gateway.
+#
+# nginx and wrk come from the system's packages, installed here when
+# missing (root, or sudo without a password). Every run is bounded in time
+# and goes to 127.0.0.1 only. Logs go to $BOOKSHELF_CACHE/run/proxies-*.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+seconds=${1:-10}
+connections=${2:-32}
+rate=${3:-2000}
+export CARGO_BUILD_JOBS=${CARGO_BUILD_JOBS:-2}
+cache=${BOOKSHELF_CACHE:-$HOME/.cache/bookshelf}
+run="$cache/run/proxies-$$"
+mkdir -p "$run"
+
+if ! command -v nginx >/dev/null || ! command -v wrk >/dev/null; then
+    sudo=""
+    [ "$(id -u)" -ne 0 ] && sudo="sudo -n"
+    echo "installing nginx and wrk from the system's packages" >&2
+    $sudo apt-get install -y -q nginx-light wrk >&2 ||
+        { $sudo apt-get update -q >&2 && $sudo apt-get install -y -q nginx-light wrk >&2; }
+fi
+nginx_bin=$(command -v nginx || echo /usr/sbin/nginx)
+
+cargo build --release --example last_read --example books --example gateway --example load >&2
+bin=${CARGO_TARGET_DIR:-target}/release/examples
+
+pids=()
+cleanup() {
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    scripts/tansu.sh stop 2>/dev/null || true
+}
+trap cleanup EXIT
+
+# start NAME ARGS...: runs example NAME on a free port, waits until it says
+# where it listens, and sets $url.
+start() {
+    local name=$1
+    shift
+    local out="$run/$name-${#pids[@]}"
+    "$bin/$name" --port 0 "$@" >"$out.out" 2>"$out.log" &
+    pids+=($!)
+    for _ in $(seq 1 300); do
+        url=$(sed -n 's/.*listening on \(http:[^ ]*\)\/.*/\1/p' "$out.out" | head -n 1)
+        [ -n "$url" ] && return
+        sleep 0.1
+    done
+    echo "$name did not start; its log:" >&2
+    cat "$out.log" >&2
+    exit 1
+}
+
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# nginx UPSTREAM: a reverse proxy to UPSTREAM (host:port); sets $url.
+nginx_to() {
+    local port
+    port=$(free_port)
+    mkdir -p "$run/nginx"
+    cat >"$run/nginx/nginx.conf" <<EOF
+worker_processes 1;
+pid $run/nginx/nginx.pid;
+error_log $run/nginx/error.log;
+events { worker_connections 1024; }
+http {
+    access_log $run/nginx/access.log;
+    client_body_temp_path $run/nginx/body;
+    proxy_temp_path $run/nginx/proxy;
+    fastcgi_temp_path $run/nginx/fastcgi;
+    uwsgi_temp_path $run/nginx/uwsgi;
+    scgi_temp_path $run/nginx/scgi;
+    upstream shelf { server $1; keepalive 64; }
+    server {
+        listen 127.0.0.1:$port;
+        location / {
+            proxy_pass http://shelf;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
+}
+EOF
+    "$nginx_bin" -c "$run/nginx/nginx.conf" -p "$run/nginx" -g 'daemon off;' 2>"$run/nginx/stderr.log" &
+    pids+=($!)
+    url="http://127.0.0.1:$port"
+    for _ in $(seq 1 100); do
+        curl -s -o /dev/null "$url/health" && return
+        sleep 0.1
+    done
+    echo "nginx did not start:" >&2
+    cat "$run/nginx/stderr.log" "$run/nginx/error.log" >&2
+    exit 1
+}
+
+# wrk_json LABEL URL: one wrk run on GET URL/; prints a JSON line.
+wrk_json() {
+    wrk -t2 -c"$connections" -d"${seconds}s" --latency "$2/" >"$run/wrk-$1.txt"
+    python3 - "$1" "$run/wrk-$1.txt" <<'EOF'
+import json, re, sys
+label, path = sys.argv[1:]
+text = open(path).read()
+def ms(value, unit):
+    return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
+rate = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
+pct = {p: ms(v, u) for p, v, u in re.findall(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)", text, re.M)}
+errors = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+print(json.dumps({"label": label, "rps": rate, "p50_ms": pct["50"], "p99_ms": pct["99"],
+                  "non_2xx": int(errors.group(1)) if errors else 0}))
+EOF
+}
+
+# checked LABEL URL [RATE]: the checking load generator; prints its JSON line.
+checked() {
+    local more=()
+    [ -n "${3:-}" ] && more=(--rate "$3")
+    "$bin/load" --target "$2" --requests $((rate * seconds)) --concurrency "$connections" --books 200 \
+        --max-seconds $((seconds * 3)) --json "${more[@]}" >"$run/load-$1.txt"
+    tail -n 1 "$run/load-$1.txt" | python3 -c "import json, sys; d = json.load(sys.stdin); d['label'] = '$1'; print(json.dumps(d))"
+}
+
+start last_read --in-memory
+shelf=$url
+nginx_to "${shelf#http://}"
+nginx=$url
+start gateway --service "books=$shelf" --service "last-read=$shelf" --service "authors=$shelf"
+gateway=$url
+# A shelf with something on it for GET /.
+"$bin/load" --target "$shelf" --requests 200 --concurrency 4 --books 20 >/dev/null
+
+results="$run/results.jsonl"
+: >"$results"
+for target in direct nginx gateway; do
+    wrk_json "wrk $target" "${!target}" | tee -a "$results"
+done
+for target in direct nginx gateway; do
+    checked "load $target" "${!target}" | tee -a "$results"
+done
+for target in shelf gateway; do
+    checked "rate $rate/s, in memory, via $target" "${!target}" "$rate" | tee -a "$results"
+done
+for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+pids=()
+
+scripts/tansu.sh install >&2
+broker=$(scripts/tansu.sh start)
+brokers=${broker#KAFKA_BROKERS=}
+topic="proxies-$(date +%s)"
+start books --broker "$brokers" --topic "$topic" --data "$run/books"
+books=$url
+start last_read --broker "$brokers" --topic "$topic"
+view=$url
+start gateway --service "books=$books" --service "last-read=$view"
+gateway=$url
+kafka_rate=$((rate / 4))
+checked "rate $kafka_rate/s, Kafka, via the gateway" "$gateway" "$kafka_rate" | tee -a "$results"
+
+python3 scripts/bench-report.py proxies "$results"
