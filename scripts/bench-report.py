@@ -98,15 +98,16 @@ def proxies(path):
     ratios to nginx from the same run."""
     import json
     runs = {}
-    print(f"{'run':52} {'requests/s':>11} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}")
+    print(f"{'run':52} {'requests/s':>11} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'CPU us/request (user+system)':>30}")
     for line in open(path):
         run = json.loads(line)
         label = run["label"]
         runs[label] = run
         rps = run.get("rps", run.get("requests_per_second"))
         top = run.get("max_ms")
+        cpu = f"{run['user_us']:.1f} + {run['system_us']:.1f}" if "user_us" in run else ""
         print(f"{label:52} {rps:11,.0f} {run['p50_ms']:8.2f} {run['p99_ms']:8.2f} "
-              f"{'' if top is None else f'{top:8.2f}'}")
+              f"{'' if top is None else f'{top:8.2f}':>8} {cpu:>30}")
     for tool in ("wrk", "load"):
         gateway, nginx = runs.get(f"{tool} gateway"), runs.get(f"{tool} nginx")
         if gateway and nginx:

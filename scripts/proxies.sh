@@ -4,7 +4,7 @@
 #   scripts/proxies.sh [SECONDS] [CONNECTIONS] [RATE]   (defaults: 10, 32, 2000)
 #
 # 1. Throughput: the embedded last_read (release build, in memory) is
-#    loaded with wrk (`GET /`, keep-alive) directly, through nginx (Debian's
+#    loaded with wrk (`GET /last-read`, keep-alive) directly, through nginx (Debian's
 #    package, one worker, keep-alive to the upstream, access log on) and
 #    through the gateway (in-process discovery, balancing, correlation ids,
 #    limits, logging at its default level), then with the checking load
@@ -110,50 +110,67 @@ EOF
     exit 1
 }
 
-# wrk_json LABEL URL: one wrk run on GET URL/; prints a JSON line.
+# wrk_json LABEL URL PID: one wrk run on GET URL/last-read, with the CPU time
+# process PID spent (user and system, from /proc); prints a JSON line.
 wrk_json() {
-    wrk -t2 -c"$connections" -d"${seconds}s" --latency "$2/" >"$run/wrk-$1.txt"
-    python3 - "$1" "$run/wrk-$1.txt" <<'EOF'
+    local out="$run/wrk-${1//[^a-z0-9]/-}.txt"
+    local before after
+    before=$(awk '{print $14, $15}' "/proc/$3/stat")
+    wrk -t2 -c"$connections" -d"${seconds}s" --latency "$2/last-read" >"$out"
+    after=$(awk '{print $14, $15}' "/proc/$3/stat")
+    python3 - "$1" "$out" "$before" "$after" "$(getconf CLK_TCK)" <<'EOF'
 import json, re, sys
-label, path = sys.argv[1:]
+label, path, before, after, tick = sys.argv[1:]
 text = open(path).read()
 def ms(value, unit):
     return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
 rate = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
+count = int(re.search(r"(\d+) requests in", text).group(1))
 pct = {p: ms(v, u) for p, v, u in re.findall(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)", text, re.M)}
 errors = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+non_2xx = int(errors.group(1)) if errors else 0
+if non_2xx:
+    sys.exit(f"{label}: {non_2xx} answers were not 2xx: see {path}")
+(u0, s0), (u1, s1) = (map(int, x.split()) for x in (before, after))
+per = lambda ticks: ticks / int(tick) / count * 1e6
 print(json.dumps({"label": label, "rps": rate, "p50_ms": pct["50"], "p99_ms": pct["99"],
-                  "non_2xx": int(errors.group(1)) if errors else 0}))
+                  "user_us": per(u1 - u0), "system_us": per(s1 - s0)}))
 EOF
 }
 
-# checked LABEL URL [RATE]: the checking load generator; prints its JSON line.
+# checked LABEL URL [RATE]: the checking load generator, for SECONDS (at
+# RATE requests/s when given, else as fast as answers come); prints its
+# JSON line.
 checked() {
-    local more=()
-    [ -n "${3:-}" ] && more=(--rate "$3")
-    "$bin/load" --target "$2" --requests $((rate * seconds)) --concurrency "$connections" --books 200 \
-        --max-seconds $((seconds * 3)) --json "${more[@]}" >"$run/load-$1.txt"
-    tail -n 1 "$run/load-$1.txt" | python3 -c "import json, sys; d = json.load(sys.stdin); d['label'] = '$1'; print(json.dumps(d))"
+    local more=(--requests 100000000 --max-seconds "$seconds")
+    [ -n "${3:-}" ] && more=(--requests $(($3 * seconds)) --max-seconds $((seconds * 3)) --rate "$3")
+    local out="$run/load-${1//[^a-z0-9]/-}.txt"
+    "$bin/load" --target "$2" --concurrency "$connections" --books 200 --json "${more[@]}" >"$out"
+    tail -n 1 "$out" | python3 -c "import json, sys; d = json.load(sys.stdin); d['label'] = '$1'; print(json.dumps(d))"
 }
 
 start last_read --in-memory
-shelf=$url
-nginx_to "${shelf#http://}"
+direct=$url
+direct_pid=${pids[-1]}
+nginx_to "${direct#http://}"
 nginx=$url
-start gateway --service "books=$shelf" --service "last-read=$shelf" --service "authors=$shelf"
+nginx_pid=$(pgrep -P "${pids[-1]}" | head -n 1) # its one worker
+start gateway --service "books=$direct" --service "last-read=$direct" --service "authors=$direct"
 gateway=$url
-# A shelf with something on it for GET /.
-"$bin/load" --target "$shelf" --requests 200 --concurrency 4 --books 20 >/dev/null
+gateway_pid=${pids[-1]}
+# A shelf with something on it for GET /last-read.
+"$bin/load" --target "$direct" --requests 200 --concurrency 4 --books 20 >/dev/null
 
 results="$run/results.jsonl"
 : >"$results"
 for target in direct nginx gateway; do
-    wrk_json "wrk $target" "${!target}" | tee -a "$results"
+    pid=${target}_pid
+    wrk_json "wrk $target" "${!target}" "${!pid}" | tee -a "$results"
 done
 for target in direct nginx gateway; do
     checked "load $target" "${!target}" | tee -a "$results"
 done
-for target in shelf gateway; do
+for target in direct gateway; do
     checked "rate $rate/s, in memory, via $target" "${!target}" "$rate" | tee -a "$results"
 done
 for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done

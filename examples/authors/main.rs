@@ -42,7 +42,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    api::init_tracing();
+    let _logging = api::init_tracing();
     let args = Args::parse();
     let Some(broker) = args.service.broker.as_deref() else {
         return Err("authors projects the book events from Kafka: give --broker HOST:PORT \

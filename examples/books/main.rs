@@ -52,7 +52,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    api::init_tracing();
+    let _logging = api::init_tracing();
     let args = Args::parse();
     let listener = args.service.listen(args.port).await?;
     let local = listener.local_addr()?;

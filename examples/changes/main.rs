@@ -66,7 +66,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    api::init_tracing();
+    let _logging = api::init_tracing();
     let args = Args::parse();
     match (&args.service.broker, args.role) {
         (None, _) => demo(args.data.clone(), args.service.in_memory).await,

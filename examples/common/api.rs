@@ -905,14 +905,24 @@ impl Registration {
 /// Structured logs on standard error, filtered by `RUST_LOG` (default `info`);
 /// built with feature `opentelemetry` and given `OTEL_EXPORTER_OTLP_ENDPOINT`,
 /// spans go to that OpenTelemetry collector too, as this program's name.
-pub fn init_tracing() {
+///
+/// Lines are written by a thread of their own, in batches, so that a
+/// request never waits for standard error; none is dropped (a writer waits
+/// when 128,000 lines are queued). Keep what this returns until the end of
+/// `main`: dropping it writes what is queued.
+#[must_use = "dropping it stops the logs"]
+pub fn init_tracing() -> Logging {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     record_metrics();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .thread_name("logs")
+        .finish(std::io::BufWriter::new(std::io::stderr()));
     let logs = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     let registry = tracing_subscriber::registry().with(filter).with(logs);
     #[cfg(feature = "opentelemetry")]
@@ -937,7 +947,11 @@ pub fn init_tracing() {
     }
     #[cfg(not(feature = "opentelemetry"))]
     registry.init();
+    Logging(guard)
 }
+
+/// The log writer's thread: dropped, it writes what is queued and ends.
+pub struct Logging(#[allow(dead_code)] tracing_appender::non_blocking::WorkerGuard);
 
 /// The OTLP export, to finish at shutdown.
 #[cfg(feature = "opentelemetry")]
@@ -959,6 +973,12 @@ pub async fn serve(
     registration: Option<Registration>,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let app = app.layer(tower_http::trace::TraceLayer::new_for_http());
+    // Answers go out as soon as they are written, not held for more.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(error) = tcp.set_nodelay(true) {
+            tracing::debug!(%error, "cannot set TCP_NODELAY");
+        }
+    });
     axum::serve(
         listener,
         app.into_make_service_with_connect_info::<std::net::SocketAddr>(),

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bookshelf::trace::TraceParent;
 use bookshelf::{Balancer, ServiceInstance};
@@ -45,7 +45,8 @@ impl Route {
 
 /// How the gateway forwards.
 pub struct Limits {
-    /// How long an upstream has to answer, body included.
+    /// How long an upstream has to start answering, and the longest pause
+    /// within its body.
     pub timeout: Duration,
     /// The largest request body accepted.
     pub max_body: usize,
@@ -53,9 +54,16 @@ pub struct Limits {
     pub eject_for: Duration,
 }
 
+/// The client requests are forwarded with: hyper's, keeping connections to
+/// each instance open for reuse. It follows no redirects (they are the
+/// caller's business) and streams bodies both ways.
+type Upstream = hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Body>;
+
 pub struct Gateway {
     /// Longest prefix first, so that the most specific route wins.
     routes: Vec<Route>,
+    upstream: Upstream,
+    /// For the gateway's own requests (the services' OpenAPI documents).
     client: reqwest::Client,
     limits: Limits,
 }
@@ -63,14 +71,23 @@ pub struct Gateway {
 impl Gateway {
     pub fn new(mut routes: Vec<Route>, limits: Limits) -> Result<Gateway, reqwest::Error> {
         routes.sort_by_key(|route| std::cmp::Reverse(route.prefix.len()));
+        let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+        connector.set_connect_timeout(Some(limits.timeout.min(Duration::from_secs(2))));
+        connector.set_nodelay(true);
+        let upstream = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_timer(hyper_util::rt::TokioTimer::new())
+            .build(connector);
         let client = reqwest::Client::builder()
             .timeout(limits.timeout)
-            .connect_timeout(limits.timeout.min(Duration::from_secs(2)))
-            .pool_idle_timeout(Duration::from_secs(30))
-            // Redirects are the client's business: pass them on as they are.
             .redirect(reqwest::redirect::Policy::none())
             .build()?;
-        Ok(Gateway { routes, client, limits })
+        Ok(Gateway {
+            routes,
+            upstream,
+            client,
+            limits,
+        })
     }
 
     /// The services and how many healthy instances each has, by name.
@@ -121,20 +138,17 @@ pub async fn health(State(gateway): State<Arc<Gateway>>) -> Response {
 
 /// Headers that concern one connection, not the request: never forwarded.
 /// `host` and `content-length` are set again for the upstream request.
-fn hop_by_hop(name: &HeaderName) -> bool {
-    matches!(
-        name.as_str(),
-        "connection"
-            | "keep-alive"
-            | "proxy-authenticate"
-            | "proxy-authorization"
-            | "proxy-connection"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "upgrade"
-    )
-}
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
 
 /// The request's correlation id when it is usable as one (1 to 128 visible
 /// ASCII characters), or a new one.
@@ -292,7 +306,7 @@ impl Gateway {
                 format!("no service serves {path}"),
             ));
         };
-        let (parts, body) = request.into_parts();
+        let (mut parts, body) = request.into_parts();
         let too_large = || {
             ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -333,23 +347,24 @@ impl Gateway {
             }
         };
 
-        let mut headers = HeaderMap::with_capacity(parts.headers.len() + 4);
-        for (name, value) in &parts.headers {
-            if !hop_by_hop(name) && name != header::HOST && name != header::CONTENT_LENGTH && name != CORRELATION_HEADER
-            {
-                headers.append(name, value.clone());
-            }
+        // The request's own headers, edited in place: what concerns one
+        // connection out, the proxy's own in.
+        let mut headers = std::mem::take(&mut parts.headers);
+        for name in HOP_BY_HOP {
+            headers.remove(name);
         }
+        headers.remove(header::CONTENT_LENGTH);
+        let host = headers.remove(header::HOST);
         headers.insert(CORRELATION_HEADER, correlation.clone());
-        let forwarded_for = match parts.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        let forwarded_for = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
             Some(earlier) => format!("{earlier}, {}", peer.ip()),
             None => peer.ip().to_string(),
         };
         if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
             headers.insert("x-forwarded-for", value);
         }
-        if let Some(host) = parts.headers.get(header::HOST) {
-            headers.insert("x-forwarded-host", host.clone());
+        if let Some(host) = host {
+            headers.insert("x-forwarded-host", host);
         }
         headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
         let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
@@ -359,27 +374,43 @@ impl Gateway {
         // (nothing was sent) is tried again, whatever the method.
         let attempts = route.balancer.instances().len().clamp(1, 3);
         let mut refused = Vec::new();
-        for _ in 0..attempts {
+        for attempt in 1..=attempts {
             let Some(instance) = route.balancer.pick() else {
                 break;
             };
-            let url = format!("http://{}{path_and_query}", instance.authority());
-            let sent = self
-                .client
-                .request(parts.method.clone(), url)
-                .headers(headers.clone())
-                .body(body.clone())
-                .send()
-                .await;
+            let uri = axum::http::Uri::builder()
+                .scheme("http")
+                .authority(instance.authority())
+                .path_and_query(path_and_query)
+                .build();
+            let uri = match uri {
+                Ok(uri) => uri,
+                Err(error) => {
+                    return Err(ApiError::new(
+                        StatusCode::BAD_GATEWAY,
+                        format!("{service} instance {} has no usable address: {error}", instance.id),
+                    ))
+                }
+            };
+            let mut outgoing = Request::new(Body::from(body.clone()));
+            *outgoing.method_mut() = parts.method.clone();
+            *outgoing.uri_mut() = uri;
+            // Copied only for an attempt that may be followed by another.
+            *outgoing.headers_mut() = if attempt < attempts {
+                headers.clone()
+            } else {
+                std::mem::take(&mut headers)
+            };
+            let sent = tokio::time::timeout(self.limits.timeout, self.upstream.request(outgoing)).await;
             match sent {
-                Ok(upstream) => return Ok(relay(upstream, &instance)),
-                Err(error) if error.is_connect() => {
+                Ok(Ok(upstream)) => return Ok(relay(upstream, &instance, self.limits.timeout)),
+                Ok(Err(error)) if error.is_connect() => {
                     tracing::warn!(%service, instance = %instance.id, %error, "connection failed; ejecting the instance");
                     route.balancer.eject(&instance.id, self.limits.eject_for);
                     refused.push(instance.id);
                 }
-                Err(error) if error.is_timeout() => {
-                    tracing::warn!(%service, instance = %instance.id, %error, "upstream timed out");
+                Err(_) => {
+                    tracing::warn!(%service, instance = %instance.id, "upstream timed out");
                     return Err(ApiError::new(
                         StatusCode::GATEWAY_TIMEOUT,
                         format!(
@@ -389,7 +420,7 @@ impl Gateway {
                         ),
                     ));
                 }
-                Err(error) => {
+                Ok(Err(error)) => {
                     // The connection broke after the request went out: the
                     // instance is likely gone, but the request may have been
                     // carried out, so it is not sent again.
@@ -437,19 +468,18 @@ fn gateway_error(description: &str) -> Value {
 }
 
 /// The upstream's answer, streamed back, with the instance that gave it.
-fn relay(upstream: reqwest::Response, instance: &ServiceInstance) -> Response {
-    let status = upstream.status();
-    let mut headers = HeaderMap::with_capacity(upstream.headers().len() + 2);
-    for (name, value) in upstream.headers() {
-        if !hop_by_hop(name) {
-            headers.append(name, value.clone());
-        }
+/// The body must keep coming: a pause longer than `timeout` ends it.
+fn relay(
+    upstream: axum::http::Response<hyper::body::Incoming>,
+    instance: &ServiceInstance,
+    timeout: Duration,
+) -> Response {
+    let (mut parts, body) = upstream.into_parts();
+    for name in HOP_BY_HOP {
+        parts.headers.remove(name);
     }
     if let Ok(id) = HeaderValue::from_str(&instance.id) {
-        headers.insert(SERVED_BY_HEADER, id);
+        parts.headers.insert(SERVED_BY_HEADER, id);
     }
-    let mut response = Response::new(Body::from_stream(upstream.bytes_stream()));
-    *response.status_mut() = status;
-    *response.headers_mut() = headers;
-    response
+    Response::from_parts(parts, Body::new(tower_http::timeout::TimeoutBody::new(timeout, body)))
 }

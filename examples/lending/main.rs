@@ -60,7 +60,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    api::init_tracing();
+    let _logging = api::init_tracing();
     let args = Args::parse();
     match args.service.broker.clone() {
         None if args.service.in_memory => demo(InMemoryStore::new(), None).await,

@@ -47,10 +47,10 @@ struct Args {
     #[arg(long)]
     json: bool,
     /// Offer this many requests per second, at even intervals, instead of
-    /// sending as fast as answers come: latencies then count from when
-    /// each request was due, so a slow answer that holds up the ones after
-    /// it shows in theirs too (no coordinated omission). `--concurrency`
-    /// still bounds the requests in flight.
+    /// sending as fast as answers come. A request sent late because its
+    /// worker was still waiting for an answer counts its latency from when
+    /// it was due, so a slow answer shows in the ones it held up too (no
+    /// coordinated omission). `--concurrency` bounds the requests in flight.
     #[arg(long)]
     rate: Option<f64>,
 }
@@ -164,10 +164,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 let kind = Kind::of(n);
                 let book = (mix(n ^ 0x5151) % ids.len().max(1) as u64) as usize;
                 let sent = match interval {
+                    // Late because this worker's last request took long: the
+                    // wait counts. Early: it waits for the timer, whose
+                    // lateness (up to a millisecond) is the generator's own
+                    // and does not.
                     Some(interval) => {
                         let due = started + Duration::from_secs_f64(interval * n as f64);
-                        tokio::time::sleep_until(due.into()).await;
-                        due
+                        if Instant::now() >= due {
+                            due
+                        } else {
+                            tokio::time::sleep_until(due.into()).await;
+                            Instant::now()
+                        }
                     }
                     None => Instant::now(),
                 };
