@@ -21,30 +21,10 @@ mkdir -p "$cache/run"
 cargo build --release --all-features --example last_read --example books --example gateway --example load >&2
 bin=${CARGO_TARGET_DIR:-target}/release/examples
 
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    scripts/tansu.sh stop 2>/dev/null || true
-}
-trap cleanup EXIT
-
-# start NAME ARGS...: runs example NAME on a free port, waits until it says
-# where it listens, and sets $url.
-start() {
-    local name=$1
-    shift
-    local out="$cache/run/load-$name-$$-${#pids[@]}"
-    "$bin/$name" --port 0 "$@" >"$out.out" 2>"$out.log" &
-    pids+=($!)
-    for _ in $(seq 1 300); do
-        url=$(sed -n 's/.*listening on \(http:[^ ]*\)\/.*/\1/p' "$out.out" | head -n 1)
-        [ -n "$url" ] && return
-        sleep 0.1
-    done
-    echo "$name did not start; its log:" >&2
-    cat "$out.log" >&2
-    exit 1
-}
+logs="$cache/run/load-$$"
+mkdir -p "$logs"
+# shellcheck source=scripts/services.sh
+source scripts/services.sh
 
 load() {
     echo
@@ -64,8 +44,7 @@ direct, through = (json.loads(a) for a in sys.argv[1:])
 print(f"\ngateway / direct, same run: throughput {through['requests_per_second'] / direct['requests_per_second']:.2f}x,"
       f" p50 {through['p50_ms'] / direct['p50_ms']:.2f}x, p99 {through['p99_ms'] / direct['p99_ms']:.2f}x")
 EOF
-for pid in "${pids[@]}"; do kill "$pid"; done
-pids=()
+stop_all
 
 scripts/tansu.sh install
 broker=$(scripts/tansu.sh start)

@@ -41,30 +41,9 @@ nginx_bin=$(command -v nginx || echo /usr/sbin/nginx)
 cargo build --release --example last_read --example books --example gateway --example load >&2
 bin=${CARGO_TARGET_DIR:-target}/release/examples
 
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    scripts/tansu.sh stop 2>/dev/null || true
-}
-trap cleanup EXIT
-
-# start NAME ARGS...: runs example NAME on a free port, waits until it says
-# where it listens, and sets $url.
-start() {
-    local name=$1
-    shift
-    local out="$run/$name-${#pids[@]}"
-    "$bin/$name" --port 0 "$@" >"$out.out" 2>"$out.log" &
-    pids+=($!)
-    for _ in $(seq 1 300); do
-        url=$(sed -n 's/.*listening on \(http:[^ ]*\)\/.*/\1/p' "$out.out" | head -n 1)
-        [ -n "$url" ] && return
-        sleep 0.1
-    done
-    echo "$name did not start; its log:" >&2
-    cat "$out.log" >&2
-    exit 1
-}
+logs=$run
+# shellcheck source=scripts/services.sh
+source scripts/services.sh
 
 free_port() {
     python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
@@ -173,8 +152,7 @@ done
 for target in direct gateway; do
     checked "rate $rate/s, in memory, via $target" "${!target}" "$rate" | tee -a "$results"
 done
-for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-pids=()
+stop_all
 
 scripts/tansu.sh install >&2
 broker=$(scripts/tansu.sh start)

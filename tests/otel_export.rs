@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use axum::routing::post;
 use serde_json::Value;
-use support::Service;
+use support::{get_json, Service};
 
 /// Every span the collector received: (trace id, parent span id, name).
 type Received = Arc<Mutex<Vec<(String, String, String)>>>;
@@ -73,14 +73,7 @@ async fn a_service_exports_its_views_spans_in_the_requests_trace() {
         .await
         .unwrap();
     let id = added["id"].as_str().expect("the new book's id");
-    let events: Value = http
-        .get(format!("{}/books/{id}/events", service.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let events = get_json(&http, &format!("{}/books/{id}/events", service.url)).await;
     // The service continued the request's trace in the event's metadata.
     let recorded = events["events"][0]["metadata"]["traceparent"]
         .as_str()

@@ -302,6 +302,42 @@ pub fn books_routes<S: EventStore>(api: Arc<BooksApi<S>>) -> Api {
         .with_state(api)
 }
 
+/// What a command on one book answers.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)] // describes the answers; never built
+enum CommandAnswers {
+    /// Done
+    #[response(status = 200, headers(("ETag" = String, description = "The book's version now")))]
+    Done(Written),
+    /// Not a valid command or If-Match
+    #[response(status = 400)]
+    Invalid(ErrorBody),
+    /// No such book
+    #[response(status = 404)]
+    NotFound(ErrorBody),
+    /// The book is not at the If-Match version
+    #[response(status = 409)]
+    Moved(ErrorBody),
+    /// The book was removed
+    #[response(status = 410)]
+    Removed(ErrorBody),
+    /// The store cannot take it now; nothing was stored
+    #[response(status = 503)]
+    Unavailable(ErrorBody),
+}
+
+/// What a request with a JSON body may answer besides.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)] // describes the answers; never built
+pub enum BodyAnswers {
+    /// The body is too large
+    #[response(status = 413)]
+    TooLarge(ErrorBody),
+    /// The body is not declared as JSON
+    #[response(status = 415)]
+    NotJson(ErrorBody),
+}
+
 /// The request headers every command takes.
 #[derive(utoipa::IntoParams)]
 #[into_params(parameter_in = Header)]
@@ -343,9 +379,8 @@ struct Expected {
             )),
         (status = 400, description = "Not a valid book, or not JSON", body = ErrorBody),
         (status = 409, description = "A book with this id exists", body = ErrorBody),
-        (status = 413, description = "The body is too large", body = ErrorBody),
-        (status = 415, description = "The body is not declared as JSON", body = ErrorBody),
         (status = 503, description = "The store cannot take it now; nothing was stored", body = ErrorBody),
+        BodyAnswers,
     )
 )]
 async fn add_book<S: EventStore>(
@@ -410,15 +445,7 @@ impl<S: EventStore> BooksApi<S> {
 #[utoipa::path(
     post, path = "/books/{id}/read", tag = "books",
     params(("id" = String, Path, description = "The book"), CommandHeaders, Expected),
-    responses(
-        (status = 200, description = "Done", body = Written,
-            headers(("ETag" = String, description = "The book's version now"))),
-        (status = 400, description = "Not a valid command or If-Match", body = ErrorBody),
-        (status = 404, description = "No such book", body = ErrorBody),
-        (status = 409, description = "The book is not at the If-Match version", body = ErrorBody),
-        (status = 410, description = "The book was removed", body = ErrorBody),
-        (status = 503, description = "The store cannot take it now; nothing was stored", body = ErrorBody),
-    )
+    responses(CommandAnswers)
 )]
 async fn mark_read<S: EventStore>(
     State(api): State<Arc<BooksApi<S>>>,
@@ -442,17 +469,7 @@ struct Rating {
     put, path = "/books/{id}/rating", tag = "books",
     params(("id" = String, Path, description = "The book"), CommandHeaders, Expected),
     request_body = Rating,
-    responses(
-        (status = 200, description = "Done", body = Written,
-            headers(("ETag" = String, description = "The book's version now"))),
-        (status = 400, description = "Not a valid command or If-Match", body = ErrorBody),
-        (status = 404, description = "No such book", body = ErrorBody),
-        (status = 409, description = "The book is not at the If-Match version", body = ErrorBody),
-        (status = 410, description = "The book was removed", body = ErrorBody),
-        (status = 413, description = "The body is too large", body = ErrorBody),
-        (status = 415, description = "The body is not declared as JSON", body = ErrorBody),
-        (status = 503, description = "The store cannot take it now; nothing was stored", body = ErrorBody),
-    )
+    responses(CommandAnswers, BodyAnswers)
 )]
 async fn rate_book<S: EventStore>(
     State(api): State<Arc<BooksApi<S>>>,
@@ -468,15 +485,7 @@ async fn rate_book<S: EventStore>(
 #[utoipa::path(
     delete, path = "/books/{id}", tag = "books",
     params(("id" = String, Path, description = "The book"), CommandHeaders, Expected),
-    responses(
-        (status = 200, description = "Done", body = Written,
-            headers(("ETag" = String, description = "The book's version now"))),
-        (status = 400, description = "Not a valid command or If-Match", body = ErrorBody),
-        (status = 404, description = "No such book", body = ErrorBody),
-        (status = 409, description = "The book is not at the If-Match version", body = ErrorBody),
-        (status = 410, description = "The book was removed", body = ErrorBody),
-        (status = 503, description = "The store cannot take it now; nothing was stored", body = ErrorBody),
-    )
+    responses(CommandAnswers)
 )]
 async fn remove_book<S: EventStore>(
     State(api): State<Arc<BooksApi<S>>>,

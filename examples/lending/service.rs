@@ -23,7 +23,7 @@ use bookshelf_kafka::KafkaStore;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::api::{self, ApiError, Json, Path};
+use crate::api::{self, ApiError, BodyAnswers, Json, Path};
 use crate::docs::{Api, ErrorBody};
 use crate::domain::{Copy, CopyCommand, LendingBus, LendingError, LoanProcess, Member, MemberCommand};
 
@@ -103,6 +103,22 @@ struct Reservation {
     fee: u32,
 }
 
+/// What every lending command may answer.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)] // describes the answers; never built
+enum CommandAnswers {
+    /// Not JSON, or an id that is not one
+    #[response(status = 400)]
+    Invalid(ErrorBody),
+    /// Refused by the aggregate, or a concurrent change
+    #[response(status = 409)]
+    Refused(ErrorBody),
+    /// Not taken here (`x-bookshelf-not-owner`: this instance does not
+    /// write the topic) or not now; nothing was stored
+    #[response(status = 503)]
+    NotTaken(ErrorBody),
+}
+
 /// An aggregate's stream as this instance has read it.
 #[derive(serde::Serialize, utoipa::ToSchema)]
 struct StreamBody {
@@ -142,12 +158,8 @@ fn checked(id: &str) -> Result<&str, ApiError> {
     request_body = NewMember,
     responses(
         (status = 201, description = "Joined"),
-        (status = 400, description = "Not JSON, or an id that is not one", body = ErrorBody),
-        (status = 409, description = "Refused by the aggregate, or a concurrent change", body = ErrorBody),
-        (status = 413, description = "The body is too large", body = ErrorBody),
-        (status = 415, description = "The body is not declared as JSON", body = ErrorBody),
-        (status = 503, description = "Not taken here (`x-bookshelf-not-owner`: this instance does not write the topic) \
-            or not now; nothing was stored", body = ErrorBody),
+        CommandAnswers,
+        BodyAnswers,
     )
 )]
 async fn join(
@@ -173,12 +185,8 @@ async fn join(
     request_body = NewCopy,
     responses(
         (status = 201, description = "Registered"),
-        (status = 400, description = "Not JSON, or an id that is not one", body = ErrorBody),
-        (status = 409, description = "Refused by the aggregate, or a concurrent change", body = ErrorBody),
-        (status = 413, description = "The body is too large", body = ErrorBody),
-        (status = 415, description = "The body is not declared as JSON", body = ErrorBody),
-        (status = 503, description = "Not taken here (`x-bookshelf-not-owner`: this instance does not write the topic) \
-            or not now; nothing was stored", body = ErrorBody),
+        CommandAnswers,
+        BodyAnswers,
     )
 )]
 async fn register(
@@ -203,12 +211,8 @@ async fn register(
     responses(
         (status = 202, description = "Reserved; the loan goes on in the loan process"),
         (status = 404, description = "No such copy", body = ErrorBody),
-        (status = 400, description = "Not JSON, or an id that is not one", body = ErrorBody),
-        (status = 409, description = "Refused by the aggregate, or a concurrent change", body = ErrorBody),
-        (status = 413, description = "The body is too large", body = ErrorBody),
-        (status = 415, description = "The body is not declared as JSON", body = ErrorBody),
-        (status = 503, description = "Not taken here (`x-bookshelf-not-owner`: this instance does not write the topic) \
-            or not now; nothing was stored", body = ErrorBody),
+        CommandAnswers,
+        BodyAnswers,
     )
 )]
 async fn reserve(
