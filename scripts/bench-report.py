@@ -108,6 +108,10 @@ def proxies(path):
         cpu = f"{run['user_us']:.1f} + {run['system_us']:.1f}" if "user_us" in run else ""
         print(f"{label:52} {rps:11,.0f} {run['p50_ms']:8.2f} {run['p99_ms']:8.2f} "
               f"{'' if top is None else f'{top:8.2f}':>8} {cpu:>30}")
+        commands = run.get("commands")
+        if commands and run.get("offered_per_second"):
+            print(f"{'  of which the commands (POST /books/{id}/read)':52} {'':11} {commands['p50_ms']:8.2f} "
+                  f"{commands['p99_ms']:8.2f} {commands['max_ms']:8.2f}")
     for tool in ("wrk", "load"):
         gateway, nginx = runs.get(f"{tool} gateway"), runs.get(f"{tool} nginx")
         if gateway and nginx:

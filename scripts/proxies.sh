@@ -14,7 +14,9 @@
 # 2. Latency at a fixed offered rate (RATE requests/s, open loop, latency
 #    counted from when each request was due): commands and queries on the
 #    in-memory store directly and through the gateway, and on Kafka (books
-#    and last_read on tansu, started here) directly and through the gateway.
+#    and last_read on tansu, started here): commands alone to books
+#    directly, and the mixed load through the gateway. The commands' own
+#    percentiles are reported beside the whole mix's.
 #
 # nginx and wrk come from the system's packages, installed here when
 # missing (root, or sudo without a password). Every run is bounded in time
@@ -117,12 +119,12 @@ print(json.dumps({"label": label, "rps": rate, "p50_ms": pct["50"], "p99_ms": pc
 EOF
 }
 
-# checked LABEL URL [RATE]: the checking load generator, for SECONDS (at
-# RATE requests/s when given, else as fast as answers come); prints its
-# JSON line.
+# checked LABEL URL [RATE [MIX]]: the checking load generator, for SECONDS
+# (at RATE requests/s when given, else as fast as answers come; MIX as its
+# --mix); prints its JSON line.
 checked() {
     local more=(--requests 100000000 --max-seconds "$seconds")
-    [ -n "${3:-}" ] && more=(--requests $(($3 * seconds)) --max-seconds $((seconds * 3)) --rate "$3")
+    [ -n "${3:-}" ] && more=(--requests $(($3 * seconds)) --max-seconds $((seconds * 3)) --rate "$3" --mix "${4:-mixed}")
     local out="$run/load-${1//[^a-z0-9]/-}.txt"
     "$bin/load" --target "$2" --concurrency "$connections" --books 200 --json "${more[@]}" >"$out"
     tail -n 1 "$out" | python3 -c "import json, sys; d = json.load(sys.stdin); d['label'] = '$1'; print(json.dumps(d))"
@@ -165,6 +167,7 @@ view=$url
 start gateway --service "books=$books" --service "last-read=$view"
 gateway=$url
 kafka_rate=$((rate / 4))
+checked "rate $kafka_rate/s, Kafka, commands only, direct" "$books" "$kafka_rate" commands | tee -a "$results"
 checked "rate $kafka_rate/s, Kafka, via the gateway" "$gateway" "$kafka_rate" | tee -a "$results"
 
 python3 scripts/bench-report.py proxies "$results"

@@ -53,6 +53,18 @@ struct Args {
     /// coordinated omission). `--concurrency` bounds the requests in flight.
     #[arg(long)]
     rate: Option<f64>,
+    /// What to send: `mixed` (reads, last-read queries and book reads, as
+    /// above) or `commands` (only `POST /books/{id}/read`, for a service
+    /// that serves the books alone).
+    #[arg(long, value_enum, default_value_t = Mix::Mixed)]
+    mix: Mix,
+}
+
+/// The requests sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Mix {
+    Mixed,
+    Commands,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -154,6 +166,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             (client.clone(), target.clone(), ids.clone(), next.clone(), tally.clone());
         let requests = args.requests;
         let interval = args.rate.filter(|rate| *rate > 0.0).map(|rate| 1.0 / rate);
+        let wanted = args.mix;
         workers.push(tokio::spawn(async move {
             let mut mine = Tally::default();
             loop {
@@ -161,7 +174,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 if n >= requests || Instant::now() >= deadline {
                     break;
                 }
-                let kind = Kind::of(n);
+                let kind = match wanted {
+                    Mix::Mixed => Kind::of(n),
+                    Mix::Commands => Kind::Read,
+                };
                 let book = (mix(n ^ 0x5151) % ids.len().max(1) as u64) as usize;
                 let sent = match interval {
                     // Late because this worker's last request took long: the
@@ -279,6 +295,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             "target": target, "requests": sent, "seconds": elapsed.as_secs_f64(), "requests_per_second": rate,
             "p50_ms": ms(&all, 0.5), "p90_ms": ms(&all, 0.9), "p99_ms": ms(&all, 0.99), "max_ms": all.max() as f64 / 1e3,
             "offered_per_second": args.rate,
+            "commands": tally.latencies.get(&Kind::Read).map(|h| json!({
+                "p50_ms": ms(h, 0.5), "p99_ms": ms(h, 0.99), "max_ms": h.max() as f64 / 1e3,
+            })),
             "failed": tally.failed, "wrong": tally.wrong, "missing": missing, "extra": extra,
         });
         println!("{summary}");
