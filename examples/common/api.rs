@@ -981,7 +981,17 @@ pub async fn serve(
     app: Router,
     registration: Option<Registration>,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    let app = app.layer(tower_http::trace::TraceLayer::new_for_http());
+    // A 503 is an answer this service gives on purpose (not the owner, the
+    // store unavailable; said with Retry-After and logged where it is
+    // decided): not an error of the server. Other 5xx are.
+    let on_failure = |class: tower_http::classify::ServerErrorsFailureClass, latency: Duration, _: &tracing::Span| {
+        use tower_http::classify::ServerErrorsFailureClass::StatusCode as Status;
+        match class {
+            Status(StatusCode::SERVICE_UNAVAILABLE) => {}
+            class => tracing::error!(%class, latency_ms = latency.as_millis(), "response failed"),
+        }
+    };
+    let app = app.layer(tower_http::trace::TraceLayer::new_for_http().on_failure(on_failure));
     // Answers go out as soon as they are written, not held for more.
     let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
         if let Err(error) = tcp.set_nodelay(true) {
