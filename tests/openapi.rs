@@ -47,10 +47,14 @@ fn schemathesis() -> PathBuf {
 async fn fuzz(name: &str, url: &str) {
     let cli = schemathesis();
     let document = format!("{url}/openapi.json");
-    let report = std::env::temp_dir().join(format!("bookshelf-schemathesis-{}", uuid::Uuid::new_v4().simple()));
+    // Its working directory, where it keeps a cache: not the checkout.
+    let scratch = std::env::temp_dir().join(format!("bookshelf-schemathesis-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&scratch).expect("a scratch directory");
     let started = Instant::now();
+    let dir = scratch.clone();
     let output = tokio::task::spawn_blocking(move || {
         std::process::Command::new(cli)
+            .current_dir(dir)
             .args([
                 "run",
                 &document,
@@ -61,8 +65,6 @@ async fn fuzz(name: &str, url: &str) {
                 "--workers",
                 "1",
             ])
-            .arg("--report-dir")
-            .arg(&report)
             // No colours, no telemetry, no prompts.
             .env("NO_COLOR", "1")
             .env("SCHEMATHESIS_TELEMETRY", "false")
@@ -71,6 +73,7 @@ async fn fuzz(name: &str, url: &str) {
     .await
     .expect("schemathesis runs")
     .expect("schemathesis starts");
+    let _ = std::fs::remove_dir_all(&scratch);
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),
