@@ -17,29 +17,12 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::future::Future;
 use std::time::{Duration, Instant};
 
 use bookshelf_consul::double::ConsulDouble;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use support::{brokers, Service};
-
-/// Polls `probe` every 50 ms until it returns `Some`, for up to `within`.
-async fn eventually<T, F, Fut>(what: &str, within: Duration, mut probe: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let start = Instant::now();
-    loop {
-        if let Some(found) = probe().await {
-            return found;
-        }
-        assert!(start.elapsed() < within, "{what}: not within {within:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
+use support::{brokers, eventually, Service};
 
 /// A response's status, correlation id and JSON body.
 struct Answer {

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use bookshelf_consul::double::ConsulDouble;
 use serde_json::Value;
-use support::{brokers, get_json, on_kafka, Service};
+use support::{brokers, eventually, get_json, on_kafka, Service};
 
 /// The checks schemathesis runs. Two of its others are left out on
 /// purpose: `positive_data_acceptance` (an ISBN with a wrong check digit
@@ -209,20 +209,9 @@ async fn the_embedded_service_and_the_gateway_hold_to_their_documents() {
     fuzz("the gateway", &gateway.url).await;
 }
 
-/// Waits until `probe` holds for the JSON at `url`.
-async fn until(http: &reqwest::Client, url: &str, what: &str, probe: impl Fn(&Value) -> bool) {
-    let start = Instant::now();
-    loop {
-        if let Ok(answer) = http.get(url).send().await {
-            if let Ok(json) = answer.json::<Value>().await {
-                if probe(&json) {
-                    return;
-                }
-            }
-        }
-        assert!(start.elapsed() < Duration::from_secs(30), "{what} within 30 s");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+/// The JSON at `url`, if it answers with some.
+async fn json_at(http: &reqwest::Client, url: &str) -> Option<Value> {
+    http.get(url).send().await.ok()?.json().await.ok()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -237,17 +226,14 @@ async fn the_services_on_kafka_hold_to_their_documents() {
         "books",
         &on_kafka(&books_topic, &consul.url(), "books-1", &data.join("books"), &[]),
     );
-    until(
-        &http,
-        &format!("{}/ownership", books.url),
-        "books owns every partition",
-        |o| {
-            o["caught_up"] == true
-                && o["partitions"]
-                    .as_array()
-                    .is_some_and(|p| !p.is_empty() && p.iter().all(|p| p["mine"] == true))
-        },
-    )
+    let ownership = format!("{}/ownership", books.url);
+    eventually("books owns every partition", Duration::from_secs(30), || async {
+        let o = json_at(&http, &ownership).await?;
+        let all_mine = o["partitions"]
+            .as_array()
+            .is_some_and(|p| !p.is_empty() && p.iter().all(|p| p["mine"] == true));
+        (o["caught_up"] == true && all_mine).then_some(())
+    })
     .await;
     document(&http, &books.url, &["/books", "/books/{id}", "/ownership", "/health"]).await;
     fuzz("books", &books.url).await;
@@ -266,12 +252,10 @@ async fn the_services_on_kafka_hold_to_their_documents() {
             &[],
         ),
     );
-    until(
-        &http,
-        &format!("{}/role", lending.url),
-        "lending writes its topic",
-        |role| role["writer"] == true,
-    )
+    let role = format!("{}/role", lending.url);
+    eventually("lending writes its topic", Duration::from_secs(30), || async {
+        (json_at(&http, &role).await?["writer"] == true).then_some(())
+    })
     .await;
     document(
         &http,

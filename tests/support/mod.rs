@@ -233,3 +233,19 @@ pub async fn get_json(http: &reqwest::Client, url: &str) -> serde_json::Value {
         .await
         .unwrap_or_else(|e| panic!("GET {url}: not JSON: {e}"))
 }
+
+/// Polls `probe` every 50 ms until it returns `Some`, for up to `within`.
+pub async fn eventually<T, F, Fut>(what: &str, within: Duration, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(found) = probe().await {
+            return found;
+        }
+        assert!(start.elapsed() < within, "{what}: not within {within:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
