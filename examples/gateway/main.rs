@@ -141,7 +141,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         max_body: args.max_body_bytes,
         eject_for: Duration::from_millis(args.eject_ms),
     };
-    let gateway = Arc::new(Gateway::new(routes, limits)?);
+    let gateway = Arc::new(Gateway::new(routes, limits));
     if !gateway.ready(Duration::from_secs(10)).await {
         tracing::warn!("discovery has not answered for every service yet; starting anyway");
     }

@@ -63,13 +63,11 @@ pub struct Gateway {
     /// Longest prefix first, so that the most specific route wins.
     routes: Vec<Route>,
     upstream: Upstream,
-    /// For the gateway's own requests (the services' OpenAPI documents).
-    client: reqwest::Client,
     limits: Limits,
 }
 
 impl Gateway {
-    pub fn new(mut routes: Vec<Route>, limits: Limits) -> Result<Gateway, reqwest::Error> {
+    pub fn new(mut routes: Vec<Route>, limits: Limits) -> Gateway {
         routes.sort_by_key(|route| std::cmp::Reverse(route.prefix.len()));
         let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
         connector.set_connect_timeout(Some(limits.timeout.min(Duration::from_secs(2))));
@@ -78,16 +76,11 @@ impl Gateway {
             .pool_idle_timeout(Duration::from_secs(30))
             .pool_timer(hyper_util::rt::TokioTimer::new())
             .build(connector);
-        let client = reqwest::Client::builder()
-            .timeout(limits.timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .build()?;
-        Ok(Gateway {
+        Gateway {
             routes,
             upstream,
-            client,
             limits,
-        })
+        }
     }
 
     /// The services and how many healthy instances each has, by name.
@@ -237,17 +230,27 @@ impl Gateway {
                 tracing::warn!(%service, "no instance to ask for its OpenAPI document");
                 continue;
             };
-            let url = format!("http://{}{}", instance.authority(), crate::docs::DOCUMENT_PATH);
+            // Through the forwarding client, within the forwarding timeout.
             let fetched = async {
-                self.client
-                    .get(url)
-                    .send()
-                    .await?
-                    .error_for_status()?
-                    .json::<Value>()
+                let uri = axum::http::Uri::builder()
+                    .scheme("http")
+                    .authority(instance.authority())
+                    .path_and_query(crate::docs::DOCUMENT_PATH)
+                    .build()
+                    .map_err(|error| error.to_string())?;
+                let answer = self.upstream.get(uri).await.map_err(|error| error.to_string())?;
+                if !answer.status().is_success() {
+                    return Err(format!("it answered {}", answer.status()));
+                }
+                let body = http_body_util::BodyExt::collect(answer.into_body())
                     .await
+                    .map_err(|error| error.to_string())?;
+                serde_json::from_slice::<Value>(&body.to_bytes()).map_err(|error| error.to_string())
             };
-            let document = match fetched.await {
+            let fetched = tokio::time::timeout(self.limits.timeout, fetched)
+                .await
+                .unwrap_or_else(|_| Err("it did not answer in time".to_owned()));
+            let document = match fetched {
                 Ok(document) => document,
                 Err(error) => {
                     tracing::warn!(%service, instance = %instance.id, %error, "cannot read the service's OpenAPI document");
