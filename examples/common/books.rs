@@ -115,6 +115,13 @@ impl Aggregate for Book {
     type Services = Clock;
 
     async fn handle(&self, command: &BookCommand, clock: &Clock) -> Result<Vec<BookEvent>, BookError> {
+        // A rating out of range is wrong whatever the book's state: refused
+        // as invalid first, not as "removed" or "not found".
+        if let BookCommand::Rate { stars } = command {
+            if !(1..=5).contains(stars) {
+                return Err(BookError::Invalid(format!("stars must be 1 to 5, got {stars}")));
+            }
+        }
         match (command, self) {
             (BookCommand::Add { title, author, isbn }, Book::Unknown) => {
                 let title = required("title", title)?;
@@ -130,12 +137,7 @@ impl Aggregate for Book {
                 author: author.clone(),
                 read_at: clock.now(),
             }]),
-            (BookCommand::Rate { stars }, Book::OnShelf { .. }) => {
-                if !(1..=5).contains(stars) {
-                    return Err(BookError::Invalid(format!("stars must be 1 to 5, got {stars}")));
-                }
-                Ok(vec![BookEvent::BookRated { stars: *stars }])
-            }
+            (BookCommand::Rate { stars }, Book::OnShelf { .. }) => Ok(vec![BookEvent::BookRated { stars: *stars }]),
             (BookCommand::Remove, Book::OnShelf { .. }) => Ok(vec![BookEvent::BookRemoved]),
         }
     }
@@ -414,6 +416,21 @@ mod tests {
         assert_eq!(interleaved, in_time_order);
         let ids: Vec<String> = in_time_order.books().into_iter().map(|b| b.id).collect();
         assert_eq!(ids, ["7", "6", "5", "2", "4"]);
+    }
+
+    #[tokio::test]
+    async fn a_rating_out_of_range_is_invalid_whatever_the_book() {
+        let on_shelf = Book::OnShelf {
+            title: "Dune".into(),
+            author: "Frank Herbert".into(),
+            isbn: "9780441013593".into(),
+            reads: 0,
+            stars: None,
+        };
+        for book in [Book::Unknown, on_shelf, Book::Removed] {
+            let answer = book.handle(&BookCommand::Rate { stars: 152 }, &Clock::system()).await;
+            assert!(matches!(answer, Err(BookError::Invalid(_))), "{book:?}: {answer:?}");
+        }
     }
 
     fn event(book: u32, payload: BookEvent) -> Envelope<BookEvent> {
