@@ -74,11 +74,7 @@ impl<S: Clone + Send + Sync + 'static> Api<S> {
         // The schemas of the operation's bodies, as utoipa's own axum
         // integration collects them.
         P::schemas(&mut schemas);
-        self.doc
-            .components
-            .get_or_insert_with(Default::default)
-            .schemas
-            .extend(schemas);
+        self.add_schemas(schemas);
         let mut operation = P::operation();
         // The operation's tags, kept apart by utoipa's macro.
         let tags = P::tags();
@@ -96,12 +92,16 @@ impl<S: Clone + Send + Sync + 'static> Api<S> {
     pub fn schema<T: utoipa::ToSchema>(mut self) -> Self {
         let mut schemas = vec![(T::name().into_owned(), T::schema())];
         T::schemas(&mut schemas);
+        self.add_schemas(schemas);
+        self
+    }
+
+    fn add_schemas(&mut self, schemas: Vec<(String, utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>)>) {
         self.doc
             .components
             .get_or_insert_with(Default::default)
             .schemas
             .extend(schemas);
-        self
     }
 
     /// The routes of both, and both documents in one.
