@@ -128,6 +128,8 @@ async fn scenario(gateway: &str) -> String {
     .await;
     assert_eq!(too_large.status, StatusCode::PAYLOAD_TOO_LARGE);
     assert!(too_large.error().contains("65536"), "{}", too_large.body);
+    // The rest of that body is unread: the connection is not used again.
+    assert_eq!(too_large.header("connection"), "close");
     let unknown = send(http.post(format!("{gateway}/books/no-such-book/read"))).await;
     assert_eq!(unknown.status, StatusCode::NOT_FOUND);
     let nowhere = send(http.get(format!("{gateway}/nowhere"))).await;

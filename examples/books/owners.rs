@@ -144,7 +144,11 @@ pub async fn route_to_owner(State(owners): State<Arc<Owners>>, request: Request,
     let (parts, body) = request.into_parts();
     let body = match axum::body::to_bytes(body, MAX_BODY).await {
         Ok(body) => body,
-        Err(error) => return ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, error.to_string()).into_response(),
+        Err(error) => {
+            return ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, error.to_string())
+                .closing()
+                .into_response()
+        }
     };
     let rebuild = || {
         let mut request = Request::new(Body::from(body.clone()));
@@ -202,7 +206,11 @@ async fn forward(owners: &Owners, address: &str, request: Request) -> Response {
     let (parts, body) = request.into_parts();
     let body = match axum::body::to_bytes(body, MAX_BODY).await {
         Ok(body) => body,
-        Err(error) => return ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, error.to_string()).into_response(),
+        Err(error) => {
+            return ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, error.to_string())
+                .closing()
+                .into_response()
+        }
     };
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let mut outgoing = owners

@@ -32,6 +32,7 @@ pub struct ApiError {
     status: StatusCode,
     message: String,
     not_owner: bool,
+    closes: bool,
 }
 
 impl ApiError {
@@ -40,7 +41,16 @@ impl ApiError {
             status,
             message: message.into(),
             not_owner: false,
+            closes: false,
         }
+    }
+
+    /// The answer to a request whose body was not read whole (too large,
+    /// too slow): it says `Connection: close`, because what is left of the
+    /// body would be read as the next request, and a client must not send
+    /// another on this connection.
+    pub fn closing(self) -> Self {
+        ApiError { closes: true, ..self }
     }
 
     /// A 503 saying that this instance could not take the request because
@@ -66,6 +76,11 @@ impl IntoResponse for ApiError {
             response
                 .headers_mut()
                 .insert(NOT_OWNER_HEADER, header::HeaderValue::from_static("true"));
+        }
+        if self.closes {
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, header::HeaderValue::from_static("close"));
         }
         response
     }
@@ -126,12 +141,16 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for Json<T> 
         match axum::Json::<T>::from_request(req, state).await {
             Ok(axum::Json(value)) => Ok(Json(value)),
             Err(rejection) => {
-                let status = match rejection {
-                    JsonRejection::MissingJsonContentType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                    JsonRejection::BytesRejection(_) => StatusCode::PAYLOAD_TOO_LARGE,
-                    _ => StatusCode::BAD_REQUEST,
-                };
-                Err(ApiError::new(status, rejection.body_text()))
+                match rejection {
+                    JsonRejection::MissingJsonContentType(_) => {
+                        Err(ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, rejection.body_text()))
+                    }
+                    // Read only up to the limit: the rest is still on the wire.
+                    JsonRejection::BytesRejection(_) => {
+                        Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, rejection.body_text()).closing())
+                    }
+                    _ => Err(ApiError::new(StatusCode::BAD_REQUEST, rejection.body_text())),
+                }
             }
         }
     }

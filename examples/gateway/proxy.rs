@@ -310,11 +310,13 @@ impl Gateway {
             ));
         };
         let (mut parts, body) = request.into_parts();
+        // Each refusal below leaves the body unread, or read in part.
         let too_large = || {
             ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!("the request body is larger than {} bytes", self.limits.max_body),
             )
+            .closing()
         };
         let declared = parts
             .headers
@@ -334,7 +336,8 @@ impl Gateway {
                     "the request body did not arrive within {} ms",
                     self.limits.timeout.as_millis()
                 ),
-            ));
+            )
+            .closing());
         };
         let body: Bytes = match read {
             Ok(body) => body,
@@ -346,7 +349,8 @@ impl Gateway {
                 return Err(ApiError::new(
                     StatusCode::BAD_REQUEST,
                     format!("cannot read the request body: {source}"),
-                ));
+                )
+                .closing());
             }
         };
 
