@@ -40,7 +40,7 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 
 use serde::de::{self, DeserializeOwned, DeserializeSeed, Deserializer, EnumAccess, VariantAccess, Visitor};
-use serde::Serialize;
+use serde::{ser, Serialize};
 use serde_json::value::RawValue;
 use serde_json::Value;
 
@@ -149,37 +149,185 @@ pub struct EncodedEvent {
 /// [`EncodeError::NotAnEnum`] when `event` is not an enum variant in serde's
 /// default representation; [`EncodeError::Json`] when serialization fails.
 pub fn encode<E: DomainEvent>(event: &E) -> Result<EncodedEvent, EncodeError> {
-    // Serialized once, straight to text: serde writes an enum variant as
-    // `"Name"` or `{"Name":content}`, so the name and the content are cut
-    // out of the text (no intermediate `Value` tree).
-    let json = serde_json::to_string(event)?;
-    let Some((event_type, content)) = split_variant(&json) else {
-        return Err(EncodeError::NotAnEnum(json));
+    // Serialized once, straight to text, and only the variant's content:
+    // `VariantContent` takes the variant's name as serde hands it over and
+    // writes its content alone, so the payload needs no cutting out and no
+    // second parse to become a `RawValue`.
+    let name = std::cell::Cell::new(None);
+    let written = serde_json::value::to_raw_value(&ContentOf { event, name: &name });
+    let event_type = match (written, name.get()) {
+        (Ok(payload), Some(event_type)) if variant_names::<E>().contains(&event_type) => {
+            return Ok(EncodedEvent {
+                event_type: event_type.to_owned(),
+                schema_version: E::schema_version(event_type),
+                payload,
+            })
+        }
+        (Ok(_), Some(event_type)) => event_type,
+        (Err(error), Some(_)) => return Err(EncodeError::Json(error)),
+        (Ok(_), None) => return Err(EncodeError::NotAnEnum("no variant".to_owned())),
+        (Err(error), None) => return Err(EncodeError::NotAnEnum(error.to_string())),
     };
-    if !variant_names::<E>().contains(&event_type) {
-        return Err(EncodeError::NotAnEnum(format!("{{{event_type:?}: ...}}")));
-    }
-    let payload = RawValue::from_string(content.to_owned())?;
-    let schema_version = E::schema_version(event_type);
-    Ok(EncodedEvent {
-        event_type: event_type.to_owned(),
-        schema_version,
-        payload,
-    })
+    Err(EncodeError::NotAnEnum(format!(
+        "a variant {event_type:?} of another enum"
+    )))
 }
 
-/// The variant name and the content of an enum as serde_json writes it in
-/// serde's default representation: `"Name"` (content `null`) or
-/// `{"Name":content}`. `None` for anything else, and for a name that needed
-/// escaping (no variant name does).
-fn split_variant(json: &str) -> Option<(&str, &str)> {
-    if let Some(name) = json.strip_prefix('"').and_then(|rest| rest.strip_suffix('"')) {
-        return (!name.contains(['"', '\\'])).then_some((name, "null"));
+/// An event seen through [`VariantContent`]: serializes as its variant's
+/// content, and leaves the variant's name in `name`.
+struct ContentOf<'e, 'n, E> {
+    event: &'e E,
+    name: &'n std::cell::Cell<Option<&'static str>>,
+}
+
+impl<E: Serialize> Serialize for ContentOf<'_, '_, E> {
+    fn serialize<S: ser::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.event.serialize(VariantContent {
+            inner: serializer,
+            name: self.name,
+        })
     }
-    let inner = json.strip_prefix("{\"")?.strip_suffix('}')?;
-    let (name, rest) = inner.split_once('"')?;
-    let content = rest.strip_prefix(':')?;
-    (!name.contains('\\')).then_some((name, content))
+}
+
+/// A serializer that takes one enum variant in serde's default
+/// representation and writes only its content (`null` for a unit variant)
+/// to `inner`; anything but an enum variant is an error.
+struct VariantContent<'n, S> {
+    inner: S,
+    name: &'n std::cell::Cell<Option<&'static str>>,
+}
+
+impl<S: ser::Serializer> VariantContent<'_, S> {
+    fn not_a_variant<T>(found: &str) -> Result<T, S::Error> {
+        Err(ser::Error::custom(format_args!("{found}, not an enum variant")))
+    }
+}
+
+/// Declares the `Serializer` methods that refuse anything but a variant.
+macro_rules! refuse {
+    ($($method:ident($($arg:ty),*) -> $ok:ty: $what:literal;)*) => {
+        $(fn $method(self, $(_: $arg),*) -> Result<$ok, S::Error> {
+            Self::not_a_variant($what)
+        })*
+    };
+}
+
+impl<S: ser::Serializer> ser::Serializer for VariantContent<'_, S> {
+    type Ok = S::Ok;
+    type Error = S::Error;
+    type SerializeSeq = ser::Impossible<S::Ok, S::Error>;
+    type SerializeTuple = ser::Impossible<S::Ok, S::Error>;
+    type SerializeTupleStruct = ser::Impossible<S::Ok, S::Error>;
+    type SerializeTupleVariant = TupleContent<S::SerializeTuple>;
+    type SerializeMap = ser::Impossible<S::Ok, S::Error>;
+    type SerializeStruct = ser::Impossible<S::Ok, S::Error>;
+    type SerializeStructVariant = StructContent<S::SerializeStruct>;
+
+    fn serialize_unit_variant(self, _: &'static str, _: u32, variant: &'static str) -> Result<S::Ok, S::Error> {
+        self.name.set(Some(variant));
+        self.inner.serialize_unit()
+    }
+
+    fn serialize_newtype_variant<T: ?Sized + Serialize>(
+        self,
+        _: &'static str,
+        _: u32,
+        variant: &'static str,
+        value: &T,
+    ) -> Result<S::Ok, S::Error> {
+        self.name.set(Some(variant));
+        value.serialize(self.inner)
+    }
+
+    fn serialize_tuple_variant(
+        self,
+        _: &'static str,
+        _: u32,
+        variant: &'static str,
+        len: usize,
+    ) -> Result<Self::SerializeTupleVariant, S::Error> {
+        self.name.set(Some(variant));
+        self.inner.serialize_tuple(len).map(TupleContent)
+    }
+
+    fn serialize_struct_variant(
+        self,
+        name: &'static str,
+        _: u32,
+        variant: &'static str,
+        len: usize,
+    ) -> Result<Self::SerializeStructVariant, S::Error> {
+        self.name.set(Some(variant));
+        self.inner.serialize_struct(name, len).map(StructContent)
+    }
+
+    refuse! {
+        serialize_bool(bool) -> S::Ok: "a boolean";
+        serialize_i8(i8) -> S::Ok: "a number";
+        serialize_i16(i16) -> S::Ok: "a number";
+        serialize_i32(i32) -> S::Ok: "a number";
+        serialize_i64(i64) -> S::Ok: "a number";
+        serialize_u8(u8) -> S::Ok: "a number";
+        serialize_u16(u16) -> S::Ok: "a number";
+        serialize_u32(u32) -> S::Ok: "a number";
+        serialize_u64(u64) -> S::Ok: "a number";
+        serialize_f32(f32) -> S::Ok: "a number";
+        serialize_f64(f64) -> S::Ok: "a number";
+        serialize_char(char) -> S::Ok: "a character";
+        serialize_str(&str) -> S::Ok: "a string";
+        serialize_bytes(&[u8]) -> S::Ok: "bytes";
+        serialize_none() -> S::Ok: "an option";
+        serialize_unit() -> S::Ok: "a unit";
+        serialize_unit_struct(&'static str) -> S::Ok: "a unit struct";
+        serialize_seq(Option<usize>) -> Self::SerializeSeq: "a sequence";
+        serialize_tuple(usize) -> Self::SerializeTuple: "a tuple";
+        serialize_tuple_struct(&'static str, usize) -> Self::SerializeTupleStruct: "a tuple struct";
+        serialize_map(Option<usize>) -> Self::SerializeMap: "a map";
+        serialize_struct(&'static str, usize) -> Self::SerializeStruct: "a struct";
+    }
+
+    fn serialize_some<T: ?Sized + Serialize>(self, _: &T) -> Result<S::Ok, S::Error> {
+        Self::not_a_variant("an option")
+    }
+
+    fn serialize_newtype_struct<T: ?Sized + Serialize>(self, _: &'static str, _: &T) -> Result<S::Ok, S::Error> {
+        Self::not_a_variant("a newtype struct")
+    }
+
+    fn is_human_readable(&self) -> bool {
+        self.inner.is_human_readable()
+    }
+}
+
+/// A tuple variant's fields, written as a plain tuple.
+struct TupleContent<T>(T);
+
+impl<T: ser::SerializeTuple> ser::SerializeTupleVariant for TupleContent<T> {
+    type Ok = T::Ok;
+    type Error = T::Error;
+    fn serialize_field<F: ?Sized + Serialize>(&mut self, value: &F) -> Result<(), T::Error> {
+        self.0.serialize_element(value)
+    }
+    fn end(self) -> Result<T::Ok, T::Error> {
+        self.0.end()
+    }
+}
+
+/// A struct variant's fields, written as a plain struct.
+struct StructContent<T>(T);
+
+impl<T: ser::SerializeStruct> ser::SerializeStructVariant for StructContent<T> {
+    type Ok = T::Ok;
+    type Error = T::Error;
+    fn serialize_field<F: ?Sized + Serialize>(&mut self, key: &'static str, value: &F) -> Result<(), T::Error> {
+        self.0.serialize_field(key, value)
+    }
+    fn skip_field(&mut self, key: &'static str) -> Result<(), T::Error> {
+        self.0.skip_field(key)
+    }
+    fn end(self) -> Result<T::Ok, T::Error> {
+        self.0.end()
+    }
 }
 
 /// The variant names of a serde enum, read from its `Deserialize` impl.
@@ -742,6 +890,33 @@ mod tests {
     }
 
     #[test]
+    fn payloads_are_the_variants_content_as_serde_json_writes_it() {
+        for (event, event_type, payload) in [
+            (
+                Ev::Added {
+                    title: "Dune".into(),
+                    pages: 412,
+                },
+                "Added",
+                r#"{"title":"Dune","pages":412}"#,
+            ),
+            (
+                Ev::Renamed("Dune \"Messiah\"".into()),
+                "Renamed",
+                r#""Dune \"Messiah\"""#,
+            ),
+            (Ev::Moved(1, 2), "Moved", "[1,2]"),
+            (Ev::Removed, "Removed", "null"),
+        ] {
+            let encoded = encode(&event).unwrap();
+            assert_eq!(
+                (encoded.event_type.as_str(), encoded.payload.get()),
+                (event_type, payload)
+            );
+        }
+    }
+
+    #[test]
     fn variant_names_come_from_serde() {
         assert_eq!(variant_names::<Ev>(), &["Added", "Renamed", "Moved", "Removed"]);
         assert!(variant_names::<String>().is_empty());
@@ -870,7 +1045,19 @@ mod tests {
             a: u32,
         }
         impl DomainEvent for NotAnEnum {}
-        assert!(matches!(encode(&NotAnEnum { a: 1 }), Err(EncodeError::NotAnEnum(_))));
+        assert!(
+            matches!(encode(&NotAnEnum { a: 1 }), Err(EncodeError::NotAnEnum(found)) if found.contains("a struct"))
+        );
+        #[derive(Serialize, Deserialize)]
+        #[serde(tag = "type")]
+        enum InternallyTagged {
+            A { a: u32 },
+        }
+        impl DomainEvent for InternallyTagged {}
+        assert!(matches!(
+            encode(&InternallyTagged::A { a: 1 }),
+            Err(EncodeError::NotAnEnum(_))
+        ));
     }
 
     mod props {
@@ -893,6 +1080,21 @@ mod tests {
                 let encoded = encode(&event).unwrap();
                 let back = codec.decode(&encoded.event_type, encoded.schema_version, &encoded.payload).unwrap();
                 prop_assert_eq!(back, event);
+            }
+
+            #[test]
+            fn the_payload_is_what_serde_json_writes_inside_the_variant(event in any_event()) {
+                let encoded = encode(&event).unwrap();
+                // The whole enum as serde_json writes it: `"Name"` or `{"Name":content}`.
+                let whole = serde_json::to_string(&event).unwrap();
+                let content = match whole.strip_prefix(&format!("{{\"{}\":", encoded.event_type)) {
+                    Some(rest) => rest.strip_suffix('}').unwrap().to_owned(),
+                    None => {
+                        prop_assert_eq!(whole, format!("\"{}\"", encoded.event_type));
+                        "null".to_owned()
+                    }
+                };
+                prop_assert_eq!(encoded.payload.get(), content);
             }
         }
     }

@@ -68,6 +68,19 @@ impl StreamId {
     /// assert_eq!(stream.category(), "book");
     /// ```
     pub fn for_aggregate(category: &str, id: &str) -> Self {
+        // Made for every command: short ids are put together on the stack,
+        // so that the `Arc` is the one allocation.
+        let mut buffer = [0u8; 64];
+        let length = category.len() + 1 + id.len();
+        if let Some(text) = buffer.get_mut(..length) {
+            let (head, tail) = text.split_at_mut(category.len());
+            head.copy_from_slice(category.as_bytes());
+            tail[0] = b'-';
+            tail[1..].copy_from_slice(id.as_bytes());
+            if let Ok(text) = std::str::from_utf8(text) {
+                return StreamId(Arc::from(text));
+            }
+        }
         StreamId(Arc::from(format!("{category}-{id}")))
     }
 

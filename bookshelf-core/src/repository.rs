@@ -200,7 +200,7 @@ struct StateCache<A> {
 
 struct CacheEntries<A> {
     /// The state, its version, and when it was last used.
-    map: std::collections::HashMap<StreamId, (A, Version, u64)>,
+    map: std::collections::HashMap<StreamId, (A, Version, u64), foldhash::fast::RandomState>,
     tick: u64,
 }
 
@@ -220,6 +220,15 @@ impl<A> StateCache<A> {
             state: (self.clone)(state),
             version: *version,
         })
+    }
+
+    /// Takes the state out, for a command to change: the command puts back
+    /// what it ends with. (Commands on one stream take turns; a command that
+    /// fails or is dropped leaves nothing behind, and the next load reads the
+    /// store.)
+    fn take(&self, stream: &StreamId) -> Option<Loaded<A>> {
+        let (state, version, _) = self.lock().map.remove(stream)?;
+        Some(Loaded { state, version })
     }
 
     /// Keeps `state` at `version`, unless a newer one is kept already; past
@@ -298,7 +307,7 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
     {
         self.cache = Some(StateCache {
             entries: std::sync::Mutex::new(CacheEntries {
-                map: std::collections::HashMap::new(),
+                map: std::collections::HashMap::default(),
                 tick: 0,
             }),
             capacity: capacity.max(1),
@@ -341,6 +350,34 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
             }
             return Ok(loaded);
         }
+        let loaded = self.load_uncached(stream).await?;
+        if let Some(cache) = &self.cache {
+            cache.put(stream, (cache.clone)(&loaded.state), loaded.version);
+        }
+        Ok(loaded)
+    }
+
+    /// The aggregate for a command: taken out of the cache and brought up to
+    /// date, or loaded.
+    async fn load_for_command(&self, stream: &StreamId) -> Result<Loaded<A>, CommandError<A::Error>> {
+        match self.cache.as_ref().and_then(|cache| cache.take(stream)) {
+            Some(mut loaded) => {
+                self.fold_from_store(stream, &mut loaded).await?;
+                Ok(loaded)
+            }
+            None => self.load_uncached(stream).await,
+        }
+    }
+
+    /// Keeps a state a command did not change, or changed and stored.
+    fn keep(&self, stream: &StreamId, state: A, version: Version) {
+        if let Some(cache) = &self.cache {
+            cache.put(stream, state, version);
+        }
+    }
+
+    /// The newest snapshot, if snapshots are on, and every later event.
+    async fn load_uncached(&self, stream: &StreamId) -> Result<Loaded<A>, CommandError<A::Error>> {
         let mut loaded = Loaded {
             state: A::default(),
             version: Version::INITIAL,
@@ -363,9 +400,6 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
             }
         }
         self.fold_from_store(stream, &mut loaded).await?;
-        if let Some(cache) = &self.cache {
-            cache.put(stream, (cache.clone)(&loaded.state), loaded.version);
-        }
         Ok(loaded)
     }
 
@@ -451,20 +485,21 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
     ) -> Result<Committed<A::Event>, CommandError<A::Error>> {
         let stream = self.stream_of(id);
         let slot = {
-            use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
-            BuildHasherDefault::<DefaultHasher>::default().hash_one(stream.as_str()) as usize % TURN_SLOTS
+            use std::hash::BuildHasher;
+            foldhash::fast::FixedState::default().hash_one(stream.as_str()) as usize % TURN_SLOTS
         };
         let _turn = self.turns[slot].lock().await;
         let started = std::time::Instant::now();
         let outcome = self.attempts(&stream, command, &metadata, precondition).await;
+        use crate::telemetry::Outcome;
         let label = match &outcome {
-            Ok(committed) if committed.duplicate => "duplicate",
-            Ok(_) => "ok",
-            Err(CommandError::Rejected(_)) => "rejected",
-            Err(CommandError::Conflict { .. }) => "conflict",
-            Err(_) => "failed",
+            Ok(committed) if committed.duplicate => Outcome::Duplicate,
+            Ok(_) => Outcome::Ok,
+            Err(CommandError::Rejected(_)) => Outcome::Rejected,
+            Err(CommandError::Conflict { .. }) => Outcome::Conflict,
+            Err(_) => Outcome::Failed,
         };
-        crate::telemetry::command(A::CATEGORY, label, started.elapsed());
+        crate::telemetry::command::<A>(label, started.elapsed());
         outcome
     }
 
@@ -511,9 +546,10 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
                 });
             }
         }
-        let Loaded { mut state, version } = self.load_stream(stream).await?;
+        let Loaded { mut state, version } = self.load_for_command(stream).await?;
         if let Some(expected) = precondition {
             if expected != version {
+                self.keep(stream, state, version);
                 return Err(CommandError::Conflict {
                     stream: stream.clone(),
                     expected: ExpectedVersion::Exact(expected),
@@ -521,11 +557,15 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
                 });
             }
         }
-        let events = state
-            .handle(command, &self.services)
-            .await
-            .map_err(CommandError::Rejected)?;
+        let events = match state.handle(command, &self.services).await {
+            Ok(events) => events,
+            Err(rejected) => {
+                self.keep(stream, state, version);
+                return Err(CommandError::Rejected(rejected));
+            }
+        };
         if events.is_empty() {
+            self.keep(stream, state, version);
             return Ok(Committed {
                 stream_id: stream.clone(),
                 version,
@@ -565,9 +605,7 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
         if let Some(snapshots) = snapshot_due {
             self.save_snapshot(snapshots, stream, &state, outcome.version).await;
         }
-        if let Some(cache) = &self.cache {
-            cache.put(stream, state, outcome.version);
-        }
+        self.keep(stream, state, outcome.version);
         Ok(Committed {
             stream_id: stream.clone(),
             version: outcome.version,

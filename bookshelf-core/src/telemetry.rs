@@ -16,6 +16,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use metrics::{Key, Label};
+
 use crate::source::PartitionProgress;
 
 /// `bookshelf_commands_total`.
@@ -33,15 +35,88 @@ pub const DEAD_LETTERS: &str = "bookshelf_dead_letters_total";
 /// `bookshelf_discovery_instances`.
 pub const DISCOVERY_INSTANCES: &str = "bookshelf_discovery_instances";
 
-/// A command of `aggregate` ended with `outcome` after `took`.
-pub(crate) fn command(aggregate: &'static str, outcome: &'static str, took: Duration) {
-    metrics::counter!(COMMANDS, "aggregate" => aggregate, "outcome" => outcome).increment(1);
-    metrics::histogram!(COMMAND_DURATION, "aggregate" => aggregate).record(took.as_secs_f64());
+/// How a command through a [`Repository`](crate::Repository) ended: the
+/// `outcome` label of [`COMMANDS`].
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Outcome {
+    Ok,
+    Duplicate,
+    Rejected,
+    Conflict,
+    Failed,
+}
+
+/// The command metrics' keys for one aggregate, made at compile time: with
+/// no recorder installed, recording a command costs next to nothing, and
+/// with one the key is not built and hashed again for every command.
+struct CommandKeys<A>(std::marker::PhantomData<A>);
+
+impl<A: crate::Aggregate> CommandKeys<A> {
+    const fn labels(outcome: &'static str) -> [Label; 2] {
+        [
+            Label::from_static_parts("aggregate", A::CATEGORY),
+            Label::from_static_parts("outcome", outcome),
+        ]
+    }
+    const OK_LABELS: &'static [Label] = &Self::labels("ok");
+    const OK: Key = Key::from_static_parts(COMMANDS, Self::OK_LABELS);
+    const DUPLICATE_LABELS: &'static [Label] = &Self::labels("duplicate");
+    const DUPLICATE: Key = Key::from_static_parts(COMMANDS, Self::DUPLICATE_LABELS);
+    const REJECTED_LABELS: &'static [Label] = &Self::labels("rejected");
+    const REJECTED: Key = Key::from_static_parts(COMMANDS, Self::REJECTED_LABELS);
+    const CONFLICT_LABELS: &'static [Label] = &Self::labels("conflict");
+    const CONFLICT: Key = Key::from_static_parts(COMMANDS, Self::CONFLICT_LABELS);
+    const FAILED_LABELS: &'static [Label] = &Self::labels("failed");
+    const FAILED: Key = Key::from_static_parts(COMMANDS, Self::FAILED_LABELS);
+    const AGGREGATE: &'static [Label] = &[Label::from_static_parts("aggregate", A::CATEGORY)];
+    const DURATION: Key = Key::from_static_parts(COMMAND_DURATION, Self::AGGREGATE);
+
+    fn count(outcome: Outcome) -> Key {
+        match outcome {
+            Outcome::Ok => Self::OK,
+            Outcome::Duplicate => Self::DUPLICATE,
+            Outcome::Rejected => Self::REJECTED,
+            Outcome::Conflict => Self::CONFLICT,
+            Outcome::Failed => Self::FAILED,
+        }
+    }
+}
+
+/// Where the metrics come from, as the `metrics` macros would say.
+static METADATA: metrics::Metadata<'static> =
+    metrics::Metadata::new(module_path!(), metrics::Level::INFO, Some(module_path!()));
+
+/// A command of aggregate `A` ended with `outcome` after `took`.
+pub(crate) fn command<A: crate::Aggregate>(outcome: Outcome, took: Duration) {
+    metrics::with_recorder(|recorder| {
+        recorder
+            .register_counter(&CommandKeys::<A>::count(outcome), &METADATA)
+            .increment(1);
+        recorder
+            .register_histogram(&CommandKeys::<A>::DURATION, &METADATA)
+            .record(took.as_secs_f64());
+    });
 }
 
 /// `events` events were stored in a store of kind `store`.
 pub fn appended(store: &'static str, events: usize) {
-    metrics::counter!(EVENTS_APPENDED, "store" => store).increment(events as u64);
+    const MEMORY_LABELS: &[Label] = &[Label::from_static_parts("store", "memory")];
+    const SQLITE_LABELS: &[Label] = &[Label::from_static_parts("store", "sqlite")];
+    const KAFKA_LABELS: &[Label] = &[Label::from_static_parts("store", "kafka")];
+    static MEMORY: Key = Key::from_static_parts(EVENTS_APPENDED, MEMORY_LABELS);
+    static SQLITE: Key = Key::from_static_parts(EVENTS_APPENDED, SQLITE_LABELS);
+    static KAFKA: Key = Key::from_static_parts(EVENTS_APPENDED, KAFKA_LABELS);
+    let other;
+    let key = match store {
+        "memory" => &MEMORY,
+        "sqlite" => &SQLITE,
+        "kafka" => &KAFKA,
+        _ => {
+            other = Key::from_parts(EVENTS_APPENDED, vec![Label::new("store", store)]);
+            &other
+        }
+    };
+    metrics::with_recorder(|recorder| recorder.register_counter(key, &METADATA).increment(events as u64));
 }
 
 /// Where `reader` stands in each partition.

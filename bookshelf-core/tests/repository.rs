@@ -458,6 +458,20 @@ async fn a_state_cache_reads_only_the_events_it_has_not_seen() {
     assert_eq!((loaded.state.balance, loaded.version), (27, Version(10)));
     assert_eq!(store.read.load(Ordering::SeqCst), 0, "the kept state is current");
 
+    // A refused command and a stale If-Match put the state they took back.
+    let refused = cached.execute("1", &AccountCommand::Open, Metadata::default()).await;
+    assert!(matches!(
+        refused,
+        Err(CommandError::Rejected(AccountError::AlreadyOpen))
+    ));
+    let stale = cached
+        .execute_at("1", Version(3), &AccountCommand::Deposit(1), Metadata::default())
+        .await;
+    assert!(matches!(stale, Err(CommandError::Conflict { .. })));
+    let loaded = cached.load("1").await.unwrap();
+    assert_eq!((loaded.state.balance, loaded.version), (27, Version(10)));
+    assert_eq!(store.read.load(Ordering::SeqCst), 0, "still kept after both");
+
     // Another writer's events are read, and only those.
     let other = Repository::<Account, _>::new(store.clone(), ());
     for _ in 0..2 {

@@ -51,7 +51,7 @@ impl Default for Shared {
 struct Log {
     events: Vec<Arc<RecordedEvent>>,
     /// The positions of each stream's events, in version order.
-    streams: HashMap<StreamId, Vec<u64>>,
+    streams: HashMap<StreamId, Vec<u64>, foldhash::fast::RandomState>,
     /// The version of each event recorded under an idempotency key, by
     /// stream and key.
     keys: HashMap<(StreamId, String), Version>,
