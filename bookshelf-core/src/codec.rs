@@ -44,7 +44,7 @@ use serde::{ser, Serialize};
 use serde_json::value::RawValue;
 use serde_json::Value;
 
-use crate::envelope::{Envelope, RecordedEvent};
+use crate::envelope::{Envelope, Metadata, Position, RecordedEvent, StreamId, Version};
 
 /// A domain event type: a serde enum whose variants are the event types.
 ///
@@ -559,6 +559,44 @@ impl<E: DomainEvent> EventCodec<E> {
     /// [`DecodeError::Envelope`] when `json` is not an envelope, and the
     /// other [`DecodeError`]s for its payload.
     pub fn decode_json(&self, json: &str) -> Result<Envelope<E>, DecodeError> {
+        match self.decode_canonical(json) {
+            Some(envelope) => Ok(envelope),
+            None => self.decode_json_general(json),
+        }
+    }
+
+    /// The envelope, when it is in the form Bookshelf writes (see
+    /// [`crate::canonical`]) and its event needs no upcasting; `None` for
+    /// anything else, errors included, which the general path reads and
+    /// explains.
+    fn decode_canonical(&self, json: &str) -> Option<Envelope<E>> {
+        let header = crate::canonical::header(json)?;
+        if !self.is_current(header.event_type, header.schema_version).ok()? {
+            return None;
+        }
+        let mut metadata = serde_json::Deserializer::from_str(header.rest).into_iter::<Metadata>();
+        let read = metadata.next()?.ok()?;
+        let after = &header.rest[metadata.byte_offset()..];
+        let payload = after
+            .strip_prefix(r#","payload":"#)?
+            .trim_end_matches([' ', '\t', '\n', '\r'])
+            .strip_suffix('}')?;
+        let event = decode_variant::<E>(header.event_type, payload).ok()?;
+        Some(Envelope {
+            event_id: header.event_id,
+            stream_id: StreamId::new(header.stream_id),
+            version: Version(header.version),
+            position: Position(header.position),
+            recorded_at: header.recorded_at,
+            event_type: header.event_type.to_owned(),
+            schema_version: header.schema_version,
+            metadata: read,
+            payload: event,
+        })
+    }
+
+    /// [`decode_json`](Self::decode_json) for an envelope in any form.
+    fn decode_json_general(&self, json: &str) -> Result<Envelope<E>, DecodeError> {
         let failure = RefCell::new(None);
         let mut reader = serde_json::Deserializer::from_str(json);
         let read = EnvelopeSeed {
@@ -1080,6 +1118,60 @@ mod tests {
                 let encoded = encode(&event).unwrap();
                 let back = codec.decode(&encoded.event_type, encoded.schema_version, &encoded.payload).unwrap();
                 prop_assert_eq!(back, event);
+            }
+
+            #[test]
+            fn the_fast_path_reads_what_the_general_path_reads(
+                stream in "\\PC{0,12}",
+                correlation in proptest::option::of("\\PC{0,8}"),
+                event in any_event(),
+                (version, position) in (any::<u64>(), any::<u64>()),
+                nanos in 0u32..1_000_000_000,
+                (at, change) in (any::<prop::sample::Index>(), 0usize..10),
+            ) {
+                let codec = EventCodec::<Ev>::new();
+                let encoded = encode(&event).unwrap();
+                let record = RecordedEvent {
+                    event_id: crate::EventId::new(),
+                    stream_id: StreamId::new(&stream),
+                    version: Version(version),
+                    position: Position(position),
+                    recorded_at: chrono::DateTime::from_timestamp(1_700_000_000, nanos).unwrap(),
+                    event_type: encoded.event_type,
+                    schema_version: encoded.schema_version,
+                    metadata: Metadata {
+                        correlation_id: correlation,
+                        ..Metadata::default()
+                    },
+                    payload: encoded.payload,
+                };
+                let json = record.to_json();
+                let general = codec.decode_json_general(&json).unwrap();
+                prop_assert_eq!(&general, &codec.decode_record(record).unwrap());
+                // Taken whenever the header needs no escapes.
+                let plain = !stream.contains(|c: char| c == '"' || c == '\\' || c < ' ');
+                let fast = codec.decode_canonical(&json);
+                prop_assert_eq!(fast.is_some(), plain);
+                if let Some(fast) = fast {
+                    prop_assert_eq!(fast, general);
+                }
+                // One character put in or taken out anywhere: the fast path
+                // declines, or reads what the general path reads.
+                let mut changed = json.clone();
+                let at = changed
+                    .char_indices()
+                    .map(|(i, _)| i)
+                    .nth(at.index(json.chars().count()))
+                    .unwrap_or(0);
+                match change {
+                    0 => {
+                        changed.remove(at);
+                    }
+                    n => changed.insert(at, [' ', '"', '\\', '}', ',', '0', '{', 'x', '\u{1}'][n - 1]),
+                }
+                if let Some(fast) = codec.decode_canonical(&changed) {
+                    prop_assert_eq!(Some(fast), codec.decode_json_general(&changed).ok(), "{}", changed);
+                }
             }
 
             #[test]

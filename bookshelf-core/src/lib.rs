@@ -128,6 +128,7 @@
 #![deny(missing_docs)]
 
 pub mod aggregate;
+mod canonical;
 pub mod change;
 pub mod codec;
 pub mod discovery;
