@@ -7,7 +7,8 @@
 #    loaded with wrk (`GET /last-read`, keep-alive) directly, through nginx (Debian's
 #    package, one worker, keep-alive to the upstream, access log on) and
 #    through the gateway (in-process discovery, balancing, correlation ids,
-#    limits, logging at its default level), then with the checking load
+#    limits, logging at its default level; `--threads 1`, one thread as
+#    nginx has one worker), then with the checking load
 #    generator (examples/load: writes and reads, every answer checked) the
 #    same three ways. Printed: requests/s, p50 and p99 of each, and the
 #    gateway's ratios to nginx.
@@ -136,7 +137,7 @@ direct_pid=${pids[-1]}
 nginx_to "${direct#http://}"
 nginx=$url
 nginx_pid=$(pgrep -P "${pids[-1]}" | head -n 1) # its one worker
-start gateway --service "books=$direct" --service "last-read=$direct" --service "authors=$direct"
+start gateway --threads 1 --service "books=$direct" --service "last-read=$direct" --service "authors=$direct"
 gateway=$url
 gateway_pid=${pids[-1]}
 # A shelf with something on it for GET /last-read.

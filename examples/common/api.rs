@@ -18,6 +18,9 @@ use std::sync::Arc;
 use crate::books::{AuthorSummary, Authors, Book, BookCommand, BookError, LastRead, ReadBook, ShelvedBook};
 use crate::docs::{Api, ErrorBody};
 
+#[path = "logs.rs"]
+pub mod logs;
+
 /// The header that carries a request's correlation id into event metadata.
 pub const CORRELATION_HEADER: &str = "x-correlation-id";
 
@@ -934,10 +937,10 @@ impl Registration {
 /// built with feature `opentelemetry` and given `OTEL_EXPORTER_OTLP_ENDPOINT`,
 /// spans go to that OpenTelemetry collector too, as this program's name.
 ///
-/// Lines are written by a thread of their own, in batches, so that a
-/// request never waits for standard error; none is dropped (a writer waits
-/// when 128,000 lines are queued). Keep what this returns until the end of
-/// `main`: dropping it writes what is queued.
+/// Lines are written by a thread of their own, in batches (see
+/// [`logs`]), so that a request never waits for standard error; none is
+/// dropped. Keep what this returns until the end of `main`: dropping it
+/// writes what is queued.
 #[must_use = "dropping it stops the logs"]
 pub fn init_tracing() -> Logging {
     use tracing_subscriber::layer::SubscriberExt;
@@ -945,10 +948,7 @@ pub fn init_tracing() -> Logging {
     record_metrics();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        .thread_name("logs")
-        .finish(std::io::BufWriter::new(std::io::stderr()));
+    let (writer, guard) = logs::batched(std::io::stderr());
     let logs = tracing_subscriber::fmt::layer()
         .with_writer(writer)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
@@ -979,7 +979,7 @@ pub fn init_tracing() -> Logging {
 }
 
 /// The log writer's thread: dropped, it writes what is queued and ends.
-pub struct Logging(#[allow(dead_code)] tracing_appender::non_blocking::WorkerGuard);
+pub struct Logging(#[allow(dead_code)] logs::Flush);
 
 /// The OTLP export, to finish at shutdown.
 #[cfg(feature = "opentelemetry")]

@@ -91,12 +91,28 @@ struct Args {
     /// The instance id to register under in Consul (default: gateway-PORT).
     #[arg(long)]
     id: Option<String>,
+    /// Threads that serve requests: 1 runs everything on one thread, as
+    /// one nginx worker does (no hand-offs between threads); 0, the
+    /// default, one per core.
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
 }
 
-#[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let _logging = api::init_tracing();
+fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
+    let runtime = match args.threads {
+        1 => tokio::runtime::Builder::new_current_thread().enable_all().build()?,
+        0 => tokio::runtime::Builder::new_multi_thread().enable_all().build()?,
+        n => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build()?,
+    };
+    runtime.block_on(run(args))
+}
+
+async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+    let _logging = api::init_tracing();
     let route_pairs = parse_pairs(&args.routes, "--route", "PREFIX=SERVICE")?;
     if let Some((prefix, _)) = route_pairs.iter().find(|(prefix, _)| !prefix.starts_with('/')) {
         return Err(format!("--route prefix {prefix:?} must start with /").into());

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bookshelf::trace::TraceParent;
 use bookshelf::{Balancer, ServiceInstance};
@@ -64,6 +64,53 @@ pub struct Gateway {
     routes: Vec<Route>,
     upstream: Upstream,
     limits: Limits,
+    metrics: RequestMetrics,
+}
+
+/// The handles of the request metrics, registered once for each route,
+/// status and instance and then kept: registering builds and hashes a key
+/// for every request otherwise.
+#[derive(Default)]
+struct RequestMetrics {
+    /// Counters by the instance that answered, then by route and status.
+    counts: std::sync::Mutex<std::collections::HashMap<Box<str>, Vec<Count>>>,
+    /// Histograms by route.
+    durations: std::sync::Mutex<BTreeMap<Option<usize>, metrics::Histogram>>,
+}
+
+/// A route (`None` for no route), a status, and their counter.
+type Count = (Option<usize>, u16, metrics::Counter);
+
+impl RequestMetrics {
+    /// A request that `route` (an index into the routes, `None` for no
+    /// route, `prefix` its label) took, answered with `status` by `instance`.
+    fn record(&self, route: Option<usize>, prefix: &str, status: u16, instance: &str, took: Duration) {
+        {
+            let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+            let by_route = match counts.get_mut(instance) {
+                Some(by_route) => by_route,
+                None => counts.entry(instance.into()).or_default(),
+            };
+            match by_route.iter().find(|(r, s, _)| *r == route && *s == status) {
+                Some((_, _, counter)) => counter.increment(1),
+                None => {
+                    let labels = [
+                        ("route", prefix.to_owned()),
+                        ("status", status.to_string()),
+                        ("instance", instance.to_owned()),
+                    ];
+                    let counter = metrics::counter!(REQUESTS, &labels);
+                    counter.increment(1);
+                    by_route.push((route, status, counter));
+                }
+            }
+        }
+        let mut durations = self.durations.lock().unwrap_or_else(|p| p.into_inner());
+        durations
+            .entry(route)
+            .or_insert_with(|| metrics::histogram!(REQUEST_DURATION, "route" => prefix.to_owned()))
+            .record(took.as_secs_f64());
+    }
 }
 
 impl Gateway {
@@ -80,6 +127,7 @@ impl Gateway {
             routes,
             upstream,
             limits,
+            metrics: RequestMetrics::default(),
         }
     }
 
@@ -131,23 +179,32 @@ pub async fn health(State(gateway): State<Arc<Gateway>>) -> Response {
 
 /// Headers that concern one connection, not the request: never forwarded.
 /// `host` and `content-length` are set again for the upstream request.
-const HOP_BY_HOP: [&str; 9] = [
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
+/// (Names made once: a name given as text is parsed again at every use.)
+const HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
 ];
+
+/// The headers the gateway reads or sets, as names made once.
+const CORRELATION: HeaderName = HeaderName::from_static(CORRELATION_HEADER);
+const SERVED_BY: HeaderName = HeaderName::from_static(SERVED_BY_HEADER);
+const TRACE: HeaderName = HeaderName::from_static(TRACEPARENT);
+const FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
 /// The request's correlation id when it is usable as one (1 to 128 visible
 /// ASCII characters), or a new one.
 fn correlation_id(headers: &HeaderMap) -> HeaderValue {
     headers
-        .get(CORRELATION_HEADER)
+        .get(&CORRELATION)
         .filter(|value| {
             let bytes = value.as_bytes();
             (1..=128).contains(&bytes.len()) && bytes.iter().all(|b| b.is_ascii_graphic())
@@ -170,12 +227,13 @@ pub async fn forward(
     // The caller's trace, continued in the gateway's own span, or a new one.
     let trace = request
         .headers()
-        .get(TRACEPARENT)
+        .get(&TRACE)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.parse::<TraceParent>().ok())
         .map_or_else(TraceParent::start, |parent| parent.child());
-    if let Ok(value) = HeaderValue::from_str(&trace.to_string()) {
-        request.headers_mut().insert(TRACEPARENT, value);
+    let traceparent = trace.to_string();
+    if let Ok(value) = HeaderValue::from_str(&traceparent) {
+        request.headers_mut().insert(TRACE, value);
     }
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
@@ -183,27 +241,32 @@ pub async fn forward(
         Ok(response) => response,
         Err(error) => error.into_response(),
     };
+    let took = started.elapsed();
     tracing::info!(
         %method,
         %path,
         status = response.status().as_u16(),
-        served_by = response.headers().get(SERVED_BY_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("-"),
+        served_by = response.headers().get(&SERVED_BY).and_then(|v| v.to_str().ok()).unwrap_or("-"),
         correlation_id = correlation.to_str().unwrap_or("-"),
-        trace_id = %trace.trace_id(),
-        ms = started.elapsed().as_secs_f64() * 1e3,
+        // `00-<trace id>-<span id>-<flags>`: the trace id as written already.
+        trace_id = traceparent.get(3..35).unwrap_or("-"),
+        ms = took.as_secs_f64() * 1e3,
         "request"
     );
-    let route = gateway.route_of(&path).unwrap_or("none").to_owned();
     let instance = response
         .headers()
-        .get(SERVED_BY_HEADER)
+        .get(&SERVED_BY)
         .and_then(|v| v.to_str().ok())
-        .unwrap_or("-")
-        .to_owned();
-    let status = response.status().as_u16().to_string();
-    metrics::counter!(REQUESTS, "route" => route.clone(), "status" => status, "instance" => instance).increment(1);
-    metrics::histogram!(REQUEST_DURATION, "route" => route).record(started.elapsed().as_secs_f64());
-    response.headers_mut().insert(CORRELATION_HEADER, correlation);
+        .unwrap_or("-");
+    let route = gateway.routes.iter().position(|route| route.takes(&path));
+    gateway.metrics.record(
+        route,
+        route.map_or("none", |at| gateway.routes[at].prefix.as_str()),
+        response.status().as_u16(),
+        instance,
+        took,
+    );
+    response.headers_mut().insert(CORRELATION, correlation);
     response
 }
 
@@ -357,23 +420,23 @@ impl Gateway {
         // The request's own headers, edited in place: what concerns one
         // connection out, the proxy's own in.
         let mut headers = std::mem::take(&mut parts.headers);
-        for name in HOP_BY_HOP {
+        for name in &HOP_BY_HOP {
             headers.remove(name);
         }
         headers.remove(header::CONTENT_LENGTH);
         let host = headers.remove(header::HOST);
-        headers.insert(CORRELATION_HEADER, correlation.clone());
-        let forwarded_for = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        headers.insert(CORRELATION, correlation.clone());
+        let forwarded_for = match headers.get(&FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
             Some(earlier) => format!("{earlier}, {}", peer.ip()),
             None => peer.ip().to_string(),
         };
         if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
-            headers.insert("x-forwarded-for", value);
+            headers.insert(FORWARDED_FOR, value);
         }
         if let Some(host) = host {
-            headers.insert("x-forwarded-host", host);
+            headers.insert(FORWARDED_HOST, host);
         }
-        headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+        headers.insert(FORWARDED_PROTO, HeaderValue::from_static("http"));
         let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
 
         let service = route.balancer.service();
@@ -482,11 +545,11 @@ fn relay(
     timeout: Duration,
 ) -> Response {
     let (mut parts, body) = upstream.into_parts();
-    for name in HOP_BY_HOP {
+    for name in &HOP_BY_HOP {
         parts.headers.remove(name);
     }
     if let Ok(id) = HeaderValue::from_str(&instance.id) {
-        parts.headers.insert(SERVED_BY_HEADER, id);
+        parts.headers.insert(SERVED_BY, id);
     }
     Response::from_parts(parts, Body::new(tower_http::timeout::TimeoutBody::new(timeout, body)))
 }
