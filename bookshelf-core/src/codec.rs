@@ -550,10 +550,13 @@ impl<E: DomainEvent> EventCodec<E> {
     /// Decodes an event from its JSON envelope in one pass, without copying
     /// the payload: what a consumer of a topic or a file of events wants.
     ///
-    /// When `event_type` and `schema_version` come before `payload` (as
-    /// Bookshelf writes them) and need no upcasting, the payload is decoded
-    /// while the envelope is read; otherwise it is kept as borrowed raw JSON
-    /// and decoded afterwards.
+    /// An envelope in the exact form [`RecordedEvent::to_json`] writes (and
+    /// whose event needs no upcasting) is read on a fast path that compares
+    /// the fixed text between the header's fields; anything else, in any
+    /// field order, goes through serde_json. When `event_type` and
+    /// `schema_version` come before `payload`, the payload is decoded while
+    /// the envelope is read; otherwise it is kept as borrowed raw JSON and
+    /// decoded afterwards.
     ///
     /// # Errors
     /// [`DecodeError::Envelope`] when `json` is not an envelope, and the
