@@ -118,6 +118,17 @@ def proxies(path):
             rps = lambda r: r.get("rps", r.get("requests_per_second"))
             print(f"{tool}: gateway / nginx = {rps(gateway) / rps(nginx):.2f}x throughput, "
                   f"p99 {gateway['p99_ms'] / nginx['p99_ms']:.2f}x")
+    turns = []
+    for label, gateway in runs.items():
+        if label.startswith("wrk turn ") and label.endswith(" gateway"):
+            nginx = runs.get(label[: -len("gateway")] + "nginx")
+            if nginx:
+                turns.append((gateway["rps"] / nginx["rps"], gateway["p99_ms"] / nginx["p99_ms"]))
+    for n, (throughput, p99) in enumerate(turns, 1):
+        print(f"wrk, turn about, round {n}: gateway / nginx = {throughput:.2f}x throughput, p99 {p99:.2f}x")
+    if turns:
+        middle = sorted(turns)[len(turns) // 2]
+        print(f"wrk, turn about, median round: {middle[0]:.2f}x throughput, p99 {middle[1]:.2f}x")
 
 
 try:

@@ -10,8 +10,9 @@
 #    limits, logging at its default level; `--threads 1`, one thread as
 #    nginx has one worker), then with the checking load
 #    generator (examples/load: writes and reads, every answer checked) the
-#    same three ways. Printed: requests/s, p50 and p99 of each, and the
-#    gateway's ratios to nginx.
+#    same three ways, then wrk on nginx and the gateway turn about (ROUNDS
+#    rounds, default 3). Printed: requests/s, p50 and p99 of each, and the
+#    gateway's ratios to nginx, per round too.
 # 2. Latency at a fixed offered rate (RATE requests/s, open loop, latency
 #    counted from when each request was due): commands and queries on the
 #    in-memory store directly and through the gateway, and on Kafka (books
@@ -151,6 +152,14 @@ for target in direct nginx gateway; do
 done
 for target in direct nginx gateway; do
     checked "load $target" "${!target}" | tee -a "$results"
+done
+# Then nginx and the gateway turn about, ROUNDS times (default 3), so that
+# each pair of runs sees the same moment of a shared machine.
+for round in $(seq 1 "${ROUNDS:-3}"); do
+    for target in nginx gateway; do
+        pid=${target}_pid
+        wrk_json "wrk turn $round $target" "${!target}" "${!pid}" | tee -a "$results"
+    done
 done
 for target in direct gateway; do
     checked "rate $rate/s, in memory, via $target" "${!target}" "$rate" | tee -a "$results"
