@@ -6,7 +6,8 @@
 //! whole buffer every [`INTERVAL`], or sooner once [`EARLY`] bytes wait, and
 //! writes it in one go. No line is dropped: past [`LIMIT`] queued bytes a
 //! request's thread waits for the writer. Dropping the [`Flush`] guard
-//! writes what is queued and stops the thread.
+//! writes what is queued and stops the thread; a line logged after that goes
+//! straight to standard error.
 //!
 //! Why not `tracing_appender::non_blocking`: its writer thread is woken for
 //! every line, and at tens of thousands of requests a second the gateway
@@ -93,19 +94,27 @@ pub fn batched(mut out: impl Write + Send + 'static) -> (Batched, Flush) {
             }
         }
     });
-    (
-        Batched(shared.clone()),
-        Flush {
-            shared,
-            thread: thread.ok(),
-        },
-    )
+    let thread = thread.ok();
+    if thread.is_none() {
+        // No writer thread: every line goes straight to standard error.
+        shared.lock().closed = true;
+    }
+    (Batched(shared.clone()), Flush { shared, thread })
 }
 
 impl Write for Batched {
     fn write(&mut self, line: &[u8]) -> std::io::Result<usize> {
         let mut queue = self.0.lock();
-        while queue.bytes.len() >= LIMIT && !queue.closed {
+        loop {
+            if queue.closed {
+                // After the guard is gone (or with no writer thread),
+                // nothing would take the line from the queue.
+                drop(queue);
+                return std::io::stderr().write_all(line).map(|()| line.len());
+            }
+            if queue.bytes.len() < LIMIT {
+                break;
+            }
             self.0.work.notify_one();
             queue = self.0.room.wait(queue).unwrap_or_else(|p| p.into_inner());
         }
