@@ -242,30 +242,26 @@ pub async fn forward(
         Err(error) => error.into_response(),
     };
     let took = started.elapsed();
+    let status = response.status().as_u16();
+    let instance = response
+        .headers()
+        .get(&SERVED_BY)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-");
     tracing::info!(
         %method,
         %path,
-        status = response.status().as_u16(),
-        served_by = response.headers().get(&SERVED_BY).and_then(|v| v.to_str().ok()).unwrap_or("-"),
+        status,
+        served_by = instance,
         correlation_id = correlation.to_str().unwrap_or("-"),
         // `00-<trace id>-<span id>-<flags>`: the trace id as written already.
         trace_id = traceparent.get(3..35).unwrap_or("-"),
         ms = took.as_secs_f64() * 1e3,
         "request"
     );
-    let instance = response
-        .headers()
-        .get(&SERVED_BY)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("-");
-    let route = gateway.routes.iter().position(|route| route.takes(&path));
-    gateway.metrics.record(
-        route,
-        route.map_or("none", |at| gateway.routes[at].prefix.as_str()),
-        response.status().as_u16(),
-        instance,
-        took,
-    );
+    let route = gateway.route_index(&path);
+    let prefix = route.map_or("none", |at| gateway.routes[at].prefix.as_str());
+    gateway.metrics.record(route, prefix, status, instance, took);
     response.headers_mut().insert(CORRELATION, correlation);
     response
 }
@@ -356,12 +352,14 @@ impl Gateway {
         own
     }
 
+    /// Where in `routes` the route that takes `path` is.
+    fn route_index(&self, path: &str) -> Option<usize> {
+        self.routes.iter().position(|route| route.takes(path))
+    }
+
     /// The prefix of the route that takes `path`.
     fn route_of(&self, path: &str) -> Option<&str> {
-        self.routes
-            .iter()
-            .find(|route| route.takes(path))
-            .map(|route| route.prefix.as_str())
+        self.route_index(path).map(|at| self.routes[at].prefix.as_str())
     }
 
     async fn route(&self, peer: SocketAddr, correlation: &HeaderValue, request: Request) -> Result<Response, ApiError> {
