@@ -199,10 +199,15 @@ struct StateCache<A> {
 }
 
 struct CacheEntries<A> {
-    /// The state, its version, and when it was last used.
-    map: std::collections::HashMap<StreamId, (A, Version, u64), foldhash::fast::RandomState>,
+    /// By stream: the state (`None` while a command has it), its version,
+    /// and when it was last used.
+    map: std::collections::HashMap<StreamId, CacheEntry<A>, foldhash::fast::RandomState>,
     tick: u64,
 }
+
+/// A stream's entry; a command takes the state out and leaves the entry, so
+/// that putting it back finds its slot and keeps its key.
+type CacheEntry<A> = (Option<A>, Version, u64);
 
 impl<A> StateCache<A> {
     fn lock(&self) -> std::sync::MutexGuard<'_, CacheEntries<A>> {
@@ -217,18 +222,22 @@ impl<A> StateCache<A> {
         let (state, version, used) = entries.map.get_mut(stream)?;
         *used = tick;
         Some(Loaded {
-            state: (self.clone)(state),
+            state: (self.clone)(state.as_ref()?),
             version: *version,
         })
     }
 
     /// Takes the state out, for a command to change: the command puts back
     /// what it ends with. (Commands on one stream take turns; a command that
-    /// fails or is dropped leaves nothing behind, and the next load reads the
-    /// store.)
+    /// fails or is dropped leaves the entry empty, and the next load reads
+    /// the store.)
     fn take(&self, stream: &StreamId) -> Option<Loaded<A>> {
-        let (state, version, _) = self.lock().map.remove(stream)?;
-        Some(Loaded { state, version })
+        let mut entries = self.lock();
+        let (state, version, _) = entries.map.get_mut(stream)?;
+        Some(Loaded {
+            state: state.take()?,
+            version: *version,
+        })
     }
 
     /// Keeps `state` at `version`, unless a newer one is kept already; past
@@ -238,10 +247,10 @@ impl<A> StateCache<A> {
         entries.tick += 1;
         let tick = entries.tick;
         match entries.map.get_mut(stream) {
-            Some(entry) if entry.1 > version => entry.2 = tick,
-            Some(entry) => *entry = (state, version, tick),
+            Some(entry) if entry.0.is_some() && entry.1 > version => entry.2 = tick,
+            Some(entry) => *entry = (Some(state), version, tick),
             None => {
-                entries.map.insert(stream.clone(), (state, version, tick));
+                entries.map.insert(stream.clone(), (Some(state), version, tick));
             }
         }
         if entries.map.len() > self.capacity {

@@ -5,7 +5,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use async_trait::async_trait;
 use chrono::Utc;
-use tokio::sync::watch;
+use tokio::sync::Notify;
 
 use super::{AppendOutcome, EventStore, ExpectedVersion, StoreError, Subscription};
 use crate::envelope::{Envelope, NewEvent, Position, RecordedEvent, StreamId, Version};
@@ -34,15 +34,17 @@ pub struct InMemoryStore {
 
 struct Shared {
     log: RwLock<Log>,
-    /// Bumped after every append; subscribers wait on it at the end of the log.
-    appended: watch::Sender<()>,
+    /// Told after every append; subscribers wait on it at the end of the log.
+    /// (One `Notify`, not a `watch`: a watch's sender takes eight locks per
+    /// send, and every append sends.)
+    appended: Notify,
 }
 
 impl Default for Shared {
     fn default() -> Self {
         Shared {
             log: RwLock::default(),
-            appended: watch::Sender::new(()),
+            appended: Notify::new(),
         }
     }
 }
@@ -112,7 +114,7 @@ impl InMemoryStore {
             log.events.push(Arc::new(event));
         }
         drop(log);
-        self.shared.appended.send_modify(|_| {});
+        self.shared.appended.notify_waiters();
     }
 }
 
@@ -181,7 +183,7 @@ impl EventStore for InMemoryStore {
             log.index_key(&event);
         }
         drop(log);
-        self.shared.appended.send_modify(|_| {});
+        self.shared.appended.notify_waiters();
         Ok(AppendOutcome {
             version,
             first_position,
@@ -219,7 +221,6 @@ impl EventStore for InMemoryStore {
     async fn subscribe(&self, from: Position) -> Result<MemorySubscription, StoreError> {
         Ok(MemorySubscription {
             shared: Arc::clone(&self.shared),
-            appended: self.shared.appended.subscribe(),
             next: from.0,
         })
     }
@@ -228,7 +229,6 @@ impl EventStore for InMemoryStore {
 /// A subscription to an [`InMemoryStore`]: a cursor over its log.
 pub struct MemorySubscription {
     shared: Arc<Shared>,
-    appended: watch::Receiver<()>,
     next: u64,
 }
 
@@ -248,9 +248,10 @@ impl Subscription for MemorySubscription {
         // and an abort takes effect.
         tokio::task::coop::consume_budget().await;
         loop {
-            // Mark the current append as seen *before* looking at the log, so
-            // that an append landing after the look wakes the wait below.
-            self.appended.borrow_and_update();
+            // Made *before* looking at the log: a `Notified` is woken by every
+            // `notify_waiters` after it is made, polled yet or not, so an
+            // append landing after the look wakes the wait below.
+            let appended = self.shared.appended.notified();
             {
                 let log = self.shared.read();
                 let end = log.events.len() as u64;
@@ -261,10 +262,7 @@ impl Subscription for MemorySubscription {
                     return Ok(());
                 }
             }
-            // The store's sender lives as long as `shared`, which we hold.
-            if self.appended.changed().await.is_err() {
-                return Err(StoreError::Closed("the in-memory store was dropped".into()));
-            }
+            appended.await;
         }
     }
 
