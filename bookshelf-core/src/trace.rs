@@ -138,8 +138,21 @@ fn new_span_id() -> u64 {
 }
 
 impl fmt::Display for TraceParent {
+    /// `00-<trace id>-<span id>-<flags>`, in lowercase hex. (Written digit by
+    /// digit: a proxy writes one for every request it forwards, and
+    /// `{:032x}` took about 1,900 instructions of it.)
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "00-{:032x}-{:016x}-{:02x}", self.trace_id, self.span_id, self.flags)
+        fn hex(out: &mut [u8], mut value: u128) {
+            for digit in out.iter_mut().rev() {
+                *digit = b"0123456789abcdef"[(value & 0xf) as usize];
+                value >>= 4;
+            }
+        }
+        let mut text = *b"00-________________________________-________________-__";
+        hex(&mut text[3..35], self.trace_id);
+        hex(&mut text[36..52], u128::from(self.span_id));
+        hex(&mut text[53..55], u128::from(self.flags));
+        f.write_str(std::str::from_utf8(&text).map_err(|_| fmt::Error)?)
     }
 }
 

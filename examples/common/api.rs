@@ -950,6 +950,8 @@ pub fn init_tracing() -> Logging {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let (writer, guard) = logs::batched(std::io::stderr());
     let logs = tracing_subscriber::fmt::layer()
+        .fmt_fields(logs::Fields)
+        .with_timer(logs::Time)
         .with_writer(writer)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     let registry = tracing_subscriber::registry().with(filter).with(logs);

@@ -13,6 +13,12 @@
 //! every line, and at tens of thousands of requests a second the gateway
 //! spent more time on those wake-ups than on writing (a profile of the
 //! gateway under wrk).
+//!
+//! The lines themselves are `tracing_subscriber`'s default format, with two
+//! parts written faster: the fields ([`Fields`]) and the time ([`Time`]).
+//! The text is the same (tested against the default formatter); formatting
+//! the gateway's request line took about 13,600 instructions the default
+//! way, a fifth of everything the gateway does for a request (callgrind).
 
 use std::io::Write;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -147,6 +153,173 @@ impl Drop for Flush {
     }
 }
 
+/// Writes an event's or a span's fields exactly as the default formatter
+/// does (`message` first, then `name=value` separated by spaces, values as
+/// `{:?}` shows them), but the common ones (text with nothing to escape,
+/// integers, booleans) straight, not through `{:?}`. Everything else, and
+/// every field when colours are on, goes to the default formatter's own
+/// visitor.
+pub struct Fields;
+
+impl<'writer> tracing_subscriber::fmt::FormatFields<'writer> for Fields {
+    fn format_fields<R: tracing_subscriber::field::RecordFields>(
+        &self,
+        writer: tracing_subscriber::fmt::format::Writer<'writer>,
+        fields: R,
+    ) -> std::fmt::Result {
+        let mut visitor = FieldWriter {
+            writer,
+            empty: true,
+            result: Ok(()),
+        };
+        fields.record(&mut visitor);
+        visitor.result
+    }
+}
+
+struct FieldWriter<'writer> {
+    writer: tracing_subscriber::fmt::format::Writer<'writer>,
+    /// Nothing written yet: no space before the next field.
+    empty: bool,
+    result: std::fmt::Result,
+}
+
+/// Text `{:?}` writes as it is between quotes (and that the default
+/// formatter's escaping of terminal controls leaves alone): printable ASCII
+/// but `"` and `\`.
+fn plain(text: &str) -> bool {
+    text.bytes()
+        .all(|b| (b' '..=b'~').contains(&b) && b != b'"' && b != b'\\')
+}
+
+impl FieldWriter<'_> {
+    /// Writes a field the fast way: `value` is what follows `name=` (or the
+    /// whole of the message). `false`, with nothing written, when the field
+    /// is one for the default visitor.
+    fn fast(&mut self, field: &tracing::field::Field, value: &[&str]) -> bool {
+        let name = field.name();
+        // `log.` fields carry a `log` record's metadata: the default visitor
+        // leaves them out. With colours on, names are styled.
+        if name.starts_with("log.") || self.writer.has_ansi_escapes() {
+            return false;
+        }
+        if self.result.is_err() {
+            return true;
+        }
+        let separator = if std::mem::take(&mut self.empty) { "" } else { " " };
+        self.result = self.write(separator, name, value);
+        true
+    }
+
+    fn write(&mut self, separator: &str, name: &str, value: &[&str]) -> std::fmt::Result {
+        self.writer.write_str(separator)?;
+        if name != "message" {
+            self.writer.write_str(name.strip_prefix("r#").unwrap_or(name))?;
+            self.writer.write_char('=')?;
+        }
+        value.iter().try_for_each(|part| self.writer.write_str(part))
+    }
+
+    /// Hands the field to the default formatter's visitor.
+    fn slow(&mut self, field: &tracing::field::Field, visit: impl FnOnce(&mut dyn tracing::field::Visit)) {
+        use tracing_subscriber::field::VisitOutput;
+        if self.result.is_err() {
+            return;
+        }
+        let mut visitor = tracing_subscriber::fmt::format::DefaultVisitor::new(self.writer.by_ref(), self.empty);
+        visit(&mut visitor);
+        self.result = visitor.finish();
+        // It writes every field but the `log.` ones.
+        self.empty &= field.name().starts_with("log.");
+    }
+}
+
+impl tracing::field::Visit for FieldWriter<'_> {
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        let written = if !plain(value) {
+            false
+        } else if field.name() == "message" {
+            self.fast(field, &[value])
+        } else {
+            self.fast(field, &["\"", value, "\""])
+        };
+        if !written {
+            self.slow(field, |visitor| visitor.record_str(field, value));
+        }
+    }
+
+    fn record_u64(&mut self, field: &tracing::field::Field, value: u64) {
+        if !self.fast(field, &[itoa::Buffer::new().format(value)]) {
+            self.slow(field, |visitor| visitor.record_u64(field, value));
+        }
+    }
+
+    fn record_i64(&mut self, field: &tracing::field::Field, value: i64) {
+        if !self.fast(field, &[itoa::Buffer::new().format(value)]) {
+            self.slow(field, |visitor| visitor.record_i64(field, value));
+        }
+    }
+
+    fn record_bool(&mut self, field: &tracing::field::Field, value: bool) {
+        if !self.fast(field, &[if value { "true" } else { "false" }]) {
+            self.slow(field, |visitor| visitor.record_bool(field, value));
+        }
+    }
+
+    fn record_f64(&mut self, field: &tracing::field::Field, value: f64) {
+        self.slow(field, |visitor| visitor.record_f64(field, value));
+    }
+
+    fn record_error(&mut self, field: &tracing::field::Field, value: &(dyn std::error::Error + 'static)) {
+        self.slow(field, |visitor| visitor.record_error(field, value));
+    }
+
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        self.slow(field, |visitor| visitor.record_debug(field, value));
+    }
+}
+
+/// The time as the default formatter writes it (`2026-11-23T12:19:00.123456Z`,
+/// UTC, microseconds), with the date and time of day worked out once a
+/// second per thread rather than for every line.
+pub struct Time;
+
+impl tracing_subscriber::fmt::time::FormatTime for Time {
+    fn format_time(&self, writer: &mut tracing_subscriber::fmt::format::Writer<'_>) -> std::fmt::Result {
+        let since_epoch = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        write_timestamp(since_epoch, writer)
+    }
+}
+
+thread_local! {
+    /// The last second a line was written in, and its text up to the second.
+    static SECOND: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((u64::MAX, String::new())) };
+}
+
+/// Writes `since_epoch` as `YYYY-MM-DDTHH:MM:SS.uuuuuuZ`.
+fn write_timestamp(since_epoch: Duration, out: &mut impl std::fmt::Write) -> std::fmt::Result {
+    let seconds = since_epoch.as_secs();
+    SECOND.with_borrow_mut(|(second, text)| {
+        if *second != seconds {
+            let at = i64::try_from(seconds)
+                .ok()
+                .and_then(|seconds| chrono::DateTime::from_timestamp(seconds, 0))
+                .unwrap_or_default();
+            *text = at.format("%Y-%m-%dT%H:%M:%S").to_string();
+            *second = seconds;
+        }
+        // A million and the microseconds: seven digits, the last six wanted.
+        let mut digits = itoa::Buffer::new();
+        let fraction = &digits.format(1_000_000 + since_epoch.subsec_micros())[1..];
+        out.write_str(text)?;
+        out.write_char('.')?;
+        out.write_str(fraction)?;
+        out.write_char('Z')
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -163,6 +336,122 @@ mod tests {
         fn flush(&mut self) -> std::io::Result<()> {
             Ok(())
         }
+    }
+
+    /// What `emit` logs, formatted without the time by the default
+    /// formatter or with [`Fields`].
+    fn formatted(fields: bool, emit: &dyn Fn()) -> String {
+        let sink = Sink::default();
+        let out = sink.clone();
+        let builder = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .without_time()
+            .with_max_level(tracing::Level::INFO)
+            .with_writer(move || out.clone());
+        if fields {
+            tracing::subscriber::with_default(builder.fmt_fields(Fields).finish(), emit);
+        } else {
+            tracing::subscriber::with_default(builder.finish(), emit);
+        }
+        let text = sink.0.lock().unwrap().clone();
+        String::from_utf8(text).unwrap()
+    }
+
+    #[derive(Debug)]
+    struct Failure(Option<Box<Failure>>);
+    impl std::fmt::Display for Failure {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(if self.0.is_some() { "outer \u{1b}[31m" } else { "inner" })
+        }
+    }
+    impl std::error::Error for Failure {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.0.as_deref().map(|inner| inner as _)
+        }
+    }
+
+    #[test]
+    fn the_fields_read_as_the_default_formatter_writes_them() {
+        let emit = || {
+            // The gateway's request line.
+            tracing::info!(
+                method = %"GET", path = "/last-read", status = 200u16, served_by = "last-read-8087",
+                correlation_id = "7f0c2a", trace_id = "4bf92f3577b34da6a3ce929d0e0e4736", ms = 0.4125, "request"
+            );
+            // Text that must be escaped, or has more than ASCII.
+            tracing::info!(
+                quoted = "a \"b\"",
+                back = "c:\\d",
+                tab = "a\tb",
+                accents = "été ✓",
+                empty = ""
+            );
+            tracing::info!("message with \u{1b}[1m a terminal control and {} argument", 1);
+            tracing::info!(message = "a message given as a field \u{7}", after = 1);
+            // Numbers, booleans, debug values, raw names, a `log.` field first.
+            tracing::info!(
+                log.target = "elsewhere",
+                negative = -12i64,
+                big = u64::MAX,
+                yes = true,
+                no = false
+            );
+            tracing::info!(r#type = "raw", list = ?vec![1, 2], float = 1.0f64, tiny = 1e-9f64, huge = 1e300f64);
+            // Errors, with and without sources.
+            let inner = Failure(None);
+            let outer = Failure(Some(Box::new(Failure(None))));
+            tracing::info!(error = &inner as &dyn std::error::Error, "failed");
+            tracing::info!(error = &outer as &dyn std::error::Error, "failed");
+            // Within spans, whose fields are formatted by `Fields` too.
+            let span = tracing::info_span!("outer", id = "a b", n = 3u64, flag = true);
+            let _entered = span.enter();
+            let inner = tracing::info_span!("inner", path = "/books/1");
+            let _inner = inner.enter();
+            tracing::warn!(error = %"boom", "inside");
+            // No message at all.
+            tracing::info!(only = 1u64);
+        };
+        let default = formatted(false, &emit);
+        assert_eq!(default.lines().count(), 10, "{default}");
+        assert_eq!(formatted(true, &emit), default);
+    }
+
+    #[test]
+    fn the_time_reads_as_the_default_formatter_writes_it() {
+        use tracing_subscriber::fmt::time::FormatTime;
+        for since_epoch in [
+            Duration::ZERO,
+            Duration::new(1_795_000_000, 999_999_999),
+            Duration::new(1_795_000_000, 1_000),
+            Duration::new(1_795_000_001, 120_000_000),
+            Duration::new(253_402_300_799, 5),
+        ] {
+            let mut ours = String::new();
+            write_timestamp(since_epoch, &mut ours).unwrap();
+            let mut theirs = String::new();
+            tracing_subscriber::fmt::time::SystemTime
+                .format_time(&mut tracing_subscriber::fmt::format::Writer::new(&mut theirs))
+                .unwrap();
+            let at =
+                chrono::DateTime::from_timestamp(since_epoch.as_secs() as i64, since_epoch.subsec_nanos()).unwrap();
+            assert_eq!(ours, at.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string());
+            assert_eq!(ours.len(), theirs.len(), "{ours} beside {theirs}");
+        }
+        // Now, beside the default, within the same second.
+        for _ in 0..3 {
+            let mut ours = String::new();
+            Time.format_time(&mut tracing_subscriber::fmt::format::Writer::new(&mut ours))
+                .unwrap();
+            let mut theirs = String::new();
+            tracing_subscriber::fmt::time::SystemTime
+                .format_time(&mut tracing_subscriber::fmt::format::Writer::new(&mut theirs))
+                .unwrap();
+            if ours[..19] == theirs[..19] {
+                assert_eq!(ours.len(), theirs.len());
+                return;
+            }
+        }
+        panic!("never within the same second as the default formatter");
     }
 
     #[test]

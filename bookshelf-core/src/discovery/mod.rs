@@ -59,11 +59,19 @@ impl ServiceInstance {
 
     /// `address:port`, with IPv6 addresses in brackets.
     pub fn authority(&self) -> String {
-        if self.address.contains(':') && !self.address.starts_with('[') {
-            format!("[{}]:{}", self.address, self.port)
-        } else {
-            format!("{}:{}", self.address, self.port)
+        let bracketed = self.address.contains(':') && !self.address.starts_with('[');
+        // Built by hand, not with `format!`: a gateway builds one per request.
+        let mut authority = String::with_capacity(self.address.len() + 8);
+        if bracketed {
+            authority.push('[');
         }
+        authority.push_str(&self.address);
+        if bracketed {
+            authority.push(']');
+        }
+        authority.push(':');
+        authority.push_str(itoa::Buffer::new().format(self.port));
+        authority
     }
 }
 
@@ -165,5 +173,19 @@ impl Drop for Watch {
         if let Some(task) = self.task.take() {
             task.abort();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ServiceInstance;
+
+    #[test]
+    fn an_authority_is_the_address_and_port_with_ipv6_in_brackets() {
+        let at = |address: &str, port| ServiceInstance::new("i", "s", address, port).authority();
+        assert_eq!(at("127.0.0.1", 8080), "127.0.0.1:8080");
+        assert_eq!(at("books.local", 0), "books.local:0");
+        assert_eq!(at("::1", 65535), "[::1]:65535");
+        assert_eq!(at("[::1]", 7), "[::1]:7");
     }
 }
