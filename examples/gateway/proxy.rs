@@ -192,6 +192,26 @@ const HOP_BY_HOP: [HeaderName; 9] = [
     header::UPGRADE,
 ];
 
+/// Takes out of `headers` what concerns one connection only: the
+/// hop-by-hop headers, and every header that `Connection` names (RFC 9110,
+/// section 7.6.1). Most messages carry none of them: one pass over the
+/// names finds that, rather than a lookup for each.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+        return;
+    }
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+        .collect();
+    for name in HOP_BY_HOP.iter().chain(&named) {
+        headers.remove(name);
+    }
+}
+
 /// The headers the gateway reads or sets, as names made once.
 const CORRELATION: HeaderName = HeaderName::from_static(CORRELATION_HEADER);
 const SERVED_BY: HeaderName = HeaderName::from_static(SERVED_BY_HEADER);
@@ -391,7 +411,13 @@ impl Gateway {
         }
         // The body is read whole (it is small, by the limit) so that it can be
         // sent again to another instance when the first refuses the connection.
-        let reading = tokio::time::timeout(self.limits.timeout, axum::body::to_bytes(body, self.limits.max_body));
+        // A request that has none (most GETs) needs no timer to read it.
+        let reading = async {
+            if axum::body::HttpBody::is_end_stream(&body) {
+                return Ok(Ok(Bytes::new()));
+            }
+            tokio::time::timeout(self.limits.timeout, axum::body::to_bytes(body, self.limits.max_body)).await
+        };
         let Ok(read) = reading.await else {
             return Err(ApiError::new(
                 StatusCode::REQUEST_TIMEOUT,
@@ -420,9 +446,7 @@ impl Gateway {
         // The request's own headers, edited in place: what concerns one
         // connection out, the proxy's own in.
         let mut headers = std::mem::take(&mut parts.headers);
-        for name in &HOP_BY_HOP {
-            headers.remove(name);
-        }
+        strip_hop_by_hop(&mut headers);
         headers.remove(header::CONTENT_LENGTH);
         let host = headers.remove(header::HOST);
         headers.insert(CORRELATION, correlation.clone());
@@ -563,9 +587,7 @@ fn relay(
     timeout: Duration,
 ) -> Response {
     let (mut parts, body) = upstream.into_parts();
-    for name in &HOP_BY_HOP {
-        parts.headers.remove(name);
-    }
+    strip_hop_by_hop(&mut parts.headers);
     if let Ok(id) = HeaderValue::from_str(&instance.id) {
         parts.headers.insert(SERVED_BY, id);
     }
@@ -574,7 +596,44 @@ fn relay(
 
 #[cfg(test)]
 mod tests {
-    use super::address_text;
+    use super::{address_text, strip_hop_by_hop};
+    use axum::http::{HeaderMap, HeaderValue};
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for (name, value) in pairs {
+            headers.append(*name, HeaderValue::from_static(value));
+        }
+        headers
+    }
+
+    #[test]
+    fn hop_by_hop_headers_and_those_connection_names_are_taken_out() {
+        let mut message = headers(&[
+            ("content-type", "application/json"),
+            ("connection", "close, X-Private"),
+            ("connection", " x-other "),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("transfer-encoding", "chunked"),
+            ("x-private", "secret"),
+            ("x-other", "too"),
+            ("x-kept", "yes"),
+        ]);
+        strip_hop_by_hop(&mut message);
+        assert_eq!(
+            message,
+            headers(&[("content-type", "application/json"), ("x-kept", "yes")])
+        );
+        // Without a hop-by-hop header, nothing goes, even a name that
+        // another message's `Connection` might have listed.
+        let mut plain = headers(&[("host", "a"), ("x-private", "kept"), ("accept", "*/*")]);
+        strip_hop_by_hop(&mut plain);
+        assert_eq!(
+            plain,
+            headers(&[("host", "a"), ("x-private", "kept"), ("accept", "*/*")])
+        );
+    }
 
     #[test]
     fn an_address_reads_as_the_standard_library_writes_it() {
