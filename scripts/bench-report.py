@@ -90,7 +90,27 @@ def peers():
                 print(f"{books:>6} books: {label:50} median {median(group, bench) / 1e6:9.1f} ms  {rates[bench]:>11,.0f} commands/s")
         for bench in ("bookshelf", "bookshelf_cached"):
             if bench in rates and "cqrs_es" in rates:
-                print(f"{books:>6} books: {bench} / cqrs_es = {rates[bench] / rates['cqrs_es']:.2f}")
+                ratio = rates[bench] / rates["cqrs_es"]
+                print(f"{books:>6} books: {bench} / cqrs_es = {ratio:.2f}")
+                if os.environ.get("PEERS_RATIOS"):
+                    import json
+                    with open(os.environ["PEERS_RATIOS"], "a") as out:
+                        out.write(json.dumps({"books": books, "bench": bench, "ratio": ratio}) + "\n")
+
+
+def peers_rounds(path):
+    """The ratios scripts/peers.sh collected over its rounds (PEERS_RATIOS):
+    each round's, and their median."""
+    import json
+    import statistics
+    ratios = {}
+    for line in open(path):
+        row = json.loads(line)
+        ratios.setdefault((int(row["books"]), row["bench"]), []).append(row["ratio"])
+    for (books, bench), values in sorted(ratios.items()):
+        rounds = ", ".join(f"{v:.2f}" for v in values)
+        print(f"{books:>6} books: {bench} / cqrs_es over {len(values)} rounds: {rounds}; "
+              f"median {statistics.median(values):.2f}")
 
 
 def proxies(path):
@@ -137,6 +157,9 @@ try:
         sys.exit(0)
     if sys.argv[1:] == ["peers"]:
         peers()
+        sys.exit(0)
+    if sys.argv[1:2] == ["peers-rounds"]:
+        peers_rounds(sys.argv[2])
         sys.exit(0)
     if sys.argv[1:] == ["kafka"]:
         kafka()
