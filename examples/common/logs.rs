@@ -266,10 +266,8 @@ impl tracing::field::Visit for FieldWriter<'_> {
         }
     }
 
-    fn record_f64(&mut self, field: &tracing::field::Field, value: f64) {
-        self.slow(field, |visitor| visitor.record_f64(field, value));
-    }
-
+    // Floats and the rest reach `record_debug` by the trait's defaults; an
+    // error needs its own, for the default visitor lists its sources.
     fn record_error(&mut self, field: &tracing::field::Field, value: &(dyn std::error::Error + 'static)) {
         self.slow(field, |visitor| visitor.record_error(field, value));
     }
