@@ -1002,6 +1002,23 @@ pub async fn serve(
     app: Router,
     registration: Option<Registration>,
 ) -> Result<(), Box<dyn std::error::Error>> {
+    // Answers go out as soon as they are written, not held for more.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(error) = tcp.set_nodelay(true) {
+            tracing::debug!(%error, "cannot set TCP_NODELAY");
+        }
+    });
+    axum::serve(
+        listener,
+        traced(app).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown_signal())
+    .await?;
+    finish(registration).await
+}
+
+/// `app` with a span for each request, and server errors logged.
+pub fn traced(app: Router) -> Router {
     // A 503 is an answer this service gives on purpose (not the owner, the
     // store unavailable; said with Retry-After and logged where it is
     // decided): not an error of the server. Other 5xx are.
@@ -1012,19 +1029,11 @@ pub async fn serve(
             class => tracing::error!(%class, latency_ms = latency.as_millis(), "response failed"),
         }
     };
-    let app = app.layer(tower_http::trace::TraceLayer::new_for_http().on_failure(on_failure));
-    // Answers go out as soon as they are written, not held for more.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        if let Err(error) = tcp.set_nodelay(true) {
-            tracing::debug!(%error, "cannot set TCP_NODELAY");
-        }
-    });
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown_signal())
-    .await?;
+    app.layer(tower_http::trace::TraceLayer::new_for_http().on_failure(on_failure))
+}
+
+/// After serving: deregisters, and sends the spans not exported yet.
+pub async fn finish(registration: Option<Registration>) -> Result<(), Box<dyn std::error::Error>> {
     if let Some(registration) = registration {
         registration.deregister().await?;
     }

@@ -30,6 +30,7 @@ mod api;
 mod books;
 #[path = "../common/docs.rs"]
 mod docs;
+mod fast;
 mod proxy;
 
 use std::collections::BTreeMap;
@@ -193,7 +194,10 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         println!("  {service}: {instances} healthy instance(s) now");
     }
 
-    api::serve(listener, app, registration).await?;
+    // Requests the fast path takes are relayed there; the rest, and the
+    // gateway's own paths, are served by `app`.
+    fast::serve(listener, api::traced(app), Arc::clone(&gateway), api::shutdown_signal()).await;
+    api::finish(registration).await?;
     tracing::info!("gateway stopped");
     Ok(())
 }

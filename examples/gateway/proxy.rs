@@ -22,8 +22,8 @@ pub const SERVED_BY_HEADER: &str = "x-served-by";
 
 /// Paths under `prefix` go to `service`, unchanged.
 pub struct Route {
-    prefix: String,
-    balancer: Balancer,
+    pub(crate) prefix: String,
+    pub(crate) balancer: Balancer,
 }
 
 impl Route {
@@ -35,7 +35,7 @@ impl Route {
     }
 
     /// `/books` takes `/books` and `/books/…`, not `/bookshop`; `/` takes all.
-    fn takes(&self, path: &str) -> bool {
+    pub(crate) fn takes(&self, path: &str) -> bool {
         match path.strip_prefix(&self.prefix) {
             Some(rest) => self.prefix.is_empty() || rest.is_empty() || rest.starts_with('/'),
             None => false,
@@ -61,9 +61,9 @@ type Upstream = hyper_util::client::legacy::Client<hyper_util::client::legacy::c
 
 pub struct Gateway {
     /// Longest prefix first, so that the most specific route wins.
-    routes: Vec<Route>,
+    pub(crate) routes: Vec<Route>,
     upstream: Upstream,
-    limits: Limits,
+    pub(crate) limits: Limits,
     metrics: RequestMetrics,
 }
 
@@ -180,7 +180,7 @@ pub async fn health(State(gateway): State<Arc<Gateway>>) -> Response {
 /// Headers that concern one connection, not the request: never forwarded.
 /// `host` and `content-length` are set again for the upstream request.
 /// (Names made once: a name given as text is parsed again at every use.)
-const HOP_BY_HOP: [HeaderName; 9] = [
+pub(crate) const HOP_BY_HOP: [HeaderName; 9] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     header::PROXY_AUTHENTICATE,
@@ -213,26 +213,33 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// The headers the gateway reads or sets, as names made once.
-const CORRELATION: HeaderName = HeaderName::from_static(CORRELATION_HEADER);
-const SERVED_BY: HeaderName = HeaderName::from_static(SERVED_BY_HEADER);
-const TRACE: HeaderName = HeaderName::from_static(TRACEPARENT);
-const FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-const FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-const FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub(crate) const CORRELATION: HeaderName = HeaderName::from_static(CORRELATION_HEADER);
+pub(crate) const SERVED_BY: HeaderName = HeaderName::from_static(SERVED_BY_HEADER);
+pub(crate) const TRACE: HeaderName = HeaderName::from_static(TRACEPARENT);
+pub(crate) const FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub(crate) const FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub(crate) const FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
-/// The request's correlation id when it is usable as one (1 to 128 visible
-/// ASCII characters), or a new one.
-fn correlation_id(headers: &HeaderMap) -> HeaderValue {
-    headers
-        .get(&CORRELATION)
-        .filter(|value| {
-            let bytes = value.as_bytes();
-            (1..=128).contains(&bytes.len()) && bytes.iter().all(|b| b.is_ascii_graphic())
-        })
-        .cloned()
+/// The request's correlation id (`value`, the `x-correlation-id` it came
+/// with) when it is usable as one (1 to 128 visible ASCII characters), or a
+/// new one.
+pub(crate) fn correlation_id(value: Option<&[u8]>) -> HeaderValue {
+    value
+        .filter(|bytes| (1..=128).contains(&bytes.len()) && bytes.iter().all(|b| b.is_ascii_graphic()))
+        .and_then(|bytes| HeaderValue::from_bytes(bytes).ok())
         .unwrap_or_else(|| {
             HeaderValue::from_str(&uuid::Uuid::new_v4().to_string()).expect("a UUID is a valid header value")
         })
+}
+
+/// The trace the request takes part in: the caller's (`value`, the
+/// `traceparent` it came with) continued in the gateway's own span, or a
+/// new one.
+pub(crate) fn trace(value: Option<&[u8]>) -> TraceParent {
+    value
+        .and_then(|bytes| std::str::from_utf8(bytes).ok())
+        .and_then(|text| text.parse::<TraceParent>().ok())
+        .map_or_else(TraceParent::start, |parent| parent.child())
 }
 
 /// Every request but the gateway's own `/health`.
@@ -243,15 +250,8 @@ pub async fn forward(
 ) -> Response {
     let started = Instant::now();
     let mut request = request;
-    let correlation = correlation_id(request.headers());
-    // The caller's trace, continued in the gateway's own span, or a new one.
-    let trace = request
-        .headers()
-        .get(&TRACE)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.parse::<TraceParent>().ok())
-        .map_or_else(TraceParent::start, |parent| parent.child());
-    let traceparent = trace.to_string();
+    let correlation = correlation_id(request.headers().get(&CORRELATION).map(HeaderValue::as_bytes));
+    let traceparent = trace(request.headers().get(&TRACE).map(HeaderValue::as_bytes)).to_string();
     if let Ok(value) = HeaderValue::from_str(&traceparent) {
         request.headers_mut().insert(TRACE, value);
     }
@@ -261,31 +261,62 @@ pub async fn forward(
         Ok(response) => response,
         Err(error) => error.into_response(),
     };
-    let took = started.elapsed();
-    let status = response.status().as_u16();
     let instance = response
         .headers()
         .get(&SERVED_BY)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("-");
-    // Text and integers only: the log's fast field writer takes those
-    // straight (see `api::logs`).
-    tracing::info!(
-        method = method.as_str(),
-        path = path.as_str(),
-        status,
-        served_by = instance,
-        correlation_id = correlation.to_str().unwrap_or("-"),
-        // `00-<trace id>-<span id>-<flags>`: the trace id as written already.
-        trace_id = traceparent.get(3..35).unwrap_or("-"),
-        us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX),
-        "request"
+    gateway.answered(
+        &Answered {
+            method: method.as_str(),
+            path: &path,
+            status: response.status().as_u16(),
+            instance,
+            correlation: &correlation,
+            traceparent: &traceparent,
+        },
+        started.elapsed(),
     );
-    let route = gateway.route_index(&path);
-    let prefix = route.map_or("none", |at| gateway.routes[at].prefix.as_str());
-    gateway.metrics.record(route, prefix, status, instance, took);
     response.headers_mut().insert(CORRELATION, correlation);
     response
+}
+
+/// What the log line and the metrics say of a request answered.
+pub(crate) struct Answered<'a> {
+    pub method: &'a str,
+    /// Without the query.
+    pub path: &'a str,
+    pub status: u16,
+    /// The id of the instance that answered, `-` for the gateway itself.
+    pub instance: &'a str,
+    pub correlation: &'a HeaderValue,
+    /// As sent on: `00-<trace id>-<span id>-<flags>`.
+    pub traceparent: &'a str,
+}
+
+impl Gateway {
+    /// Logs a request answered, `took` after it came, and counts it: the
+    /// one place both ways of forwarding (`forward` and the `fast` path)
+    /// report from.
+    pub(crate) fn answered(&self, answered: &Answered<'_>, took: Duration) {
+        // Text and integers only: the log's fast field writer takes those
+        // straight (see `api::logs`).
+        tracing::info!(
+            method = answered.method,
+            path = answered.path,
+            status = answered.status,
+            served_by = answered.instance,
+            correlation_id = answered.correlation.to_str().unwrap_or("-"),
+            // The trace id as written already.
+            trace_id = answered.traceparent.get(3..35).unwrap_or("-"),
+            us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX),
+            "request"
+        );
+        let route = self.route_index(answered.path);
+        let prefix = route.map_or("none", |at| self.routes[at].prefix.as_str());
+        self.metrics
+            .record(route, prefix, answered.status, answered.instance, took);
+    }
 }
 
 /// The W3C trace context header.
@@ -375,7 +406,7 @@ impl Gateway {
     }
 
     /// Where in `routes` the route that takes `path` is.
-    fn route_index(&self, path: &str) -> Option<usize> {
+    pub(crate) fn route_index(&self, path: &str) -> Option<usize> {
         self.routes.iter().position(|route| route.takes(path))
     }
 
@@ -479,12 +510,7 @@ impl Gateway {
                 .build();
             let uri = match uri {
                 Ok(uri) => uri,
-                Err(error) => {
-                    return Err(ApiError::new(
-                        StatusCode::BAD_GATEWAY,
-                        format!("{service} instance {} has no usable address: {error}", instance.id),
-                    ))
-                }
+                Err(error) => return Err(unusable(service, &instance, &error)),
             };
             let mut outgoing = Request::new(Body::from(body.clone()));
             *outgoing.method_mut() = parts.method.clone();
@@ -499,51 +525,93 @@ impl Gateway {
             match sent {
                 Ok(Ok(upstream)) => return Ok(relay(upstream, &instance, self.limits.timeout)),
                 Ok(Err(error)) if error.is_connect() => {
-                    tracing::warn!(%service, instance = %instance.id, %error, "connection failed; ejecting the instance");
-                    route.balancer.eject(&instance.id, self.limits.eject_for);
+                    refuse(route, &instance, &error, self.limits.eject_for);
                     refused.push(instance.id);
                 }
                 Err(_) => {
-                    tracing::warn!(%service, instance = %instance.id, "upstream timed out");
-                    return Err(ApiError::new(
-                        StatusCode::GATEWAY_TIMEOUT,
-                        format!(
-                            "{service} instance {} did not answer within {} ms",
-                            instance.id,
-                            self.limits.timeout.as_millis()
-                        ),
-                    ));
+                    return Err(timed_out(service, &instance, self.limits.timeout));
                 }
                 Ok(Err(error)) => {
                     // The connection broke after the request went out: the
                     // instance is likely gone, but the request may have been
                     // carried out, so it is not sent again.
-                    tracing::warn!(%service, instance = %instance.id, %error, "upstream failed; ejecting the instance");
-                    route.balancer.eject(&instance.id, self.limits.eject_for);
-                    return Err(ApiError::new(
-                        StatusCode::BAD_GATEWAY,
-                        format!("{service} instance {} failed: {error}", instance.id),
-                    ));
+                    return Err(failed(route, &instance, &error, self.limits.eject_for));
                 }
             }
         }
-        if refused.is_empty() {
-            Err(ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("no healthy instance of {service}"),
-            ))
-        } else {
-            Err(ApiError::new(
-                StatusCode::BAD_GATEWAY,
-                format!("{service}: connection refused by {}", refused.join(", ")),
-            ))
-        }
+        Err(none_answered(service, &refused))
+    }
+}
+
+// The gateway's own answers when forwarding fails, and what it does about
+// the instance: shared by both ways of forwarding, so that they say the
+// same.
+
+/// An instance whose address cannot be written as a URI authority.
+pub(crate) fn unusable(service: &str, instance: &ServiceInstance, error: &dyn std::fmt::Display) -> ApiError {
+    ApiError::new(
+        StatusCode::BAD_GATEWAY,
+        format!("{service} instance {} has no usable address: {error}", instance.id),
+    )
+}
+
+/// An instance that did not start answering within `timeout`.
+pub(crate) fn timed_out(service: &str, instance: &ServiceInstance, timeout: Duration) -> ApiError {
+    tracing::warn!(%service, instance = %instance.id, "upstream timed out");
+    ApiError::new(
+        StatusCode::GATEWAY_TIMEOUT,
+        format!(
+            "{service} instance {} did not answer within {} ms",
+            instance.id,
+            timeout.as_millis()
+        ),
+    )
+}
+
+/// An instance whose connection broke after the request went out: likely
+/// gone, so ejected for `eject_for`; the request may have been carried out,
+/// so it is not sent again.
+pub(crate) fn failed(
+    route: &Route,
+    instance: &ServiceInstance,
+    error: &dyn std::fmt::Display,
+    eject_for: Duration,
+) -> ApiError {
+    let service = route.balancer.service();
+    tracing::warn!(%service, instance = %instance.id, %error, "upstream failed; ejecting the instance");
+    route.balancer.eject(&instance.id, eject_for);
+    ApiError::new(
+        StatusCode::BAD_GATEWAY,
+        format!("{service} instance {} failed: {error}", instance.id),
+    )
+}
+
+/// An instance that refused the connection (nothing was sent): ejected for
+/// `eject_for`, and the next one is tried.
+pub(crate) fn refuse(route: &Route, instance: &ServiceInstance, error: &dyn std::fmt::Display, eject_for: Duration) {
+    let service = route.balancer.service();
+    tracing::warn!(%service, instance = %instance.id, %error, "connection failed; ejecting the instance");
+    route.balancer.eject(&instance.id, eject_for);
+}
+
+/// No instance answered: none to try (503), or each tried refused (502).
+pub(crate) fn none_answered(service: &str, refused: &[String]) -> ApiError {
+    if refused.is_empty() {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("no healthy instance of {service}"),
+        )
+    } else {
+        ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            format!("{service}: connection refused by {}", refused.join(", ")),
+        )
     }
 }
 
 /// `ip` as text; an IPv4 address without `format!`'s machinery, which took
 /// about 1,300 instructions per request.
-fn address_text(ip: std::net::IpAddr) -> String {
+pub(crate) fn address_text(ip: std::net::IpAddr) -> String {
     match ip {
         std::net::IpAddr::V4(v4) => {
             let mut text = String::with_capacity(15);
