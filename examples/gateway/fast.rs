@@ -1037,12 +1037,11 @@ impl Upstream {
 /// line that ends it (CRLF CRLF, or LF LF, which RFC 9112 lets a recipient
 /// take as well), if it has ended.
 fn head_end(bytes: &[u8]) -> Option<usize> {
-    let crlf = memchr::memmem::find(bytes, b"\r\n\r\n").map(|at| at + 4);
-    let lf = memchr::memmem::find(bytes, b"\n\n").map(|at| at + 2);
-    match (crlf, lf) {
-        (Some(crlf), Some(lf)) => Some(crlf.min(lf)),
-        (crlf, lf) => crlf.or(lf),
-    }
+    memchr::memchr_iter(b'\n', bytes).find_map(|at| match bytes.get(at + 1..) {
+        Some([b'\n', ..]) => Some(at + 2),
+        Some([b'\r', b'\n', ..]) => Some(at + 3),
+        _ => None,
+    })
 }
 
 /// Idle connections to the instances, by authority, newest last.
@@ -1124,7 +1123,15 @@ impl AsyncWrite for Replayed {
 
 #[cfg(test)]
 mod tests {
-    use super::{Chunks, Framing};
+    use super::{head_end, Chunks, Framing};
+
+    #[test]
+    fn a_head_ends_at_its_first_empty_line() {
+        assert_eq!(head_end(b"HTTP/1.1 200 OK\r\na: b\r\n\r\nbody\r\n\r\n"), Some(25));
+        assert_eq!(head_end(b"HTTP/1.1 200 OK\na: b\n\nbody"), Some(22));
+        assert_eq!(head_end(b"HTTP/1.1 200 OK\r\na: b\r\n"), None);
+        assert_eq!(head_end(b"HTTP/1.1 200 OK\r\na: b\r\n\r"), None);
+    }
 
     /// Feeds `body` to a chunk scanner in pieces of `step` bytes, as reads
     /// would bring it; returns the bytes it let through and whether it saw

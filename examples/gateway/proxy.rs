@@ -302,6 +302,9 @@ impl Gateway {
         // Text and integers only: the log's fast field writer takes those
         // straight (see `api::logs`).
         tracing::info!(
+            // As text, not `format_args!`, so that it is written the fast
+            // way too; first, as the default message is.
+            message = "request",
             method = answered.method,
             path = answered.path,
             status = answered.status,
@@ -310,7 +313,6 @@ impl Gateway {
             // The trace id as written already.
             trace_id = answered.traceparent.get(3..35).unwrap_or("-"),
             us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX),
-            "request"
         );
         let route = self.route_index(answered.path);
         let prefix = route.map_or("none", |at| self.routes[at].prefix.as_str());
