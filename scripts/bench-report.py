@@ -115,40 +115,46 @@ def peers_rounds(path):
 
 def proxies(path):
     """The JSON lines scripts/proxies.sh wrote: a table, and the gateway's
-    ratios to nginx from the same run."""
+    ratios to nginx from the same run, per round taken turn about and their
+    median."""
     import json
     runs = {}
-    print(f"{'run':52} {'requests/s':>11} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'CPU us/request (user+system)':>30}")
+    print(f"{'run':52} {'requests/s':>11} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} "
+          f"{'CPU us/request: proxy':>22} {'service':>12}")
+    cpu = lambda run, prefix: (f"{run[prefix + 'user_us']:.1f} + {run[prefix + 'system_us']:.1f}"
+                               if prefix + "user_us" in run else "")
     for line in open(path):
         run = json.loads(line)
         label = run["label"]
         runs[label] = run
         rps = run.get("rps", run.get("requests_per_second"))
         top = run.get("max_ms")
-        cpu = f"{run['user_us']:.1f} + {run['system_us']:.1f}" if "user_us" in run else ""
+        proxy = "" if label.endswith("direct") else cpu(run, "")
         print(f"{label:52} {rps:11,.0f} {run['p50_ms']:8.2f} {run['p99_ms']:8.2f} "
-              f"{'' if top is None else f'{top:8.2f}':>8} {cpu:>30}")
+              f"{'' if top is None else f'{top:8.2f}':>8} {proxy:>22} {cpu(run, 'upstream_'):>12}")
         commands = run.get("commands")
         if commands and run.get("offered_per_second"):
             print(f"{'  of which the commands (POST /books/{id}/read)':52} {'':11} {commands['p50_ms']:8.2f} "
                   f"{commands['p99_ms']:8.2f} {commands['max_ms']:8.2f}")
+    rps = lambda r: r.get("rps", r.get("requests_per_second"))
     for tool in ("wrk", "load"):
         gateway, nginx = runs.get(f"{tool} gateway"), runs.get(f"{tool} nginx")
         if gateway and nginx:
-            rps = lambda r: r.get("rps", r.get("requests_per_second"))
             print(f"{tool}: gateway / nginx = {rps(gateway) / rps(nginx):.2f}x throughput, "
                   f"p99 {gateway['p99_ms'] / nginx['p99_ms']:.2f}x")
-    turns = []
-    for label, gateway in runs.items():
-        if label.startswith("wrk turn ") and label.endswith(" gateway"):
-            nginx = runs.get(label[: -len("gateway")] + "nginx")
-            if nginx:
-                turns.append((gateway["rps"] / nginx["rps"], gateway["p99_ms"] / nginx["p99_ms"]))
-    for n, (throughput, p99) in enumerate(turns, 1):
-        print(f"wrk, turn about, round {n}: gateway / nginx = {throughput:.2f}x throughput, p99 {p99:.2f}x")
-    if turns:
-        middle = sorted(turns)[len(turns) // 2]
-        print(f"wrk, turn about, median round: {middle[0]:.2f}x throughput, p99 {middle[1]:.2f}x")
+    for tool in ("wrk", "load"):
+        turns = []
+        for label, gateway in runs.items():
+            if label.startswith(f"{tool} turn ") and label.endswith(" gateway"):
+                nginx = runs.get(label[: -len("gateway")] + "nginx")
+                if nginx:
+                    turns.append((rps(gateway) / rps(nginx), gateway["p99_ms"] / nginx["p99_ms"]))
+        for n, (throughput, p99) in enumerate(turns, 1):
+            print(f"{tool}, turn about, round {n}: gateway / nginx = {throughput:.2f}x throughput, p99 {p99:.2f}x")
+        if turns:
+            middle = lambda values: sorted(values)[len(values) // 2]
+            print(f"{tool}, turn about, median of the rounds: {middle([t for t, _ in turns]):.2f}x throughput, "
+                  f"p99 {middle([p for _, p in turns]):.2f}x")
 
 
 try:

@@ -4,15 +4,19 @@
 #   scripts/proxies.sh [SECONDS] [CONNECTIONS] [RATE]   (defaults: 10, 32, 2000)
 #
 # 1. Throughput: the embedded last_read (release build, in memory) is
-#    loaded with wrk (`GET /last-read`, keep-alive) directly, through nginx (Debian's
-#    package, one worker, keep-alive to the upstream, access log on) and
+#    loaded with wrk (`GET /last-read`, keep-alive) directly, through nginx
+#    (Debian's package, one worker, keep-alive to the upstream, access log
+#    on, and set to send what the gateway sends: a correlation id, the
+#    caller's or its own, both ways, and X-Forwarded-For, -Host, -Proto) and
 #    through the gateway (in-process discovery, balancing, correlation ids,
 #    limits, logging at its default level; `--threads 1`, one thread as
 #    nginx has one worker), then with the checking load
 #    generator (examples/load: writes and reads, every answer checked) the
-#    same three ways, then wrk on nginx and the gateway turn about (ROUNDS
-#    rounds, default 3). Printed: requests/s, p50 and p99 of each, and the
-#    gateway's ratios to nginx, per round too.
+#    same three ways, then wrk and the checking load on nginx and the
+#    gateway turn about (ROUNDS rounds, default 3). Printed: requests/s, p50
+#    and p99 of each, the CPU time per request of the proxy and of the
+#    service behind it, and the gateway's ratios to nginx, per round and
+#    their median.
 # 2. Latency at a fixed offered rate (RATE requests/s, open loop, latency
 #    counted from when each request was due): commands and queries on the
 #    in-memory store directly and through the gateway, and on Kafka (books
@@ -71,12 +75,22 @@ http {
     uwsgi_temp_path $run/nginx/uwsgi;
     scgi_temp_path $run/nginx/scgi;
     upstream shelf { server $1; keepalive 64; }
+    # The caller's correlation id, or nginx's own request id.
+    map \$http_x_correlation_id \$correlation_id {
+        "" \$request_id;
+        default \$http_x_correlation_id;
+    }
     server {
         listen 127.0.0.1:$port;
         location / {
             proxy_pass http://shelf;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
+            proxy_set_header X-Correlation-Id \$correlation_id;
+            proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Host \$host;
+            proxy_set_header X-Forwarded-Proto \$scheme;
+            add_header X-Correlation-Id \$correlation_id always;
         }
     }
 }
@@ -93,17 +107,47 @@ EOF
     exit 1
 }
 
+# cpu_ticks PID: the CPU time (user and system, clock ticks) process PID has
+# spent so far.
+cpu_ticks() {
+    awk '{print $14, $15}' "/proc/$1/stat"
+}
+
+# per_request JSON PROXY_BEFORE PROXY_AFTER UPSTREAM_BEFORE UPSTREAM_AFTER:
+# the JSON line (with its "requests") with the CPU time per request (µs) of
+# the proxy and of the service behind it added (none for times given as -).
+per_request() {
+    python3 - "$@" "$(getconf CLK_TCK)" <<'EOF'
+import json, sys
+run, p0, p1, u0, u1, tick = sys.argv[1:]
+run = json.loads(run)
+def add(prefix, before, after):
+    if "-" in (before, after):
+        return
+    (user0, sys0), (user1, sys1) = (map(int, x.split()) for x in (before, after))
+    per = lambda ticks: ticks / int(tick) / run["requests"] * 1e6
+    run[prefix + "user_us"] = per(user1 - user0)
+    run[prefix + "system_us"] = per(sys1 - sys0)
+add("", p0, p1)
+add("upstream_", u0, u1)
+print(json.dumps(run))
+EOF
+}
+
 # wrk_json LABEL URL PID: one wrk run on GET URL/last-read, with the CPU time
-# process PID spent (user and system, from /proc); prints a JSON line.
+# process PID (the proxy, or the service itself) and the service spent;
+# prints a JSON line.
 wrk_json() {
     local out="$run/wrk-${1//[^a-z0-9]/-}.txt"
-    local before after
-    before=$(awk '{print $14, $15}' "/proc/$3/stat")
+    local before after upstream_before upstream_after line
+    before=$(cpu_ticks "$3")
+    upstream_before=$(cpu_ticks "$direct_pid")
     wrk -t2 -c"$connections" -d"${seconds}s" --latency "$2/last-read" >"$out"
-    after=$(awk '{print $14, $15}' "/proc/$3/stat")
-    python3 - "$1" "$out" "$before" "$after" "$(getconf CLK_TCK)" <<'EOF'
+    after=$(cpu_ticks "$3")
+    upstream_after=$(cpu_ticks "$direct_pid")
+    line=$(python3 - "$1" "$out" <<'EOF'
 import json, re, sys
-label, path, before, after, tick = sys.argv[1:]
+label, path = sys.argv[1:]
 text = open(path).read()
 def ms(value, unit):
     return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
@@ -114,22 +158,32 @@ errors = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
 non_2xx = int(errors.group(1)) if errors else 0
 if non_2xx:
     sys.exit(f"{label}: {non_2xx} answers were not 2xx: see {path}")
-(u0, s0), (u1, s1) = (map(int, x.split()) for x in (before, after))
-per = lambda ticks: ticks / int(tick) / count * 1e6
-print(json.dumps({"label": label, "rps": rate, "p50_ms": pct["50"], "p99_ms": pct["99"],
-                  "user_us": per(u1 - u0), "system_us": per(s1 - s0)}))
+print(json.dumps({"label": label, "rps": rate, "p50_ms": pct["50"], "p99_ms": pct["99"], "requests": count}))
 EOF
+    )
+    per_request "$line" "$before" "$after" "$upstream_before" "$upstream_after"
 }
 
-# checked LABEL URL [RATE [MIX]]: the checking load generator, for SECONDS
-# (at RATE requests/s when given, else as fast as answers come; MIX as its
-# --mix); prints its JSON line.
+# checked LABEL URL PID [RATE [MIX]]: the checking load generator, for
+# SECONDS (at RATE requests/s when given, else as fast as answers come; MIX
+# as its --mix), with the CPU time of process PID (the proxy, or - for
+# none) and of the in-memory service; prints its JSON line.
 checked() {
     local more=(--requests 100000000 --max-seconds "$seconds")
-    [ -n "${3:-}" ] && more=(--requests $(($3 * seconds)) --max-seconds $((seconds * 3)) --rate "$3" --mix "${4:-mixed}")
+    [ -n "${4:-}" ] && more=(--requests $(($4 * seconds)) --max-seconds $((seconds * 3)) --rate "$4" --mix "${5:-mixed}")
     local out="$run/load-${1//[^a-z0-9]/-}.txt"
+    local before=- after=- upstream_before=- upstream_after=- line
+    if [ "$3" != - ]; then
+        before=$(cpu_ticks "$3")
+        upstream_before=$(cpu_ticks "$direct_pid")
+    fi
     "$bin/load" --target "$2" --concurrency "$connections" --books 200 --json "${more[@]}" >"$out"
-    tail -n 1 "$out" | python3 -c "import json, sys; d = json.load(sys.stdin); d['label'] = '$1'; print(json.dumps(d))"
+    if [ "$3" != - ]; then
+        after=$(cpu_ticks "$3")
+        upstream_after=$(cpu_ticks "$direct_pid")
+    fi
+    line=$(tail -n 1 "$out" | python3 -c "import json, sys; d = json.load(sys.stdin); d['label'] = '$1'; print(json.dumps(d))")
+    per_request "$line" "$before" "$after" "$upstream_before" "$upstream_after"
 }
 
 start last_read --in-memory
@@ -151,18 +205,26 @@ for target in direct nginx gateway; do
     wrk_json "wrk $target" "${!target}" "${!pid}" | tee -a "$results"
 done
 for target in direct nginx gateway; do
-    checked "load $target" "${!target}" | tee -a "$results"
+    pid=${target}_pid
+    checked "load $target" "${!target}" "${!pid}" | tee -a "$results"
 done
-# Then nginx and the gateway turn about, ROUNDS times (default 3), so that
-# each pair of runs sees the same moment of a shared machine.
+# Then nginx and the gateway turn about, ROUNDS times (default 3), with wrk
+# and with the checking load, so that each pair of runs sees the same
+# moment of a shared machine.
 for round in $(seq 1 "${ROUNDS:-3}"); do
-    for target in nginx gateway; do
-        pid=${target}_pid
-        wrk_json "wrk turn $round $target" "${!target}" "${!pid}" | tee -a "$results"
+    for tool in wrk load; do
+        for target in nginx gateway; do
+            pid=${target}_pid
+            if [ "$tool" = wrk ]; then
+                wrk_json "wrk turn $round $target" "${!target}" "${!pid}" | tee -a "$results"
+            else
+                checked "load turn $round $target" "${!target}" "${!pid}" | tee -a "$results"
+            fi
+        done
     done
 done
 for target in direct gateway; do
-    checked "rate $rate/s, in memory, via $target" "${!target}" "$rate" | tee -a "$results"
+    checked "rate $rate/s, in memory, via $target" "${!target}" - "$rate" | tee -a "$results"
 done
 stop_all
 
@@ -177,7 +239,7 @@ view=$url
 start gateway --service "books=$books" --service "last-read=$view"
 gateway=$url
 kafka_rate=$((rate / 4))
-checked "rate $kafka_rate/s, Kafka, commands only, direct" "$books" "$kafka_rate" commands | tee -a "$results"
-checked "rate $kafka_rate/s, Kafka, via the gateway" "$gateway" "$kafka_rate" | tee -a "$results"
+checked "rate $kafka_rate/s, Kafka, commands only, direct" "$books" - "$kafka_rate" commands | tee -a "$results"
+checked "rate $kafka_rate/s, Kafka, via the gateway" "$gateway" - "$kafka_rate" | tee -a "$results"
 
 python3 scripts/bench-report.py proxies "$results"

@@ -59,6 +59,16 @@ pub async fn serve(
 ) {
     let (stop, stopping) = watch::channel(false);
     let upstreams = Arc::new(Pool::default());
+    // Connections idle too long, and those to instances no longer asked
+    // for, are closed in the background.
+    let sweeping = Arc::clone(&upstreams);
+    let sweeper = tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(IDLE_FOR / 2);
+        loop {
+            ticks.tick().await;
+            sweeping.sweep();
+        }
+    });
     let mut connections = tokio::task::JoinSet::new();
     tokio::pin!(shutdown);
     loop {
@@ -94,6 +104,7 @@ pub async fn serve(
     // Receivers see the change even when they look after it was made.
     let _ = stop.send(true);
     while connections.join_next().await.is_some() {}
+    sweeper.abort();
 }
 
 /// One client connection, on the fast path until a request needs hyper.
@@ -369,27 +380,25 @@ async fn exchange(
         }) => (status, Some(instance), next, took),
         Err(Failure::Answer(error)) => {
             let took = started.elapsed();
-            let status = write_error(client, out, error, &correlation, request.close).await;
-            (
-                status,
-                None,
-                if request.close { Next::Close } else { Next::KeepAlive },
-                took,
-            )
+            let (status, written) = write_error(client, out, error, &correlation, request.close).await;
+            let next = if written && !request.close {
+                Next::KeepAlive
+            } else {
+                Next::Close
+            };
+            (status, None, next, took)
         }
         Err(Failure::Client(status, instance, took)) => (status, Some(instance), Next::Close, took),
     };
-    if status != 0 {
-        let answered = Answered {
-            method: request.method,
-            path: request.path,
-            status,
-            instance: instance.as_ref().map_or("-", |instance| instance.id.as_str()),
-            correlation: &correlation,
-            traceparent: &traceparent,
-        };
-        gateway.answered(&answered, took);
-    }
+    let answered = Answered {
+        method: request.method,
+        path: request.path,
+        status,
+        instance: instance.as_ref().map_or("-", |instance| instance.id.as_str()),
+        correlation: &correlation,
+        traceparent: &traceparent,
+    };
+    gateway.answered(&answered, took);
     next
 }
 
@@ -843,7 +852,7 @@ async fn answer_here(
         // httparse let through what `http` does not take: say so as hyper
         // would.
         let error = ApiError::new(StatusCode::BAD_REQUEST, "a request the gateway cannot read").closing();
-        write_error(client, out, error, &HeaderValue::from_static("-"), true).await;
+        let _ = write_error(client, out, error, &proxy::correlation_id(None), true).await;
         return Next::Close;
     };
     let Ok(response) = app.clone().oneshot(built).await;
@@ -897,14 +906,15 @@ async fn answer_here(
 }
 
 /// Writes the answer for `error` (as axum would, with a date and the
-/// correlation id); returns its status, 0 when the client is gone.
+/// correlation id); returns its status, and whether it was written (not,
+/// when the client is gone).
 async fn write_error(
     client: &mut TcpStream,
     out: &mut Vec<u8>,
     error: ApiError,
     correlation: &HeaderValue,
     close: bool,
-) -> u16 {
+) -> (u16, bool) {
     let (parts, body) = error.into_response().into_parts();
     // The error's body is in memory already: collecting it does not wait.
     let body = axum::body::to_bytes(body, usize::MAX).await.unwrap_or_default();
@@ -929,10 +939,8 @@ async fn write_error(
     push_header(out, b"x-correlation-id", correlation.as_bytes());
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(&body);
-    match client.write_all(out).await {
-        Ok(()) => parts.status.as_u16(),
-        Err(_) => 0,
-    }
+    let written = client.write_all(out).await.is_ok();
+    (parts.status.as_u16(), written)
 }
 
 /// Writes `first` then `second` to `stream`, in one system call when the
@@ -1062,6 +1070,16 @@ impl Pool {
         None
     }
 
+    /// Closes the connections idle longer than `IDLE_FOR`, and forgets
+    /// instances with none left.
+    fn sweep(&self) {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        idle.retain(|_, connections| {
+            connections.retain(|upstream| upstream.idle_since.elapsed() <= IDLE_FOR);
+            !connections.is_empty()
+        });
+    }
+
     fn put(&self, authority: String, mut upstream: Upstream) {
         upstream.idle_since = Instant::now();
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
@@ -1168,6 +1186,35 @@ mod tests {
     fn a_chunk_longer_than_its_size_or_a_bad_size_is_refused() {
         assert!(Framing::Chunked(Chunks::Size).take(b"3\r\nabcd\r\n").is_err());
         assert!(Framing::Chunked(Chunks::Size).take(b"zz\r\nab\r\n").is_err());
+    }
+
+    #[tokio::test]
+    async fn the_sweep_closes_connections_idle_too_long_and_forgets_instances_left_without() {
+        use super::{Pool, Upstream, IDLE_FOR};
+        use std::time::{Duration, Instant};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let connect = || Upstream::connect(&address, Duration::from_secs(1));
+        let Some(long_ago) = Instant::now().checked_sub(IDLE_FOR + Duration::from_secs(1)) else {
+            panic!("this machine's clock started less than {IDLE_FOR:?} ago");
+        };
+        let (mut old, fresh, mut gone) = (
+            connect().await.unwrap(),
+            connect().await.unwrap(),
+            connect().await.unwrap(),
+        );
+        old.idle_since = long_ago;
+        gone.idle_since = long_ago;
+        let pool = Pool::default();
+        pool.idle.lock().unwrap().insert(address.clone(), vec![old, fresh]);
+        pool.idle
+            .lock()
+            .unwrap()
+            .insert("gone.example:80".to_owned(), vec![gone]);
+        pool.sweep();
+        let idle = pool.idle.lock().unwrap();
+        assert_eq!(idle.keys().collect::<Vec<_>>(), [&address]);
+        assert_eq!(idle[&address].len(), 1);
     }
 
     #[test]
