@@ -380,12 +380,7 @@ async fn exchange(
         }) => (status, Some(instance), next, took),
         Err(Failure::Answer(error)) => {
             let took = started.elapsed();
-            let (status, written) = write_error(client, out, error, &correlation, request.close).await;
-            let next = if written && !request.close {
-                Next::KeepAlive
-            } else {
-                Next::Close
-            };
+            let (status, next) = write_own(client, out, error.into_response(), Some(&correlation), request).await;
             (status, None, next, took)
         }
         Err(Failure::Client(status, instance, took)) => (status, Some(instance), Next::Close, took),
@@ -756,15 +751,7 @@ async fn answer(
     };
 
     out.clear();
-    out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(itoa::Buffer::new().format(status).as_bytes());
-    out.push(b' ');
-    let reason = StatusCode::from_u16(status)
-        .ok()
-        .and_then(|code| code.canonical_reason())
-        .map_or(answer.reason.unwrap_or(""), |reason| reason);
-    out.extend_from_slice(reason.as_bytes());
-    out.extend_from_slice(b"\r\n");
+    push_status(out, status, answer.reason.unwrap_or(""));
     let mut dated = false;
     for header in answer.headers.iter() {
         let name = header.name;
@@ -830,9 +817,7 @@ async fn answer(
     Ok((status, next, reusable))
 }
 
-/// Answers a request the gateway answers itself, through `app`, as hyper
-/// would have served it (with a date, a length, and `connection: close` when
-/// asked or answered).
+/// Answers a request the gateway answers itself, through `app`.
 async fn answer_here(
     client: &mut TcpStream,
     out: &mut Vec<u8>,
@@ -848,18 +833,36 @@ async fn answer_here(
     for header in request.headers {
         built = built.header(header.name, header.value);
     }
-    let Ok(built) = built.body(axum::body::Body::from(Bytes::copy_from_slice(request.body))) else {
-        // httparse let through what `http` does not take: say so as hyper
-        // would.
-        let error = ApiError::new(StatusCode::BAD_REQUEST, "a request the gateway cannot read").closing();
-        let _ = write_error(client, out, error, &proxy::correlation_id(None), true).await;
-        return Next::Close;
+    let response = match built.body(axum::body::Body::from(Bytes::copy_from_slice(request.body))) {
+        Ok(built) => {
+            let Ok(response) = app.clone().oneshot(built).await;
+            response
+        }
+        // What httparse let through and `http` does not take: refused as
+        // hyper would.
+        Err(_) => ApiError::new(StatusCode::BAD_REQUEST, "a request the gateway cannot read")
+            .closing()
+            .into_response(),
     };
-    let Ok(response) = app.clone().oneshot(built).await;
+    write_own(client, out, response, None, request).await.1
+}
+
+/// Writes `response`, one the gateway made itself (its body small and in
+/// memory), as hyper would serve it: with its length, a date, the
+/// `correlation` id when given, and `connection: close` when the client
+/// asked or the response says so. Returns its status, and what becomes of
+/// the connection (it closes too when the client is gone).
+async fn write_own(
+    client: &mut TcpStream,
+    out: &mut Vec<u8>,
+    response: axum::response::Response,
+    correlation: Option<&HeaderValue>,
+    request: &Incoming<'_>,
+) -> (u16, Next) {
     let (parts, body) = response.into_parts();
-    // What the gateway answers itself is small and in memory.
+    let status = parts.status.as_u16();
     let Ok(body) = axum::body::to_bytes(body, usize::MAX).await else {
-        return Next::Close;
+        return (status, Next::Close);
     };
     let closes = request.close
         || parts
@@ -867,21 +870,17 @@ async fn answer_here(
             .get(axum::http::header::CONNECTION)
             .is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"close"));
     out.clear();
-    out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(parts.status.as_str().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(parts.status.canonical_reason().unwrap_or("").as_bytes());
-    out.extend_from_slice(b"\r\n");
+    push_status(out, status, "");
     let mut dated = false;
     for (name, value) in &parts.headers {
-        if hop_by_hop(name.as_str()) || name == axum::http::header::CONTENT_LENGTH {
-            continue;
+        let replaced = name == axum::http::header::CONTENT_LENGTH
+            || (correlation.is_some() && name.as_str() == crate::api::CORRELATION_HEADER);
+        if !replaced && !hop_by_hop(name.as_str()) {
+            dated |= name == axum::http::header::DATE;
+            push_header(out, name.as_str().as_bytes(), value.as_bytes());
         }
-        dated |= name == axum::http::header::DATE;
-        push_header(out, name.as_str().as_bytes(), value.as_bytes());
     }
-    let bodiless =
-        request.method == "HEAD" || parts.status == StatusCode::NO_CONTENT || parts.status == StatusCode::NOT_MODIFIED;
+    let bodiless = request.method == "HEAD" || status == 204 || status == 304;
     if !bodiless || !body.is_empty() {
         push_header(
             out,
@@ -895,52 +894,31 @@ async fn answer_here(
     if closes {
         push_header(out, b"connection", b"close");
     }
+    if let Some(correlation) = correlation {
+        push_header(out, crate::api::CORRELATION_HEADER.as_bytes(), correlation.as_bytes());
+    }
     out.extend_from_slice(b"\r\n");
     if !bodiless {
         out.extend_from_slice(&body);
     }
     match client.write_all(out).await {
-        Ok(()) if !closes => Next::KeepAlive,
-        _ => Next::Close,
+        Ok(()) if !closes => (status, Next::KeepAlive),
+        _ => (status, Next::Close),
     }
 }
 
-/// Writes the answer for `error` (as axum would, with a date and the
-/// correlation id); returns its status, and whether it was written (not,
-/// when the client is gone).
-async fn write_error(
-    client: &mut TcpStream,
-    out: &mut Vec<u8>,
-    error: ApiError,
-    correlation: &HeaderValue,
-    close: bool,
-) -> (u16, bool) {
-    let (parts, body) = error.into_response().into_parts();
-    // The error's body is in memory already: collecting it does not wait.
-    let body = axum::body::to_bytes(body, usize::MAX).await.unwrap_or_default();
-    out.clear();
+/// `HTTP/1.1 <status> <reason>`, the reason as hyper writes it (its
+/// canonical one), or `fallback` for a status without one.
+fn push_status(out: &mut Vec<u8>, status: u16, fallback: &str) {
     out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(parts.status.as_str().as_bytes());
+    out.extend_from_slice(itoa::Buffer::new().format(status).as_bytes());
     out.push(b' ');
-    out.extend_from_slice(parts.status.canonical_reason().unwrap_or("").as_bytes());
+    let reason = StatusCode::from_u16(status)
+        .ok()
+        .and_then(|code| code.canonical_reason())
+        .unwrap_or(fallback);
+    out.extend_from_slice(reason.as_bytes());
     out.extend_from_slice(b"\r\n");
-    for (name, value) in &parts.headers {
-        push_header(out, name.as_str().as_bytes(), value.as_bytes());
-    }
-    push_header(
-        out,
-        b"content-length",
-        itoa::Buffer::new().format(body.len()).as_bytes(),
-    );
-    push_header(out, b"date", httpdate::fmt_http_date(SystemTime::now()).as_bytes());
-    if close {
-        push_header(out, b"connection", b"close");
-    }
-    push_header(out, b"x-correlation-id", correlation.as_bytes());
-    out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(&body);
-    let written = client.write_all(out).await.is_ok();
-    (parts.status.as_u16(), written)
 }
 
 /// Writes `first` then `second` to `stream`, in one system call when the
