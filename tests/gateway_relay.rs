@@ -283,11 +283,16 @@ async fn read_answer(stream: &mut TcpStream, buffer: &mut Vec<u8>, to_head: bool
     answer
 }
 
+/// A new connection to the gateway at `url`.
+async fn connect(url: &str) -> TcpStream {
+    TcpStream::connect(url.trim_start_matches("http://"))
+        .await
+        .expect("the gateway accepts")
+}
+
 /// Sends `request` on a new connection to `gateway` and reads the answer.
 async fn ask(gateway: &str, request: &str) -> Answer {
-    let mut stream = TcpStream::connect(gateway.trim_start_matches("http://"))
-        .await
-        .expect("the gateway accepts");
+    let mut stream = connect(gateway).await;
     stream.write_all(request.as_bytes()).await.expect("the request is sent");
     let head_only = request.starts_with("HEAD ");
     tokio::time::timeout(
@@ -408,9 +413,7 @@ async fn the_fast_path_and_hypers_forward_and_answer_alike() {
 async fn connections_are_kept_at_both_ends_and_a_closed_one_is_not_reused() {
     let instance = instance().await;
     let gateway = gateway(&instance);
-    let mut stream = TcpStream::connect(gateway.url.trim_start_matches("http://"))
-        .await
-        .expect("the gateway accepts");
+    let mut stream = connect(&gateway.url).await;
     let mut buffer = Vec::new();
     let pipelined: String = (1..=3)
         .map(|n| format!("GET /raw/echo?n={n} HTTP/1.1\r\nhost: a\r\n\r\n"))
@@ -478,9 +481,7 @@ async fn requests_left_to_hyper_are_served_whole_and_a_stalled_answer_is_cut() {
     .await;
     assert_eq!((expecting.status, echoed(&expecting).2), (200, b"Dune".to_vec()));
 
-    let mut split = TcpStream::connect(gateway.url.trim_start_matches("http://"))
-        .await
-        .expect("the gateway accepts");
+    let mut split = connect(&gateway.url).await;
     split
         .write_all(b"POST /raw/echo HTTP/1.1\r\nhost: a\r\ncont")
         .await
@@ -493,9 +494,7 @@ async fn requests_left_to_hyper_are_served_whole_and_a_stalled_answer_is_cut() {
     // Five bytes of ten, then the instance says nothing: the client's
     // connection ends at the two-second timeout, the body short.
     let started = Instant::now();
-    let mut stalled = TcpStream::connect(gateway.url.trim_start_matches("http://"))
-        .await
-        .expect("the gateway accepts");
+    let mut stalled = connect(&gateway.url).await;
     stalled
         .write_all(b"GET /raw/stall HTTP/1.1\r\nhost: a\r\n\r\n")
         .await
