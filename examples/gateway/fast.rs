@@ -353,12 +353,12 @@ async fn exchange(
     gateway: &Gateway,
     upstreams: &Pool,
     request: &Incoming<'_>,
-    route: usize,
+    route_index: usize,
 ) -> Next {
     let started = Instant::now();
     let correlation = proxy::correlation_id(request.header(crate::api::CORRELATION_HEADER));
     let traceparent = proxy::trace(request.header(proxy::TRACEPARENT)).to_string();
-    let route = &gateway.routes[route];
+    let route = &gateway.routes[route_index];
     let relayed = relay(
         client,
         out,
@@ -388,6 +388,7 @@ async fn exchange(
     let answered = Answered {
         method: request.method,
         path: request.path,
+        route: Some(route_index),
         status,
         instance: instance.as_ref().map_or("-", |instance| instance.id.as_str()),
         correlation: &correlation,

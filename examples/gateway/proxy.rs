@@ -257,7 +257,8 @@ pub async fn forward(
     }
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
-    let mut response = match gateway.route(peer, &correlation, request).await {
+    let route = gateway.route_index(&path);
+    let mut response = match gateway.route(route, peer, &correlation, request).await {
         Ok(response) => response,
         Err(error) => error.into_response(),
     };
@@ -270,6 +271,7 @@ pub async fn forward(
         &Answered {
             method: method.as_str(),
             path: &path,
+            route,
             status: response.status().as_u16(),
             instance,
             correlation: &correlation,
@@ -286,6 +288,8 @@ pub(crate) struct Answered<'a> {
     pub method: &'a str,
     /// Without the query.
     pub path: &'a str,
+    /// The route that took it (an index into the routes), if one did.
+    pub route: Option<usize>,
     pub status: u16,
     /// The id of the instance that answered, `-` for the gateway itself.
     pub instance: &'a str,
@@ -314,10 +318,9 @@ impl Gateway {
             trace_id = answered.traceparent.get(3..35).unwrap_or("-"),
             us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX),
         );
-        let route = self.route_index(answered.path);
-        let prefix = route.map_or("none", |at| self.routes[at].prefix.as_str());
+        let prefix = answered.route.map_or("none", |at| self.routes[at].prefix.as_str());
         self.metrics
-            .record(route, prefix, answered.status, answered.instance, took);
+            .record(answered.route, prefix, answered.status, answered.instance, took);
     }
 }
 
@@ -417,12 +420,19 @@ impl Gateway {
         self.route_index(path).map(|at| self.routes[at].prefix.as_str())
     }
 
-    async fn route(&self, peer: SocketAddr, correlation: &HeaderValue, request: Request) -> Result<Response, ApiError> {
-        let path = request.uri().path();
-        let Some(route) = self.routes.iter().find(|route| route.takes(path)) else {
+    /// Forwards `request` by `route`, the index of the route that takes its
+    /// path (`None`: no route does, a 404).
+    async fn route(
+        &self,
+        route: Option<usize>,
+        peer: SocketAddr,
+        correlation: &HeaderValue,
+        request: Request,
+    ) -> Result<Response, ApiError> {
+        let Some(route) = route.map(|at| &self.routes[at]) else {
             return Err(ApiError::new(
                 StatusCode::NOT_FOUND,
-                format!("no service serves {path}"),
+                format!("no service serves {}", request.uri().path()),
             ));
         };
         let (mut parts, body) = request.into_parts();
