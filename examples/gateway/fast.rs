@@ -24,7 +24,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
 use axum::body::Bytes;
-use axum::http::{HeaderValue, StatusCode};
+use axum::http::{header, HeaderName, HeaderValue, StatusCode};
 use axum::response::IntoResponse;
 use axum::Router;
 use bookshelf::ServiceInstance;
@@ -307,16 +307,16 @@ fn answered_by_gateway(path: &str) -> bool {
 /// Headers of the client's request that the gateway sets itself, or that
 /// concern one connection only: not copied to the instance.
 fn not_forwarded(name: &str) -> bool {
-    const SET_HERE: [&str; 7] = [
-        "host",
-        "content-length",
-        crate::api::CORRELATION_HEADER,
-        proxy::TRACEPARENT,
-        "x-forwarded-for",
-        "x-forwarded-host",
-        "x-forwarded-proto",
+    const SET_HERE: [HeaderName; 7] = [
+        header::HOST,
+        header::CONTENT_LENGTH,
+        proxy::CORRELATION,
+        proxy::TRACE,
+        proxy::FORWARDED_FOR,
+        proxy::FORWARDED_HOST,
+        proxy::FORWARDED_PROTO,
     ];
-    SET_HERE.iter().any(|set| name.eq_ignore_ascii_case(set)) || hop_by_hop(name)
+    SET_HERE.iter().any(|set| name.eq_ignore_ascii_case(set.as_str())) || hop_by_hop(name)
 }
 
 /// The hop-by-hop headers of `proxy::HOP_BY_HOP`.
@@ -330,11 +330,6 @@ fn hop_by_hop(name: &str) -> bool {
 /// any answer came (RFC 9110, section 9.2.2).
 fn idempotent(method: &str) -> bool {
     matches!(method, "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE")
-}
-
-/// Text a header value may be as `HeaderValue::to_str` reads it.
-fn visible(value: &[u8]) -> bool {
-    value.iter().all(|&b| b == b'\t' || (b' '..=b'~').contains(&b))
 }
 
 fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
@@ -356,8 +351,8 @@ async fn exchange(
     route_index: usize,
 ) -> Next {
     let started = Instant::now();
-    let correlation = proxy::correlation_id(request.header(crate::api::CORRELATION_HEADER));
-    let traceparent = proxy::trace(request.header(proxy::TRACEPARENT)).to_string();
+    let correlation = proxy::correlation_id(request.header(proxy::CORRELATION.as_str()));
+    let traceparent = proxy::trace(request.header(proxy::TRACE.as_str())).to_string();
     let route = &gateway.routes[route_index];
     let relayed = relay(
         client,
@@ -437,19 +432,14 @@ fn write_request(
             push_header(out, header.name.as_bytes(), header.value);
         }
     }
-    push_header(out, b"x-correlation-id", correlation.as_bytes());
-    push_header(out, b"traceparent", traceparent.as_bytes());
-    out.extend_from_slice(b"x-forwarded-for: ");
-    if let Some(earlier) = request.header("x-forwarded-for").filter(|value| visible(value)) {
-        out.extend_from_slice(earlier);
-        out.extend_from_slice(b", ");
+    push_header(out, proxy::CORRELATION.as_str().as_bytes(), correlation.as_bytes());
+    push_header(out, proxy::TRACE.as_str().as_bytes(), traceparent.as_bytes());
+    let forwarded_for = proxy::forwarded_for(request.header(proxy::FORWARDED_FOR.as_str()), peer);
+    push_header(out, proxy::FORWARDED_FOR.as_str().as_bytes(), forwarded_for.as_bytes());
+    if let Some(host) = request.header(header::HOST.as_str()) {
+        push_header(out, proxy::FORWARDED_HOST.as_str().as_bytes(), host);
     }
-    out.extend_from_slice(proxy::address_text(peer.ip()).as_bytes());
-    out.extend_from_slice(b"\r\n");
-    if let Some(host) = request.header("host") {
-        push_header(out, b"x-forwarded-host", host);
-    }
-    push_header(out, b"x-forwarded-proto", b"http");
+    push_header(out, proxy::FORWARDED_PROTO.as_str().as_bytes(), b"http");
     // As hyper's client: a length for a body, and for the methods that
     // usually carry one even when empty.
     if !request.body.is_empty() || matches!(request.method, "POST" | "PUT" | "PATCH") {
@@ -775,10 +765,10 @@ async fn answer(
     if next == Next::Close {
         push_header(out, b"connection", b"close");
     }
-    if visible(instance.id.as_bytes()) {
+    if proxy::visible(instance.id.as_bytes()) {
         push_header(out, proxy::SERVED_BY_HEADER.as_bytes(), instance.id.as_bytes());
     }
-    push_header(out, b"x-correlation-id", correlation.as_bytes());
+    push_header(out, proxy::CORRELATION.as_str().as_bytes(), correlation.as_bytes());
     out.extend_from_slice(b"\r\n");
 
     // The head and what of the body came with it go out in one write.

@@ -35,7 +35,7 @@ impl Route {
     }
 
     /// `/books` takes `/books` and `/books/…`, not `/bookshop`; `/` takes all.
-    pub(crate) fn takes(&self, path: &str) -> bool {
+    fn takes(&self, path: &str) -> bool {
         match path.strip_prefix(&self.prefix) {
             Some(rest) => self.prefix.is_empty() || rest.is_empty() || rest.starts_with('/'),
             None => false,
@@ -214,7 +214,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 
 /// The headers the gateway reads or sets, as names made once.
 pub(crate) const CORRELATION: HeaderName = HeaderName::from_static(CORRELATION_HEADER);
-pub(crate) const SERVED_BY: HeaderName = HeaderName::from_static(SERVED_BY_HEADER);
+const SERVED_BY: HeaderName = HeaderName::from_static(SERVED_BY_HEADER);
 pub(crate) const TRACE: HeaderName = HeaderName::from_static(TRACEPARENT);
 pub(crate) const FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub(crate) const FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
@@ -493,10 +493,7 @@ impl Gateway {
         headers.remove(header::CONTENT_LENGTH);
         let host = headers.remove(header::HOST);
         headers.insert(CORRELATION, correlation.clone());
-        let forwarded_for = match headers.get(&FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-            Some(earlier) => format!("{earlier}, {}", peer.ip()),
-            None => address_text(peer.ip()),
-        };
+        let forwarded_for = forwarded_for(headers.get(&FORWARDED_FOR).map(HeaderValue::as_bytes), peer);
         if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
             headers.insert(FORWARDED_FOR, value);
         }
@@ -621,9 +618,34 @@ pub(crate) fn none_answered(service: &str, refused: &[String]) -> ApiError {
     }
 }
 
+/// The `x-forwarded-for` sent on: the caller's (`earlier`, when it is text
+/// as `HeaderValue::to_str` reads it) with `peer`'s address added.
+pub(crate) fn forwarded_for(earlier: Option<&[u8]>, peer: SocketAddr) -> String {
+    let address = address_text(peer.ip());
+    match earlier
+        .filter(|value| visible(value))
+        .and_then(|value| std::str::from_utf8(value).ok())
+    {
+        Some(earlier) => {
+            let mut text = String::with_capacity(earlier.len() + 2 + address.len());
+            text.push_str(earlier);
+            text.push_str(", ");
+            text.push_str(&address);
+            text
+        }
+        None => address,
+    }
+}
+
+/// Text a header value may be as `HeaderValue::to_str` reads it: visible
+/// ASCII, spaces and tabs.
+pub(crate) fn visible(value: &[u8]) -> bool {
+    value.iter().all(|&b| b == b'\t' || (b' '..=b'~').contains(&b))
+}
+
 /// `ip` as text; an IPv4 address without `format!`'s machinery, which took
 /// about 1,300 instructions per request.
-pub(crate) fn address_text(ip: std::net::IpAddr) -> String {
+fn address_text(ip: std::net::IpAddr) -> String {
     match ip {
         std::net::IpAddr::V4(v4) => {
             let mut text = String::with_capacity(15);
