@@ -335,7 +335,7 @@ fn loan_event(stream: &str, version: u64, payload: domain::LoanEvent) -> bookshe
         version: Version(version),
         position: bookshelf::Position(0),
         recorded_at: chrono::Utc::now(),
-        event_type: String::new(),
+        event_type: Default::default(),
         schema_version: 1,
         metadata: Metadata::default(),
         payload,

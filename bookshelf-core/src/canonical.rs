@@ -13,7 +13,7 @@
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use crate::envelope::EventId;
+use crate::envelope::{EventId, Metadata};
 
 /// The fields of an envelope before its metadata, and the text from the
 /// metadata's value on.
@@ -59,6 +59,32 @@ pub(crate) fn header(json: &str) -> Option<Header<'_>> {
         schema_version,
         rest: at.0,
     })
+}
+
+/// The metadata at the start of `rest` (what follows `"metadata":`), when it
+/// is in the form [`Metadata`]'s serializer writes it: its fields in their
+/// order, each only when set, strings without escapes, and no `extra`; and
+/// the text after it. `None` for anything else (the caller then reads the
+/// metadata with serde_json).
+pub(crate) fn metadata(rest: &str) -> Option<(Metadata, &str)> {
+    let mut at = Cursor(rest);
+    at.expect("{")?;
+    let mut metadata = Metadata::default();
+    let mut separator = "";
+    for (name, slot) in [
+        (r#""correlation_id":""#, &mut metadata.correlation_id),
+        (r#""causation_id":""#, &mut metadata.causation_id),
+        (r#""traceparent":""#, &mut metadata.traceparent),
+    ] {
+        let mut ahead = Cursor(at.0);
+        if ahead.expect(separator).is_some() && ahead.expect(name).is_some() {
+            *slot = Some(ahead.plain_string()?.to_owned());
+            at = ahead;
+            separator = ",";
+        }
+    }
+    at.expect("}")?;
+    Some((metadata, at.0))
 }
 
 /// The text not read yet.
@@ -109,6 +135,40 @@ mod tests {
         assert_eq!(header.schema_version, 1);
         assert_eq!(header.recorded_at.to_rfc3339(), "2026-11-22T17:00:00+00:00");
         assert_eq!(header.rest, r#"{},"payload":null}"#);
+    }
+
+    #[test]
+    fn reads_metadata_as_its_serializer_writes_it() {
+        let full = Metadata::correlated("req-7").caused_by("cmd-9");
+        let full = Metadata {
+            traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
+            ..full
+        };
+        let partial = Metadata {
+            causation_id: Some(String::new()),
+            ..Metadata::default()
+        };
+        for each in [Metadata::default(), Metadata::correlated("req-7"), partial, full] {
+            let written = format!("{},\"payload\":null}}", serde_json::to_string(&each).unwrap());
+            assert_eq!(metadata(&written), Some((each, r#","payload":null}"#)), "{written}");
+        }
+    }
+
+    #[test]
+    fn declines_metadata_in_any_other_form() {
+        for written in [
+            r#"{"correlation_id":"a","extra":{"user":"ann"}}"#, // extra: left to serde_json
+            r#"{"causation_id":"b","correlation_id":"a"}"#,     // order
+            r#"{"correlation_id":"a","correlation_id":"b"}"#,   // twice
+            r#"{"correlation_id":null}"#,                       // null
+            r#"{"correlation_id":"a\"b"}"#,                     // an escape
+            r#"{ "correlation_id":"a"}"#,                       // whitespace
+            r#"{"correlation_id":"a",}"#,                       // a trailing comma
+            r#"{"other":"a"}"#,                                 // a field it does not know
+            r#"null"#,
+        ] {
+            assert_eq!(metadata(written), None, "{written}");
+        }
     }
 
     #[test]

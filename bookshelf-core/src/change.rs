@@ -22,7 +22,7 @@ use tokio::sync::watch;
 
 use crate::aggregate::Aggregate;
 use crate::codec::{self, DomainEvent, EventCodec};
-use crate::envelope::{EventId, Metadata, NewEvent, Position, RecordedEvent, StreamId, Version};
+use crate::envelope::{EventId, EventType, Metadata, NewEvent, Position, RecordedEvent, StreamId, Version};
 use crate::projection::{ProjectionError, StoredView, ViewStore};
 use crate::repository::RetryPolicy;
 use crate::runner::{Progress, RunnerTask};
@@ -41,7 +41,7 @@ pub struct Change {
     /// The id of the event that made the change.
     pub event_id: EventId,
     /// The event's type name.
-    pub event_type: String,
+    pub event_type: EventType,
     /// The event's payload.
     pub event: Value,
     /// The state before, as JSON.

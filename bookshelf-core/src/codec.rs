@@ -44,7 +44,7 @@ use serde::{ser, Serialize};
 use serde_json::value::RawValue;
 use serde_json::Value;
 
-use crate::envelope::{Envelope, Metadata, Position, RecordedEvent, StreamId, Version};
+use crate::envelope::{Envelope, EventType, Metadata, Position, RecordedEvent, StreamId, Version};
 
 /// A domain event type: a serde enum whose variants are the event types.
 ///
@@ -136,7 +136,7 @@ pub enum DecodeError {
 #[derive(Debug)]
 pub struct EncodedEvent {
     /// The variant name.
-    pub event_type: String,
+    pub event_type: EventType,
     /// The current schema version of that type.
     pub schema_version: u32,
     /// The variant's content as JSON (`null` for a unit variant).
@@ -158,7 +158,7 @@ pub fn encode<E: DomainEvent>(event: &E) -> Result<EncodedEvent, EncodeError> {
     let event_type = match (written, name.get()) {
         (Ok(payload), Some(event_type)) if variant_names::<E>().contains(&event_type) => {
             return Ok(EncodedEvent {
-                event_type: event_type.to_owned(),
+                event_type: EventType::from_static(event_type),
                 schema_version: E::schema_version(event_type),
                 payload,
             })
@@ -577,9 +577,14 @@ impl<E: DomainEvent> EventCodec<E> {
         if !self.is_current(header.event_type, header.schema_version).ok()? {
             return None;
         }
-        let mut metadata = serde_json::Deserializer::from_str(header.rest).into_iter::<Metadata>();
-        let read = metadata.next()?.ok()?;
-        let after = &header.rest[metadata.byte_offset()..];
+        let (read, after) = match crate::canonical::metadata(header.rest) {
+            Some(read) => read,
+            None => {
+                let mut metadata = serde_json::Deserializer::from_str(header.rest).into_iter::<Metadata>();
+                let read = metadata.next()?.ok()?;
+                (read, &header.rest[metadata.byte_offset()..])
+            }
+        };
         let payload = after
             .strip_prefix(r#","payload":"#)?
             .trim_end_matches([' ', '\t', '\n', '\r'])
@@ -591,7 +596,7 @@ impl<E: DomainEvent> EventCodec<E> {
             version: Version(header.version),
             position: Position(header.position),
             recorded_at: header.recorded_at,
-            event_type: header.event_type.to_owned(),
+            event_type: header.event_type.into(),
             schema_version: header.schema_version,
             metadata: read,
             payload: event,
@@ -728,7 +733,7 @@ impl<'de, E: DomainEvent> Visitor<'de> for EnvelopeSeed<'_, '_, E> {
             }
         }
         let (mut event_id, mut stream_id, mut version, mut position) = (None, None, None, None);
-        let (mut recorded_at, mut event_type, mut schema_version) = (None, None::<String>, None);
+        let (mut recorded_at, mut event_type, mut schema_version) = (None, None::<EventType>, None);
         let (mut metadata, mut payload) = (None, None);
         while let Some(field) = map.next_key::<Field>()? {
             match field {
@@ -1127,6 +1132,8 @@ mod tests {
             fn the_fast_path_reads_what_the_general_path_reads(
                 stream in "\\PC{0,12}",
                 correlation in proptest::option::of("\\PC{0,8}"),
+                (causation, traceparent) in (proptest::option::of("\\PC{0,8}"), proptest::option::of("[0-9a-f-]{0,8}")),
+                extra in proptest::collection::btree_map("\\PC{0,4}", "\\PC{0,4}", 0..2),
                 event in any_event(),
                 (version, position) in (any::<u64>(), any::<u64>()),
                 nanos in 0u32..1_000_000_000,
@@ -1144,7 +1151,9 @@ mod tests {
                     schema_version: encoded.schema_version,
                     metadata: Metadata {
                         correlation_id: correlation,
-                        ..Metadata::default()
+                        causation_id: causation,
+                        traceparent,
+                        extra,
                     },
                     payload: encoded.payload,
                 };

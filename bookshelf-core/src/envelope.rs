@@ -30,33 +30,34 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
+use smol_str::SmolStr;
 use uuid::Uuid;
 
 /// The identity of one stream of events, usually `"<category>-<id>"`, such as
 /// `"book-42"`.
 ///
-/// Cloning is cheap: the text is shared.
+/// Cloning is cheap: an id of up to 23 bytes is kept inline (no allocation
+/// at all), a longer one is shared.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(transparent)]
-pub struct StreamId(Arc<str>);
+pub struct StreamId(SmolStr);
 
 impl<'de> Deserialize<'de> for StreamId {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        // One allocation, straight from the borrowed text where possible.
+        // Straight from the borrowed text where possible.
         let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
-        Ok(StreamId(Arc::from(&*text)))
+        Ok(StreamId(SmolStr::new(&*text)))
     }
 }
 
 impl StreamId {
     /// A stream id from its full text.
     pub fn new(id: impl AsRef<str>) -> Self {
-        StreamId(Arc::from(id.as_ref()))
+        StreamId(SmolStr::new(id))
     }
 
     /// The stream of one aggregate instance: `"<category>-<id>"`.
@@ -68,8 +69,8 @@ impl StreamId {
     /// assert_eq!(stream.category(), "book");
     /// ```
     pub fn for_aggregate(category: &str, id: &str) -> Self {
-        // Made for every command: short ids are put together on the stack,
-        // so that the `Arc` is the one allocation.
+        // Made for every command: short ids are put together on the stack
+        // and kept inline, with no allocation.
         let mut buffer = [0u8; 64];
         let length = category.len() + 1 + id.len();
         if let Some(text) = buffer.get_mut(..length) {
@@ -78,10 +79,10 @@ impl StreamId {
             tail[0] = b'-';
             tail[1..].copy_from_slice(id.as_bytes());
             if let Ok(text) = std::str::from_utf8(text) {
-                return StreamId(Arc::from(text));
+                return StreamId(SmolStr::new(text));
             }
         }
-        StreamId(Arc::from(format!("{category}-{id}")))
+        StreamId(SmolStr::from(format!("{category}-{id}")))
     }
 
     /// The full text of the id.
@@ -109,7 +110,7 @@ impl fmt::Display for StreamId {
 
 impl fmt::Debug for StreamId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "StreamId({:?})", &*self.0)
+        write!(f, "StreamId({:?})", self.0.as_str())
     }
 }
 
@@ -121,7 +122,125 @@ impl From<&str> for StreamId {
 
 impl From<String> for StreamId {
     fn from(id: String) -> Self {
-        StreamId(Arc::from(id))
+        StreamId(SmolStr::from(id))
+    }
+}
+
+/// The name of an event's type, such as `"BookRead"`: the variant of the
+/// event enum (see [`crate::codec`]).
+///
+/// It reads like a `&str` (it dereferences to one and compares equal to
+/// one). Cloning and creating one are cheap: a name of up to 23 bytes is
+/// kept inline, and the names [`crate::codec::encode`] writes are the
+/// enum's own static names, so neither allocates.
+///
+/// ```
+/// use bookshelf_core::EventType;
+/// let read = EventType::from("BookRead");
+/// assert_eq!(read, "BookRead");
+/// assert!(read.starts_with("Book"));
+/// assert_eq!(serde_json::to_string(&read)?, r#""BookRead""#);
+/// # Ok::<(), serde_json::Error>(())
+/// ```
+#[derive(Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct EventType(SmolStr);
+
+impl EventType {
+    /// An event type from a name known at compile time, without copying it.
+    pub const fn from_static(name: &'static str) -> Self {
+        EventType(SmolStr::new_static(name))
+    }
+
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for EventType {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        Ok(EventType(SmolStr::new(&*text)))
+    }
+}
+
+impl std::ops::Deref for EventType {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl AsRef<str> for EventType {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::borrow::Borrow<str> for EventType {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for EventType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for EventType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.0.as_str(), f)
+    }
+}
+
+impl From<&str> for EventType {
+    fn from(name: &str) -> Self {
+        EventType(SmolStr::new(name))
+    }
+}
+
+impl From<String> for EventType {
+    fn from(name: String) -> Self {
+        EventType(SmolStr::from(name))
+    }
+}
+
+impl From<EventType> for String {
+    fn from(name: EventType) -> Self {
+        name.0.into()
+    }
+}
+
+impl PartialEq<str> for EventType {
+    fn eq(&self, other: &str) -> bool {
+        self.0 == other
+    }
+}
+
+impl PartialEq<&str> for EventType {
+    fn eq(&self, other: &&str) -> bool {
+        self.0 == *other
+    }
+}
+
+impl PartialEq<String> for EventType {
+    fn eq(&self, other: &String) -> bool {
+        self.0 == *other
+    }
+}
+
+impl PartialEq<EventType> for str {
+    fn eq(&self, other: &EventType) -> bool {
+        self == other.as_str()
+    }
+}
+
+impl PartialEq<EventType> for &str {
+    fn eq(&self, other: &EventType) -> bool {
+        *self == other.as_str()
     }
 }
 
@@ -286,7 +405,7 @@ pub struct NewEvent {
     /// The event's id; a store may use it to recognise a retried append.
     pub event_id: EventId,
     /// The event type name, such as `"BookRead"`.
-    pub event_type: String,
+    pub event_type: EventType,
     /// The schema version of `payload`.
     pub schema_version: u32,
     /// Correlation, causation and free key-values.
@@ -311,7 +430,7 @@ pub struct Envelope<P> {
     #[serde(with = "crate::timestamp")]
     pub recorded_at: DateTime<Utc>,
     /// The event type name, such as `"BookRead"`.
-    pub event_type: String,
+    pub event_type: EventType,
     /// The schema version the payload was written with.
     pub schema_version: u32,
     /// Correlation, causation and free key-values.
@@ -433,5 +552,68 @@ mod tests {
         assert_eq!(StreamId::new("book-1-2").category(), "book");
         assert_eq!(StreamId::new("plain").category(), "plain");
         assert_eq!(StreamId::new("book-1-2").entity_id(), "1-2");
+    }
+
+    /// Any text, short (kept inline) or long (shared), and with characters
+    /// JSON must escape (read back through an owned string).
+    fn text() -> impl proptest::strategy::Strategy<Value = String> {
+        proptest::prop_oneof![
+            proptest::string::string_regex("[a-z0-9]{0,30}").expect("a valid pattern"),
+            proptest::string::string_regex("(?s).{0,80}").expect("a valid pattern"),
+        ]
+    }
+
+    fn hash_of<T: std::hash::Hash + ?Sized>(value: &T) -> u64 {
+        use std::hash::BuildHasher;
+        std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().hash_one(value)
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn stream_ids_of_any_length_keep_their_text(category in text(), id in text(), other in text()) {
+            let whole = format!("{category}-{id}");
+            let stream = StreamId::for_aggregate(&category, &id);
+            proptest::prop_assert_eq!(stream.as_str(), whole.as_str());
+            proptest::prop_assert_eq!(&stream, &StreamId::new(&whole));
+            proptest::prop_assert_eq!(&stream, &StreamId::from(whole.clone()));
+            let copy = stream.clone();
+            proptest::prop_assert_eq!(copy.as_str(), whole.as_str());
+            let json = serde_json::to_string(&stream).expect("a stream id serializes");
+            proptest::prop_assert_eq!(&json, &serde_json::to_string(&whole).expect("text serializes"));
+            proptest::prop_assert_eq!(&serde_json::from_str::<StreamId>(&json).expect("it reads back"), &stream);
+            let other = StreamId::new(&other);
+            proptest::prop_assert_eq!(stream.cmp(&other), whole.as_str().cmp(other.as_str()));
+            proptest::prop_assert_eq!(stream == other, whole == other.as_str());
+        }
+
+        #[test]
+        fn event_types_of_any_length_behave_as_their_text(name in text(), other in text()) {
+            let event_type = EventType::from(name.as_str());
+            proptest::prop_assert_eq!(event_type.as_str(), name.as_str());
+            proptest::prop_assert_eq!(&event_type, &EventType::from(name.clone()));
+            proptest::prop_assert!(event_type == name && event_type == *name.as_str() && name.as_str() == event_type);
+            proptest::prop_assert_eq!(String::from(event_type.clone()), name.clone());
+            proptest::prop_assert_eq!(event_type.to_string(), name.clone());
+            proptest::prop_assert_eq!(format!("{event_type:?}"), format!("{name:?}"));
+            // Hashes as its text, so maps keyed by it are looked up by `&str`.
+            proptest::prop_assert_eq!(hash_of(&event_type), hash_of(name.as_str()));
+            let json = serde_json::to_string(&event_type).expect("an event type serializes");
+            proptest::prop_assert_eq!(&json, &serde_json::to_string(&name).expect("text serializes"));
+            proptest::prop_assert_eq!(&serde_json::from_str::<EventType>(&json).expect("it reads back"), &event_type);
+            let other = EventType::from(other);
+            proptest::prop_assert_eq!(event_type.cmp(&other), name.as_str().cmp(other.as_str()));
+        }
+    }
+
+    #[test]
+    fn static_event_types_equal_those_made_from_text() {
+        let names: std::collections::HashSet<EventType> = [
+            EventType::from_static("BookAdded"),
+            EventType::from_static("AnEventTypeNameLongerThanInline"),
+        ]
+        .into();
+        assert!(names.contains("BookAdded"));
+        assert!(names.contains(&EventType::from(String::from("AnEventTypeNameLongerThanInline"))));
+        assert!(!names.contains("BookRead"));
     }
 }

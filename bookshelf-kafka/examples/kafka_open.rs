@@ -127,7 +127,7 @@ async fn fill(brokers: &str, topic: &str, events: u64, books: u64) -> Result<(),
             version: Version(n / books.max(1) + 1),
             position: Position(0),
             recorded_at: chrono::Utc::now(),
-            event_type: "BookRead".to_owned(),
+            event_type: "BookRead".into(),
             schema_version: 1,
             metadata: Metadata::default(),
             payload: serde_json::value::RawValue::from_string(format!(

@@ -54,7 +54,7 @@ pub mod headers {
 fn record_headers(event: &RecordedEvent, epoch: u64, topic: &str) -> OwnedHeaders {
     let mut fields: Vec<(String, String)> = vec![
         (headers::EVENT_ID.into(), event.event_id.to_string()),
-        (headers::EVENT_TYPE.into(), event.event_type.clone()),
+        (headers::EVENT_TYPE.into(), event.event_type.to_string()),
         (headers::SCHEMA_VERSION.into(), event.schema_version.to_string()),
         (headers::STREAM_ID.into(), event.stream_id.to_string()),
         (headers::VERSION.into(), event.version.to_string()),

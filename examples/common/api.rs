@@ -564,7 +564,7 @@ async fn get_book<S: EventStore>(
 fn event_resource(id: &str, event: &RecordedEvent) -> EventBody {
     EventBody {
         version: event.version.0,
-        event_type: event.event_type.clone(),
+        event_type: event.event_type.to_string(),
         schema_version: event.schema_version,
         recorded_at: json!(event.recorded_at),
         metadata: json!(event.metadata),
