@@ -7,7 +7,8 @@
 #    loaded with wrk (`GET /last-read`, keep-alive) directly, through nginx
 #    (Debian's package, one worker, keep-alive to the upstream, access log
 #    on, and set to send what the gateway sends: a correlation id, the
-#    caller's or its own, both ways, and X-Forwarded-For, -Host, -Proto) and
+#    caller's or its own, both ways, a traceparent continuing the caller's
+#    trace or starting one, and X-Forwarded-For, -Host, -Proto) and
 #    through the gateway (in-process discovery, balancing, correlation ids,
 #    limits, logging at its default level; `--threads 1`, one thread as
 #    nginx has one worker), then with the checking load
@@ -80,6 +81,15 @@ http {
         "" \$request_id;
         default \$http_x_correlation_id;
     }
+    # A W3C traceparent, as the gateway sends: the caller's trace continued
+    # under a new span id, or a new trace (ids from nginx's request id).
+    map \$request_id \$span_id {
+        "~(?<span>[0-9a-f]{16})\$" \$span;
+    }
+    map \$http_traceparent \$traceparent {
+        "~^00-(?<trace>[0-9a-f]{32})-[0-9a-f]{16}-(?<flags>[0-9a-f]{2})\$" "00-\$trace-\$span_id-\$flags";
+        default "00-\$request_id-\$span_id-01";
+    }
     server {
         listen 127.0.0.1:$port;
         location / {
@@ -87,6 +97,7 @@ http {
             proxy_http_version 1.1;
             proxy_set_header Connection "";
             proxy_set_header X-Correlation-Id \$correlation_id;
+            proxy_set_header traceparent \$traceparent;
             proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
             proxy_set_header X-Forwarded-Host \$host;
             proxy_set_header X-Forwarded-Proto \$scheme;
