@@ -19,11 +19,13 @@ use support::Service;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-/// The raw instance: its URL, and the connections on which it answered
-/// something other than `/health`.
+/// The raw instance: its URL, the connections on which it answered
+/// something other than `/health`, and the request lines of the requests
+/// it dropped unanswered.
 struct Instance {
     url: String,
     used: Arc<Mutex<BTreeSet<usize>>>,
+    dropped: Arc<Mutex<Vec<String>>>,
 }
 
 /// Reads one request (head and `content-length` body) from `stream`;
@@ -55,13 +57,15 @@ async fn read_request(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> Option<(S
 }
 
 /// Answers by path, on every connection, until the gateway closes it.
-async fn answer(mut stream: TcpStream, id: usize, used: Arc<Mutex<BTreeSet<usize>>>) {
+async fn answer(mut stream: TcpStream, id: usize, used: Arc<Mutex<BTreeSet<usize>>>, dropped: Arc<Mutex<Vec<String>>>) {
     let mut buffer = Vec::new();
+    let mut answered = 0;
     while let Some((path, head, body)) = read_request(&mut stream, &mut buffer).await {
         if path != "/health" {
             used.lock().unwrap().insert(id);
         }
         let route = path.split('?').next().unwrap_or_default();
+        answered += 1;
         let written = match route {
             "/health" => stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await,
             // The request as it arrived, with headers the gateway must not
@@ -115,6 +119,15 @@ async fn answer(mut stream: TcpStream, id: usize, used: Arc<Mutex<BTreeSet<usize
                 let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\ndone").await;
                 return;
             }
+            // On a connection that has answered before, closes it as the
+            // request arrives, unanswered: an instance that drops an idle
+            // connection just as the gateway reuses it. On a new one, 200.
+            "/raw/fresh-only" if answered > 1 => {
+                let line = String::from_utf8_lossy(&head);
+                dropped.lock().unwrap().push(line.lines().next().unwrap_or_default().to_owned());
+                return;
+            }
+            "/raw/fresh-only" => stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nfresh").await,
             // Five bytes of ten, then nothing.
             "/raw/stall" => {
                 let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nhello").await;
@@ -133,16 +146,17 @@ async fn instance() -> Instance {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("a free port");
     let url = format!("http://{}", listener.local_addr().expect("bound"));
     let used = Arc::new(Mutex::new(BTreeSet::new()));
-    let shared = Arc::clone(&used);
+    let dropped = Arc::new(Mutex::new(Vec::new()));
+    let (shared, shared_dropped) = (Arc::clone(&used), Arc::clone(&dropped));
     tokio::spawn(async move {
         for id in 0.. {
             let Ok((stream, _)) = listener.accept().await else {
                 return;
             };
-            tokio::spawn(answer(stream, id, Arc::clone(&shared)));
+            tokio::spawn(answer(stream, id, Arc::clone(&shared), Arc::clone(&shared_dropped)));
         }
     });
-    Instance { url, used }
+    Instance { url, used, dropped }
 }
 
 /// A gateway in front of `instance`, on `/raw`, with a two-second timeout.
@@ -450,6 +464,44 @@ async fn connections_are_kept_at_both_ends_and_a_closed_one_is_not_reused() {
             let answer = read_answer(&mut stream, &mut buffer, false).await;
             assert_eq!(answer.status, 200, "round {round}, {path}: {answer:?}");
         }
+    }
+    assert!(gateway.terminate(), "the gateway exits cleanly");
+}
+
+/// An instance may close a kept-alive connection just as the gateway sends
+/// a request on it. The fast path sends an idempotent request again, on a
+/// new connection; any other it answers with 502, and never sends twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_on_a_connection_closed_unanswered_is_retried_only_when_idempotent() {
+    let instance = instance().await;
+    let gateway = gateway(&instance);
+    let mut stream = connect(&gateway.url).await;
+    let mut buffer = Vec::new();
+    // A POST sent again would be answered 200 by the new connection. (It
+    // comes last: the gateway ejects an instance that failed a request.)
+    for (method, expected) in [("GET", 200), ("PUT", 200), ("POST", 502)] {
+        // A connection to the instance, answered once and back in the pool
+        // (given a moment to be put back).
+        stream
+            .write_all(b"GET /raw/echo HTTP/1.1\r\nhost: a\r\n\r\n")
+            .await
+            .expect("sent");
+        assert_eq!(read_answer(&mut stream, &mut buffer, false).await.status, 200);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let before = instance.dropped.lock().unwrap().len();
+        let request = format!("{method} /raw/fresh-only HTTP/1.1\r\nhost: a\r\ncontent-length: 0\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.expect("sent");
+        let answer = read_answer(&mut stream, &mut buffer, false).await;
+        assert_eq!(answer.status, expected, "{method}: {answer:?}");
+        if expected == 200 {
+            assert_eq!(answer.body, b"fresh", "{method}: answered on a new connection");
+        }
+        let dropped = instance.dropped.lock().unwrap()[before..].to_vec();
+        assert_eq!(
+            dropped,
+            vec![format!("{method} /raw/fresh-only HTTP/1.1")],
+            "{method}: dropped once on the reused connection"
+        );
     }
     assert!(gateway.terminate(), "the gateway exits cleanly");
 }

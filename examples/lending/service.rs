@@ -82,6 +82,10 @@ fn api_error(error: CommandError<LendingError>) -> ApiError {
 struct NewMember {
     /// 1 to 64 letters, digits or '-'.
     id: String,
+    /// 0 to 4,294,967,295.
+    // Spelled out: the `int32` format utoipa gives a `u32` would put the
+    // top half out of range.
+    #[schema(format = Int64, minimum = 0, maximum = 4294967295u64)]
     balance: u32,
 }
 
@@ -100,6 +104,8 @@ struct Reservation {
     /// correlation id.
     loan: String,
     member: String,
+    /// 0 to 4,294,967,295.
+    #[schema(format = Int64, minimum = 0, maximum = 4294967295u64)]
     fee: u32,
 }
 
