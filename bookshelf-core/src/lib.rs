@@ -151,7 +151,7 @@ pub mod view;
 pub use aggregate::Aggregate;
 pub use async_trait::async_trait;
 pub use codec::{DecodeError, DomainEvent, EncodeError, EventCodec, Upcasters};
-pub use discovery::{Balancer, Discovery, DiscoveryError, Health, InMemoryDiscovery, ServiceInstance, Watch};
+pub use discovery::{Balancer, Discovery, DiscoveryError, Health, InMemoryDiscovery, Picked, ServiceInstance, Watch};
 pub use envelope::{Envelope, EventId, EventType, Metadata, NewEvent, Position, RecordedEvent, StreamId, Version};
 pub use process::{CommandBus, Dispatch, DispatchError, ProcessManager, ProcessRunner, RunningProcess};
 pub use projection::{

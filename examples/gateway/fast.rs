@@ -27,7 +27,7 @@ use axum::body::Bytes;
 use axum::http::{header, HeaderName, HeaderValue, StatusCode};
 use axum::response::IntoResponse;
 use axum::Router;
-use bookshelf::ServiceInstance;
+use bookshelf::{Picked, ServiceInstance};
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
@@ -398,7 +398,7 @@ async fn exchange(
 /// the log and the metrics report, as `proxy::forward` does).
 struct Relayed {
     status: u16,
-    instance: ServiceInstance,
+    instance: Picked,
     next: Next,
     took: Duration,
 }
@@ -409,7 +409,7 @@ enum Failure {
     /// The client's connection must close: it went away, or the answer
     /// broke off, after the head came from the instance (its status, who
     /// gave it, and when it came).
-    Client(u16, ServiceInstance, Duration),
+    Client(u16, Picked, Duration),
 }
 
 /// The request as sent to `authority`: its head and body, in `out`.
@@ -523,7 +523,7 @@ async fn relay(
             Ok(connected) => connected,
             Err(error) => {
                 proxy::refuse(route, &instance, &error, limits.eject_for);
-                refused.push(instance.id);
+                refused.push(instance.id.clone());
                 continue;
             }
         };

@@ -535,7 +535,7 @@ impl Gateway {
                 Ok(Ok(upstream)) => return Ok(relay(upstream, &instance, self.limits.timeout)),
                 Ok(Err(error)) if error.is_connect() => {
                     refuse(route, &instance, &error, self.limits.eject_for);
-                    refused.push(instance.id);
+                    refused.push(instance.id.clone());
                 }
                 Err(_) => {
                     return Err(timed_out(service, &instance, self.limits.timeout));

@@ -41,7 +41,7 @@ use super::{Discovery, ServiceInstance};
 /// assert_ne!(first, second, "round robin");
 ///
 /// books.eject("books-1", Duration::from_secs(5)); // it refused a connection
-/// assert_eq!(books.pick().map(|i| i.id), Some("books-2".to_owned()));
+/// assert_eq!(books.pick().map(|i| i.id.clone()), Some("books-2".to_owned()));
 /// # Ok(()) }
 /// ```
 #[derive(Clone)]
@@ -135,20 +135,24 @@ impl Balancer {
     }
 
     /// The next instance in turn that is not ejected, or `None` when there is
-    /// none.
-    pub fn pick(&self) -> Option<ServiceInstance> {
+    /// none. Made for every call a gateway forwards, so it copies nothing:
+    /// the [`Picked`] shares the balancer's list.
+    pub fn pick(&self) -> Option<Picked> {
         let instances = self.instances();
         if instances.is_empty() {
             return None;
         }
-        let now = Instant::now();
-        let mut ejected = self.shared.lock_ejected();
-        ejected.retain(|_, until| *until > now);
         let start = self.shared.next.fetch_add(1, Ordering::Relaxed);
-        (0..instances.len())
-            .map(|offset| &instances[(start + offset) % instances.len()])
-            .find(|instance| !ejected.contains_key(&instance.id))
-            .cloned()
+        let mut ejected = self.shared.lock_ejected();
+        if !ejected.is_empty() {
+            let now = Instant::now();
+            ejected.retain(|_, until| *until > now);
+        }
+        let at = (0..instances.len())
+            .map(|offset| (start + offset) % instances.len())
+            .find(|&at| !ejected.contains_key(&instances[at].id))?;
+        drop(ejected);
+        Some(Picked { instances, at })
     }
 
     /// Leaves instance `id` out of [`pick`](Self::pick) for `period`, or
@@ -160,6 +164,36 @@ impl Balancer {
             .insert(id.to_owned(), Instant::now() + period);
     }
 }
+
+/// An instance [`Balancer::pick`] chose. It reads as the
+/// [`ServiceInstance`] (it dereferences to one) and shares the balancer's
+/// list instead of copying the instance out of it; cloning it is cheap.
+#[derive(Clone)]
+pub struct Picked {
+    instances: Arc<[ServiceInstance]>,
+    at: usize,
+}
+
+impl std::ops::Deref for Picked {
+    type Target = ServiceInstance;
+    fn deref(&self) -> &ServiceInstance {
+        &self.instances[self.at]
+    }
+}
+
+impl std::fmt::Debug for Picked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&**self, f)
+    }
+}
+
+impl PartialEq for Picked {
+    fn eq(&self, other: &Picked) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for Picked {}
 
 impl Shared {
     fn update(&self, list: Vec<ServiceInstance>) {
@@ -226,9 +260,17 @@ mod tests {
         seen.sort_unstable();
         assert_eq!(seen, [8001, 8001, 8002, 8002, 8003, 8003]);
 
+        // A picked instance is the one listed, and stays readable (it holds
+        // the list it came from) after the list changes.
+        let held: Vec<Picked> = (0..3).filter_map(|_| balancer.pick()).collect();
+        let listed: Vec<ServiceInstance> = balancer.instances().to_vec();
+        assert!(held.iter().all(|picked| listed.contains(&**picked)));
         discovery.set_health("books-2", Health::Critical);
         until_listed(&balancer, 2).await;
         assert!((0..10).filter_map(|_| balancer.pick()).all(|i| i.id != "books-2"));
+        let mut ids: Vec<&str> = held.iter().map(|picked| picked.id.as_str()).collect();
+        ids.sort_unstable();
+        assert_eq!(ids, ["books-1", "books-2", "books-3"]);
 
         discovery.deregister("books-1").await.unwrap();
         discovery.deregister("books-3").await.unwrap();
@@ -250,7 +292,7 @@ mod tests {
         assert_eq!(balancer.pick(), None, "every instance is ejected");
 
         tokio::time::sleep(Duration::from_millis(250)).await;
-        let mut ids: Vec<String> = (0..2).filter_map(|_| balancer.pick()).map(|i| i.id).collect();
+        let mut ids: Vec<String> = (0..2).filter_map(|_| balancer.pick()).map(|i| i.id.clone()).collect();
         ids.sort();
         assert_eq!(ids, ["books-1", "books-2"], "back in turn once their time is up");
 

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-pub use balancer::Balancer;
+pub use balancer::{Balancer, Picked};
 pub use memory::{Health, InMemoryDiscovery};
 
 /// One running instance of a service.
