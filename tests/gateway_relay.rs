@@ -174,6 +174,13 @@ fn gateway(instance: &Instance) -> Service {
     )
 }
 
+/// A raw instance, and a gateway in front of it.
+async fn started() -> (Instance, Service) {
+    let instance = instance().await;
+    let gateway = gateway(&instance);
+    (instance, gateway)
+}
+
 /// An answer as the client read it: chunked bodies decoded.
 #[derive(Debug)]
 struct Answer {
@@ -342,8 +349,7 @@ fn echoed(answer: &Answer) -> (String, BTreeSet<(String, String)>, Vec<u8>) {
 /// hyper in lower case.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_fast_path_and_hypers_forward_and_answer_alike() {
-    let instance = instance().await;
-    let gateway = gateway(&instance);
+    let (_instance, gateway) = started().await;
     let cases: [(&str, &str); 7] = [
         ("GET /raw/echo?x=1&y=%20 HTTP/1.1", ""),
         ("POST /raw/echo HTTP/1.1", "{\"title\":\"Dune\"}"),
@@ -425,8 +431,7 @@ async fn the_fast_path_and_hypers_forward_and_answer_alike() {
 /// for a request that may not be sent twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_are_kept_at_both_ends_and_a_closed_one_is_not_reused() {
-    let instance = instance().await;
-    let gateway = gateway(&instance);
+    let (instance, gateway) = started().await;
     let mut stream = connect(&gateway.url).await;
     let mut buffer = Vec::new();
     let pipelined: String = (1..=3)
@@ -473,8 +478,7 @@ async fn connections_are_kept_at_both_ends_and_a_closed_one_is_not_reused() {
 /// new connection; any other it answers with 502, and never sends twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_on_a_connection_closed_unanswered_is_retried_only_when_idempotent() {
-    let instance = instance().await;
-    let gateway = gateway(&instance);
+    let (instance, gateway) = started().await;
     let mut stream = connect(&gateway.url).await;
     let mut buffer = Vec::new();
     // A POST sent again would be answered 200 by the new connection. (It
@@ -512,8 +516,7 @@ async fn a_request_on_a_connection_closed_unanswered_is_retried_only_when_idempo
 /// timeout instead of hanging.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_left_to_hyper_are_served_whole_and_a_stalled_answer_is_cut() {
-    let instance = instance().await;
-    let gateway = gateway(&instance);
+    let (_instance, gateway) = started().await;
 
     let old = ask(&gateway.url, "GET /raw/echo?v=10 HTTP/1.0\r\nhost: a\r\n\r\n").await;
     assert_eq!(old.status, 200);
