@@ -4,7 +4,7 @@
 //! * `kafka_projection/bare_consume`: a plain rdkafka loop that reads every
 //!   record of the topic and touches its bytes, the ceiling;
 //! * `kafka_projection/projection`: the "last read books" view projected from
-//!   the same records by `KafkaProjection` (decode, fold, offsets);
+//!   the same records by the projection runner over a `KafkaLog` (decode, fold, offsets);
 //! * `kafka_append/*`: `KafkaStore::append` with acknowledgement: one event
 //!   per append, 100 events per append, and one-event appends from 8 writers
 //!   on 8 streams at once.
@@ -27,7 +27,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use books::{Book, BookCommand, BookEvent, Clock, LastRead};
-use bookshelf::kafka::{high_watermarks, KafkaConfig, KafkaProjection, KafkaStore};
+use bookshelf::kafka::{high_watermarks, KafkaConfig, KafkaLog, KafkaStore};
 use bookshelf::{
     codec, Envelope, EventId, EventStore, ExpectedVersion, Metadata, NewEvent, Position, Repository, StreamId, Version,
 };
@@ -171,12 +171,12 @@ fn kafka(c: &mut Criterion) {
     group.bench_function("projection", |b| {
         b.iter(|| {
             runtime.block_on(async {
-                let running = KafkaProjection::<LastRead>::new("last-read", config.clone())
-                    .start()
-                    .await
-                    .unwrap();
-                assert!(running.handle().wait_for(&ends).await);
-                let books = running.handle().read(LastRead::books);
+                let running =
+                    bookshelf::ProjectionRunner::<LastRead, _>::new("last-read", KafkaLog::new(config.clone()))
+                        .unknown_events(bookshelf::UnknownEvents::DeadLetter)
+                        .start();
+                running.wait_for(&ends).await.unwrap();
+                let books = running.read(LastRead::books);
                 running.stop().await.unwrap();
                 black_box(books)
             })

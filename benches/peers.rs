@@ -183,7 +183,7 @@ fn peers(c: &mut Criterion) {
                                 }
                             }
                             // The view caught up with every command.
-                            assert!(view.handle().wait_for(store.head().await.unwrap()).await);
+                            view.handle().wait_for(store.head().await.unwrap()).await.unwrap();
                             assert_eq!(view.handle().read(|v| v.0.len()), 5);
                             view.stop().await.unwrap();
                         })

@@ -153,7 +153,7 @@ fn projection(c: &mut Criterion) {
                     .persist_to(InMemoryViewStore::new())
                     .start();
                 let view = running.handle();
-                assert!(view.wait_for(Position(events)).await);
+                view.wait_for(Position(events)).await.unwrap();
                 let books = view.read(LastRead::books);
                 running.stop().await.unwrap();
                 black_box(books)

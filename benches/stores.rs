@@ -16,9 +16,9 @@ mod support;
 use std::hint::black_box;
 
 use books::{Book, BookEvent, Clock, LastRead};
-use bookshelf::store::{Durability, SqliteStore};
+use bookshelf::sqlite::{Durability, SqliteStore};
 use bookshelf::{
-    EventId, EventStore, ExpectedVersion, InMemoryStore, InMemoryViewStore, Metadata, NewEvent, Position,
+    EventId, EventSource, EventStore, ExpectedVersion, InMemoryStore, InMemoryViewStore, Metadata, NewEvent, Position,
     ProjectionRunner, Repository, StreamId,
 };
 use chrono::{TimeZone, Utc};
@@ -138,11 +138,11 @@ fn projection(c: &mut Criterion) {
     let mut group = c.benchmark_group("stores_projection");
     group.throughput(Throughput::Elements(events));
     group.sample_size(10);
-    async fn project<S: EventStore>(store: S, events: u64) {
+    async fn project<S: EventSource>(store: S, events: u64) {
         let running = ProjectionRunner::<LastRead, _>::new("last-read", store)
             .persist_to(InMemoryViewStore::new())
             .start();
-        assert!(running.handle().wait_for(Position(events)).await);
+        running.handle().wait_for(Position(events)).await.unwrap();
         black_box(running.handle().read(LastRead::books));
         running.stop().await.unwrap();
     }

@@ -4,7 +4,9 @@
 //! event stores, projections, discovery, and their in-memory
 //! implementations), and, behind features, the adapters:
 //!
-//! * feature `kafka`: [`kafka`], the event store and projections on Apache Kafka;
+//! * feature `sqlite` (on by default): [`sqlite`], the embedded event store,
+//!   saved views and SQL table views in one file;
+//! * feature `kafka`: [`kafka`], the event store and its log on Apache Kafka;
 //! * feature `consul`: [`consul`], service discovery on HashiCorp Consul;
 //! * feature `opentelemetry`: readers' spans join their event's trace, and
 //!   `otlp` exports spans to an OpenTelemetry collector.
@@ -24,6 +26,10 @@
 #![deny(missing_docs)]
 
 pub use bookshelf_core::*;
+
+/// Bookshelf on SQLite (feature `sqlite`, on by default).
+#[cfg(feature = "sqlite")]
+pub use bookshelf_sqlite as sqlite;
 
 /// Bookshelf on Apache Kafka (feature `kafka`).
 #[cfg(feature = "kafka")]

@@ -13,7 +13,7 @@ mod tables;
 
 use api::AuthorsQuery;
 use books::{Authors, BookEvent};
-use bookshelf::table::TableProjection;
+use bookshelf::sqlite::table::TableFold;
 use bookshelf::{codec, EventStore, ExpectedVersion, InMemoryStore, NewEvent, StreamId, View};
 
 /// Adds, reads, ratings and removals over 40 books by 6 authors.
@@ -54,10 +54,11 @@ async fn the_authors_table_answers_as_the_view_does() {
     let store = InMemoryStore::new();
     let mut in_memory = Authors::default();
     let path = dir.path().join("views.sqlite");
-    let table = TableProjection::new("authors", store.clone(), &path, tables::AuthorsTable)
+    let table = TableFold::open("authors", &path, tables::AuthorsTable)
+        .unwrap()
+        .follow(store.clone())
         .batch_size(7)
-        .start()
-        .unwrap();
+        .start();
     let mut removed = std::collections::HashSet::new();
     for (id, event) in events() {
         if removed.contains(&id) {
@@ -90,9 +91,9 @@ async fn the_authors_table_answers_as_the_view_does() {
         );
     }
     let head = store.head().await.unwrap();
-    assert!(table.handle().wait_for(head).await);
-    let sql = tables::AuthorsTableHandle(table.handle());
-    let view = api::AuthorsView(InMemoryView(in_memory.clone()));
+    table.handle().wait_for(head).await.unwrap();
+    let sql = tables::AuthorsTableHandle(table.reads().clone());
+    let view = api::AuthorsView(bookshelf::ViewState::new(in_memory.clone()));
     assert_eq!(sql.list(), view.list());
     assert!(!view.list().is_empty());
     for n in 0..7 {
@@ -103,20 +104,11 @@ async fn the_authors_table_answers_as_the_view_does() {
 
     // Started again: the rows and the checkpoint were kept; nothing is
     // applied twice.
-    let table = TableProjection::new("authors", store.clone(), &path, tables::AuthorsTable)
-        .start()
-        .unwrap();
-    assert!(table.handle().wait_for(head).await);
-    assert_eq!(tables::AuthorsTableHandle(table.handle()).list(), view.list());
+    let table = TableFold::open("authors", &path, tables::AuthorsTable)
+        .unwrap()
+        .follow(store.clone())
+        .start();
+    table.handle().wait_for(head).await.unwrap();
+    assert_eq!(tables::AuthorsTableHandle(table.reads().clone()).list(), view.list());
     table.stop().await.unwrap();
-}
-
-/// The in-memory view as the routes read it.
-#[derive(Clone)]
-struct InMemoryView(Authors);
-
-impl api::ViewReader<Authors> for InMemoryView {
-    fn read_view<R>(&self, query: impl FnOnce(&Authors) -> R) -> R {
-        query(&self.0)
-    }
 }

@@ -12,8 +12,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use books::{Book, BookCommand, Clock};
-use bookshelf::change::{change_stream, ChangeEvent, ChangeFeed, RunningFeed};
+use bookshelf::change::{change_stream, ChangeEvent, ChangeFeed};
 use bookshelf::process::ProcessRunner;
+use bookshelf::Running;
 use bookshelf::{
     EventCodec, EventStore, FileViewStore, InMemoryStore, InMemoryViewStore, Metadata, ProjectionRunner, Repository,
     Version,
@@ -28,12 +29,12 @@ fn add(n: usize) -> BookCommand {
     }
 }
 
-async fn settled(feed: &RunningFeed, writes: &InMemoryStore) {
+async fn settled(feed: &Running<()>, writes: &InMemoryStore) {
     let end = writes.head().await.unwrap();
     assert!(
         tokio::time::timeout(Duration::from_secs(5), feed.wait_for(end))
             .await
-            .unwrap_or(false),
+            .is_ok_and(|reached| reached.is_ok()),
         "the feed caught up"
     );
 }
@@ -146,7 +147,7 @@ async fn the_replica_catches_up_after_downtime_from_its_own_store() {
             .unwrap();
     }
     settled(&feed, &writes).await;
-    assert!(replica.handle().wait_for(changes.head().await.unwrap()).await);
+    replica.handle().wait_for(changes.head().await.unwrap()).await.unwrap();
     replica.stop().await.unwrap();
 
     // While the replica is down, books change and one goes.
@@ -162,7 +163,7 @@ async fn the_replica_catches_up_after_downtime_from_its_own_store() {
     settled(&feed, &writes).await;
 
     let replica = start_replica();
-    assert!(replica.handle().wait_for(changes.head().await.unwrap()).await);
+    replica.handle().wait_for(changes.head().await.unwrap()).await.unwrap();
     let mirrored = replica.handle().read(|r| r.books.clone());
     assert_eq!(mirrored.len(), 4);
     for n in 0..4 {
@@ -215,7 +216,8 @@ async fn two_notifiers_and_a_restarted_one_deliver_each_message_once() {
         .unwrap(); // none
     settled(&feed, &writes).await;
     let end = changes.head().await.unwrap();
-    assert!(a.wait_for(end).await && b.wait_for(end).await);
+    a.wait_for(end).await.unwrap();
+    b.wait_for(end).await.unwrap();
 
     let delivered = mailbox.delivered().unwrap();
     assert_eq!(delivered.len(), 5, "{delivered:#?}");
@@ -236,7 +238,7 @@ async fn two_notifiers_and_a_restarted_one_deliver_each_message_once() {
     // A notifier that lost its checkpoint reads everything again: still
     // nothing is delivered twice.
     let fresh = notifier(&InMemoryViewStore::new());
-    assert!(fresh.wait_for(end).await);
+    fresh.wait_for(end).await.unwrap();
     assert_eq!(mailbox.delivered().unwrap(), delivered);
     assert_eq!(mailbox.sent().unwrap().len(), 5, "none sent again");
     fresh.stop().await.unwrap();

@@ -16,7 +16,7 @@ use books::{Book, BookCommand, Clock};
 use bookshelf::change::{change_stream, ChangeFeed};
 use bookshelf::process::ProcessRunner;
 use bookshelf::{EventStore, Metadata, Repository, Version};
-use bookshelf_kafka::{high_watermarks, KafkaConfig, KafkaProjection, KafkaStore};
+use bookshelf_kafka::{high_watermarks, KafkaConfig, KafkaLog, KafkaStore};
 use consumers::{Mailbox, Notifier, Replica};
 use support::brokers;
 
@@ -57,9 +57,9 @@ async fn changes_flow_through_kafka_to_a_replica_and_notifiers() {
 
     let feed = ChangeFeed::<Book, _, _>::new(writes.clone(), changes.clone()).start();
     let end = ends(writes_config.clone()).await;
-    assert!(tokio::time::timeout(Duration::from_secs(30), feed.wait_for_ends(&end))
+    assert!(tokio::time::timeout(Duration::from_secs(30), feed.wait_for(&end))
         .await
-        .unwrap_or(false));
+        .is_ok_and(|reached| reached.is_ok()));
     let progress = feed.progress();
     assert_eq!(progress.len(), 3, "one entry per partition: {progress:?}");
     assert!(progress.values().all(|p| p.lag() == Some(0)), "{progress:?}");
@@ -71,9 +71,9 @@ async fn changes_flow_through_kafka_to_a_replica_and_notifiers() {
         .await
         .unwrap();
     let end = ends(writes_config.clone()).await;
-    assert!(tokio::time::timeout(Duration::from_secs(30), feed.wait_for_ends(&end))
+    assert!(tokio::time::timeout(Duration::from_secs(30), feed.wait_for(&end))
         .await
-        .unwrap_or(false));
+        .is_ok_and(|reached| reached.is_ok()));
     for (id, versions) in [("0", 2), ("1", 2), ("2", 2)] {
         let published = changes
             .read_stream(&change_stream("book", id), Version(1))
@@ -83,10 +83,9 @@ async fn changes_flow_through_kafka_to_a_replica_and_notifiers() {
     }
 
     // The replica: a view over the change topic, with its own offsets.
-    let replica = KafkaProjection::<Replica>::new("replica", changes_config.clone())
-        .start()
-        .await
-        .unwrap();
+    let replica = bookshelf::ProjectionRunner::<Replica, _>::new("replica", KafkaLog::new(changes_config.clone()))
+        .unknown_events(bookshelf::UnknownEvents::DeadLetter)
+        .start();
     let mailbox = Mailbox {
         dir: std::env::temp_dir().join(format!(
             "bookshelf-test-kafka-mailbox-{}",
@@ -101,9 +100,9 @@ async fn changes_flow_through_kafka_to_a_replica_and_notifiers() {
     let published = ends(changes_config.clone()).await;
     for notifier in &notifiers {
         assert!(
-            tokio::time::timeout(Duration::from_secs(30), notifier.wait_for_ends(&published))
+            tokio::time::timeout(Duration::from_secs(30), notifier.wait_for(&published))
                 .await
-                .unwrap_or(false)
+                .is_ok_and(|reached| reached.is_ok())
         );
     }
     let start = std::time::Instant::now();

@@ -8,10 +8,11 @@ mod domain;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bookshelf::process::{CommandBus, Dispatch, DispatchError, ProcessRunner, RunningProcess};
+use bookshelf::process::{CommandBus, Dispatch, DispatchError, ProcessRunner};
 use bookshelf::{
     async_trait, CommandError, EventStore, InMemoryStore, InMemoryViewStore, Metadata, Repository, StreamId, Version,
 };
+use bookshelf::{Running, ViewState};
 use domain::{
     Copy, CopyCommand, LendingBus, LendingError, LoanCommand, LoanProcess, Member, MemberCommand, MemberEvent, Step,
 };
@@ -88,7 +89,7 @@ async fn library() -> Library {
     Library { store, copies, members }
 }
 
-fn loans(library: &Library, bus: Faulty, saved: &InMemoryViewStore) -> RunningProcess<LoanProcess> {
+fn loans(library: &Library, bus: Faulty, saved: &InMemoryViewStore) -> Running<ViewState<LoanProcess>> {
     ProcessRunner::<LoanProcess, _, _>::new("loans", library.store.clone(), bus)
         .persist_to(saved.clone())
         .only_categories(["copy", "member"])
@@ -107,7 +108,7 @@ impl Library {
     }
 
     /// Waits until `loan` reaches `step`.
-    async fn until(&self, process: &RunningProcess<LoanProcess>, loan: &str, step: Step) {
+    async fn until(&self, process: &Running<ViewState<LoanProcess>>, loan: &str, step: Step) {
         tokio::time::timeout(Duration::from_secs(5), async {
             while process.read(|p| p.loans.get(loan).map(|l| l.step)) != Some(step) {
                 tokio::time::sleep(Duration::from_millis(5)).await;
@@ -321,7 +322,10 @@ async fn an_event_that_does_not_decode_is_set_aside_and_the_process_goes_on() {
 
     let letters = letters.letters();
     assert_eq!(letters.len(), 1);
-    assert_eq!(letters[0].event.stream_id.as_str(), "copy-broken");
+    assert_eq!(
+        letters[0].record.event().expect("an event").stream_id.as_str(),
+        "copy-broken"
+    );
     assert!(letters[0].reason.contains("CopyReserved"), "{}", letters[0].reason);
     process.stop().await.unwrap();
 }

@@ -52,7 +52,7 @@ async fn projection_peak_growth(store: &InMemoryStore) -> u64 {
     let running = ProjectionRunner::<LastRead, _>::new("last-read", store.clone())
         .persist_to(InMemoryViewStore::new())
         .start();
-    assert!(running.handle().wait_for(head).await);
+    running.handle().wait_for(head).await.unwrap();
     assert_eq!(running.handle().read(LastRead::books).len(), LastRead::LIMIT);
     running.stop().await.unwrap();
     status_kib("VmHWM:").saturating_sub(before)

@@ -12,7 +12,7 @@ mod books;
 mod support;
 
 use books::{BookEvent, LastRead};
-use bookshelf::store::SqliteStore;
+use bookshelf::sqlite::SqliteStore;
 use bookshelf::{
     codec, EventId, EventStore, ExpectedVersion, InMemoryViewStore, Metadata, NewEvent, ProjectionRunner, StreamId,
 };
@@ -57,7 +57,7 @@ async fn open_and_project_growth(path: &std::path::Path) -> u64 {
     let running = ProjectionRunner::<LastRead, _>::new("last-read", store.clone())
         .persist_to(InMemoryViewStore::new())
         .start();
-    assert!(running.handle().wait_for(head).await);
+    running.handle().wait_for(head).await.unwrap();
     assert_eq!(running.handle().read(LastRead::books).len(), LastRead::LIMIT);
     running.stop().await.unwrap();
     drop(store);

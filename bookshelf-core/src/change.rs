@@ -10,23 +10,23 @@
 //! published is not published again. Changes of one aggregate are in order
 //! in their stream, and in the output log.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tokio::sync::watch;
 
 use crate::aggregate::Aggregate;
-use crate::codec::{self, DomainEvent, EventCodec};
-use crate::envelope::{EventId, EventType, Metadata, NewEvent, Position, RecordedEvent, StreamId, Version};
+use crate::codec::DomainEvent;
+use crate::envelope::{EventId, EventType, Metadata, NewEvent, RecordedEvent, StreamId, Version};
 use crate::projection::{ProjectionError, StoredView, ViewStore};
-use crate::repository::RetryPolicy;
-use crate::runner::{Progress, RunnerTask};
-use crate::source::{Checkpoint, EventSource, PartitionProgress};
+use crate::retry::RetryPolicy;
+use crate::runner::{Batch, Fold, Runner};
+use crate::source::{Checkpoint, EventSource};
 use crate::store::{EventStore, ExpectedVersion, StoreError};
 
 /// One change of one aggregate.
@@ -75,9 +75,13 @@ pub fn change_stream(category: &str, id: &str) -> StreamId {
 /// (the next offset of every partition of `source`) after every
 /// `save_every` events, whenever it has caught up, and when stopped: a
 /// restart resumes there instead of reading `source` from its start. An
-/// event that does not decode is reported and left out: its change is
-/// missing, the next one follows. A publish that fails is tried again as
-/// the [`RetryPolicy`] says, then the feed stops (a restart resumes).
+/// event that does not decode is set aside in the runner's dead letters
+/// (see [`crate::runner`]): its change is missing, the next one follows. A
+/// publish that fails is tried again as the [`RetryPolicy`] says, then the
+/// feed stops (a restart resumes).
+///
+/// The feed is the one [`Runner`], named `CATEGORY.changes`, folding a
+/// [`ChangeFold`].
 ///
 /// ```
 /// # use bookshelf_core::change::{ChangeEvent, ChangeFeed, change_stream};
@@ -98,7 +102,7 @@ pub fn change_stream(category: &str, id: &str) -> StreamId {
 /// let feed = ChangeFeed::<Counter, _, _>::new(writes.clone(), changes.clone()).start();
 /// let counters = Repository::<Counter, _>::new(writes, ());
 /// let done = counters.execute("c1", &5, Metadata::default()).await?;
-/// assert!(feed.wait_for(done.position.unwrap().next()).await);
+/// feed.wait_for(done.position.unwrap().next()).await?;
 ///
 /// let published = changes.read_stream(&change_stream("counter", "c1"), Version(1)).await?;
 /// let ChangeEvent::Changed(change) = EventCodec::<ChangeEvent>::new().decode_envelope(&published[0])?.payload;
@@ -106,12 +110,16 @@ pub fn change_stream(category: &str, id: &str) -> StreamId {
 /// feed.stop().await?;
 /// # Ok(()) }
 /// ```
-pub struct ChangeFeed<A: Aggregate, S, O> {
-    source: S,
+pub type ChangeFeed<A, S, O> = Runner<ChangeFold<A, O>, S>;
+
+/// The fold of a [`ChangeFeed`]: each aggregate's state, and the changes
+/// published to the output store.
+pub struct ChangeFold<A: Aggregate, O> {
+    name: String,
     output: O,
-    codec: EventCodec<A::Event>,
-    batch_size: usize,
+    states: States<A>,
     save_every: u64,
+    unsaved: u64,
     saved: Option<SavedStates<A>>,
     retry: RetryPolicy,
 }
@@ -125,7 +133,7 @@ struct SavedStates<A> {
 /// Each aggregate's state and version, by stream.
 type States<A> = HashMap<StreamId, (A, Version)>;
 
-impl<A, S, O> ChangeFeed<A, S, O>
+impl<A, S, O> Runner<ChangeFold<A, O>, S>
 where
     A: Aggregate + Serialize,
     S: EventSource,
@@ -135,24 +143,29 @@ where
     /// in-memory store, a Kafka topic of any number of partitions), published
     /// to `output`.
     pub fn new(source: S, output: O) -> Self {
-        ChangeFeed {
-            source,
+        let name = format!("{}.changes", A::CATEGORY);
+        let fold = ChangeFold {
+            name: name.clone(),
             output,
-            codec: EventCodec::new(),
-            batch_size: 256,
+            states: HashMap::new(),
             save_every: 1_000,
+            unsaved: 0,
             saved: None,
             retry: RetryPolicy::attempts(10).with_backoff(Duration::from_millis(10)),
-        }
+        };
+        Runner::folding(name, source, fold)
+            .batch_size(256)
+            .only_category(A::CATEGORY)
     }
 
     /// Keeps every aggregate's state with the checkpoint in `store`, so that
     /// a restart resumes where the feed was.
+    #[must_use]
     pub fn persist_to(mut self, store: impl ViewStore) -> Self
     where
         A: DeserializeOwned,
     {
-        self.saved = Some(SavedStates {
+        self.fold.saved = Some(SavedStates {
             store: Arc::new(store),
             decode: |json| {
                 let saved: Vec<SavedState<A>> = serde_json::from_str(json)?;
@@ -167,93 +180,81 @@ where
 
     /// Saves after this many events (default 1,000), besides when caught up
     /// and when stopped.
+    #[must_use]
     pub fn save_every(mut self, events: u64) -> Self {
-        self.save_every = events.max(1);
+        self.fold.save_every = events.max(1);
         self
     }
 
-    /// How often, and after what pause, a failed publish is tried again
+    /// How often, and after what pauses, a failed publish is tried again
     /// before the feed stops (default: 10 times from 10 ms on).
+    #[must_use]
     pub fn retry(mut self, retry: RetryPolicy) -> Self {
-        self.retry = retry;
+        self.fold.retry = retry;
         self
     }
+}
 
-    /// Starts publishing as a task.
-    pub fn start(self) -> RunningFeed {
-        RunningFeed {
-            task: RunnerTask::spawn(|progress, stopped| self.run(progress, stopped)),
-        }
-    }
+#[async_trait]
+impl<A, O> Fold for ChangeFold<A, O>
+where
+    A: Aggregate + Serialize,
+    O: EventStore,
+{
+    type Event = A::Event;
+    type Reads = ();
 
-    async fn run(
-        self,
-        progress: watch::Sender<Progress>,
-        mut stop: watch::Receiver<bool>,
-    ) -> Result<(), ProjectionError> {
-        let (mut states, mut checkpoint) = self.restore().await?;
-        let mut follower = self.source.follow(&checkpoint).await?;
-        Progress {
-            checkpoint: checkpoint.clone(),
-            ends: follower.ends(),
-        }
-        .report(&self.name(), &progress);
-        let mut batch = Vec::with_capacity(self.batch_size);
-        let mut unsaved = 0u64;
-        let outcome = loop {
-            tokio::select! {
-                biased;
-                _ = stop.changed() => break Ok(()),
-                next = follower.next_batch(&mut batch, self.batch_size) => if let Err(error) = next {
-                    break Err(error.into());
-                },
-            }
-            let caught_up = batch.len() < self.batch_size;
-            for record in batch.drain(..) {
-                if let Some(event) = record.event.as_ref().filter(|e| e.stream_id.category() == A::CATEGORY) {
-                    let span = crate::trace::event_span(&self.name(), &event.event_type, &event.metadata);
-                    tracing::Instrument::instrument(self.change(&mut states, event), span).await?;
-                    unsaved += 1;
-                }
-                checkpoint.set(&record.partition, record.mark);
-            }
-            if unsaved >= self.save_every || (caught_up && unsaved > 0) {
-                self.save(&states, &checkpoint).await?;
-                unsaved = 0;
-            }
-            Progress {
-                checkpoint: checkpoint.clone(),
-                ends: follower.ends(),
-            }
-            .report(&self.name(), &progress);
-        };
-        if unsaved > 0 {
-            self.save(&states, &checkpoint).await?;
-        }
-        outcome
-    }
+    fn reads(&self) {}
 
-    async fn restore(&self) -> Result<(States<A>, Checkpoint), ProjectionError> {
+    async fn restore(&mut self) -> Result<Checkpoint, ProjectionError> {
         let Some(saved) = &self.saved else {
-            return Ok((HashMap::new(), Checkpoint::new()));
+            return Ok(Checkpoint::new());
         };
         match saved.store.load().await? {
             Some(stored) => {
-                let states = (saved.decode)(stored.state.get()).map_err(|source| ProjectionError::SavedState {
-                    projection: self.name(),
+                self.states = (saved.decode)(stored.state.get()).map_err(|source| ProjectionError::SavedState {
+                    projection: self.name.clone(),
                     source,
                 })?;
-                Ok((states, Checkpoint::from_saved(stored.checkpoint, &stored.offsets)))
+                Ok(Checkpoint::from_saved(stored.checkpoint, &stored.offsets))
             }
-            None => Ok((HashMap::new(), Checkpoint::new())),
+            None => Ok(Checkpoint::new()),
         }
     }
 
-    async fn save(&self, states: &States<A>, checkpoint: &Checkpoint) -> Result<(), ProjectionError> {
+    async fn apply(&mut self, batch: Batch<'_, A::Event>) -> Result<(), ProjectionError> {
+        for decoded in batch.events.drain(..) {
+            let record = &decoded.record;
+            let span = crate::trace::event_span(&self.name, &record.event_type, &record.metadata);
+            tracing::Instrument::instrument(self.change(record, &decoded.event.payload), span).await?;
+            self.unsaved += 1;
+        }
+        if self.unsaved >= self.save_every || (batch.caught_up && self.unsaved > 0) {
+            self.save(batch.to).await?;
+            self.unsaved = 0;
+        }
+        Ok(())
+    }
+
+    async fn stop(&mut self, at: &Checkpoint) -> Result<(), ProjectionError> {
+        if self.unsaved > 0 {
+            self.save(at).await?;
+        }
+        Ok(())
+    }
+}
+
+impl<A, O> ChangeFold<A, O>
+where
+    A: Aggregate + Serialize,
+    O: EventStore,
+{
+    async fn save(&self, checkpoint: &Checkpoint) -> Result<(), ProjectionError> {
         let Some(saved) = &self.saved else {
             return Ok(());
         };
-        let list: Vec<SavedStateRef<'_, A>> = states
+        let list: Vec<SavedStateRef<'_, A>> = self
+            .states
             .iter()
             .map(|(stream, (state, version))| SavedStateRef {
                 stream: stream.as_str(),
@@ -274,27 +275,17 @@ where
         Ok(())
     }
 
-    /// Folds `record` into its aggregate's state and publishes the change.
-    async fn change(&self, states: &mut States<A>, record: &RecordedEvent) -> Result<(), ProjectionError> {
-        let event = match self
-            .codec
-            .decode(&record.event_type, record.schema_version, &record.payload)
-        {
-            Ok(event) => event,
-            Err(error) => {
-                tracing::error!(stream = %record.stream_id, version = %record.version, %error,
-                    "an event that does not decode is left out of the changes");
-                return Ok(());
-            }
-        };
-        let (state, version) = states.entry(record.stream_id.clone()).or_default();
+    /// Folds `record` (decoded as `event`) into its aggregate's state and
+    /// publishes the change.
+    async fn change(&mut self, record: &RecordedEvent, event: &A::Event) -> Result<(), ProjectionError> {
+        let (state, version) = self.states.entry(record.stream_id.clone()).or_default();
         if record.version <= *version {
             return Ok(()); // folded before the checkpoint saved with this state
         }
-        let before = serde_json::to_value(&*state).map_err(|e| self.serialize_error(e))?;
-        state.apply(&event);
+        let before = serde_json::to_value(&*state).map_err(|e| serialize_error(&self.name, e))?;
+        state.apply(event);
         *version = record.version;
-        let after = serde_json::to_value(&*state).map_err(|e| self.serialize_error(e))?;
+        let after = serde_json::to_value(&*state).map_err(|e| serialize_error(&self.name, e))?;
         let change = Change {
             aggregate: A::CATEGORY.to_owned(),
             id: record.stream_id.entity_id().to_owned(),
@@ -307,19 +298,20 @@ where
             recorded_at: record.recorded_at,
             metadata: record.metadata.clone(),
         };
+        let mut delays = self.retry.delays();
         let mut attempt = 1;
-        let mut backoff = self.retry.backoff;
         loop {
             match self.publish(&change).await {
                 Ok(()) => return Ok(()),
-                Err(error) if attempt < self.retry.max_attempts => {
-                    tracing::warn!(stream = %record.stream_id, version = %record.version, %error, attempt,
-                        "could not publish a change; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = backoff.saturating_mul(2);
-                    attempt += 1;
-                }
-                Err(error) => return Err(error),
+                Err(error) => match delays.next() {
+                    Some(delay) => {
+                        tracing::warn!(stream = %record.stream_id, version = %record.version, %error, attempt,
+                            "could not publish a change; retrying");
+                        tokio::time::sleep(delay).await;
+                        attempt += 1;
+                    }
+                    None => return Err(error),
+                },
             }
         }
     }
@@ -337,16 +329,8 @@ where
         } else {
             ExpectedVersion::Exact(published)
         };
-        let metadata = change.metadata.clone();
-        let encoded =
-            codec::encode(&ChangeEvent::Changed(change.clone())).map_err(|e| ProjectionError::Task(e.to_string()))?;
-        let event = NewEvent {
-            event_id: EventId::new(),
-            event_type: encoded.event_type,
-            schema_version: encoded.schema_version,
-            metadata,
-            payload: encoded.payload,
-        };
+        let event = NewEvent::encode(&ChangeEvent::Changed(change.clone()), change.metadata.clone())
+            .map_err(|e| ProjectionError::Task(e.to_string()))?;
         match self.output.append(&stream, expected, vec![event]).await {
             Ok(_) => Ok(()),
             // Another feed published it first.
@@ -355,15 +339,15 @@ where
         }
     }
 
-    fn name(&self) -> String {
-        format!("{}.changes", A::CATEGORY)
-    }
-
     fn serialize_error(&self, source: serde_json::Error) -> ProjectionError {
-        ProjectionError::Serialize {
-            projection: self.name(),
-            source,
-        }
+        serialize_error(&self.name, source)
+    }
+}
+
+fn serialize_error(name: &str, source: serde_json::Error) -> ProjectionError {
+    ProjectionError::Serialize {
+        projection: name.to_owned(),
+        source,
     }
 }
 
@@ -380,45 +364,4 @@ struct SavedStateRef<'a, A> {
     stream: &'a str,
     version: Version,
     state: &'a A,
-}
-
-/// A running [`ChangeFeed`].
-pub struct RunningFeed {
-    task: RunnerTask,
-}
-
-impl RunningFeed {
-    /// Waits until the changes of every event before `position` were
-    /// published, or the feed ended; returns whether the position was reached.
-    pub async fn wait_for(&self, position: Position) -> bool {
-        self.task.wait_for(position).await
-    }
-
-    /// Waits until the changes of every record before `ends` (the next
-    /// offset of each partition, keyed as the source names them) were
-    /// published, or the feed ended; returns whether they were reached.
-    pub async fn wait_for_ends(&self, ends: &BTreeMap<String, u64>) -> bool {
-        self.task.wait_for_ends(ends).await
-    }
-
-    /// Each partition's position (as saved with the states) and end as last
-    /// seen, and so the lag.
-    pub fn progress(&self) -> BTreeMap<String, PartitionProgress> {
-        self.task.progress()
-    }
-
-    /// Resolves once the feed has ended: it failed (a command still
-    /// unavailable after its retries, a store that failed), or was stopped.
-    /// [`stop`](Self::stop) then returns why.
-    pub async fn ended(&self) {
-        self.task.ended().await
-    }
-
-    /// Stops the feed.
-    ///
-    /// # Errors
-    /// What stopped the feed before.
-    pub async fn stop(self) -> Result<(), ProjectionError> {
-        self.task.stop().await
-    }
 }

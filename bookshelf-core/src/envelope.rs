@@ -414,6 +414,40 @@ pub struct NewEvent {
     pub payload: Box<RawValue>,
 }
 
+impl NewEvent {
+    /// `event`, encoded by its type's codec (see [`crate::codec::encode`]),
+    /// under a new id, with `metadata`.
+    ///
+    /// ```
+    /// use bookshelf_core::{DomainEvent, Metadata, NewEvent};
+    /// #[derive(serde::Serialize, serde::Deserialize)]
+    /// enum BookEvent { BookRead { title: String } }
+    /// impl DomainEvent for BookEvent {}
+    ///
+    /// let event = NewEvent::encode(&BookEvent::BookRead { title: "Dune".into() }, Metadata::correlated("req-1"))?;
+    /// assert_eq!(event.event_type, "BookRead");
+    /// assert_eq!(event.payload.get(), r#"{"title":"Dune"}"#);
+    /// # Ok::<(), bookshelf_core::EncodeError>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`EncodeError`](crate::EncodeError) when the event is not an enum
+    /// variant or does not serialize.
+    pub fn encode<E: crate::codec::DomainEvent>(
+        event: &E,
+        metadata: Metadata,
+    ) -> Result<NewEvent, crate::codec::EncodeError> {
+        let encoded = crate::codec::encode(event)?;
+        Ok(NewEvent {
+            event_id: EventId::new(),
+            event_type: encoded.event_type,
+            schema_version: encoded.schema_version,
+            metadata,
+            payload: encoded.payload,
+        })
+    }
+}
+
 /// An event with everything around it. `P` is the payload: raw JSON as
 /// stored ([`RecordedEvent`]) or a decoded domain event.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -9,9 +9,9 @@
 //! other.
 //!
 //! This crate holds the traits, the runtime, and in-memory implementations of
-//! everything: enough to build and test a whole system in one process. The
-//! `bookshelf-kafka` and `bookshelf-consul` crates run the same code on Kafka
-//! and Consul.
+//! everything: enough to build and test a whole system in one process. It
+//! compiles no C code. The `bookshelf-sqlite`, `bookshelf-kafka` and
+//! `bookshelf-consul` crates run the same code on SQLite, Kafka and Consul.
 //!
 //! ## A bookshelf in forty lines
 //!
@@ -85,8 +85,8 @@
 //! let refused = books.execute("2", &BookCommand::MarkRead, Metadata::default()).await;
 //! assert!(refused.is_err());
 //!
-//! last_read.handle().wait_for(store.head().await?).await;
-//! assert_eq!(last_read.handle().read(|view| view.titles.clone()), ["Dune"]);
+//! last_read.wait_for(store.head().await?).await?;
+//! assert_eq!(last_read.read(|view| view.titles.clone()), ["Dune"]);
 //! last_read.stop().await?;
 //! # Ok(())
 //! # }
@@ -100,8 +100,11 @@
 //! | domain events to JSON and back, upcasting | [`codec`] | [`DomainEvent`], [`EventCodec`], [`Upcasters`] |
 //! | the write side | [`aggregate`], [`repository`], [`snapshot`] | [`Aggregate`], [`Repository`], [`RetryPolicy`], [`SnapshotStore`] |
 //! | the event store | [`store`] | [`EventStore`], [`ExpectedVersion`], [`Subscription`], [`InMemoryStore`] |
-//! | the read side | [`view`], [`projection`], `table` (feature `sqlite`: views as SQL tables) | [`View`], [`ProjectionRunner`], [`ViewStore`], [`DeadLetters`] |
+//! | the read side: views in memory, saved with their checkpoint | [`view`], [`projection`] | [`View`], [`ProjectionRunner`], [`ViewStore`] |
 //! | following a log of one or many partitions from a checkpoint | [`source`] | [`EventSource`], [`Checkpoint`], [`Follower`] |
+//! | the one follow loop of every reader, and its handle | [`runner`] | [`Runner`], [`Fold`], [`Handle`], [`Running`] |
+//! | what readers set aside | [`dead_letter`] | [`DeadLetters`], [`DeadLetter`], [`InMemoryDeadLetters`] |
+//! | the one backoff of every retry loop | [`retry`] | [`RetryPolicy`] |
 //! | long-running processes (sagas), compensation, idempotency keys | [`process`] | [`ProcessManager`], [`ProcessRunner`], [`CommandBus`], [`Repository::execute_once`] |
 //! | change events with the state before and after | [`change`] | [`change::ChangeFeed`], [`change::Change`] |
 //! | service discovery, client-side balancing | [`discovery`] | [`Discovery`], [`ServiceInstance`], [`InMemoryDiscovery`], [`Balancer`] |
@@ -118,9 +121,11 @@
 //! * The [`InMemoryStore`]'s subscriptions deliver every event from their
 //!   start position once, in one global order, with no gap between stored and
 //!   live events, and hold no queue: a slow subscriber costs no memory.
-//! * A projection saves its checkpoint with its state, so that after a crash
-//!   each event is reflected exactly once; undecodable events are dead-lettered,
-//!   never dropped silently ([`projection`]).
+//! * Every reader of a log (a view, tables, a process manager, a change
+//!   feed) runs on one [`Runner`], which saves its checkpoint with its state,
+//!   so that after a crash each event is reflected exactly once; undecodable
+//!   events and unreadable records are dead-lettered, never dropped silently
+//!   ([`runner`]).
 //! * Nothing here panics on bad input: stored JSON, payloads and requests
 //!   come back as typed errors.
 
@@ -131,17 +136,17 @@ pub mod aggregate;
 mod canonical;
 pub mod change;
 pub mod codec;
+pub mod dead_letter;
 pub mod discovery;
 pub mod envelope;
 pub mod process;
 pub mod projection;
 pub mod repository;
-mod runner;
+pub mod retry;
+pub mod runner;
 pub mod snapshot;
 pub mod source;
 pub mod store;
-#[cfg(feature = "sqlite")]
-pub mod table;
 pub mod telemetry;
 pub mod testing;
 pub mod timestamp;
@@ -151,16 +156,18 @@ pub mod view;
 pub use aggregate::Aggregate;
 pub use async_trait::async_trait;
 pub use codec::{DecodeError, DomainEvent, EncodeError, EventCodec, Upcasters};
+pub use dead_letter::{DeadLetter, DeadLetters, InMemoryDeadLetters, Poison};
 pub use discovery::{Balancer, Discovery, DiscoveryError, Health, InMemoryDiscovery, Picked, ServiceInstance, Watch};
 pub use envelope::{Envelope, EventId, EventType, Metadata, NewEvent, Position, RecordedEvent, StreamId, Version};
-pub use process::{CommandBus, Dispatch, DispatchError, ProcessManager, ProcessRunner, RunningProcess};
+pub use process::{CommandBus, Dispatch, DispatchError, ProcessFold, ProcessManager, ProcessRunner};
 pub use projection::{
-    DeadLetter, DeadLetters, FileViewStore, InMemoryDeadLetters, InMemoryViewStore, ProjectionError, ProjectionHandle,
-    ProjectionRunner, RestoredView, RunningProjection, StoredView, UnknownEvents, ViewPersistence, ViewStore,
-    ViewStoreError,
+    FileViewStore, InMemoryViewStore, ProjectionError, ProjectionRunner, RestoredView, StoredView, ViewFold,
+    ViewPersistence, ViewStore, ViewStoreError,
 };
-pub use repository::{CommandError, Committed, Loaded, Repository, RetryPolicy, IDEMPOTENCY_KEY};
+pub use repository::{CommandError, Committed, Loaded, Repository, IDEMPOTENCY_KEY};
+pub use retry::RetryPolicy;
+pub use runner::{Batch, Decoded, Ended, Fold, Handle, Runner, Running, UnknownEvents, Until, ViewState};
 pub use snapshot::{InMemorySnapshots, Snapshot, SnapshotStore};
-pub use source::{Checkpoint, EventSource, Followed, Follower, GlobalLog, Mark, PartitionProgress};
+pub use source::{Checkpoint, EventSource, Followed, Follower, GlobalLog, Mark, PartitionProgress, RawRecord, Record};
 pub use store::{AppendOutcome, EventStore, ExpectedVersion, InMemoryStore, StoreError, Subscription};
 pub use view::View;

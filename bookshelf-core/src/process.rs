@@ -24,25 +24,20 @@
 //! honours it (see [`Repository::execute_once`](crate::Repository::execute_once)).
 
 use std::collections::VecDeque;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tokio::sync::watch;
 
-use crate::codec::{DecodeError, DomainEvent, EventCodec};
-use crate::envelope::RecordedEvent;
-use crate::envelope::{Envelope, Metadata, Position};
-use crate::projection::{
-    set_aside, DeadLetters, InMemoryDeadLetters, InMemoryViewStore, ProjectionError, StoredView, ViewStore,
-};
-use crate::repository::RetryPolicy;
-use crate::runner::{Progress, RunnerTask};
-use crate::source::{Checkpoint, EventSource, PartitionProgress};
-use std::collections::BTreeMap;
+use crate::codec::DomainEvent;
+use crate::envelope::{Envelope, Metadata};
+use crate::projection::{InMemoryViewStore, ProjectionError, StoredView, ViewStore};
+use crate::retry::RetryPolicy;
+use crate::runner::{Batch, Fold, Runner, ViewState};
+use crate::source::{Checkpoint, EventSource};
 
 /// A command a process manager sends, with the key that makes sending it
 /// twice harmless.
@@ -125,7 +120,7 @@ pub trait ProcessManager: Default + Clone + Serialize + DeserializeOwned + Send 
     }
 }
 
-/// Runs a [`ProcessManager`] over an event store.
+/// The runner of a [`ProcessManager`]: [`Runner`] folding a [`ProcessFold`].
 ///
 /// ```
 /// # use bookshelf_core::process::*;
@@ -158,244 +153,186 @@ pub trait ProcessManager: Default + Clone + Serialize + DeserializeOwned + Send 
 /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let store = InMemoryStore::new();
 /// let shipping = ProcessRunner::<Shipping, _, _>::new("shipping", store.clone(), Printer).start();
-/// let encoded = codec::encode(&Ev::Ordered { n: 1 })?;
-/// let event = NewEvent {
-///     event_id: EventId::new(),
-///     event_type: encoded.event_type,
-///     schema_version: encoded.schema_version,
-///     metadata: Metadata::default(),
-///     payload: encoded.payload,
-/// };
+/// let event = NewEvent::encode(&Ev::Ordered { n: 1 }, Metadata::default())?;
 /// let written = store.append(&StreamId::new("order-1"), ExpectedVersion::Any, vec![event]).await?;
-/// assert!(shipping.wait_for(written.last_position.next()).await);
+/// shipping.wait_for(written.last_position.next()).await?;
 /// assert_eq!(shipping.read(|s| s.shipped), 1);
 /// shipping.stop().await?;
 /// # Ok(()) }
 /// ```
-pub struct ProcessRunner<P: ProcessManager, S, B> {
+pub type ProcessRunner<P, S, B> = Runner<ProcessFold<P, B>, S>;
+
+/// A [`ProcessManager`] folded by a [`Runner`]: its commands sent through a
+/// [`CommandBus`], its state saved with its checkpoint in a [`ViewStore`]
+/// once the commands of an event went through, and after every batch.
+pub struct ProcessFold<P, B> {
     name: String,
-    source: S,
-    bus: Arc<B>,
+    bus: B,
     saved: Arc<dyn ViewStore>,
-    categories: Vec<String>,
-    tick: Duration,
     retry: RetryPolicy,
-    batch_size: usize,
-    codec: EventCodec<P::Event>,
-    dead_letters: Arc<dyn DeadLetters>,
+    state: P,
+    shared: ViewState<P>,
+    at: Checkpoint,
 }
 
-impl<P, S, B> ProcessRunner<P, S, B>
+impl<P, S, B> Runner<ProcessFold<P, B>, S>
 where
     P: ProcessManager,
     S: EventSource,
     B: CommandBus<P::Command>,
 {
-    /// Process manager `name` over the log of `store` (any [`EventSource`]:
-    /// the in-memory store, a Kafka topic of any number of partitions),
-    /// sending through `bus`; its state
-    /// kept in memory, ticking every second, commands that are unavailable
-    /// tried 10 times from 10 ms on before the runner stops.
-    pub fn new(name: impl Into<String>, store: S, bus: B) -> Self {
-        ProcessRunner {
-            name: name.into(),
-            source: store,
-            bus: Arc::new(bus),
+    /// Process manager `name` over the log of `source` (any
+    /// [`EventSource`]: the in-memory store, a Kafka topic of any number of
+    /// partitions), sending through `bus`; its state kept in memory,
+    /// ticking every second, batches of 256 records, commands that are
+    /// unavailable tried 10 times (see [`RetryPolicy`]) before the runner
+    /// stops.
+    pub fn new(name: impl Into<String>, source: S, bus: B) -> Self {
+        let name = name.into();
+        let fold = ProcessFold {
+            name: name.clone(),
+            bus,
             saved: Arc::new(InMemoryViewStore::new()),
-            categories: Vec::new(),
-            tick: Duration::from_secs(1),
             retry: RetryPolicy::attempts(10).with_backoff(Duration::from_millis(10)),
-            batch_size: 256,
-            codec: EventCodec::new(),
-            dead_letters: Arc::new(InMemoryDeadLetters::new()),
-        }
-    }
-
-    /// Sets aside the events that do not decode here (default: in memory);
-    /// they are logged too, and the process goes on.
-    pub fn dead_letters(mut self, sink: impl DeadLetters) -> Self {
-        self.dead_letters = Arc::new(sink);
-        self
+            state: P::default(),
+            shared: ViewState::new(P::default()),
+            at: Checkpoint::new(),
+        };
+        Runner::folding(name, source, fold)
+            .batch_size(256)
+            .tick_every(Duration::from_secs(1))
     }
 
     /// Keeps the state and checkpoint in `saved`, so that a restart resumes.
+    #[must_use]
     pub fn persist_to(mut self, saved: impl ViewStore) -> Self {
-        self.saved = Arc::new(saved);
-        self
-    }
-
-    /// Reads only the streams of these categories.
-    pub fn only_categories<T: Into<String>>(mut self, categories: impl IntoIterator<Item = T>) -> Self {
-        self.categories = categories.into_iter().map(Into::into).collect();
-        self
-    }
-
-    /// How often [`ProcessManager::tick`] is called.
-    pub fn tick_every(mut self, every: Duration) -> Self {
-        self.tick = every;
+        self.fold.saved = Arc::new(saved);
         self
     }
 
     /// How often, and after what pause, an unavailable command is sent
     /// again before the runner gives up and stops (a restart resumes there).
+    #[must_use]
     pub fn retry(mut self, retry: RetryPolicy) -> Self {
-        self.retry = retry;
+        self.fold.retry = retry;
         self
     }
+}
 
-    /// Starts the process manager as a task.
-    pub fn start(self) -> RunningProcess<P> {
-        let shared = Arc::new(RwLock::new(P::default()));
-        let state = Arc::clone(&shared);
-        RunningProcess {
-            shared,
-            task: RunnerTask::spawn(|progress, stopped| self.run(state, progress, stopped)),
-        }
+#[async_trait]
+impl<P, B> Fold for ProcessFold<P, B>
+where
+    P: ProcessManager,
+    B: CommandBus<P::Command>,
+{
+    type Event = P::Event;
+    type Reads = ViewState<P>;
+
+    fn reads(&self) -> ViewState<P> {
+        self.shared.clone()
     }
 
-    async fn run(
-        self,
-        shared: Arc<RwLock<P>>,
-        progress: watch::Sender<Progress>,
-        mut stop: watch::Receiver<bool>,
-    ) -> Result<(), ProjectionError> {
-        let mut state = P::default();
-        let mut checkpoint = Checkpoint::new();
+    async fn restore(&mut self) -> Result<Checkpoint, ProjectionError> {
         if let Some(saved) = self.saved.load().await? {
-            state = serde_json::from_str(saved.state.get()).map_err(|source| ProjectionError::SavedState {
+            self.state = serde_json::from_str(saved.state.get()).map_err(|source| ProjectionError::SavedState {
                 projection: self.name.clone(),
                 source,
             })?;
-            checkpoint = Checkpoint::from_saved(saved.checkpoint, &saved.offsets);
+            self.at = Checkpoint::from_saved(saved.checkpoint, &saved.offsets);
         }
-        publish(&shared, &state);
-        let mut follower = self.source.follow(&checkpoint).await?;
-        Progress {
-            checkpoint: checkpoint.clone(),
-            ends: follower.ends(),
+        self.publish();
+        Ok(self.at.clone())
+    }
+
+    async fn apply(&mut self, batch: Batch<'_, P::Event>) -> Result<(), ProjectionError> {
+        for decoded in batch.events.drain(..) {
+            self.at.set(&decoded.partition, decoded.mark);
+            let event = decoded.event;
+            let span = crate::trace::event_span(&self.name, &event.event_type, &event.metadata);
+            tracing::Instrument::instrument(self.react(&event), span).await?;
         }
-        .report(&self.name, &progress);
-        let mut ticks = tokio::time::interval(self.tick);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut batch = Vec::with_capacity(self.batch_size);
-        loop {
-            tokio::select! {
-                biased;
-                _ = stop.changed() => break,
-                _ = ticks.tick() => {
-                    let commands = state.tick(Utc::now());
-                    if !commands.is_empty() {
-                        self.send_all(&mut state, commands).await?;
-                        self.save(&state, &checkpoint).await?;
-                        publish(&shared, &state);
-                    }
-                    continue;
-                }
-                next = follower.next_batch(&mut batch, self.batch_size) => next?,
-            }
-            for record in batch.drain(..) {
-                let event = match &record.event {
-                    Some(event) if self.wanted(event) => self.decode(event).await?,
-                    _ => None,
-                };
-                checkpoint.set(&record.partition, record.mark);
-                if let Some(event) = event {
-                    let span = crate::trace::event_span(&self.name, &event.event_type, &event.metadata);
-                    tracing::Instrument::instrument(self.react(&mut state, &checkpoint, &event), span).await?;
-                }
-            }
-            self.save(&state, &checkpoint).await?;
-            publish(&shared, &state);
-            Progress {
-                checkpoint: checkpoint.clone(),
-                ends: follower.ends(),
-            }
-            .report(&self.name, &progress);
-        }
-        self.save(&state, &checkpoint).await?;
+        self.at = batch.to.clone();
+        self.save().await?;
+        self.publish();
         Ok(())
     }
 
+    async fn tick(&mut self, _at: &Checkpoint) -> Result<(), ProjectionError> {
+        let commands = self.state.tick(Utc::now());
+        if !commands.is_empty() {
+            self.send_all(commands).await?;
+            self.save().await?;
+            self.publish();
+        }
+        Ok(())
+    }
+
+    async fn stop(&mut self, at: &Checkpoint) -> Result<(), ProjectionError> {
+        self.at = at.clone();
+        self.save().await
+    }
+}
+
+impl<P, B> ProcessFold<P, B>
+where
+    P: ProcessManager,
+    B: CommandBus<P::Command>,
+{
     /// The commands `event` calls for, sent; the state saved after them.
-    async fn react(
-        &self,
-        state: &mut P,
-        checkpoint: &Checkpoint,
-        event: &Envelope<P::Event>,
-    ) -> Result<(), ProjectionError> {
-        let mut commands = state.react(event);
+    async fn react(&mut self, event: &Envelope<P::Event>) -> Result<(), ProjectionError> {
+        let mut commands = self.state.react(event);
         for dispatch in &mut commands {
             if dispatch.metadata == Metadata::default() {
                 dispatch.metadata = Metadata::following(event);
             }
         }
         if !commands.is_empty() {
-            self.send_all(state, commands).await?;
+            self.send_all(commands).await?;
             // The commands went through: the event is done with.
-            self.save(state, checkpoint).await?;
+            self.save().await?;
         }
         Ok(())
     }
 
-    fn wanted(&self, event: &RecordedEvent) -> bool {
-        self.categories.is_empty() || self.categories.iter().any(|c| c == event.stream_id.category())
-    }
-
-    /// The event, `None` for a type the process does not react to, or set
-    /// aside when it does not decode.
-    async fn decode(&self, record: &Arc<RecordedEvent>) -> Result<Option<Envelope<P::Event>>, ProjectionError> {
-        match self.codec.decode_envelope(record) {
-            Ok(event) => Ok(Some(event)),
-            Err(DecodeError::UnknownEventType { .. }) => Ok(None),
-            Err(error) => {
-                set_aside(&*self.dead_letters, &self.name, record, &error).await?;
-                Ok(None)
-            }
-        }
-    }
-
     /// Sends `commands`, and the compensations for those refused.
-    async fn send_all(&self, state: &mut P, commands: Vec<Dispatch<P::Command>>) -> Result<(), ProjectionError> {
+    async fn send_all(&mut self, commands: Vec<Dispatch<P::Command>>) -> Result<(), ProjectionError> {
         let mut queue = VecDeque::from(commands);
         while let Some(dispatch) = queue.pop_front() {
+            let mut delays = self.retry.delays();
             let mut attempt = 1;
-            let mut backoff = self.retry.backoff;
             loop {
                 match self.bus.dispatch(&dispatch).await {
                     Ok(()) => break,
                     Err(DispatchError::Rejected(reason)) => {
                         tracing::warn!(process = %self.name, key = %dispatch.key, %reason, "command rejected");
-                        queue.extend(state.rejected(&dispatch, &reason));
+                        queue.extend(self.state.rejected(&dispatch, &reason));
                         break;
                     }
-                    Err(DispatchError::Unavailable(reason)) if attempt < self.retry.max_attempts => {
-                        tracing::warn!(process = %self.name, key = %dispatch.key, %reason, attempt, "command unavailable; retrying");
-                        tokio::time::sleep(backoff).await;
-                        backoff = backoff.saturating_mul(2);
-                        attempt += 1;
-                    }
-                    Err(DispatchError::Unavailable(reason)) => {
-                        return Err(ProjectionError::Task(format!(
-                            "process {}: command {} still unavailable after {attempt} attempts: {reason}",
-                            self.name, dispatch.key
-                        )));
-                    }
+                    Err(DispatchError::Unavailable(reason)) => match delays.next() {
+                        Some(delay) => {
+                            tracing::warn!(process = %self.name, key = %dispatch.key, %reason, attempt, "command unavailable; retrying");
+                            tokio::time::sleep(delay).await;
+                            attempt += 1;
+                        }
+                        None => {
+                            return Err(ProjectionError::Task(format!(
+                                "process {}: command {} still unavailable after {attempt} attempts: {reason}",
+                                self.name, dispatch.key
+                            )));
+                        }
+                    },
                 }
             }
         }
         Ok(())
     }
 
-    async fn save(&self, state: &P, checkpoint: &Checkpoint) -> Result<(), ProjectionError> {
-        let json = serde_json::to_string(state).map_err(|source| ProjectionError::Serialize {
+    async fn save(&self) -> Result<(), ProjectionError> {
+        let state = serde_json::value::to_raw_value(&self.state).map_err(|source| ProjectionError::Serialize {
             projection: self.name.clone(),
             source,
         })?;
-        let state = serde_json::value::RawValue::from_string(json).map_err(|source| ProjectionError::Serialize {
-            projection: self.name.clone(),
-            source,
-        })?;
-        let (position, offsets) = checkpoint.to_saved();
+        let (position, offsets) = self.at.to_saved();
         self.saved
             .save(&StoredView {
                 checkpoint: position,
@@ -405,66 +342,11 @@ where
             .await?;
         Ok(())
     }
-}
 
-/// Copies the state for readers, once per batch: the runner keeps its own
-/// copy, as it is changed across the awaits of sending commands.
-fn publish<P: ProcessManager>(shared: &RwLock<P>, state: &P) {
-    *shared.write().unwrap_or_else(|p| p.into_inner()) = state.clone();
-}
-
-/// A running [`ProcessRunner`].
-pub struct RunningProcess<P> {
-    shared: Arc<RwLock<P>>,
-    task: RunnerTask,
-}
-
-impl<P: ProcessManager> RunningProcess<P> {
-    /// Answers a query from the state as of the last batch.
-    pub fn read<R>(&self, query: impl FnOnce(&P) -> R) -> R {
-        query(&self.shared.read().unwrap_or_else(|p| p.into_inner()))
-    }
-
-    /// Waits until every event before `position` of a log with one global
-    /// order was handled, or the runner ended; returns whether the position
-    /// was reached.
-    pub async fn wait_for(&self, position: Position) -> bool {
-        self.task.wait_for(position).await
-    }
-
-    /// Waits until every record before `ends` (the next offset of each
-    /// partition, keyed as the source names its partitions: `topic/partition`
-    /// on Kafka) was handled, or the runner ended; returns whether they were
-    /// reached.
-    pub async fn wait_for_ends(&self, ends: &BTreeMap<String, u64>) -> bool {
-        self.task.wait_for_ends(ends).await
-    }
-
-    /// Each partition's position (the next offset to handle, as saved with
-    /// the state) and end as last seen, and so the lag.
-    pub fn progress(&self) -> BTreeMap<String, PartitionProgress> {
-        self.task.progress()
-    }
-
-    /// Resolves once the runner has ended: it failed (a command still
-    /// unavailable after its retries, a store that failed), or was stopped.
-    /// [`stop`](Self::stop) then returns why.
-    pub async fn ended(&self) {
-        self.task.ended().await
-    }
-
-    /// Stops after the event in hand, saving the state.
-    ///
-    /// # Errors
-    /// What stopped the runner before, or saving failed.
-    pub async fn stop(self) -> Result<(), ProjectionError> {
-        self.task.stop().await
-    }
-
-    /// Stops at once, saving nothing: what a crash would do.
-    ///
-    /// Returns once the task is gone: nothing it does lands afterwards.
-    pub async fn abort(self) {
-        self.task.abort().await;
+    /// Copies the state for readers: the runner keeps its own copy, as it is
+    /// changed across the awaits of sending commands.
+    fn publish(&self) {
+        let state = self.state.clone();
+        self.shared.write(|shared| *shared = state);
     }
 }

@@ -1,40 +1,30 @@
-//! The projection runner: keeps a [`View`] up to date from a store
-//! subscription, with its checkpoint saved together with its state.
+//! Views kept in memory: the projection runner, and where a view's state
+//! is saved together with its checkpoint.
 //!
 //! # Delivery and restart
 //!
-//! The runner reads the log from the view's checkpoint, decodes each event,
-//! and applies it. Every `save_every` events, and when stopped, it saves the
-//! view's state **and** its checkpoint as one document in a [`ViewStore`].
-//! After a crash it starts from that document: the events after the
-//! checkpoint are read again (at-least-once delivery) and applied to the state
-//! saved with that checkpoint, so each event is reflected exactly once. An
-//! event whose position is before the checkpoint is skipped, so a source that
-//! delivers an event twice cannot apply it twice.
-//!
-//! # Poison events
-//!
-//! An event that the view's codec knows by type but cannot decode (bad JSON,
-//! a schema version newer than the code) is logged at `warn` with its stream,
-//! version and position, handed to the [`DeadLetters`] sink, and passed over;
-//! the projection goes on. The checkpoint moves past it only once the sink has
-//! taken it. Events of types the view does not know are skipped by default, as
-//! a shared log holds every aggregate's events; see [`UnknownEvents`].
+//! A [`ProjectionRunner`] is the one [`Runner`] folding a [`View`]: it reads
+//! the log from the view's checkpoint, decodes each event, and applies it.
+//! Every `save_every` records, and when stopped, it saves the view's state
+//! **and** its checkpoint as one document in a [`ViewStore`]. After a crash
+//! it starts from that document: the records after the checkpoint are read
+//! again and applied to the state saved with that checkpoint, so each event
+//! is reflected exactly once. What the runner does with poison events and
+//! records, and with events of other types, is written once, in
+//! [`crate::runner`].
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
+use std::sync::{Arc, Mutex, RwLock};
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
 
-use crate::codec::{DecodeError, EventCodec};
-use crate::envelope::{Envelope, Position, RecordedEvent};
-use crate::source::PartitionProgress;
-use crate::store::{EventStore, StoreError, Subscription};
+use crate::envelope::Position;
+use crate::runner::{Batch, Fold, Runner, ViewState};
+use crate::source::{Checkpoint, EventSource};
+use crate::store::StoreError;
 use crate::view::View;
 
 /// A view's saved state and the checkpoint it reflects: the position of the
@@ -148,66 +138,6 @@ impl ViewStore for FileViewStore {
     }
 }
 
-/// An event a projection could not apply, set aside.
-#[derive(Clone, Debug)]
-pub struct DeadLetter {
-    /// The projection's name.
-    pub projection: String,
-    /// The event as stored.
-    pub event: Arc<RecordedEvent>,
-    /// Why it was set aside.
-    pub reason: String,
-}
-
-/// Where a projection sets aside the events it cannot apply.
-#[async_trait]
-pub trait DeadLetters: Send + Sync + 'static {
-    /// Takes one dead letter.
-    ///
-    /// # Errors
-    /// When it cannot keep the letter; the projection then stops rather than
-    /// lose the event.
-    async fn put(&self, letter: DeadLetter) -> Result<(), StoreError>;
-}
-
-/// Dead letters kept in memory, for tests and the embedded default. Cloning
-/// gives another handle to the same letters.
-#[derive(Clone, Debug, Default)]
-pub struct InMemoryDeadLetters {
-    letters: Arc<Mutex<Vec<DeadLetter>>>,
-}
-
-impl InMemoryDeadLetters {
-    /// No letters yet.
-    pub fn new() -> Self {
-        InMemoryDeadLetters::default()
-    }
-
-    /// The letters so far.
-    pub fn letters(&self) -> Vec<DeadLetter> {
-        self.letters.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-}
-
-#[async_trait]
-impl DeadLetters for InMemoryDeadLetters {
-    async fn put(&self, letter: DeadLetter) -> Result<(), StoreError> {
-        self.letters.lock().unwrap_or_else(|p| p.into_inner()).push(letter);
-        Ok(())
-    }
-}
-
-/// What a projection does with events of types its view does not know.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum UnknownEvents {
-    /// Pass over them: the log is shared with other aggregates' events.
-    #[default]
-    Skip,
-    /// Treat them as poison: dead-letter them. For a source that should
-    /// carry only the view's events.
-    DeadLetter,
-}
-
 /// Why a projection stopped.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -246,24 +176,20 @@ type EncodeView<V> = fn(&V) -> Result<Box<RawValue>, serde_json::Error>;
 type DecodeView<V> = fn(&str) -> Result<V, serde_json::Error>;
 
 /// A view restored from, and saved to, a [`ViewStore`] together with its
-/// checkpoint: the part every projection runner shares (this crate's, and
-/// those over other sources, such as Kafka's).
+/// checkpoint: for folds that keep their state in memory.
 pub struct ViewPersistence<V> {
     store: Arc<dyn ViewStore>,
     encode: EncodeView<V>,
     decode: DecodeView<V>,
 }
 
-/// A view as saved: its state, its checkpoint and, for sources of several
-/// logs, the next offset of each.
+/// A view as saved: its state and its checkpoint.
 #[derive(Debug)]
 pub struct RestoredView<V> {
     /// The view's state.
     pub view: V,
-    /// See [`StoredView::checkpoint`].
-    pub checkpoint: Position,
-    /// See [`StoredView::offsets`].
-    pub offsets: BTreeMap<String, u64>,
+    /// The checkpoint the state reflects.
+    pub checkpoint: Checkpoint,
 }
 
 impl<V: Serialize + serde::de::DeserializeOwned> ViewPersistence<V> {
@@ -293,12 +219,11 @@ impl<V> ViewPersistence<V> {
         })?;
         Ok(Some(RestoredView {
             view,
-            checkpoint: saved.checkpoint,
-            offsets: saved.offsets,
+            checkpoint: Checkpoint::from_saved(saved.checkpoint, &saved.offsets),
         }))
     }
 
-    /// Saves the view as it is now in `shared`, with its checkpoint, as one
+    /// Saves the view as it is now in `shared`, with `checkpoint`, as one
     /// document. The view is read-locked only while it is serialized.
     ///
     /// # Errors
@@ -307,8 +232,7 @@ impl<V> ViewPersistence<V> {
         &self,
         projection: &str,
         shared: &RwLock<V>,
-        checkpoint: Position,
-        offsets: BTreeMap<String, u64>,
+        checkpoint: &Checkpoint,
     ) -> Result<(), ProjectionError> {
         let state = {
             let view = shared.read().unwrap_or_else(|p| p.into_inner());
@@ -317,8 +241,9 @@ impl<V> ViewPersistence<V> {
                 source,
             })?
         };
+        let (position, offsets) = checkpoint.to_saved();
         let stored = StoredView {
-            checkpoint,
+            checkpoint: position,
             offsets,
             state,
         };
@@ -327,7 +252,8 @@ impl<V> ViewPersistence<V> {
     }
 }
 
-/// Configures and starts a projection of view `V` from store `S`.
+/// The runner of a [`View`] kept in memory: [`Runner`] folding a
+/// [`ViewFold`].
 ///
 /// ```
 /// # use bookshelf_core::*;
@@ -344,377 +270,137 @@ impl<V> ViewPersistence<V> {
 ///     .start();
 /// let count = running.handle();
 /// // ... append events to `store`, then wait until the view has caught up:
-/// count.wait_for(store.head().await?).await;
+/// count.wait_for(store.head().await?).await?;
 /// assert_eq!(count.read(|view| view.0), 0);
 /// running.stop().await?; // saves the state and checkpoint in `saved`
 /// # Ok(()) }
 /// ```
-pub struct ProjectionRunner<V: View, S> {
+pub type ProjectionRunner<V, S> = Runner<ViewFold<V>, S>;
+
+/// A [`View`] folded in memory, saved with its checkpoint in a
+/// [`ViewStore`] when persisted.
+pub struct ViewFold<V> {
     name: String,
-    store: S,
-    codec: EventCodec<V::Event>,
-    batch_size: usize,
-    save_every: u64,
+    state: ViewState<V>,
     persistence: Option<ViewPersistence<V>>,
-    dead_letters: Arc<dyn DeadLetters>,
-    unknown: UnknownEvents,
-    category: Option<String>,
+    save_every: u64,
+    save_when_caught_up: bool,
     rebuild: bool,
+    unsaved: u64,
 }
 
-impl<V: View, S: EventStore> ProjectionRunner<V, S> {
-    /// A projection named `name` (used in logs and dead letters) over
-    /// `store`, not persisted, dead-lettering into memory.
-    pub fn new(name: impl Into<String>, store: S) -> Self {
-        ProjectionRunner {
+impl<V: View> ViewFold<V> {
+    /// An empty view named `name` (in reports), not persisted.
+    pub fn new(name: impl Into<String>) -> Self {
+        ViewFold {
             name: name.into(),
-            store,
-            codec: EventCodec::new(),
-            batch_size: 512,
-            save_every: 10_000,
+            state: ViewState::new(V::default()),
             persistence: None,
-            dead_letters: Arc::new(InMemoryDeadLetters::new()),
-            unknown: UnknownEvents::Skip,
-            category: None,
+            save_every: 10_000,
+            save_when_caught_up: false,
             rebuild: false,
+            unsaved: 0,
         }
     }
 
-    /// Saves the view's state and checkpoint in `store`, and resumes from
-    /// there on start.
-    pub fn persist_to(mut self, store: impl ViewStore) -> Self
-    where
-        V: Serialize + serde::de::DeserializeOwned,
-    {
-        self.persistence = Some(ViewPersistence::new(store));
-        self
-    }
-
-    /// Saves after this many events (default 10,000), as well as on stop.
-    pub fn save_every(mut self, events: u64) -> Self {
-        self.save_every = events.max(1);
-        self
-    }
-
-    /// Reads up to this many events at a time (default 512).
-    pub fn batch_size(mut self, events: usize) -> Self {
-        self.batch_size = events.max(1);
-        self
-    }
-
-    /// Sets aside undecodable events here instead of in memory.
-    pub fn dead_letters(mut self, sink: impl DeadLetters) -> Self {
-        self.dead_letters = Arc::new(sink);
-        self
-    }
-
-    /// What to do with events of types the view does not know.
-    pub fn unknown_events(mut self, policy: UnknownEvents) -> Self {
-        self.unknown = policy;
-        self
-    }
-
-    /// Only events of streams in this category (see
-    /// [`crate::StreamId::category`]).
-    pub fn only_category(mut self, category: impl Into<String>) -> Self {
-        self.category = Some(category.into());
-        self
-    }
-
-    /// Starts from an empty view at the start of the log, ignoring (and on the
-    /// first save, replacing) what was saved.
-    pub fn rebuild(mut self) -> Self {
-        self.rebuild = true;
-        self
-    }
-
-    /// Starts the projection on the current tokio runtime.
-    pub fn start(self) -> RunningProjection<V> {
-        let shared = Arc::new(RwLock::new(V::default()));
-        let (progress_tx, progress) = watch::channel(Progress::Starting);
-        let (stop_tx, stop) = watch::channel(false);
-        let end = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let task = tokio::spawn(self.run(Arc::clone(&shared), progress_tx, Arc::clone(&end), stop));
-        RunningProjection {
-            handle: ProjectionHandle { shared, progress, end },
-            stop: stop_tx,
-            task,
-        }
-    }
-
-    async fn run(
-        self,
-        shared: Arc<RwLock<V>>,
-        progress: watch::Sender<Progress>,
-        end: Arc<std::sync::atomic::AtomicU64>,
-        mut stop: watch::Receiver<bool>,
-    ) -> Result<(), ProjectionError> {
-        let result = self.run_inner(&shared, &progress, &end, &mut stop).await;
-        let ended = match &result {
-            Ok(()) => Progress::Stopped,
-            Err(error) => Progress::Failed(error.to_string()),
-        };
-        progress.send_modify(|p| *p = ended);
-        result
-    }
-
-    async fn run_inner(
-        &self,
-        shared: &RwLock<V>,
-        progress: &watch::Sender<Progress>,
-        head: &std::sync::atomic::AtomicU64,
-        stop: &mut watch::Receiver<bool>,
-    ) -> Result<(), ProjectionError> {
-        let mut checkpoint = self.restore(shared).await?;
-        let see_head = || async {
-            if let Ok(at) = self.store.head().await {
-                head.fetch_max(at.0, std::sync::atomic::Ordering::Relaxed);
-            }
-        };
-        see_head().await;
-        progress.send_replace(Progress::At(checkpoint));
-        tracing::info!(projection = %self.name, %checkpoint, "projection started");
-        let mut subscription = self.store.subscribe(checkpoint).await?;
-        let mut batch = Vec::with_capacity(self.batch_size);
-        let mut decoded = Vec::with_capacity(self.batch_size);
-        let mut unsaved = 0u64;
-        loop {
-            tokio::select! {
-                biased;
-                _ = stop.changed() => break,
-                next = subscription.next_batch(&mut batch, self.batch_size) => next?,
-            }
-            let Some(last) = batch.last() else { continue };
-            let end = last.position.next();
-            for record in &batch {
-                if record.position < checkpoint {
-                    continue;
-                }
-                if let Some(event) = self.decode(record).await? {
-                    decoded.push(event);
-                }
-            }
-            {
-                let mut view = shared.write().unwrap_or_else(|p| p.into_inner());
-                for event in decoded.drain(..) {
-                    let _span = crate::trace::event_span(&self.name, &event.event_type, &event.metadata).entered();
-                    view.apply(event);
-                }
-            }
-            unsaved += end.0.saturating_sub(checkpoint.0);
-            checkpoint = checkpoint.max(end);
-            if unsaved >= self.save_every {
-                if let Err(error) = self.save(shared, checkpoint).await {
-                    // The older saved checkpoint still matches its state:
-                    // nothing is lost, more is replayed after a crash.
-                    tracing::warn!(projection = %self.name, %error, "could not save the view; will retry");
-                } else {
-                    unsaved = 0;
-                }
-            }
-            see_head().await;
-            progress.send_replace(Progress::At(checkpoint));
-            let end = head.load(std::sync::atomic::Ordering::Relaxed).max(checkpoint.0);
-            crate::telemetry::progress(
-                &self.name,
-                &BTreeMap::from([(
-                    crate::source::GLOBAL.to_owned(),
-                    PartitionProgress {
-                        position: checkpoint.0,
-                        end: Some(end),
-                    },
-                )]),
-            );
-        }
-        self.save(shared, checkpoint).await?;
-        tracing::info!(projection = %self.name, %checkpoint, "projection stopped");
-        Ok(())
-    }
-
-    /// Decodes one event, or sets it aside; `None` when it is not for this view.
-    async fn decode(&self, record: &Arc<RecordedEvent>) -> Result<Option<Envelope<V::Event>>, ProjectionError> {
-        if let Some(category) = &self.category {
-            if record.stream_id.category() != category {
-                return Ok(None);
-            }
-        }
-        match self.codec.decode_envelope(record) {
-            Ok(event) => Ok(Some(event)),
-            Err(DecodeError::UnknownEventType { .. })
-                if self.unknown == UnknownEvents::Skip && !self.codec.knows(&record.event_type) =>
-            {
-                Ok(None)
-            }
-            Err(error) => {
-                set_aside(&*self.dead_letters, &self.name, record, &error).await?;
-                Ok(None)
-            }
-        }
-    }
-
-    async fn restore(&self, shared: &RwLock<V>) -> Result<Position, ProjectionError> {
-        let Some(persistence) = &self.persistence else {
-            return Ok(Position::START);
-        };
-        if self.rebuild {
-            tracing::info!(projection = %self.name, "rebuilding the view from the start of the log");
-            return Ok(Position::START);
-        }
-        let Some(saved) = persistence.restore(&self.name).await? else {
-            return Ok(Position::START);
-        };
-        *shared.write().unwrap_or_else(|p| p.into_inner()) = saved.view;
-        Ok(saved.checkpoint)
-    }
-
-    async fn save(&self, shared: &RwLock<V>, checkpoint: Position) -> Result<(), ProjectionError> {
+    async fn save(&self, checkpoint: &Checkpoint) -> Result<(), ProjectionError> {
         match &self.persistence {
-            Some(persistence) => persistence.save(&self.name, shared, checkpoint, BTreeMap::new()).await,
+            Some(persistence) => persistence.save(&self.name, self.state.lock(), checkpoint).await,
             None => Ok(()),
         }
     }
 }
 
-#[derive(Clone, Debug, PartialEq)]
-enum Progress {
-    Starting,
-    At(Position),
-    Stopped,
-    Failed(String),
-}
-
-/// A running projection: stop it, or take handles to its view.
-pub struct RunningProjection<V> {
-    handle: ProjectionHandle<V>,
-    stop: watch::Sender<bool>,
-    task: JoinHandle<Result<(), ProjectionError>>,
-}
-
-impl<V: View> RunningProjection<V> {
-    /// A handle to read the view; clone it freely.
-    pub fn handle(&self) -> ProjectionHandle<V> {
-        self.handle.clone()
+impl<V: View, S: EventSource> Runner<ViewFold<V>, S> {
+    /// A projection named `name` (used in logs and dead letters) over
+    /// `source`, not persisted, dead-lettering into memory.
+    pub fn new(name: impl Into<String>, source: S) -> Self {
+        let name = name.into();
+        Runner::folding(name.clone(), source, ViewFold::new(name))
     }
 
-    /// Stops after the batch in hand, saves the view and its checkpoint, and
-    /// returns how the projection ended.
-    ///
-    /// # Errors
-    /// What stopped the projection, if it failed, or what failed the final save.
-    pub async fn stop(self) -> Result<(), ProjectionError> {
-        self.stop.send_replace(true);
-        self.task.await.map_err(|e| ProjectionError::Task(e.to_string()))?
+    /// Saves the view's state and checkpoint in `store`, and resumes from
+    /// there on start.
+    #[must_use]
+    pub fn persist_to(mut self, store: impl ViewStore) -> Self
+    where
+        V: Serialize + serde::de::DeserializeOwned,
+    {
+        self.fold.persistence = Some(ViewPersistence::new(store));
+        self
     }
 
-    /// Stops the task at once, saving nothing: what a crash would do.
-    ///
-    /// Returns once the task is gone: nothing it does lands afterwards.
-    pub async fn abort(self) {
-        self.task.abort();
-        // A cancellation, or how it ended before the abort reached it: a
-        // crash reports neither.
-        let _ = self.task.await;
+    /// Saves after this many records (default 10,000), as well as on stop.
+    #[must_use]
+    pub fn save_every(mut self, records: u64) -> Self {
+        self.fold.save_every = records.max(1);
+        self
+    }
+
+    /// Also saves whenever it has caught up with the log (off by default):
+    /// a restart then reads little again, at the cost of a save per burst of
+    /// writes.
+    #[must_use]
+    pub fn save_when_caught_up(mut self) -> Self {
+        self.fold.save_when_caught_up = true;
+        self
+    }
+
+    /// Starts from an empty view at the start of the log, ignoring (and on the
+    /// first save, replacing) what was saved.
+    #[must_use]
+    pub fn rebuild(mut self) -> Self {
+        self.fold.rebuild = true;
+        self
     }
 }
 
-/// A cheap, cloneable handle to a running projection's view.
-pub struct ProjectionHandle<V> {
-    shared: Arc<RwLock<V>>,
-    progress: watch::Receiver<Progress>,
-    /// The store's head as the projection last saw it.
-    end: Arc<std::sync::atomic::AtomicU64>,
-}
+#[async_trait]
+impl<V: View> Fold for ViewFold<V> {
+    type Event = V::Event;
+    type Reads = ViewState<V>;
 
-impl<V> Clone for ProjectionHandle<V> {
-    fn clone(&self) -> Self {
-        ProjectionHandle {
-            end: Arc::clone(&self.end),
-            shared: Arc::clone(&self.shared),
-            progress: self.progress.clone(),
+    fn reads(&self) -> ViewState<V> {
+        self.state.clone()
+    }
+
+    async fn restore(&mut self) -> Result<Checkpoint, ProjectionError> {
+        let Some(persistence) = &self.persistence else {
+            return Ok(Checkpoint::new());
+        };
+        if self.rebuild {
+            tracing::info!(projection = %self.name, "rebuilding the view from the start of the log");
+            return Ok(Checkpoint::new());
         }
-    }
-}
-
-impl<V: View> ProjectionHandle<V> {
-    /// Answers a query from the view as it is now.
-    pub fn read<R>(&self, query: impl FnOnce(&V) -> R) -> R {
-        query(&self.view())
+        let Some(saved) = persistence.restore(&self.name).await? else {
+            return Ok(Checkpoint::new());
+        };
+        self.state.write(|view| *view = saved.view);
+        Ok(saved.checkpoint)
     }
 
-    fn view(&self) -> RwLockReadGuard<'_, V> {
-        self.shared.read().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// The position of the next event the view will apply (`None` before the
-    /// projection has loaded its saved state).
-    pub fn checkpoint(&self) -> Option<Position> {
-        match &*self.progress.borrow() {
-            Progress::At(position) => Some(*position),
-            _ => None,
+    async fn apply(&mut self, batch: Batch<'_, V::Event>) -> Result<(), ProjectionError> {
+        self.state.write(|view| {
+            for decoded in batch.events.drain(..) {
+                let event = decoded.event;
+                let _span = crate::trace::event_span(&self.name, &event.event_type, &event.metadata).entered();
+                view.apply(event);
+            }
+        });
+        self.unsaved += batch.records as u64;
+        let due = self.unsaved >= self.save_every || (self.save_when_caught_up && batch.caught_up);
+        if self.unsaved > 0 && due {
+            match self.save(batch.to).await {
+                Ok(()) => self.unsaved = 0,
+                // The older saved checkpoint still matches its state:
+                // nothing is lost, more is read again after a crash.
+                Err(error) => tracing::warn!(projection = %self.name, %error, "could not save the view; will retry"),
+            }
         }
+        Ok(())
     }
 
-    /// Waits until the view has applied every event before `position`
-    /// (for example, the store's [`head`](EventStore::head) after a write),
-    /// or the projection has ended. Returns whether the position was reached.
-    pub async fn wait_for(&self, position: Position) -> bool {
-        let mut progress = self.progress.clone();
-        let reached = progress
-            .wait_for(|p| {
-                matches!(p, Progress::At(at) if *at >= position) || matches!(p, Progress::Stopped | Progress::Failed(_))
-            })
-            .await;
-        matches!(reached.as_deref(), Ok(Progress::At(_)))
+    async fn stop(&mut self, at: &Checkpoint) -> Result<(), ProjectionError> {
+        self.save(at).await
     }
-
-    /// The position (the next event to apply) and the store's head as last
-    /// seen, and so the lag, under the name of the store's one log,
-    /// [`GLOBAL`](crate::source::GLOBAL).
-    pub fn progress(&self) -> BTreeMap<String, PartitionProgress> {
-        let position = self.checkpoint().map_or(0, |p| p.0);
-        let end = self.end.load(std::sync::atomic::Ordering::Relaxed).max(position);
-        BTreeMap::from([(
-            crate::source::GLOBAL.to_owned(),
-            PartitionProgress {
-                position,
-                end: Some(end),
-            },
-        )])
-    }
-
-    /// Why the projection failed, if it did.
-    pub fn failure(&self) -> Option<String> {
-        match &*self.progress.borrow() {
-            Progress::Failed(reason) => Some(reason.clone()),
-            _ => None,
-        }
-    }
-}
-
-/// Logs an event that `reader` (a projection or a process) cannot decode,
-/// with where it is and why, and puts it in `dead_letters`.
-pub(crate) async fn set_aside(
-    dead_letters: &dyn DeadLetters,
-    reader: &str,
-    record: &Arc<RecordedEvent>,
-    error: &DecodeError,
-) -> Result<(), ProjectionError> {
-    tracing::warn!(
-        reader,
-        stream = %record.stream_id,
-        version = %record.version,
-        position = %record.position,
-        event_type = %record.event_type,
-        %error,
-        "poison event set aside"
-    );
-    crate::telemetry::dead_letter(reader);
-    dead_letters
-        .put(DeadLetter {
-            projection: reader.to_owned(),
-            event: Arc::clone(record),
-            reason: error.to_string(),
-        })
-        .await?;
-    Ok(())
 }

@@ -2,11 +2,11 @@
 //! events with the version it was loaded at.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use crate::aggregate::Aggregate;
 use crate::codec::{self, DecodeError, EncodeError, EventCodec};
 use crate::envelope::{Metadata, NewEvent, Position, StreamId, Version};
+use crate::retry::RetryPolicy;
 use crate::snapshot::{Snapshot, SnapshotStore};
 use crate::store::{EventStore, ExpectedVersion, StoreError};
 use crate::EventId;
@@ -62,47 +62,6 @@ impl<E: std::error::Error + 'static> From<StoreError> for CommandError<E> {
             },
             other => CommandError::Store(other),
         }
-    }
-}
-
-/// What to do when an append loses a race with another writer.
-///
-/// The default is not to retry: the conflict goes back to the caller. With
-/// retries, the aggregate is loaded again and the command handled again
-/// against the new state, so a command that is no longer allowed is then
-/// rejected rather than applied blindly.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RetryPolicy {
-    /// How many times to try in all (1 means no retry).
-    pub max_attempts: u32,
-    /// The pause before the first retry; doubled for each further one.
-    pub backoff: Duration,
-}
-
-impl RetryPolicy {
-    /// No retry.
-    pub const NONE: RetryPolicy = RetryPolicy {
-        max_attempts: 1,
-        backoff: Duration::ZERO,
-    };
-
-    /// Up to `max_attempts` tries in all, with a 1 ms backoff doubling each time.
-    pub fn attempts(max_attempts: u32) -> Self {
-        RetryPolicy {
-            max_attempts: max_attempts.max(1),
-            backoff: Duration::from_millis(1),
-        }
-    }
-
-    /// The same policy with another initial backoff.
-    pub fn with_backoff(self, backoff: Duration) -> Self {
-        RetryPolicy { backoff, ..self }
-    }
-}
-
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        RetryPolicy::NONE
     }
 }
 
@@ -520,20 +479,23 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
         metadata: &Metadata,
         precondition: Option<Version>,
     ) -> Result<Committed<A::Event>, CommandError<A::Error>> {
+        // A conflict is retried (the aggregate loaded again, the command
+        // handled against the new state) only without a precondition.
+        let mut delays = self.retry.delays();
         let mut attempt = 1;
-        let mut backoff = self.retry.backoff;
         loop {
-            match self.try_once(stream, command, metadata, precondition).await {
-                Err(CommandError::Conflict { .. }) if precondition.is_none() && attempt < self.retry.max_attempts => {
+            let outcome = self.try_once(stream, command, metadata, precondition).await;
+            if matches!(outcome, Err(CommandError::Conflict { .. })) && precondition.is_none() {
+                if let Some(delay) = delays.next() {
                     tracing::debug!(%stream, attempt, "version conflict; retrying");
                     attempt += 1;
-                    if !backoff.is_zero() {
-                        tokio::time::sleep(backoff).await;
-                        backoff = backoff.saturating_mul(2);
+                    if !delay.is_zero() {
+                        tokio::time::sleep(delay).await;
                     }
+                    continue;
                 }
-                outcome => return outcome,
             }
+            return outcome;
         }
     }
 

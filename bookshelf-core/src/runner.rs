@@ -1,27 +1,428 @@
-//! What the process runner and the change feed share: a task that reports
-//! how far it has read each partition and stops when asked.
+//! The one follow loop that every reader of a log runs on, and the one
+//! handle to what it folds.
+//!
+//! A [`Runner`] reads an [`EventSource`] from a saved [`Checkpoint`], in
+//! batches, and hands the events of each batch to a [`Fold`]: a view in
+//! memory ([`ProjectionRunner`](crate::ProjectionRunner)), rows of SQL
+//! tables (`TableProjection`, in `bookshelf-sqlite`), a process manager
+//! ([`ProcessRunner`](crate::ProcessRunner)) or a change feed
+//! ([`ChangeFeed`](crate::change::ChangeFeed)). What every reader must do
+//! lives here, once:
+//!
+//! * **Which records count.** A record at or before the checkpoint of its
+//!   partition is passed over, so a source that delivers a record twice
+//!   cannot have it applied twice. Records the source marks
+//!   [`Record::Skip`] move the checkpoint and nothing else.
+//! * **Which events a fold sees.** Events of other categories (see
+//!   [`Runner::only_categories`]) and of types the fold's codec does not
+//!   know are passed over ([`UnknownEvents`]); events that do not decode,
+//!   and records the source could not read as events, are set aside in the
+//!   runner's [`DeadLetters`] with the reason, and the runner goes on. The
+//!   checkpoint moves past a dead letter only once the sink has taken it.
+//! * **The checkpoint goes with the state.** A fold saves its state together
+//!   with the checkpoint it reflects, so that after a crash every event is
+//!   reflected exactly once.
+//! * **Progress and waiting.** The runner reports its position and each
+//!   partition's end after every batch, to its [`Handle`] and to the
+//!   metrics ([`crate::telemetry`]).
+//!
+//! Every runner hands out the same [`Handle`]: [`progress`](Handle::progress),
+//! [`wait_for`](Handle::wait_for), [`failure`](Handle::failure), and what it
+//! folds (a view to [`read`](ViewState::read), tables to query).
 
 use std::collections::BTreeMap;
-use std::future::Future;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
+use async_trait::async_trait;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::envelope::Position;
+use crate::codec::{DecodeError, DomainEvent, EventCodec};
+use crate::dead_letter::{DeadLetter, DeadLetters, InMemoryDeadLetters, Poison};
+use crate::envelope::{Envelope, Position, RecordedEvent};
 use crate::projection::ProjectionError;
-use crate::source::{Checkpoint, PartitionProgress, GLOBAL};
+use crate::source::{Checkpoint, EventSource, Mark, PartitionProgress, Record, GLOBAL};
 
-/// How far a runner has read: its checkpoint, and the ends of the
-/// partitions as its follower last saw them.
-#[derive(Clone, Debug, Default)]
-pub(crate) struct Progress {
-    pub checkpoint: Checkpoint,
-    pub ends: BTreeMap<String, u64>,
+/// An event decoded for a [`Fold`], with where its partition's reader
+/// stands after it.
+#[derive(Debug)]
+pub struct Decoded<E> {
+    /// The event.
+    pub event: Envelope<E>,
+    /// The event as stored (its payload as JSON).
+    pub record: Arc<RecordedEvent>,
+    /// The partition it was read from.
+    pub partition: Arc<str>,
+    /// The partition's mark after it: a checkpoint that reflects this event
+    /// sets `partition` to it.
+    pub mark: Mark,
 }
 
-impl Progress {
+/// One batch for a [`Fold`].
+#[derive(Debug)]
+pub struct Batch<'a, E> {
+    /// The events of the batch that are for the fold, in the order read;
+    /// the fold takes them (drains the vector).
+    pub events: &'a mut Vec<Decoded<E>>,
+    /// The checkpoint after the whole batch, past the records that were
+    /// not for the fold too.
+    pub to: &'a Checkpoint,
+    /// How many records the batch moved the checkpoint over.
+    pub records: usize,
+    /// Whether the runner has read every partition to its end as last seen.
+    pub caught_up: bool,
+}
+
+/// What a [`Runner`] folds a log into, and how it saves what it folded
+/// together with its checkpoint.
+#[async_trait]
+pub trait Fold: Send + 'static {
+    /// The events it takes; other types in the log are passed over (or
+    /// dead-lettered, see [`UnknownEvents`]).
+    type Event: DomainEvent;
+    /// What its [`Handle`] gives readers: the state to query.
+    type Reads: Clone + Send + Sync + 'static;
+
+    /// The read side, for handles.
+    fn reads(&self) -> Self::Reads;
+
+    /// Loads what was saved, once, before the runner reads anything, and
+    /// returns the checkpoint it reflects ([`Checkpoint::new`] for nothing).
+    ///
+    /// # Errors
+    /// What stops the runner before it starts: a store that fails, a saved
+    /// state that no longer decodes.
+    async fn restore(&mut self) -> Result<Checkpoint, ProjectionError>;
+
+    /// Takes one batch. When it returns, its state reflects every event of
+    /// the batch; it saves that state with `batch.to` as its policy says.
+    ///
+    /// # Errors
+    /// What stops the runner; the events not saved are read again after a
+    /// restart.
+    async fn apply(&mut self, batch: Batch<'_, Self::Event>) -> Result<(), ProjectionError>;
+
+    /// Called at every tick of the runner (see [`Runner::tick_every`]), with
+    /// the checkpoint its state reflects.
+    ///
+    /// # Errors
+    /// What stops the runner.
+    async fn tick(&mut self, at: &Checkpoint) -> Result<(), ProjectionError> {
+        let _ = at;
+        Ok(())
+    }
+
+    /// Called once when the runner is asked to stop: saves the state with
+    /// `at`, the checkpoint it reflects.
+    ///
+    /// # Errors
+    /// What failed the last save.
+    async fn stop(&mut self, at: &Checkpoint) -> Result<(), ProjectionError>;
+}
+
+/// What a runner does with events of types its fold does not know.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum UnknownEvents {
+    /// Pass over them: the log is shared with other aggregates' events.
+    #[default]
+    Skip,
+    /// Treat them as poison: dead-letter them. For a source that should
+    /// carry only the fold's events.
+    DeadLetter,
+}
+
+/// Follows an [`EventSource`] into a [`Fold`]. See the [module docs](self).
+pub struct Runner<F: Fold, S> {
+    source: S,
+    pub(crate) fold: F,
+    rules: Rules<F::Event>,
+    batch_size: usize,
+    tick: Option<Duration>,
+}
+
+/// Which records a runner hands its fold, and where it sets the others
+/// aside: apart from the fold, so that a fold need not be shared across
+/// threads.
+struct Rules<E> {
+    name: String,
+    codec: EventCodec<E>,
+    dead_letters: Arc<dyn DeadLetters>,
+    unknown: UnknownEvents,
+    categories: Vec<String>,
+}
+
+impl<F: Fold, S: EventSource> Runner<F, S> {
+    /// Runner `name` (in logs, metrics and dead letters) of `fold` over
+    /// `source`: batches of up to 512 records, unknown event types passed
+    /// over, dead letters kept in memory, no tick.
+    pub fn folding(name: impl Into<String>, source: S, fold: F) -> Self {
+        Runner {
+            source,
+            fold,
+            rules: Rules {
+                name: name.into(),
+                codec: EventCodec::new(),
+                dead_letters: Arc::new(InMemoryDeadLetters::new()),
+                unknown: UnknownEvents::Skip,
+                categories: Vec::new(),
+            },
+            batch_size: 512,
+            tick: None,
+        }
+    }
+
+    /// The runner's name.
+    pub fn name(&self) -> &str {
+        &self.rules.name
+    }
+
+    /// Reads up to this many records at a time (default 512).
+    #[must_use]
+    pub fn batch_size(mut self, records: usize) -> Self {
+        self.batch_size = records.max(1);
+        self
+    }
+
+    /// Sets aside the events that do not decode, and the records that are
+    /// not events, here (default: in memory).
+    #[must_use]
+    pub fn dead_letters(mut self, sink: impl DeadLetters) -> Self {
+        self.rules.dead_letters = Arc::new(sink);
+        self
+    }
+
+    /// What to do with events of types the fold does not know.
+    #[must_use]
+    pub fn unknown_events(mut self, policy: UnknownEvents) -> Self {
+        self.rules.unknown = policy;
+        self
+    }
+
+    /// Only events of streams in these categories (see
+    /// [`crate::StreamId::category`]); by default, every category.
+    #[must_use]
+    pub fn only_categories<T: Into<String>>(mut self, categories: impl IntoIterator<Item = T>) -> Self {
+        self.rules.categories = categories.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Only events of streams in this category.
+    #[must_use]
+    pub fn only_category(self, category: impl Into<String>) -> Self {
+        self.only_categories([category.into()])
+    }
+
+    /// Calls [`Fold::tick`] this often.
+    #[must_use]
+    pub fn tick_every(mut self, every: Duration) -> Self {
+        self.tick = Some(every);
+        self
+    }
+
+    /// Starts the runner as a task on the current tokio runtime.
+    #[must_use = "dropping the running runner leaves its task running with no way to stop it"]
+    pub fn start(self) -> Running<F::Reads> {
+        let (progress, watched) = watch::channel(Status::default());
+        let (stop, stopped) = watch::channel(false);
+        let handle = Handle {
+            reads: self.fold.reads(),
+            status: watched,
+        };
+        Running {
+            handle,
+            stop,
+            task: tokio::spawn(self.run(progress, stopped)),
+        }
+    }
+
+    async fn run(
+        mut self,
+        progress: watch::Sender<Status>,
+        mut stop: watch::Receiver<bool>,
+    ) -> Result<(), ProjectionError> {
+        let result = self.follow(&progress, &mut stop).await;
+        tracing::info!(runner = %self.rules.name, ok = result.is_ok(), "runner stopped");
+        progress.send_modify(|status| {
+            status.state = match &result {
+                Ok(()) => State::Stopped,
+                Err(error) => State::Failed(error.to_string()),
+            }
+        });
+        result
+    }
+
+    async fn follow(
+        &mut self,
+        progress: &watch::Sender<Status>,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Result<(), ProjectionError> {
+        let mut checkpoint = self.fold.restore().await?;
+        let mut follower = self.source.follow(&checkpoint).await?;
+        tracing::info!(runner = %self.rules.name, checkpoint = ?checkpoint, "runner started");
+        self.report(progress, &checkpoint, follower.ends());
+        let mut ticks = self.tick.map(|every| {
+            let mut ticks = tokio::time::interval(every);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            ticks
+        });
+        let mut batch = Vec::with_capacity(self.batch_size);
+        let mut decoded = Vec::with_capacity(self.batch_size);
+        loop {
+            tokio::select! {
+                biased;
+                _ = stop.changed() => break,
+                () = tick(&mut ticks) => {
+                    self.fold.tick(&checkpoint).await?;
+                    continue;
+                }
+                next = follower.next_batch(&mut batch, self.batch_size) => next?,
+            }
+            let mut to = checkpoint.clone();
+            let mut records = 0;
+            for followed in batch.drain(..) {
+                if followed.mark.next <= to.get(&followed.partition).next {
+                    continue; // read before the checkpoint: never twice
+                }
+                match followed.record {
+                    Record::Event(record) => {
+                        if let Some(event) = self.rules.decode(&followed.partition, &record).await? {
+                            decoded.push(Decoded {
+                                event,
+                                record,
+                                partition: Arc::clone(&followed.partition),
+                                mark: followed.mark,
+                            });
+                        }
+                    }
+                    Record::Skip => {}
+                    Record::Unreadable { raw, reason } => {
+                        tracing::warn!(runner = %self.rules.name, at = %raw.location, %reason, "unreadable record set aside");
+                        self.rules
+                            .set_aside(raw.location.clone(), Poison::Raw(raw), reason)
+                            .await?;
+                    }
+                }
+                to.set(&followed.partition, followed.mark);
+                records += 1;
+            }
+            let ends = follower.ends();
+            let caught_up = to.reached(&ends);
+            self.fold
+                .apply(Batch {
+                    events: &mut decoded,
+                    to: &to,
+                    records,
+                    caught_up,
+                })
+                .await?;
+            decoded.clear();
+            checkpoint = to;
+            self.report(progress, &checkpoint, ends);
+        }
+        self.fold.stop(&checkpoint).await
+    }
+
+    fn report(&self, to: &watch::Sender<Status>, checkpoint: &Checkpoint, ends: BTreeMap<String, u64>) {
+        let status = Status {
+            checkpoint: checkpoint.clone(),
+            ends,
+            state: State::Running,
+        };
+        crate::telemetry::progress(&self.rules.name, &status.partitions());
+        to.send_replace(status);
+    }
+}
+
+impl<E: DomainEvent> Rules<E> {
+    /// The event for the fold, `None` when it is not for it, or set aside.
+    async fn decode(
+        &self,
+        partition: &str,
+        record: &Arc<RecordedEvent>,
+    ) -> Result<Option<Envelope<E>>, ProjectionError> {
+        if !self.categories.is_empty() && !self.categories.iter().any(|c| c == record.stream_id.category()) {
+            return Ok(None);
+        }
+        match self.codec.decode_envelope(record) {
+            Ok(event) => Ok(Some(event)),
+            Err(DecodeError::UnknownEventType { .. })
+                if self.unknown == UnknownEvents::Skip && !self.codec.knows(&record.event_type) =>
+            {
+                Ok(None)
+            }
+            Err(error) => {
+                tracing::warn!(
+                    runner = %self.name,
+                    stream = %record.stream_id,
+                    version = %record.version,
+                    at = %location(partition, record.position),
+                    event_type = %record.event_type,
+                    %error,
+                    "poison event set aside"
+                );
+                let at = location(partition, record.position);
+                self.set_aside(at, Poison::Event(Arc::clone(record)), error.to_string())
+                    .await?;
+                Ok(None)
+            }
+        }
+    }
+
+    async fn set_aside(&self, location: String, record: Poison, reason: String) -> Result<(), ProjectionError> {
+        crate::telemetry::dead_letter(&self.name);
+        self.dead_letters
+            .put(DeadLetter {
+                projection: self.name.clone(),
+                location,
+                record,
+                reason,
+            })
+            .await?;
+        Ok(())
+    }
+}
+
+/// Where an event of `partition` at `position` is, for reports.
+fn location(partition: &str, position: Position) -> String {
+    if partition == GLOBAL {
+        format!("position {position}")
+    } else {
+        format!("{partition}@{position}")
+    }
+}
+
+/// The next tick, or never without ticks.
+async fn tick(ticks: &mut Option<tokio::time::Interval>) {
+    match ticks {
+        Some(ticks) => {
+            ticks.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// How far a runner has read, and whether it still runs.
+#[derive(Clone, Debug, Default)]
+struct Status {
+    checkpoint: Checkpoint,
+    ends: BTreeMap<String, u64>,
+    state: State,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+enum State {
+    /// Restoring its state; nothing read yet.
+    #[default]
+    Starting,
+    Running,
+    Stopped,
+    Failed(String),
+}
+
+impl Status {
     /// Each partition's position and end as last seen.
-    pub(crate) fn partitions(&self) -> BTreeMap<String, PartitionProgress> {
+    fn partitions(&self) -> BTreeMap<String, PartitionProgress> {
         let mut partitions: BTreeMap<String, PartitionProgress> = self
             .checkpoint
             .iter()
@@ -36,115 +437,206 @@ impl Progress {
             })
             .collect();
         for (partition, &end) in &self.ends {
+            let position = self.checkpoint.get(partition).next;
             partitions
                 .entry(partition.clone())
-                .or_insert(PartitionProgress {
-                    position: self.checkpoint.get(partition).next,
-                    end: None,
-                })
-                .end = Some(end);
+                .or_insert(PartitionProgress { position, end: None })
+                .end = Some(end.max(position));
         }
         partitions
     }
+}
 
-    /// Tells watchers, and the metrics, where runner `reader` stands.
-    pub(crate) fn report(self, reader: &str, to: &watch::Sender<Progress>) {
-        crate::telemetry::progress(reader, &self.partitions());
-        to.send_replace(self);
+/// What [`Handle::wait_for`] waits for: the next offset of each partition
+/// named, or a position of a log with one global order.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Until(BTreeMap<String, u64>);
+
+impl From<Position> for Until {
+    /// Every event before `position` of a log with one global order (for
+    /// example an append's `last_position.next()`, or the store's head).
+    fn from(position: Position) -> Self {
+        Until(BTreeMap::from([(GLOBAL.to_owned(), position.0)]))
     }
 }
 
-/// A spawned runner task, its progress and its stop switch.
-pub(crate) struct RunnerTask {
-    watch: RunnerWatch,
+impl From<BTreeMap<String, u64>> for Until {
+    /// Every record before these next offsets, keyed as the source names
+    /// partitions (`topic/partition` on Kafka).
+    fn from(ends: BTreeMap<String, u64>) -> Self {
+        Until(ends)
+    }
+}
+
+impl From<&BTreeMap<String, u64>> for Until {
+    fn from(ends: &BTreeMap<String, u64>) -> Self {
+        Until(ends.clone())
+    }
+}
+
+/// A runner ended (stopped, or failed) before it reached what was waited for.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("the runner ended before it got there{}", .failure.as_ref().map(|f| format!(": {f}")).unwrap_or_default())]
+pub struct Ended {
+    /// Why it failed, when it did; `None` when it was stopped.
+    pub failure: Option<String>,
+}
+
+/// A running [`Runner`]: stop it, or take handles to it. It derefs to its
+/// [`Handle`].
+pub struct Running<R> {
+    handle: Handle<R>,
     stop: watch::Sender<bool>,
     task: JoinHandle<Result<(), ProjectionError>>,
 }
 
-/// What anyone may watch of a runner task: its progress, and its end.
-#[derive(Clone)]
-pub(crate) struct RunnerWatch {
-    progress: watch::Receiver<Progress>,
+impl<R: Clone> Running<R> {
+    /// A handle to the runner; clone it freely.
+    pub fn handle(&self) -> Handle<R> {
+        self.handle.clone()
+    }
 }
 
-impl RunnerTask {
-    /// Spawns `run(progress, stopped)`: it reports its progress on
-    /// `progress` as it goes, and ends when `stopped` changes.
-    pub(crate) fn spawn<F>(run: impl FnOnce(watch::Sender<Progress>, watch::Receiver<bool>) -> F) -> Self
-    where
-        F: Future<Output = Result<(), ProjectionError>> + Send + 'static,
-    {
-        let (progress, watched) = watch::channel(Progress::default());
-        let (stop, stopped) = watch::channel(false);
-        RunnerTask {
-            watch: RunnerWatch { progress: watched },
-            stop,
-            task: tokio::spawn(run(progress, stopped)),
-        }
-    }
-
-    /// A watch of the task's progress, for handles.
-    #[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
-    pub(crate) fn watch(&self) -> RunnerWatch {
-        self.watch.clone()
-    }
-
-    pub(crate) async fn wait_for(&self, position: Position) -> bool {
-        self.watch.wait_for(position).await
-    }
-
-    pub(crate) async fn wait_for_ends(&self, ends: &BTreeMap<String, u64>) -> bool {
-        self.watch.wait_for_ends(ends).await
-    }
-
-    pub(crate) fn progress(&self) -> BTreeMap<String, PartitionProgress> {
-        self.watch.progress()
-    }
-
-    pub(crate) async fn ended(&self) {
-        self.watch.ended().await
-    }
-
-    /// Asks the task to stop and waits for its result.
-    pub(crate) async fn stop(self) -> Result<(), ProjectionError> {
+impl<R> Running<R> {
+    /// Stops after the batch in hand, saves the state with its checkpoint,
+    /// and returns how the runner ended.
+    ///
+    /// # Errors
+    /// What stopped the runner before, if it failed, or what failed the last
+    /// save.
+    pub async fn stop(self) -> Result<(), ProjectionError> {
         self.stop.send_replace(true);
         self.task.await.map_err(|e| ProjectionError::Task(e.to_string()))?
     }
 
-    /// Ends the task at once and waits until it is gone, so that nothing it
-    /// was doing lands after this returns.
-    pub(crate) async fn abort(self) {
+    /// Stops the task at once, saving nothing: what a crash would do.
+    ///
+    /// Returns once the task is gone: nothing it does lands afterwards.
+    pub async fn abort(self) {
         self.task.abort();
-        // The task's answer is a cancellation, or whatever it ended with
-        // before the abort reached it: a crash reports neither.
+        // A cancellation, or how it ended before the abort reached it: a
+        // crash reports neither.
         let _ = self.task.await;
     }
 }
 
-impl RunnerWatch {
-    /// Waits until the task has read a log with one global order up to
-    /// `position`, or ended; returns whether the position was reached.
-    pub(crate) async fn wait_for(&self, position: Position) -> bool {
-        self.wait_for_ends(&BTreeMap::from([(GLOBAL.to_owned(), position.0)]))
-            .await
+impl<R> std::ops::Deref for Running<R> {
+    type Target = Handle<R>;
+    fn deref(&self) -> &Handle<R> {
+        &self.handle
+    }
+}
+
+/// A cheap, cloneable handle to a running [`Runner`]: its progress, and
+/// what it folds. It derefs to the latter, so a view's handle
+/// [`read`](ViewState::read)s and a table's handle queries.
+#[derive(Clone)]
+pub struct Handle<R> {
+    reads: R,
+    status: watch::Receiver<Status>,
+}
+
+impl<R> std::ops::Deref for Handle<R> {
+    type Target = R;
+    fn deref(&self) -> &R {
+        &self.reads
+    }
+}
+
+impl<R> Handle<R> {
+    /// Waits until the runner has taken every record before `until` (a
+    /// [`Position`] of a log with one global order, or the next offset of
+    /// each partition), or has ended.
+    ///
+    /// # Errors
+    /// [`Ended`] when the runner stopped or failed first.
+    #[must_use = "the runner may have ended before it got there"]
+    pub async fn wait_for(&self, until: impl Into<Until>) -> Result<(), Ended> {
+        let Until(ends) = until.into();
+        let mut status = self.status.clone();
+        let reached = |s: &Status| s.state != State::Starting && s.checkpoint.reached(&ends);
+        let seen = status
+            .wait_for(|s| reached(s) || matches!(s.state, State::Stopped | State::Failed(_)))
+            .await;
+        match seen {
+            Ok(status) if reached(&status) => Ok(()),
+            Ok(status) => Err(Ended {
+                failure: match &status.state {
+                    State::Failed(reason) => Some(reason.clone()),
+                    _ => None,
+                },
+            }),
+            Err(_) => Err(Ended {
+                failure: Some("the runner's task is gone".to_owned()),
+            }),
+        }
     }
 
-    /// Waits until the task has read every partition of `ends` up to its
-    /// offset there, or ended; returns whether they were reached.
-    pub(crate) async fn wait_for_ends(&self, ends: &BTreeMap<String, u64>) -> bool {
-        let mut progress = self.progress.clone();
-        let reached = progress.wait_for(|p| p.checkpoint.reached(ends)).await.is_ok();
-        reached
+    /// Each partition's position (the next offset to take, as saved with the
+    /// state) and end as last seen, and so the lag.
+    pub fn progress(&self) -> BTreeMap<String, PartitionProgress> {
+        self.status.borrow().partitions()
     }
 
-    /// Each partition's position and end as last seen.
-    pub(crate) fn progress(&self) -> BTreeMap<String, PartitionProgress> {
-        self.progress.borrow().partitions()
+    /// The checkpoint the runner has reached; `None` before it has restored
+    /// its state.
+    pub fn checkpoint(&self) -> Option<Checkpoint> {
+        let status = self.status.borrow();
+        (status.state != State::Starting).then(|| status.checkpoint.clone())
     }
 
-    /// Resolves once the task has ended, whatever the reason.
-    pub(crate) async fn ended(&self) {
-        let mut progress = self.progress.clone();
-        while progress.changed().await.is_ok() {}
+    /// Why the runner failed, if it did.
+    pub fn failure(&self) -> Option<String> {
+        match &self.status.borrow().state {
+            State::Failed(reason) => Some(reason.clone()),
+            _ => None,
+        }
+    }
+
+    /// Resolves once the runner has ended, whatever the reason;
+    /// [`Running::stop`] then returns why.
+    pub async fn ended(&self) {
+        let mut status = self.status.clone();
+        // An error means the task is gone: ended too.
+        let _ = status
+            .wait_for(|s| matches!(s.state, State::Stopped | State::Failed(_)))
+            .await;
+    }
+
+    /// What the runner folds, for queries.
+    pub fn reads(&self) -> &R {
+        &self.reads
+    }
+}
+
+/// The state of a fold kept in memory, shared between the runner and its
+/// handles.
+pub struct ViewState<V>(Arc<RwLock<V>>);
+
+impl<V> Clone for ViewState<V> {
+    fn clone(&self) -> Self {
+        ViewState(Arc::clone(&self.0))
+    }
+}
+
+impl<V> ViewState<V> {
+    /// `state`, to share.
+    pub fn new(state: V) -> Self {
+        ViewState(Arc::new(RwLock::new(state)))
+    }
+
+    /// Answers a query from the state as it is now.
+    pub fn read<R>(&self, query: impl FnOnce(&V) -> R) -> R {
+        query(&self.0.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Changes the state (the runner's side).
+    pub(crate) fn write<R>(&self, change: impl FnOnce(&mut V) -> R) -> R {
+        change(&mut self.0.write().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// The lock itself, for reading it while it is serialized.
+    pub(crate) fn lock(&self) -> &RwLock<V> {
+        &self.0
     }
 }

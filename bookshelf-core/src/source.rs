@@ -3,14 +3,16 @@
 //! topic of several partitions (Kafka).
 //!
 //! An [`EventSource`] hands out a [`Follower`] that starts at a
-//! [`Checkpoint`]: the next offset of every partition, with the fencing
-//! epoch the log's rule had reached there. Each record comes with the
-//! [`Mark`] to save after it, so that a reader that saves its state with
-//! its checkpoint resumes after a crash exactly where its state stands: no
-//! record applied twice, none passed over. Records that are not events for
-//! readers (a partition's ownership claims, events of a fenced writer,
-//! records that break the log's protocol) come through without an event, so
-//! that the checkpoint moves past them too; the source reports them.
+//! [`Checkpoint`]: the next offset of every partition, with a token the
+//! source keeps there (core stores it without reading it; the Kafka source
+//! keeps its fencing epoch in it). Each record comes with the [`Mark`] to
+//! save after it, so that a reader that saves its state with its checkpoint
+//! resumes after a crash exactly where its state stands: no record applied
+//! twice, none passed over. Records that are not events for readers (a
+//! partition's ownership claims, events of a fenced writer) come through as
+//! [`Record::Skip`], and records that should be events and cannot be read
+//! as [`Record::Unreadable`], so that the checkpoint moves past them too;
+//! every runner dead-letters the unreadable ones.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -23,19 +25,24 @@ use crate::store::{EventStore, StoreError, Subscription};
 /// The name of the one partition of a log with a global order.
 pub const GLOBAL: &str = "";
 
-/// The suffix of the keys under which a partition's epoch is kept beside
-/// its offset in a saved checkpoint (`topic/partition:epoch`).
-const EPOCH_SUFFIX: &str = ":epoch";
+/// The suffix of the keys under which a partition's token is kept beside
+/// its offset in a saved checkpoint (`NAME:token`).
+const TOKEN_SUFFIX: &str = ":token";
+
+/// The suffix under which checkpoints saved before tokens were opaque kept
+/// them (`NAME:epoch`): still read, never written.
+const LEGACY_TOKEN_SUFFIX: &str = ":epoch";
 
 /// Where a reader stands in one partition.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Mark {
     /// The next offset to read.
     pub next: u64,
-    /// The epoch of the partition's last valid ownership claim before
-    /// `next` (0 for logs without claims); events of other epochs are
-    /// passed over.
-    pub epoch: u64,
+    /// What the source needs, besides the offset, to read on from `next`
+    /// as it would have (0 when it needs nothing). Opaque here: saved and
+    /// handed back unread. The Kafka source keeps the epoch of the
+    /// partition's last ownership claim in it.
+    pub token: u64,
 }
 
 /// Where a reader stands in every partition of a log. Partitions not named
@@ -58,7 +65,7 @@ impl Checkpoint {
             GLOBAL,
             Mark {
                 next: position.0,
-                epoch: 0,
+                token: 0,
             },
         );
         checkpoint
@@ -92,7 +99,7 @@ impl Checkpoint {
 
     /// The checkpoint as saved in a [`StoredView`](crate::StoredView): the
     /// global position in `checkpoint`, or each partition's offset under its
-    /// name in `offsets` with its epoch, when not 0, under `NAME:epoch`.
+    /// name in `offsets` with its token, when not 0, under `NAME:token`.
     pub fn to_saved(&self) -> (Position, BTreeMap<String, u64>) {
         let mut offsets = BTreeMap::new();
         let mut position = Position(0);
@@ -102,22 +109,26 @@ impl Checkpoint {
                 continue;
             }
             offsets.insert(partition.clone(), mark.next);
-            if mark.epoch > 0 {
-                offsets.insert(format!("{partition}{EPOCH_SUFFIX}"), mark.epoch);
+            if mark.token > 0 {
+                offsets.insert(format!("{partition}{TOKEN_SUFFIX}"), mark.token);
             }
         }
         (position, offsets)
     }
 
-    /// The checkpoint saved by [`to_saved`](Self::to_saved).
+    /// The checkpoint saved by [`to_saved`](Self::to_saved), or by earlier
+    /// versions (which named tokens `NAME:epoch`).
     pub fn from_saved(position: Position, offsets: &BTreeMap<String, u64>) -> Self {
         if offsets.is_empty() {
             return Checkpoint::global(position);
         }
         let mut checkpoint = Checkpoint::new();
         for (key, &value) in offsets {
-            match key.strip_suffix(EPOCH_SUFFIX) {
-                Some(partition) => checkpoint.marks.entry(partition.to_owned()).or_default().epoch = value,
+            let token = key
+                .strip_suffix(TOKEN_SUFFIX)
+                .or_else(|| key.strip_suffix(LEGACY_TOKEN_SUFFIX));
+            match token {
+                Some(partition) => checkpoint.marks.entry(partition.to_owned()).or_default().token = value,
                 None => checkpoint.marks.entry(key.clone()).or_default().next = value,
             }
         }
@@ -133,9 +144,53 @@ pub struct Followed {
     /// Where the partition's reader stands after it: save this with a state
     /// that reflects the record.
     pub mark: Mark,
-    /// The event, or `None` for a record that is not an event for readers
-    /// (the source has reported why).
-    pub event: Option<Arc<RecordedEvent>>,
+    /// What the record is to readers.
+    pub record: Record,
+}
+
+/// What a record of a log is to its readers.
+#[derive(Clone, Debug)]
+pub enum Record {
+    /// An event of the log.
+    Event(Arc<RecordedEvent>),
+    /// Part of the log's own protocol, not an event (an ownership claim, an
+    /// event of a writer that had been fenced off): passed over by every
+    /// reader. The source has reported why.
+    Skip,
+    /// A record that should be an event and cannot be read as one (not an
+    /// envelope, not UTF-8, breaking the log's protocol): every runner sets
+    /// it aside in its dead letters.
+    Unreadable {
+        /// The record as it was read.
+        raw: Box<RawRecord>,
+        /// Why it is not an event.
+        reason: String,
+    },
+}
+
+impl Record {
+    /// The event, if the record is one.
+    pub fn event(&self) -> Option<&Arc<RecordedEvent>> {
+        match self {
+            Record::Event(event) => Some(event),
+            _ => None,
+        }
+    }
+}
+
+/// A record as a log holds it, for the records that cannot be read as
+/// events: what a dead letter keeps of them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RawRecord {
+    /// Where it is, as the source names places (`topic/partition@offset`
+    /// on Kafka).
+    pub location: String,
+    /// Its key, if it has one.
+    pub key: Option<Vec<u8>>,
+    /// Its body, if it has one.
+    pub body: Option<Vec<u8>>,
+    /// Its headers, in order.
+    pub headers: Vec<(String, Vec<u8>)>,
 }
 
 /// How far a reader is in one partition.
@@ -218,9 +273,9 @@ impl<S: EventStore + Clone> Follower for GlobalFollower<S> {
                 partition: Arc::clone(&self.partition),
                 mark: Mark {
                     next: event.position.0 + 1,
-                    epoch: 0,
+                    token: 0,
                 },
-                event: Some(event),
+                record: Record::Event(event),
             }));
         }
         // The store's head, for the lag; a head that cannot be read now
@@ -249,18 +304,30 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_checkpoint_saves_and_restores_offsets_and_epochs() {
+    fn a_checkpoint_saves_and_restores_offsets_and_tokens() {
         let mut checkpoint = Checkpoint::new();
-        checkpoint.set("books/0", Mark { next: 12, epoch: 3 });
-        checkpoint.set("books/1", Mark { next: 7, epoch: 0 });
+        checkpoint.set("books/0", Mark { next: 12, token: 3 });
+        checkpoint.set("books/1", Mark { next: 7, token: 0 });
         let (position, offsets) = checkpoint.to_saved();
         assert_eq!(position, Position(0));
-        assert_eq!(offsets.get("books/0:epoch"), Some(&3));
-        assert!(!offsets.contains_key("books/1:epoch"));
+        assert_eq!(offsets.get("books/0:token"), Some(&3));
+        assert!(!offsets.contains_key("books/1:token"));
         let restored = Checkpoint::from_saved(position, &offsets);
-        assert_eq!(restored.get("books/0"), Mark { next: 12, epoch: 3 });
-        assert_eq!(restored.get("books/1"), Mark { next: 7, epoch: 0 });
+        assert_eq!(restored.get("books/0"), Mark { next: 12, token: 3 });
+        assert_eq!(restored.get("books/1"), Mark { next: 7, token: 0 });
         assert_eq!(restored.get("books/2"), Mark::default());
+    }
+
+    #[test]
+    fn a_checkpoint_saved_with_epochs_by_earlier_versions_still_loads() {
+        let offsets = BTreeMap::from([
+            ("books/0".to_owned(), 12),
+            ("books/0:epoch".to_owned(), 3),
+            ("books/1".to_owned(), 7),
+        ]);
+        let restored = Checkpoint::from_saved(Position(19), &offsets);
+        assert_eq!(restored.get("books/0"), Mark { next: 12, token: 3 });
+        assert_eq!(restored.get("books/1"), Mark { next: 7, token: 0 });
     }
 
     #[test]

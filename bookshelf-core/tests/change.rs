@@ -1,8 +1,6 @@
 //! The change feed: each aggregate's state kept with the feed's checkpoint,
 //! so that a restart resumes without reading the log from its start.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -13,7 +11,7 @@ use bookshelf_core::{
     async_trait, Checkpoint, EventCodec, EventSource, EventStore, Followed, Follower, InMemoryStore, InMemoryViewStore,
     Metadata, Repository, StoreError, Version,
 };
-use common::{Account, AccountCommand};
+use bookshelf_testkit::accounts::{Account, AccountCommand};
 
 /// A source that counts the records its followers hand out.
 #[derive(Clone)]
@@ -86,7 +84,7 @@ async fn a_restarted_feed_resumes_from_its_saved_states_and_checkpoint() {
             .start()
     };
     let feed = start_feed();
-    assert!(feed.wait_for(writes.head().await.unwrap()).await);
+    feed.wait_for(writes.head().await.unwrap()).await.unwrap();
     feed.stop().await.unwrap();
     assert_eq!(source.read.swap(0, Ordering::SeqCst), 2);
 
@@ -95,7 +93,7 @@ async fn a_restarted_feed_resumes_from_its_saved_states_and_checkpoint() {
         .await
         .unwrap();
     let feed = start_feed();
-    assert!(feed.wait_for(writes.head().await.unwrap()).await);
+    feed.wait_for(writes.head().await.unwrap()).await.unwrap();
     let progress = feed.progress();
     assert_eq!((progress[GLOBAL].position, progress[GLOBAL].lag()), (3, Some(0)));
     feed.stop().await.unwrap();

@@ -5,14 +5,12 @@
 
 #![cfg(feature = "opentelemetry")]
 
-mod common;
-
 use std::sync::{Arc, Mutex};
 
 use bookshelf_core::process::{CommandBus, Dispatch, DispatchError, ProcessManager, ProcessRunner};
 use bookshelf_core::trace::TraceParent;
 use bookshelf_core::{async_trait, Envelope, EventStore, ExpectedVersion, InMemoryStore, ProjectionRunner, StreamId};
-use common::{deposit, AccountEvent, Ledger};
+use bookshelf_testkit::accounts::{deposit, AccountEvent, Ledger};
 use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
 use serde::{Deserialize, Serialize};
@@ -77,8 +75,8 @@ async fn readers_continue_the_events_trace_as_spans() {
     let view = ProjectionRunner::<Ledger, _>::new("ledger", store.clone()).start();
     let bus = Traced::default();
     let process = ProcessRunner::<Thanks, _, _>::new("thanks", store.clone(), bus.clone()).start();
-    assert!(view.handle().wait_for(end).await);
-    assert!(process.wait_for(end).await);
+    view.handle().wait_for(end).await.unwrap();
+    process.wait_for(end).await.unwrap();
     view.stop().await.unwrap();
     process.stop().await.unwrap();
     provider.force_flush().unwrap();

@@ -1,8 +1,6 @@
 //! The command runtime: conflicts and retries, preconditions, snapshots,
 //! upcasting of stored old events, and the aggregate test kit.
 
-mod common;
-
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -12,7 +10,7 @@ use bookshelf_core::{
     InMemorySnapshots, InMemoryStore, Metadata, NewEvent, Position, ProjectionRunner, RecordedEvent, Repository,
     RetryPolicy, Snapshot, SnapshotStore, StoreError, StreamId, Upcasters, Version, View,
 };
-use common::{Account, AccountCommand, AccountError, AccountEvent};
+use bookshelf_testkit::accounts::{Account, AccountCommand, AccountError, AccountEvent};
 use serde::{Deserialize, Serialize};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -339,7 +337,7 @@ async fn old_stored_events_are_upcast_on_load_and_in_projections() {
     assert_eq!(wallet.state.currencies, ["USD", "USD", "EUR"]);
 
     let running = ProjectionRunner::<Deposits, _>::new("deposits", store.clone()).start();
-    assert!(running.handle().wait_for(Position(4)).await);
+    running.handle().wait_for(Position(4)).await.unwrap();
     assert_eq!(
         running.handle().read(|d| d.0.clone()),
         vec![(2, 250, "USD".into()), (3, 100, "USD".into()), (4, 40, "EUR".into())]

@@ -13,8 +13,8 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use bookshelf_core::{DomainEvent, Envelope, FileViewStore, View};
-use bookshelf_kafka::{KafkaConfig, KafkaProjection};
+use bookshelf_core::{DomainEvent, Envelope, FileViewStore, ProjectionRunner, UnknownEvents, View};
+use bookshelf_kafka::{KafkaConfig, KafkaDeadLetters, KafkaLog};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -64,12 +64,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         rest.first().map(|p| p.parse()).transpose()?.unwrap_or(0),
         Ordering::Relaxed,
     );
-    let running = KafkaProjection::<Tally>::new("tally", KafkaConfig::new(brokers.as_str(), topic.as_str()))
+    let config = KafkaConfig::new(brokers.as_str(), topic.as_str());
+    let running = ProjectionRunner::<Tally, _>::new("tally", KafkaLog::new(config.clone()))
         .persist_to(FileViewStore::new(state_file))
+        .dead_letters(KafkaDeadLetters::open(&config).await?)
+        .unknown_events(UnknownEvents::DeadLetter)
         .batch_size(16)
         .save_every(40)
-        .start()
-        .await?;
+        .save_when_caught_up()
+        .start();
     println!("projecting {topic}");
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {

@@ -7,19 +7,18 @@
 //!   as well as the JSON body, one owner per partition fenced by claims in
 //!   the log, and a local SQLite copy of what was read, so that loads never
 //!   ask Kafka. Its guarantees and their limits are written on [`KafkaStore`].
-//! * [`KafkaProjection`] keeps a [`View`](bookshelf_core::View) up to date
-//!   from one or more topics of any number of partitions, saving each
-//!   partition's offset with the view's state, and sets poison records aside
-//!   in a dead-letter topic.
 //! * [`KafkaLog`] is a topic of any number of partitions as the core's
-//!   [`EventSource`](bookshelf_core::EventSource): what process runners and
-//!   change feeds follow on Kafka (a [`KafkaStore`] is one too).
+//!   [`EventSource`](bookshelf_core::EventSource): what every runner of the
+//!   core follows on Kafka (views, process managers, change feeds), each
+//!   partition's offset saved with the runner's state.
+//! * [`KafkaDeadLetters`] sets what runners cannot read aside in a
+//!   dead-letter topic.
 //! * [`rule`] is the one rule every reader applies to decide which records
 //!   are events of the log.
 //!
 //! ```no_run
-//! use bookshelf_core::{EventStore, FileViewStore, StreamId};
-//! use bookshelf_kafka::{high_watermarks, members_from_discovery, KafkaConfig, KafkaProjection, KafkaStore};
+//! use bookshelf_core::{EventStore, FileViewStore, ProjectionRunner, StreamId};
+//! use bookshelf_kafka::{high_watermarks, members_from_discovery, KafkaConfig, KafkaDeadLetters, KafkaLog, KafkaStore};
 //! # #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)] enum BookEvent { BookRead { title: String } }
 //! # impl bookshelf_core::DomainEvent for BookEvent {}
 //! # #[derive(Default, serde::Serialize, serde::Deserialize)] struct Reads(u64);
@@ -43,12 +42,12 @@
 //! }
 //!
 //! // A view, resuming from the offsets saved with its state.
-//! let reads = KafkaProjection::<Reads>::new("reads", config.clone())
+//! let reads = ProjectionRunner::<Reads, _>::new("reads", KafkaLog::new(config.clone()))
 //!     .persist_to(FileViewStore::new("reads.json"))
-//!     .start()
-//!     .await?;
-//! reads.handle().wait_for(&high_watermarks(&config, &["books"]).await?).await;
-//! println!("{} reads", reads.handle().read(|r| r.0));
+//!     .dead_letters(KafkaDeadLetters::open(&config).await?)
+//!     .start();
+//! reads.wait_for(&high_watermarks(&config, &["books"]).await?).await?;
+//! println!("{} reads", reads.read(|r| r.0));
 //! reads.stop().await?; // saves state and offsets
 //! # Ok(()) }
 //! ```
@@ -70,8 +69,8 @@
 //!   writes carries that epoch (header `bookshelf.epoch`).
 //! * **The reader rule** ([`rule`]): in each partition, an event counts only
 //!   if its epoch is that of the last valid claim before it. Every reader
-//!   applies it: the store's own follower, [`KafkaProjection`], [`KafkaLog`]
-//!   (hence the core's process runners and change feeds) and
+//!   applies it: the store's own follower, [`KafkaLog`] (hence every runner
+//!   of the core: views, process managers, change feeds) and
 //!   [`KafkaSubscription`]. The verdict depends only on the log's order,
 //!   so all readers agree on which events exist.
 //! * **Answers.** An append is answered when its records are known to be
@@ -80,8 +79,11 @@
 //!   otherwise when the follower has read them. An owner that lost its
 //!   partition (paused, cut off, slow) never has an event accepted: what it
 //!   still writes lands after the new owner's claim, every reader passes it
-//!   over, and its caller gets an error ([`Fenced`], or [`NotOwner`] once it
-//!   has read the claim).
+//!   over, and its caller gets an error
+//!   ([`StoreError::Fenced`](bookshelf_core::StoreError::Fenced), or
+//!   [`StoreError::NotOwner`](bookshelf_core::StoreError::NotOwner) once it
+//!   has read the claim): nothing was stored, and the append may be sent
+//!   again to the owner.
 //!
 //! What each fault does:
 //!
@@ -92,7 +94,7 @@
 //! | two instances both believe they own a partition (discovery lists disagree) | both claim; the later claim wins; the other steps down and claims again only after `claim_backoff`, while discovery still names it |
 //! | a send fails, or its acknowledgement is lost | the owner claims its partition again before writing more; whatever of the failed send lands after that claim is passed over; appends still waiting are answered by what the follower reads |
 //! | the local state file is lost | it is rebuilt from the topic (a replay of the partition) |
-//! | a record breaks the protocol (no stream key, on the wrong partition, a claim that does not parse) | reported with topic, partition, offset and the reason, and passed over; a projection dead-letters it |
+//! | a record breaks the protocol (no stream key, on the wrong partition, a claim that does not parse) | reported with topic, partition, offset and the reason, and passed over; every runner dead-letters it |
 //!
 //! Not guaranteed: an append of several events is several records, so a
 //! failure midway can leave the first ones in the log although the append
@@ -113,21 +115,18 @@
 
 pub mod cloudevents;
 mod config;
+mod dead_letters;
 mod local;
 mod ownership;
 mod partition;
-mod projection;
 mod reader;
 pub mod rule;
 mod source;
 mod store;
 
 pub use config::KafkaConfig;
+pub use dead_letters::{dead_letter_headers, KafkaDeadLetters};
 pub use ownership::{members_from_discovery, rendezvous_owner};
 pub use partition::partition_for;
-pub use projection::{dead_letter_headers, KafkaProjection, KafkaViewHandle, RunningKafkaProjection};
 pub use source::KafkaLog;
-pub use store::{
-    headers, high_watermarks, Fenced, KafkaStore, KafkaStoreBuilder, KafkaSubscription, Member, NotOwner,
-    PartitionOwner,
-};
+pub use store::{headers, high_watermarks, KafkaStore, KafkaStoreBuilder, KafkaSubscription, Member, PartitionOwner};

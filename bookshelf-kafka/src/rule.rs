@@ -1,5 +1,5 @@
 //! Which records of an events topic are part of the log: the one rule every
-//! reader applies (the store, [`crate::KafkaProjection`], subscriptions).
+//! reader applies (the store, [`crate::KafkaLog`] and so every runner, subscriptions).
 //!
 //! # The protocol
 //!

@@ -5,9 +5,9 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bookshelf_core::{async_trait, Checkpoint, EventSource, Followed, Follower, Mark, StoreError};
+use bookshelf_core::{async_trait, Checkpoint, EventSource, Followed, Follower, Mark, RawRecord, Record, StoreError};
 use rdkafka::consumer::Consumer;
-use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::message::{BorrowedMessage, Headers, Message};
 
 use crate::cloudevents::envelope_of;
 use crate::config::KafkaConfig;
@@ -22,9 +22,12 @@ pub(crate) fn partition_key(topic: &str, partition: i32) -> String {
 }
 
 /// The events of a topic, every partition, as the log's rule
-/// ([`crate::rule`]) counts them: claims, events of a fenced writer and
-/// records that break the protocol are reported and passed over (they come
-/// through without an event, so that checkpoints move past them).
+/// ([`crate::rule`]) counts them: claims and events of a fenced writer are
+/// reported and passed over ([`Record::Skip`]); records that break the
+/// protocol or are not event envelopes come through as
+/// [`Record::Unreadable`], which every runner dead-letters (see
+/// [`KafkaDeadLetters`](crate::KafkaDeadLetters)). The token of each
+/// partition's [`Mark`] is the epoch of its last valid claim.
 ///
 /// Reads start through the crate's reader, so a checkpoint inside a record
 /// batch is read from exactly (see the project README on tansu). Partitions
@@ -74,7 +77,7 @@ impl EventSource for KafkaLog {
         for partition in 0..partitions {
             let mark = from.get(&partition_key(topic, partition));
             starts.push((topic, partition, mark.next as i64));
-            rules.insert(partition, PartitionRule::at_epoch(mark.epoch));
+            rules.insert(partition, PartitionRule::at_epoch(mark.token));
         }
         let reader = Reader::open(&self.config, &starts, &[]).await?;
         Ok(Box::new(KafkaFollower {
@@ -185,26 +188,20 @@ impl Judge {
         let verdict = rule.judge(message, self.partitions);
         let mark = Mark {
             next: message.offset() as u64 + 1,
-            epoch: rule.epoch(),
+            token: rule.epoch(),
         };
-        let event = match verdict {
+        let record = match verdict {
             Verdict::Event { .. } | Verdict::Foreign => match envelope_of(message) {
-                Ok(event) => Some(Arc::new(event)),
-                Err(reason) => {
-                    tracing::error!(record = %locate(message), %reason, "record passed over: not an event envelope");
-                    None
-                }
+                Ok(event) => Record::Event(Arc::new(event)),
+                Err(reason) => unreadable(message, reason),
             },
-            Verdict::Claimed(_) | Verdict::StaleClaim(_) => None,
+            Verdict::Claimed(_) | Verdict::StaleClaim(_) => Record::Skip,
             Verdict::Stale { stream, epoch, current } => {
                 tracing::warn!(record = %locate(message), %stream, epoch, current,
                     "event passed over: written under an epoch the partition had left");
-                None
+                Record::Skip
             }
-            Verdict::Broken(reason) => {
-                tracing::error!(record = %locate(message), %reason, "record passed over: it breaks the log's protocol");
-                None
-            }
+            Verdict::Broken(reason) => unreadable(message, format!("it breaks the log's protocol: {reason}")),
         };
         let name = self
             .names
@@ -214,7 +211,7 @@ impl Judge {
         Followed {
             partition: name,
             mark,
-            event,
+            record,
         }
     }
 
@@ -223,6 +220,28 @@ impl Judge {
         let followed = self.judge(message);
         self.ends.saw(message.topic(), message.partition(), followed.mark.next);
         followed
+    }
+}
+
+/// A record that is not an event, as it was read, for the dead letters.
+fn unreadable(message: &BorrowedMessage<'_>, reason: String) -> Record {
+    let headers = message
+        .headers()
+        .map(|headers| {
+            headers
+                .iter()
+                .map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec()))
+                .collect()
+        })
+        .unwrap_or_default();
+    Record::Unreadable {
+        raw: Box::new(RawRecord {
+            location: locate(message),
+            key: message.key().map(<[u8]>::to_vec),
+            body: message.payload().map(<[u8]>::to_vec),
+            headers,
+        }),
+        reason,
     }
 }
 

@@ -182,10 +182,10 @@ struct Pending {
 impl Pending {
     /// Answers that the record is not in the log, and why.
     fn fenced(self, reason: String) {
-        let error = StoreError::Backend(Box::new(Fenced {
+        let error = StoreError::Fenced {
             stream: self.stream,
             reason,
-        }));
+        };
         let _ = self.reply.send(Err(error));
     }
 }
@@ -503,37 +503,12 @@ impl Inner {
 
     fn not_owner(&self, stream: &StreamId, partition: i32) -> StoreError {
         let owner = self.part(partition).rule.claim().map(|c| c.owner.clone());
-        StoreError::Backend(Box::new(NotOwner {
+        StoreError::NotOwner {
             stream: stream.clone(),
-            partition,
+            partition: crate::source::partition_key(&self.topic, partition),
             owner,
-        }))
+        }
     }
-}
-
-/// An append went to an instance that does not own the stream's partition
-/// (now): the caller should send it to the owner, or try again.
-#[derive(Debug, thiserror::Error)]
-#[error("this instance does not own partition {partition} (stream {stream}); {}", match owner { Some(o) => format!("{o} does"), None => "no instance has claimed it yet".into() })]
-pub struct NotOwner {
-    /// The stream appended to.
-    pub stream: StreamId,
-    /// Its partition.
-    pub partition: i32,
-    /// The instance that claimed the partition last, as read here.
-    pub owner: Option<String>,
-}
-
-/// An append whose records were passed over by the log's rule: another
-/// instance claimed the partition before they landed, or a failed send made
-/// the owner close its epoch. Nothing of the append is in the log.
-#[derive(Debug, thiserror::Error)]
-#[error("append to {stream} was fenced off: {reason}")]
-pub struct Fenced {
-    /// The stream appended to.
-    pub stream: StreamId,
-    /// What happened.
-    pub reason: String,
 }
 
 impl std::fmt::Debug for KafkaStore {

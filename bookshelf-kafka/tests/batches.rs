@@ -47,7 +47,7 @@ async fn a_process_runner_stopped_inside_record_batches_resumes_without_skipping
         // Stop once it has taken a few hundred more records: the runner
         // saves after every batch, so the checkpoints fall inside the
         // producer's batches.
-        let taken = |running: &bookshelf_core::RunningProcess<Tally>| {
+        let taken = |running: &bookshelf_core::Running<bookshelf_core::ViewState<Tally>>| {
             running.progress().values().map(|p| p.position).sum::<u64>()
         };
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -68,7 +68,7 @@ async fn a_process_runner_stopped_inside_record_batches_resumes_without_skipping
     let running = ProcessRunner::<Tally, _, _>::new("tally", KafkaLog::new(config(&topic)), Nowhere)
         .persist_to(saved.clone())
         .start();
-    assert!(running.wait_for_ends(&ends).await);
+    running.wait_for(&ends).await.unwrap();
     let progress = running.progress();
     assert_eq!(progress.len(), 3, "{progress:?}");
     assert!(progress.values().all(|p| p.lag() == Some(0)), "{progress:?}");

@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use bookshelf_core::process::ProcessRunner;
 use bookshelf_core::{EventStore, ExpectedVersion, StreamId, UnknownEvents, Version, View};
-use bookshelf_kafka::{high_watermarks, KafkaConfig, KafkaLog, KafkaProjection, KafkaStore};
-use common::{brokers, counted, dead_letters, topic, Nowhere, Tally};
+use bookshelf_kafka::{high_watermarks, KafkaConfig, KafkaLog, KafkaStore};
+use common::{brokers, counted, dead_letters, projection, topic, Nowhere, Tally};
 
 fn python(command: &str, topic: &str) -> String {
     let python = std::env::var("BOOKSHELF_PYTHON").unwrap_or_else(|_| {
@@ -95,12 +95,11 @@ async fn cloudevents_go_both_ways() {
 
     // A view takes both kinds; the unknown type is skipped, the text set aside.
     let ends = high_watermarks(&config, &[&topic]).await.unwrap();
-    let view = KafkaProjection::<Viewed>::new("tally", config.clone())
-        .unknown_events(UnknownEvents::Skip)
-        .start()
+    let view = projection::<Viewed>("tally", &config.clone())
         .await
-        .unwrap();
-    assert!(view.handle().wait_for(&ends).await);
+        .unknown_events(UnknownEvents::Skip)
+        .start();
+    view.wait_for(&ends).await.unwrap();
     let tally = view.handle().read(|v| v.0.clone());
     view.stop().await.unwrap();
     assert_eq!((tally.count, tally.sum), (7, 1 + 2 + 3 + 4 + 10 + 20 + 30), "{tally:?}");
@@ -113,7 +112,7 @@ async fn cloudevents_go_both_ways() {
 
     // A process runner over the topic sees the same events.
     let runner = ProcessRunner::<Tally, _, _>::new("tally", KafkaLog::new(config.clone()), Nowhere).start();
-    assert!(runner.wait_for_ends(&ends).await);
+    runner.wait_for(&ends).await.unwrap();
     runner.read(|t| assert_eq!((t.count, t.sum), (tally.count, tally.sum)));
     runner.stop().await.unwrap();
 

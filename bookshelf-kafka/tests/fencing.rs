@@ -4,14 +4,14 @@
 
 mod common;
 
-use common::{brokers, counted, dead_letters, project_to_end, topic};
+use common::{brokers, counted, dead_letters, project_to_end, projection, topic};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use bookshelf_core::{
     DomainEvent, Envelope, EventStore, ExpectedVersion, InMemoryViewStore, StoreError, StreamId, Version, View,
 };
-use bookshelf_kafka::{headers, rule, Fenced, KafkaConfig, KafkaProjection, KafkaStore, NotOwner};
+use bookshelf_kafka::{headers, rule, KafkaConfig, KafkaStore};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde::{Deserialize, Serialize};
@@ -67,10 +67,10 @@ fn raw_producer() -> FutureProducer {
         .expect("a plain producer")
 }
 
-fn error_of<T: std::fmt::Debug>(result: Result<T, StoreError>) -> Box<dyn std::error::Error + Send + Sync> {
+fn error_of<T: std::fmt::Debug>(result: Result<T, StoreError>) -> StoreError {
     match result {
-        Err(StoreError::Backend(source)) => source,
-        other => panic!("expected a backend error, got {other:?}"),
+        Err(error) => error,
+        other => panic!("expected an error, got {other:?}"),
     }
 }
 
@@ -98,8 +98,11 @@ async fn members_share_the_partitions_and_a_leavers_partitions_move() {
 
     // a does not write b's partitions; it says who does.
     let refused = error_of(a.append(&on_b, ExpectedVersion::Any, vec![counted(1)]).await);
-    let not_owner = refused.downcast_ref::<NotOwner>().expect("a NotOwner error");
-    assert_eq!(not_owner.owner.as_deref(), Some("b"));
+    let StoreError::NotOwner { owner, .. } = &refused else {
+        panic!("a NotOwner error, got {refused}");
+    };
+    assert_eq!(owner.as_deref(), Some("b"));
+    assert!(refused.is_retryable());
     assert_eq!(a.owner_of(&on_b).map(|c| c.address), Some("http://b".to_owned()));
 
     b.append(&on_b, ExpectedVersion::NoStream, vec![counted(1)])
@@ -118,7 +121,7 @@ async fn members_share_the_partitions_and_a_leavers_partitions_move() {
         b.append(&on_b, ExpectedVersion::Exact(Version(1)), vec![counted(9)])
             .await,
     );
-    assert!(late.downcast_ref::<NotOwner>().is_some(), "{late}");
+    assert!(matches!(late, StoreError::NotOwner { .. }), "{late}");
     let out = a
         .append(&on_b, ExpectedVersion::Exact(Version(1)), vec![counted(2)])
         .await
@@ -185,7 +188,7 @@ async fn a_fenced_writers_late_records_are_passed_over_by_every_reader() {
             .append(&stream, ExpectedVersion::Exact(Version(1)), vec![counted(7)])
             .await,
     );
-    assert!(refused.downcast_ref::<NotOwner>().is_some(), "{refused}");
+    assert!(matches!(refused, StoreError::NotOwner { .. }), "{refused}");
 
     // What a paused first owner would still have sent: version 2 under its
     // old epoch, landing after the claim. Then the second writes version 2.
@@ -226,7 +229,7 @@ async fn a_fenced_writers_late_records_are_passed_over_by_every_reader() {
     let expected = vec![r#"{"n":1}"#.to_owned(), r#"{"n":2}"#.to_owned()];
     assert_eq!(ns(&second.read_stream(&stream, Version(1)).await.unwrap()), expected);
     project_to_end(
-        KafkaProjection::<Seen>::new("seen", config(&topic)),
+        projection::<Seen>("seen", &config(&topic)).await,
         &config(&topic),
         &topic,
         |seen| assert_eq!(seen.by_stream.get(stream.as_str()), Some(&vec![1, 2])),
@@ -264,8 +267,8 @@ async fn an_append_answered_after_a_takeover_is_an_error_and_not_in_the_log() {
         let (stream, n, result) = task.await.unwrap();
         match result {
             Ok(_) => answered.push((stream, n, true)),
-            Err(StoreError::Backend(source)) => {
-                if source.downcast_ref::<Fenced>().is_some() {
+            Err(error @ (StoreError::Fenced { .. } | StoreError::NotOwner { .. } | StoreError::Backend(_))) => {
+                if matches!(error, StoreError::Fenced { .. }) {
                     fenced += 1;
                 }
                 answered.push((stream, n, false));
@@ -365,7 +368,9 @@ async fn records_that_break_the_protocol_are_named_and_set_aside() {
         .unwrap();
     assert_eq!(store.stream_version(&stream).await.unwrap(), Version(2));
 
-    let projection = KafkaProjection::<Seen>::new("seen", config(&topic)).persist_to(InMemoryViewStore::new());
+    let projection = projection::<Seen>("seen", &config(&topic))
+        .await
+        .persist_to(InMemoryViewStore::new());
     project_to_end(projection, &config(&topic), &topic, |seen| {
         assert_eq!(seen.by_stream.get(stream.as_str()), Some(&vec![1, 2]))
     })

@@ -4,14 +4,14 @@
 
 mod common;
 
-use common::{brokers, counted, dead_letters, fill_in_batches, topic, CounterEvent, Tally};
+use common::{brokers, counted, dead_letters, fill_in_batches, projection, topic, CounterEvent, Tally};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bookshelf_core::{Envelope, EventStore, ExpectedVersion, InMemoryViewStore, StreamId, View};
-use bookshelf_kafka::{headers, high_watermarks, KafkaConfig, KafkaProjection, KafkaStore};
+use bookshelf_kafka::{headers, high_watermarks, KafkaConfig, KafkaStore};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
@@ -78,14 +78,15 @@ async fn poison_records_go_to_the_dead_letter_topic_and_the_projection_goes_on()
     }
     let good = good + fill(&store, 30..40).await;
 
-    let running = KafkaProjection::<Tally>::new("tally", config(&topic))
-        .persist_to(InMemoryViewStore::new())
-        .start()
+    let running = projection::<Tally>("tally", &config(&topic))
         .await
-        .unwrap();
+        .persist_to(InMemoryViewStore::new())
+        .start();
     let ends = high_watermarks(&config(&topic), &[&topic]).await.unwrap();
-    let reached = tokio::time::timeout(Duration::from_secs(30), running.handle().wait_for(&ends)).await;
-    assert!(reached.unwrap(), "the projection reaches the end despite poison");
+    let reached = tokio::time::timeout(Duration::from_secs(30), running.wait_for(&ends)).await;
+    reached
+        .expect("the projection reaches the end despite poison, within 30 s")
+        .expect("the projection still runs");
     running.handle().read(|tally| {
         assert_eq!(tally.count, 40);
         assert_eq!(tally.sum, good);
@@ -110,39 +111,36 @@ async fn a_restarted_projection_resumes_from_its_saved_offsets() {
     let mut expected = fill(&store, 0..60).await;
     let saved = InMemoryViewStore::new();
     let start = || async {
-        KafkaProjection::<Tally>::new("tally", config(&topic))
+        projection::<Tally>("tally", &config(&topic))
+            .await
             .persist_to(saved.clone())
             .save_every(7)
             .start()
-            .await
-            .unwrap()
     };
     let running = start().await;
     let ends = high_watermarks(&config(&topic), &[&topic]).await.unwrap();
-    assert!(running.handle().wait_for(&ends).await);
+    running.wait_for(&ends).await.unwrap();
     running.stop().await.unwrap();
 
     expected += fill(&store, 60..100).await;
     let running = start().await;
     let ends = high_watermarks(&config(&topic), &[&topic]).await.unwrap();
-    assert!(
-        tokio::time::timeout(Duration::from_secs(30), running.handle().wait_for(&ends))
-            .await
-            .unwrap()
-    );
+    tokio::time::timeout(Duration::from_secs(30), running.wait_for(&ends))
+        .await
+        .expect("caught up within 30 s")
+        .expect("the projection still runs");
     running.handle().read(|tally| {
         tally.assert_one_fold(100, expected, "after a restart");
     });
     running.stop().await.unwrap();
 
     // A rebuild replays everything into a fresh view.
-    let rebuilt = KafkaProjection::<Tally>::new("tally", config(&topic))
+    let rebuilt = projection::<Tally>("tally", &config(&topic))
+        .await
         .persist_to(saved.clone())
         .rebuild()
-        .start()
-        .await
-        .unwrap();
-    assert!(rebuilt.handle().wait_for(&ends).await);
+        .start();
+    rebuilt.wait_for(&ends).await.unwrap();
     assert_eq!(rebuilt.handle().read(|t| (t.count, t.sum)), (100, expected));
     rebuilt.stop().await.unwrap();
 }
@@ -249,18 +247,21 @@ async fn a_projection_stopped_inside_record_batches_resumes_without_skipping() {
     let saved = InMemoryViewStore::new();
     let mut restarts = 0;
     loop {
-        let running = KafkaProjection::<Tally>::new("tally", config(&topic))
+        let running = projection::<Tally>("tally", &config(&topic))
+            .await
             .persist_to(saved.clone())
             .save_every(7)
             .batch_size(13)
-            .start()
-            .await
-            .unwrap();
+            .start();
         // Stop once it has taken a few hundred more records (or reached the end).
-        let taken = |offsets: BTreeMap<String, u64>| offsets.values().sum::<u64>();
-        let before = taken(running.handle().offsets());
+        let taken = || running.progress().values().map(|p| p.position).sum::<u64>();
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while taken(running.handle().offsets()) < (before + 500).min(records) {
+        while running.checkpoint().is_none() {
+            assert!(std::time::Instant::now() < deadline, "the projection restores its view");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let before = taken();
+        while taken() < (before + 500).min(records) {
             assert!(
                 std::time::Instant::now() < deadline,
                 "the projection makes progress after restart {restarts}"
@@ -274,12 +275,11 @@ async fn a_projection_stopped_inside_record_batches_resumes_without_skipping() {
         restarts += 1;
         assert!(restarts < 200, "the projection reaches the end");
     }
-    let running = KafkaProjection::<Tally>::new("tally", config(&topic))
-        .persist_to(saved.clone())
-        .start()
+    let running = projection::<Tally>("tally", &config(&topic))
         .await
-        .unwrap();
-    assert!(running.handle().wait_for(&ends).await);
+        .persist_to(saved.clone())
+        .start();
+    running.wait_for(&ends).await.unwrap();
     let progress = running.handle().progress();
     assert_eq!(progress.len(), 3, "{progress:?}");
     assert!(progress.values().all(|p| p.lag() == Some(0)), "{progress:?}");

@@ -253,7 +253,7 @@ async fn the_core_projection_runner_runs_on_a_one_partition_topic() {
     let head = store.head().await.unwrap();
     assert_eq!(head, Position(51), "the store's claim, then 50 events");
     let reached = tokio::time::timeout(Duration::from_secs(30), running.handle().wait_for(head)).await;
-    assert!(reached.unwrap());
+    reached.expect("caught up in time").expect("the runner still runs");
     running.handle().read(|sum| {
         assert_eq!(sum.total, (1..=50).sum::<u64>());
         assert_eq!(

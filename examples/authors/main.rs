@@ -20,8 +20,8 @@ mod books;
 #[path = "../common/docs.rs"]
 mod docs;
 
-use bookshelf::UnknownEvents;
-use bookshelf_kafka::{KafkaConfig, KafkaProjection};
+use bookshelf::{ProjectionRunner, UnknownEvents};
+use bookshelf_kafka::{KafkaConfig, KafkaDeadLetters, KafkaLog};
 use clap::Parser;
 
 use books::Authors;
@@ -55,11 +55,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let config = KafkaConfig::new(broker, args.service.topic.as_str())
         .partitions(3)
         .create_topic(true);
-    let view = KafkaProjection::<Authors>::new("authors", config)
+    let dead_letters = KafkaDeadLetters::open(&config).await?;
+    let view = ProjectionRunner::<Authors, _>::new("authors", KafkaLog::new(config))
+        .dead_letters(dead_letters)
         .unknown_events(UnknownEvents::Skip)
-        .start()
-        .await?;
-    let app = api::authors_routes(api::AuthorsView(view.handle()))
+        .start();
+    let app = api::authors_routes(api::AuthorsView(view.reads().clone()))
         .merge(api::health_routes())
         .serve_docs("authors API")
         .fallback(api::not_found);

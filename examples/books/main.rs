@@ -25,7 +25,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bookshelf::store::SqliteStore;
+use bookshelf::sqlite::SqliteStore;
 use bookshelf::{EventStore, InMemoryStore, Repository};
 use bookshelf_kafka::{members_from_discovery, KafkaConfig, KafkaStore};
 use clap::Parser;

@@ -30,7 +30,7 @@ use std::time::Duration;
 
 use bookshelf::change::ChangeFeed;
 use bookshelf::process::ProcessRunner;
-use bookshelf::store::{SqliteStore, SqliteViewStore};
+use bookshelf::sqlite::{SqliteStore, SqliteViewStore};
 use bookshelf::{EventStore, FileViewStore, InMemoryStore, Metadata, ProjectionRunner, Repository};
 use clap::Parser;
 
@@ -207,11 +207,11 @@ where
     }
 
     let end = writes.head().await?;
-    feed.wait_for(end).await;
+    feed.wait_for(end).await?;
     let published = changes.head().await?;
-    replica.handle().wait_for(published).await;
+    replica.wait_for(published).await?;
     for notifier in &notifiers {
-        notifier.wait_for(published).await;
+        notifier.wait_for(published).await?;
     }
     tokio::time::sleep(Duration::from_millis(50)).await;
 

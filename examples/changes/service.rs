@@ -25,7 +25,8 @@ use axum::extract::State;
 use bookshelf::change::ChangeFeed;
 use bookshelf::process::ProcessRunner;
 use bookshelf::{FileViewStore, PartitionProgress, RetryPolicy};
-use bookshelf_kafka::{members_from_discovery, KafkaConfig, KafkaLog, KafkaProjection, KafkaStore, KafkaViewHandle};
+use bookshelf::{ProjectionRunner, UnknownEvents, ViewState};
+use bookshelf_kafka::{members_from_discovery, KafkaConfig, KafkaDeadLetters, KafkaLog, KafkaStore};
 use serde_json::{json, Value};
 
 use crate::api::ServiceFlags;
@@ -91,7 +92,7 @@ async fn progress(State(progress): State<Progress>) -> axum::Json<ProgressBody> 
     get, path = "/replica", tag = "changes",
     responses((status = 200, description = "Each book's state by id", body = Object))
 )]
-async fn replica_books(State(view): State<KafkaViewHandle<Replica>>) -> axum::Json<Value> {
+async fn replica_books(State(view): State<ViewState<Replica>>) -> axum::Json<Value> {
     axum::Json(json!(view.read(|r| r.books.clone())))
 }
 
@@ -164,16 +165,19 @@ pub async fn start(
             (task, Some(store))
         }
         Role::Replica => {
-            let replica = KafkaProjection::<Replica>::new("replica", changes)
+            let dead_letters = KafkaDeadLetters::open(&changes).await?;
+            let replica = ProjectionRunner::<Replica, _>::new("replica", KafkaLog::new(changes))
                 .persist_to(saved("replica"))
                 .save_every(100)
-                .start()
-                .await?;
+                .save_when_caught_up()
+                .dead_letters(dead_letters)
+                .unknown_events(UnknownEvents::DeadLetter)
+                .start();
             let handle = replica.handle();
             routes = routes.merge(
                 Api::new()
                     .route(__path_replica_books, replica_books)
-                    .with_state(replica.handle()),
+                    .with_state(replica.reads().clone()),
             );
             let task = tokio::spawn(async move {
                 loop {

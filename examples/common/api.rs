@@ -10,7 +10,7 @@ use axum::extract::{FromRequest, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
-use bookshelf::{CommandError, EventStore, Metadata, Position, ProjectionHandle, RecordedEvent, Repository, Version};
+use bookshelf::{CommandError, EventStore, Metadata, Position, RecordedEvent, Repository, Version, ViewState};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -92,12 +92,7 @@ impl IntoResponse for ApiError {
 /// Whether a store error says that another instance owns the stream's
 /// partition, or fenced the append off: nothing was stored.
 fn not_owner(error: &CommandError<BookError>) -> bool {
-    match error {
-        CommandError::Store(bookshelf::StoreError::Backend(source)) => {
-            source.is::<bookshelf_kafka::NotOwner>() || source.is::<bookshelf_kafka::Fenced>()
-        }
-        _ => false,
-    }
+    matches!(error, CommandError::Store(store) if store.is_retryable())
 }
 
 impl From<CommandError<BookError>> for ApiError {
@@ -210,10 +205,10 @@ pub type Settle =
     Arc<dyn Fn(Position) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>> + Send + Sync>;
 
 /// Read-your-writes on an in-process view.
-pub fn settle_on<V: bookshelf::View>(view: ProjectionHandle<V>) -> Settle {
+pub fn settle_on<R: Clone + Send + Sync + 'static>(view: bookshelf::Handle<R>) -> Settle {
     Arc::new(move |position| {
         let view = view.clone();
-        Box::pin(async move { view.wait_for(position).await })
+        Box::pin(async move { view.wait_for(position).await.is_ok() })
     })
 }
 
@@ -661,30 +656,12 @@ impl<S: EventStore> BooksApi<S> {
     }
 }
 
-/// Reads a view wherever it runs: in memory or on Kafka.
-pub trait ViewReader<V>: Clone + Send + Sync + 'static {
-    /// Runs `query` on the view as it is now.
-    fn read_view<R>(&self, query: impl FnOnce(&V) -> R) -> R;
-}
-
-impl<V: bookshelf::View> ViewReader<V> for ProjectionHandle<V> {
-    fn read_view<R>(&self, query: impl FnOnce(&V) -> R) -> R {
-        self.read(query)
-    }
-}
-
-impl<V: bookshelf::View> ViewReader<V> for bookshelf_kafka::KafkaViewHandle<V> {
-    fn read_view<R>(&self, query: impl FnOnce(&V) -> R) -> R {
-        self.read(query)
-    }
-}
-
 /// `GET /` and `GET /last-read`: the last read books as a JSON list, most
 /// recent first.
-pub fn last_read_routes<H: ViewReader<LastRead>>(view: H) -> Api {
+pub fn last_read_routes(view: ViewState<LastRead>) -> Api {
     Api::new()
-        .route(__path_last_read_root, last_read_root::<H>)
-        .route(__path_last_read, last_read::<H>)
+        .route(__path_last_read_root, last_read_root)
+        .route(__path_last_read, last_read)
         .with_state(view)
 }
 
@@ -693,7 +670,7 @@ pub fn last_read_routes<H: ViewReader<LastRead>>(view: H) -> Api {
     get, path = "/", tag = "last-read",
     responses((status = 200, description = "Up to five books, most recently read first", body = Vec<ReadBook>))
 )]
-async fn last_read_root<H: ViewReader<LastRead>>(view: State<H>) -> Response {
+async fn last_read_root(view: State<ViewState<LastRead>>) -> Response {
     last_read(view).await
 }
 
@@ -702,8 +679,8 @@ async fn last_read_root<H: ViewReader<LastRead>>(view: State<H>) -> Response {
     get, path = "/last-read", tag = "last-read",
     responses((status = 200, description = "Up to five books, most recently read first", body = Vec<ReadBook>))
 )]
-async fn last_read<H: ViewReader<LastRead>>(State(view): State<H>) -> Response {
-    axum::Json(view.read_view(LastRead::books)).into_response()
+async fn last_read(State(view): State<ViewState<LastRead>>) -> Response {
+    axum::Json(view.read(LastRead::books)).into_response()
 }
 
 /// What the authors routes ask, of the in-memory view or of a table.
@@ -716,15 +693,15 @@ pub trait AuthorsQuery: Clone + Send + Sync + 'static {
 
 /// The in-memory view, wherever it runs.
 #[derive(Clone)]
-pub struct AuthorsView<H>(pub H);
+pub struct AuthorsView(pub ViewState<Authors>);
 
-impl<H: ViewReader<Authors>> AuthorsQuery for AuthorsView<H> {
+impl AuthorsQuery for AuthorsView {
     fn list(&self) -> Vec<crate::books::AuthorSummary> {
-        self.0.read_view(Authors::list)
+        self.0.read(Authors::list)
     }
 
     fn books_of(&self, author: &str) -> Option<Vec<crate::books::ShelvedBook>> {
-        self.0.read_view(|authors| authors.books_of(author))
+        self.0.read(|authors| authors.books_of(author))
     }
 }
 

@@ -1,7 +1,7 @@
 //! Books by author as a SQL table: the same answers as the in-memory
 //! `Authors` view, from a table that grows on disk, not in memory.
 
-use bookshelf::table::{rusqlite, TableHandle, TableView};
+use bookshelf::sqlite::table::{rusqlite, TableView, Tables};
 use bookshelf::Envelope;
 
 use crate::api::AuthorsQuery;
@@ -47,7 +47,7 @@ impl TableView for AuthorsTable {
 
 /// The authors queries, answered with SQL.
 #[derive(Clone)]
-pub struct AuthorsTableHandle(pub TableHandle);
+pub struct AuthorsTableHandle(pub Tables);
 
 impl AuthorsTableHandle {
     fn answer<R: Default>(&self, query: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<R>) -> R {

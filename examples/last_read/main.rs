@@ -31,10 +31,10 @@ mod tables;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use bookshelf::store::SqliteStore;
-use bookshelf::table::TableProjection;
-use bookshelf::{EventSource, EventStore, InMemoryStore, ProjectionRunner, Repository, UnknownEvents};
-use bookshelf_kafka::{KafkaConfig, KafkaProjection};
+use bookshelf::sqlite::table::TableFold;
+use bookshelf::sqlite::SqliteStore;
+use bookshelf::{EventSource, EventStore, InMemoryStore, ProjectionRunner, Repository};
+use bookshelf_kafka::{KafkaConfig, KafkaDeadLetters, KafkaLog};
 use clap::Parser;
 
 use books::{Authors, Book, Clock, LastRead};
@@ -150,14 +150,12 @@ where
             if rebuild && path.exists() {
                 std::fs::remove_file(&path)?; // derived data: built again from the events
             }
-            let table = TableProjection::new("authors", store.clone(), path, tables::AuthorsTable).start()?;
-            let handle = table.handle();
-            settle.push(Arc::new(move |position| {
-                let handle = handle.clone();
-                Box::pin(async move { handle.wait_for(position).await })
-            }));
+            let table = TableFold::open("authors", path, tables::AuthorsTable)?
+                .follow(store.clone())
+                .start();
+            settle.push(api::settle_on(table.handle()));
             (
-                api::authors_routes(tables::AuthorsTableHandle(table.handle())),
+                api::authors_routes(tables::AuthorsTableHandle(table.reads().clone())),
                 Box::pin(table.stop()),
             )
         }
@@ -167,7 +165,7 @@ where
                 .start();
             settle.push(api::settle_on(authors.handle()));
             (
-                api::authors_routes(api::AuthorsView(authors.handle())),
+                api::authors_routes(api::AuthorsView(authors.reads().clone())),
                 Box::pin(authors.stop()),
             )
         }
@@ -177,7 +175,7 @@ where
         read_your_writes: settle,
         new_id: None,
     });
-    let app = api::last_read_routes(view.handle())
+    let app = api::last_read_routes(view.reads().clone())
         .merge(authors)
         .merge(api::books_routes(books));
     let stop = async move {
@@ -189,17 +187,17 @@ where
 
 /// Where a store keeps views, if it does.
 trait Keeps {
-    fn view_store(&self, name: &str) -> Option<bookshelf::store::SqliteViewStore>;
+    fn view_store(&self, name: &str) -> Option<bookshelf::sqlite::SqliteViewStore>;
 }
 
 impl Keeps for InMemoryStore {
-    fn view_store(&self, _: &str) -> Option<bookshelf::store::SqliteViewStore> {
+    fn view_store(&self, _: &str) -> Option<bookshelf::sqlite::SqliteViewStore> {
         None
     }
 }
 
 impl Keeps for SqliteStore {
-    fn view_store(&self, name: &str) -> Option<bookshelf::store::SqliteViewStore> {
+    fn view_store(&self, name: &str) -> Option<bookshelf::sqlite::SqliteViewStore> {
         Some(SqliteStore::view_store(self, name))
     }
 }
@@ -207,11 +205,12 @@ impl Keeps for SqliteStore {
 /// The view alone, projected from the book events on Kafka.
 async fn from_kafka(broker: &str, topic: &str) -> Result<(docs::Api, StopView), Box<dyn std::error::Error>> {
     let config = KafkaConfig::new(broker, topic).partitions(3).create_topic(true);
-    let view = KafkaProjection::<LastRead>::new("last-read", config)
-        // The books topic may carry other book events this view ignores.
-        .unknown_events(UnknownEvents::Skip)
-        .start()
-        .await?;
-    let app = api::last_read_routes(view.handle());
+    let dead_letters = KafkaDeadLetters::open(&config).await?;
+    // The books topic may carry other book events this view ignores (the
+    // runner's default): only what does not decode is set aside.
+    let view = ProjectionRunner::<LastRead, _>::new("last-read", KafkaLog::new(config))
+        .dead_letters(dead_letters)
+        .start();
+    let app = api::last_read_routes(view.reads().clone());
     Ok((app, Box::pin(view.stop())))
 }

@@ -33,7 +33,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bookshelf::process::ProcessRunner;
-use bookshelf::store::{SqliteStore, SqliteViewStore};
+use bookshelf::sqlite::{SqliteStore, SqliteViewStore};
 use bookshelf::{InMemoryStore, Metadata, Position, Repository};
 use bookshelf_kafka::{members_from_discovery, KafkaConfig, KafkaStore};
 use clap::Parser;
@@ -165,7 +165,7 @@ where
     loop {
         tokio::time::sleep(Duration::from_millis(100)).await;
         let now = bookshelf::EventStore::head(&store).await?;
-        if now == head && loans.wait_for(now).await {
+        if now == head && loans.wait_for(now).await.is_ok() {
             break;
         }
         head = now;

@@ -62,8 +62,7 @@ impl Lending {
 }
 
 fn api_error(error: CommandError<LendingError>) -> ApiError {
-    let refused_here = matches!(&error, CommandError::Store(bookshelf::StoreError::Backend(source))
-        if source.is::<bookshelf_kafka::NotOwner>() || source.is::<bookshelf_kafka::Fenced>());
+    let refused_here = matches!(&error, CommandError::Store(store) if store.is_retryable());
     if refused_here {
         return ApiError::not_owner(error.to_string());
     }

@@ -17,8 +17,6 @@
 //! [`InMemoryStore`] for the in-memory one.
 
 mod memory;
-#[cfg(feature = "sqlite")]
-mod sqlite;
 
 use std::sync::Arc;
 
@@ -27,8 +25,6 @@ use async_trait::async_trait;
 use crate::envelope::{NewEvent, Position, RecordedEvent, StreamId, Version};
 
 pub use memory::{InMemoryStore, MemorySubscription};
-#[cfg(feature = "sqlite")]
-pub use sqlite::{Durability, SqliteSnapshots, SqliteStore, SqliteSubscription, SqliteViewStore};
 
 /// What an append expects of the stream it writes to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -90,12 +86,47 @@ pub enum StoreError {
     /// An append with no events.
     #[error("an append needs at least one event (stream {0})")]
     EmptyAppend(StreamId),
+    /// A store whose partitions each have one writer at a time was asked to
+    /// append to a stream whose partition another writer owns (or nobody
+    /// has taken yet). Nothing was stored: send the append to the owner, or
+    /// try again later.
+    #[error("this writer does not own partition {partition} (stream {stream}); {}", match owner { Some(o) => format!("{o} does"), None => "no writer has taken it yet".to_owned() })]
+    NotOwner {
+        /// The stream appended to.
+        stream: StreamId,
+        /// Its partition, as the store names it (`topic/partition` on Kafka).
+        partition: String,
+        /// The writer that owns it, as far as this one knows.
+        owner: Option<String>,
+    },
+    /// The append's events were passed over by the log: another writer took
+    /// the stream's partition over before they landed, or the writer closed
+    /// its turn after a failed send. Nothing of the append is in the log:
+    /// it may be sent again, to the owner.
+    #[error("append to {stream} was fenced off: {reason}")]
+    Fenced {
+        /// The stream appended to.
+        stream: StreamId,
+        /// What happened.
+        reason: String,
+    },
     /// The store can no longer serve (it was shut down, or its backend went away).
     #[error("the event store is closed: {0}")]
     Closed(String),
     /// The store's backend failed.
     #[error("event store backend failed: {0}")]
     Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl StoreError {
+    /// Whether the failure says for sure that nothing was stored, and the
+    /// same append may succeed if sent again (to the owner, or later):
+    /// [`NotOwner`](Self::NotOwner) and [`Fenced`](Self::Fenced). A
+    /// [`Conflict`](Self::Conflict) stored nothing either, but needs the
+    /// command decided again on the new state.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, StoreError::NotOwner { .. } | StoreError::Fenced { .. })
+    }
 }
 
 /// A store of event streams. See the [module docs](self) for the guarantees.

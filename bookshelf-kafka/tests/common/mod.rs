@@ -90,21 +90,38 @@ pub async fn dead_letters(topic: &str, count: usize) -> Vec<(String, String, Str
     letters
 }
 
+/// A view `V` of `config`'s topic as these tests run one: the core's
+/// projection runner over a [`KafkaLog`](bookshelf_kafka::KafkaLog), dead
+/// letters (unknown event types too) in `<topic>.dead-letters`, saved
+/// whenever it has caught up.
+pub async fn projection<V: bookshelf_core::View>(
+    name: &str,
+    config: &bookshelf_kafka::KafkaConfig,
+) -> bookshelf_core::ProjectionRunner<V, bookshelf_kafka::KafkaLog> {
+    let dead_letters = bookshelf_kafka::KafkaDeadLetters::open(config)
+        .await
+        .expect("the dead-letter topic");
+    bookshelf_core::ProjectionRunner::<V, _>::new(name, bookshelf_kafka::KafkaLog::new(config.clone()))
+        .dead_letters(dead_letters)
+        .unknown_events(bookshelf_core::UnknownEvents::DeadLetter)
+        .save_when_caught_up()
+}
+
 /// Runs `projection` until it has taken every record of `topic` there is
 /// now, then hands its view to `check` and stops it.
 pub async fn project_to_end<V: bookshelf_core::View>(
-    projection: bookshelf_kafka::KafkaProjection<V>,
+    projection: bookshelf_core::ProjectionRunner<V, bookshelf_kafka::KafkaLog>,
     config: &bookshelf_kafka::KafkaConfig,
     topic: &str,
     check: impl FnOnce(&V),
 ) {
-    let running = projection.start().await.expect("the projection starts");
+    let running = projection.start();
     let ends = bookshelf_kafka::high_watermarks(config, &[topic])
         .await
         .expect("the topic's ends");
-    let reached = tokio::time::timeout(std::time::Duration::from_secs(30), running.handle().wait_for(&ends)).await;
+    let reached = tokio::time::timeout(std::time::Duration::from_secs(30), running.wait_for(&ends)).await;
     assert!(
-        reached.is_ok_and(|r| r),
+        reached.is_ok_and(|r| r.is_ok()),
         "the projection reaches the end of {topic} within 30 s"
     );
     running.handle().read(check);

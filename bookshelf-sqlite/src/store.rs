@@ -1,6 +1,5 @@
-//! The SQLite event store (feature `sqlite`): the durable embedded default.
-//! Events, snapshots and saved views in one file, with transactions, and no
-//! server.
+//! The SQLite event store: the durable embedded default. Events, snapshots
+//! and saved views in one file, with transactions, and no server.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -11,11 +10,11 @@ use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use tokio::sync::watch;
 
-use super::{AppendOutcome, EventStore, ExpectedVersion, StoreError, Subscription};
-use crate::envelope::{Envelope, NewEvent, Position, RecordedEvent, StreamId, Version};
-use crate::projection::{StoredView, ViewStore, ViewStoreError};
-use crate::repository::IDEMPOTENCY_KEY;
-use crate::snapshot::{Snapshot, SnapshotStore};
+use bookshelf_core::store::{AppendOutcome, EventStore, ExpectedVersion, StoreError, Subscription};
+use bookshelf_core::{
+    Envelope, NewEvent, Position, RecordedEvent, Snapshot, SnapshotStore, StoredView, StreamId, Version, ViewStore,
+    ViewStoreError, IDEMPOTENCY_KEY,
+};
 
 /// Marks a file as Bookshelf's (SQLite's `application_id`: "BkSh").
 const APPLICATION_ID: i64 = 0x426b_5368;
@@ -75,7 +74,7 @@ fn lock(connection: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
 /// An event store in one SQLite file.
 ///
 /// Besides the guarantees of every [`EventStore`], it keeps, like the
-/// [`InMemoryStore`](crate::InMemoryStore), **one global order**: every
+/// [`InMemoryStore`](bookshelf_core::InMemoryStore), **one global order**: every
 /// event gets the next position of one log, assigned inside the append's
 /// write transaction, so readers never see a later position before an
 /// earlier one, and a subscription hands over from stored to live events
@@ -97,7 +96,7 @@ fn lock(connection: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
 ///
 /// ```
 /// use bookshelf_core::{EventStore, ExpectedVersion, NewEvent, Metadata, EventId, StreamId, Version};
-/// use bookshelf_core::store::SqliteStore;
+/// use bookshelf_sqlite::SqliteStore;
 /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// # let dir = tempfile::tempdir()?;
 /// let path = dir.path().join("events.sqlite");
@@ -356,7 +355,7 @@ impl EventStore for SqliteStore {
             }
         };
         self.shared.appended.send_modify(|_| {});
-        crate::telemetry::appended(
+        bookshelf_core::telemetry::appended(
             "sqlite",
             (outcome.last_position.0 + 1 - outcome.first_position.0) as usize,
         );
@@ -407,9 +406,12 @@ impl EventStore for SqliteStore {
 }
 
 #[async_trait]
-impl crate::source::EventSource for SqliteStore {
-    async fn follow(&self, from: &crate::source::Checkpoint) -> Result<Box<dyn crate::source::Follower>, StoreError> {
-        crate::source::GlobalLog(self.clone()).follow(from).await
+impl bookshelf_core::source::EventSource for SqliteStore {
+    async fn follow(
+        &self,
+        from: &bookshelf_core::source::Checkpoint,
+    ) -> Result<Box<dyn bookshelf_core::source::Follower>, StoreError> {
+        bookshelf_core::source::GlobalLog(self.clone()).follow(from).await
     }
 }
 
@@ -477,7 +479,7 @@ impl SnapshotStore for SqliteSnapshots {
             return Ok(None);
         };
         let state = serde_json::from_str(&state).map_err(|e| self.store.error("a snapshot does not parse", e))?;
-        let taken_at: DateTime<Utc> = crate::timestamp::parse(&taken_at)
+        let taken_at: DateTime<Utc> = bookshelf_core::timestamp::parse(&taken_at)
             .ok_or_else(|| self.store.error("a snapshot's time does not parse", &taken_at))?;
         Ok(Some(Snapshot {
             stream_id: stream.clone(),

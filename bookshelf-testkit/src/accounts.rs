@@ -1,39 +1,53 @@
-//! A small domain shared by the core's behaviour tests: accounts that take
-//! deposits, and views that record exactly what they applied.
-
-#![allow(dead_code)]
+//! A small domain for behaviour tests: accounts that take deposits, and a
+//! view that records exactly what it applied.
 
 use std::collections::BTreeSet;
 
 use bookshelf_core::{async_trait, Aggregate, DomainEvent, Envelope, EventId, Metadata, NewEvent, View};
 use serde::{Deserialize, Serialize};
 
+/// An account: opened once, then takes positive deposits.
 #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Account {
+    /// Whether it was opened.
     pub opened: bool,
+    /// The sum of its deposits.
     pub balance: i64,
 }
 
+/// What an account is asked to do.
 #[derive(Debug, Clone)]
 pub enum AccountCommand {
+    /// Open it.
     Open,
+    /// Deposit an amount.
     Deposit(i64),
 }
 
+/// What happened to an account.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum AccountEvent {
+    /// It was opened.
     Opened,
-    Deposited { amount: i64 },
+    /// An amount was deposited.
+    Deposited {
+        /// The amount.
+        amount: i64,
+    },
 }
 
 impl DomainEvent for AccountEvent {}
 
+/// Why an account refused a command.
 #[derive(Debug, PartialEq, thiserror::Error)]
 pub enum AccountError {
+    /// Opened twice.
     #[error("the account is already open")]
     AlreadyOpen,
+    /// A deposit before opening.
     #[error("the account is not open")]
     NotOpen,
+    /// A deposit of zero or less.
     #[error("a deposit must be positive, got {0}")]
     NotPositive(i64),
 }
@@ -68,7 +82,9 @@ impl Aggregate for Account {
 /// repeat, and sums the deposits.
 #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Ledger {
+    /// The positions applied, in order.
     pub applied: Vec<u64>,
+    /// The sum of the deposits applied.
     pub total: i64,
 }
 
@@ -90,10 +106,15 @@ impl Ledger {
     }
 }
 
+/// A `Deposited` event of `amount`, ready to append.
 pub fn deposit(amount: i64) -> NewEvent {
     raw_event("Deposited", 1, &format!(r#"{{"amount":{amount}}}"#))
 }
 
+/// An event of type `event_type` with `payload` as its JSON, ready to append.
+///
+/// # Panics
+/// When `payload` is not JSON (a mistake in the test).
 pub fn raw_event(event_type: &str, schema_version: u32, payload: &str) -> NewEvent {
     NewEvent {
         event_id: EventId::new(),

@@ -1,20 +1,16 @@
 //! What the SQLite store adds to the behaviour every store has
-//! (`tests/store.rs`): it keeps its events across a reopen, two processes
+//! (`bookshelf-testkit`'s store suite, run at the end): it keeps its events across a reopen, two processes
 //! on one file race as two tasks do, views keep state and checkpoint in
 //! one row, and bad files are errors naming the file.
-
-#![cfg(feature = "sqlite")]
-
-mod common;
 
 use std::collections::BTreeSet;
 use std::process::Command;
 
-use bookshelf_core::store::SqliteStore;
 use bookshelf_core::{
     EventStore, ExpectedVersion, Position, ProjectionRunner, StoreError, StreamId, Subscription, Version,
 };
-use common::{deposit, Ledger};
+use bookshelf_sqlite::SqliteStore;
+use bookshelf_testkit::accounts::{deposit, Ledger};
 
 fn message(error: StoreError) -> String {
     error.to_string()
@@ -72,7 +68,7 @@ async fn a_view_keeps_its_state_and_checkpoint_together_in_the_file() {
     let ledger = ProjectionRunner::<Ledger, _>::new("ledger", store.clone())
         .persist_to(store.view_store("ledger"))
         .start();
-    assert!(ledger.handle().wait_for(Position(50)).await);
+    ledger.handle().wait_for(Position(50)).await.unwrap();
     ledger.stop().await.unwrap();
     drop(store);
 
@@ -81,7 +77,7 @@ async fn a_view_keeps_its_state_and_checkpoint_together_in_the_file() {
     let ledger = ProjectionRunner::<Ledger, _>::new("ledger", store.clone())
         .persist_to(store.view_store("ledger"))
         .start();
-    assert!(ledger.handle().wait_for(Position(60)).await);
+    ledger.handle().wait_for(Position(60)).await.unwrap();
     ledger.handle().read(|view| {
         assert_eq!(view.total, (1..=60).sum::<i64>());
         // Resumed at its checkpoint: only the ten new events were applied
@@ -227,4 +223,19 @@ async fn a_truncated_file_is_an_error_not_a_panic() {
     .await;
     let error = message(outcome.expect_err("half a file cannot be read whole"));
     assert!(error.contains("events.sqlite"), "{error}");
+}
+
+mod behaviour {
+    use bookshelf_sqlite::SqliteStore;
+
+    fn store() -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let store = SqliteStore::open(dir.path().join("events.sqlite")).expect("a new SQLite store");
+        (dir, store)
+    }
+
+    bookshelf_testkit::store_suite!(store, || {
+        let (dir, store) = store();
+        (dir, store.snapshots())
+    });
 }
