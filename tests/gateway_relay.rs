@@ -567,3 +567,35 @@ async fn requests_left_to_hyper_are_served_whole_and_a_stalled_answer_is_cut() {
     );
     assert!(gateway.terminate(), "the gateway exits cleanly");
 }
+
+/// RFC 9112 section 3.2: an HTTP/1.1 request with no `Host`, with two, or
+/// with one that is not a host is answered 400 on both paths, and nothing
+/// of it reaches the instance; an HTTP/1.0 request needs none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_without_exactly_one_valid_host_is_refused_on_both_paths() {
+    let (instance, gateway) = started().await;
+    let heads = [
+        ("no Host", "GET /raw/echo HTTP/1.1\r\n"),
+        ("two Hosts", "GET /raw/echo HTTP/1.1\r\nhost: a\r\nHost: b\r\n"),
+        ("a Host with a space", "GET /raw/echo HTTP/1.1\r\nhost: a b\r\n"),
+        ("a Host with user info", "GET /raw/echo HTTP/1.1\r\nhost: me@a\r\n"),
+    ];
+    for (what, head) in heads {
+        for (path, extra) in [("fast", ""), ("hyper's", "connection: keep-alive, x-via-hyper\r\n")] {
+            let answer = ask(&gateway.url, &format!("{head}{extra}\r\n")).await;
+            assert_eq!(answer.status, 400, "{what} on {path} path: {answer:?}");
+            assert_eq!(answer.header("connection"), Some("close"), "{what} on {path} path");
+            let body = String::from_utf8_lossy(&answer.body);
+            assert!(
+                body.contains("Host"),
+                "{what} on {path} path: the answer says why: {body}"
+            );
+        }
+    }
+    assert!(
+        instance.used.lock().unwrap().is_empty(),
+        "no refused request reached the instance"
+    );
+    let old = ask(&gateway.url, "GET /raw/echo HTTP/1.0\r\n\r\n").await;
+    assert_eq!(old.status, 200, "HTTP/1.0 without a Host: {old:?}");
+}

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bookshelf_core::{Discovery, DiscoveryError, ServiceInstance, Watch};
+use bookshelf_core::{Discovery, DiscoveryError, RetryPolicy, ServiceInstance, Watch};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -145,12 +145,13 @@ async fn watch_loop(agent: Agent, name: String, tags: Vec<String>, updates: mpsc
     let mut limit = RateLimit::new(2, agent.config().watch_interval);
     let mut index = 0u64;
     let mut last: Option<Vec<ServiceInstance>> = None;
-    let mut backoff = Duration::from_millis(100);
+    let retry = RetryPolicy::forever(Duration::from_millis(100), Duration::from_secs(30));
+    let mut delays = retry.delays();
     loop {
         limit.acquire().await;
         match agent.healthy(&name, &tags, index, wait).await {
             Ok((instances, new_index)) => {
-                backoff = Duration::from_millis(100);
+                delays = retry.delays();
                 index = if new_index < index {
                     // A snapshot restore, a new cluster, an upgrade: start over
                     // with a non-blocking read.
@@ -168,9 +169,9 @@ async fn watch_loop(agent: Agent, name: String, tags: Vec<String>, updates: mpsc
                 }
             }
             Err(error) => {
+                let backoff = delays.next().unwrap_or(retry.max_backoff);
                 tracing::warn!(service = %name, %error, retry_in = ?backoff, "watch query failed");
                 tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(30));
             }
         }
     }

@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use bookshelf_core::Discovery;
+use bookshelf_core::{Discovery, RetryPolicy};
 use tokio::sync::watch;
 
 use crate::partition::murmur2;
@@ -29,7 +29,9 @@ pub fn rendezvous_owner(members: &[String], partition: i32) -> Option<&str> {
 
 /// Follows the healthy instances of `service` in `discovery` as a list of
 /// instance ids, for [`crate::KafkaStore::builder`]'s membership: watching
-/// again, after `retry`, whenever a watch fails or ends. The task ends when
+/// again whenever a watch fails or ends, after `retry` the first time and
+/// longer pauses (capped at five seconds, or `retry` if longer, and
+/// jittered: see [`RetryPolicy`]) while it keeps failing. The task ends when
 /// every receiver is dropped.
 pub fn members_from_discovery<D: Discovery>(
     discovery: D,
@@ -38,11 +40,14 @@ pub fn members_from_discovery<D: Discovery>(
 ) -> watch::Receiver<Vec<String>> {
     let (tx, rx) = watch::channel(Vec::new());
     let service = service.to_owned();
+    let policy = RetryPolicy::forever(retry, retry.max(Duration::from_secs(5)));
     tokio::spawn(async move {
+        let mut delays = policy.delays();
         loop {
             match discovery.watch(&service, &[]).await {
                 Ok(mut watch) => {
                     while let Some(instances) = watch.next().await {
+                        delays = policy.delays();
                         let mut ids: Vec<String> = instances.into_iter().map(|i| i.id).collect();
                         ids.sort();
                         ids.dedup();
@@ -57,7 +62,7 @@ pub fn members_from_discovery<D: Discovery>(
             if tx.is_closed() {
                 return;
             }
-            tokio::time::sleep(retry).await;
+            tokio::time::sleep(delays.next().unwrap_or(policy.max_backoff)).await;
         }
     });
     rx

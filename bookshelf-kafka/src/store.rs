@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bookshelf_core::{
-    AppendOutcome, Envelope, EventId, EventStore, ExpectedVersion, NewEvent, Position, RecordedEvent, StoreError,
-    StreamId, Subscription, Version, IDEMPOTENCY_KEY,
+    AppendOutcome, Envelope, EventId, EventStore, ExpectedVersion, NewEvent, Position, RecordedEvent, RetryPolicy,
+    StoreError, StreamId, Subscription, Version, IDEMPOTENCY_KEY,
 };
 use chrono::Utc;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -786,17 +786,23 @@ const FOLLOWER_FETCH_WAIT_MS: &str = "50";
 /// Reads one partition of the topic from where the local state stopped,
 /// applies the rule, keeps the events, and settles the appends in flight.
 async fn follow(inner: Weak<Inner>, partition: i32, from: i64) {
+    let retry = RetryPolicy::forever(Duration::from_millis(250), Duration::from_secs(5));
+    let mut delays = retry.delays();
     let mut from = from;
     loop {
         let Some(strong) = inner.upgrade() else { return };
         let result = follow_once(&strong, partition, from).await;
         let next = strong.part(partition).next;
         drop(strong);
+        if next > from {
+            delays = retry.delays(); // it read on before failing: start short again
+        }
         match result {
             Ok(()) => return,
             Err(error) => {
-                tracing::error!(partition, %error, "the store's follower failed; reading again in 1 s");
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                let pause = delays.next().unwrap_or(retry.max_backoff);
+                tracing::error!(partition, %error, retry_in = ?pause, "the store's follower failed; reading again");
+                tokio::time::sleep(pause).await;
             }
         }
         from = next;

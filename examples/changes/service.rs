@@ -106,6 +106,14 @@ pub struct Running {
 
 type Shutdown = tokio::sync::watch::Receiver<bool>;
 
+/// The pauses before a runner that ended is started again: from a second,
+/// growing to half a minute while it keeps ending.
+const RESTARTS: RetryPolicy = RetryPolicy {
+    max_attempts: u32::MAX,
+    backoff: Duration::from_secs(1),
+    max_backoff: Duration::from_secs(30),
+};
+
 async fn shut(shutdown: &mut Shutdown) {
     while !*shutdown.borrow_and_update() {
         if shutdown.changed().await.is_err() {
@@ -201,6 +209,7 @@ pub async fn start(
             let notifiers = KafkaLog::new(changes);
             let saved = saved("notifier");
             let task = tokio::spawn(async move {
+                let mut restarts = RESTARTS.delays();
                 loop {
                     let notifier = ProcessRunner::<Notifier, _, _>::new("notifier", notifiers.clone(), mailbox.clone())
                         .persist_to(saved.clone())
@@ -215,12 +224,12 @@ pub async fn start(
                         }
                     };
                     if let Err(error) = notifier.stop().await {
-                        tracing::error!(%error, "the notifier stopped with an error; starting again in a second");
+                        tracing::error!(%error, "the notifier stopped with an error; starting it again");
                     }
                     if stopping {
                         return;
                     }
-                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    tokio::time::sleep(restarts.next().unwrap_or(RESTARTS.max_backoff)).await;
                 }
             });
             (task, None)
@@ -238,6 +247,7 @@ async fn run_feed(
     progress: Progress,
     mut shutdown: Shutdown,
 ) {
+    let mut restarts = RESTARTS.delays();
     loop {
         tokio::select! {
             () = store.until_owner_of_all(true) => {}
@@ -260,8 +270,8 @@ async fn run_feed(
                     break;
                 }
                 () = feed.ended() => {
-                    tracing::error!("the feed ended: {:?}; starting again in a second", feed.stop().await);
-                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    tracing::error!("the feed ended: {:?}; starting it again", feed.stop().await);
+                    tokio::time::sleep(restarts.next().unwrap_or(RESTARTS.max_backoff)).await;
                     break;
                 }
                 () = shut(&mut shutdown) => {

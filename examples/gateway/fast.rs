@@ -146,20 +146,28 @@ impl Connection {
                 return self.hand_to_hyper(app, stopping).await;
             };
             let used = request.head + request.body.len();
-            let next = match request.route {
-                Some(route) => {
-                    exchange(
-                        &mut self.client,
-                        &mut self.out,
-                        self.peer,
-                        &self.gateway,
-                        &self.upstreams,
-                        &request,
-                        route,
-                    )
+            let hosts = request.headers.iter().filter(|h| h.name.eq_ignore_ascii_case("host"));
+            let next = if let Some(fault) = proxy::host_fault(true, hosts.map(|h| h.value)) {
+                let refused = ApiError::new(StatusCode::BAD_REQUEST, fault).closing().into_response();
+                write_own(&mut self.client, &mut self.out, refused, None, &request)
                     .await
+                    .1
+            } else {
+                match request.route {
+                    Some(route) => {
+                        exchange(
+                            &mut self.client,
+                            &mut self.out,
+                            self.peer,
+                            &self.gateway,
+                            &self.upstreams,
+                            &request,
+                            route,
+                        )
+                        .await
+                    }
+                    None => answer_here(&mut self.client, &mut self.out, self.peer, &app, &request).await,
                 }
-                None => answer_here(&mut self.client, &mut self.out, self.peer, &app, &request).await,
             };
             self.read.advance(used);
             if next == Next::Close || *stopping.borrow() {

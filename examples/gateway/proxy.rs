@@ -637,6 +637,44 @@ pub(crate) fn forwarded_for(earlier: Option<&[u8]>, peer: SocketAddr) -> String 
     }
 }
 
+/// What is wrong with a request's `Host` header fields, as RFC 9112
+/// section 3.2 says a server must refuse (400): an HTTP/1.1 request without
+/// one, any request with two or more, or one whose value is not a host and
+/// optional port (an empty value is allowed). `None` when nothing is. Both
+/// of the gateway's paths ask this one function.
+pub(crate) fn host_fault<'a>(http11: bool, mut hosts: impl Iterator<Item = &'a [u8]>) -> Option<&'static str> {
+    let Some(host) = hosts.next() else {
+        return http11.then_some("an HTTP/1.1 request needs a Host header");
+    };
+    if hosts.next().is_some() {
+        return Some("a request may carry one Host header, not two");
+    }
+    // A host, and a port only if it is a number: `http` parses more loosely.
+    let whole = |a: &axum::http::uri::Authority| {
+        let port = a.port_u16().map_or(0, |_| a.port().map_or(0, |p| p.as_str().len() + 1));
+        !a.host().is_empty() && a.host().len() + port == a.as_str().len()
+    };
+    let valid = host.is_empty()
+        || (!host.contains(&b'@') && axum::http::uri::Authority::try_from(host).is_ok_and(|a| whole(&a)));
+    (!valid).then_some("the Host header is not a host and optional port")
+}
+
+/// Refuses, with 400 and a closed connection, a request whose `Host` header
+/// fields [`host_fault`] finds wrong: on hyper's path, before anything else
+/// sees it.
+pub async fn require_host(request: Request, next: axum::middleware::Next) -> Response {
+    let http11 = request.version() == axum::http::Version::HTTP_11;
+    let hosts = request
+        .headers()
+        .get_all(header::HOST)
+        .iter()
+        .map(HeaderValue::as_bytes);
+    if let Some(fault) = host_fault(http11, hosts) {
+        return ApiError::new(StatusCode::BAD_REQUEST, fault).closing().into_response();
+    }
+    next.run(request).await
+}
+
 /// Text a header value may be as `HeaderValue::to_str` reads it: visible
 /// ASCII, spaces and tabs.
 pub(crate) fn visible(value: &[u8]) -> bool {
@@ -749,6 +787,30 @@ mod tests {
         ] {
             let ip: std::net::IpAddr = text.parse().unwrap();
             assert_eq!(address_text(ip), ip.to_string());
+        }
+    }
+}
+
+#[cfg(test)]
+mod host_tests {
+    use super::host_fault;
+
+    fn fault(http11: bool, hosts: &[&str]) -> Option<&'static str> {
+        host_fault(http11, hosts.iter().map(|h| h.as_bytes()))
+    }
+
+    #[test]
+    fn exactly_one_valid_host_passes_and_anything_else_is_named() {
+        assert_eq!(fault(true, &["shelf.example"]), None);
+        assert_eq!(fault(true, &["127.0.0.1:8080"]), None);
+        assert_eq!(fault(true, &["[::1]:80"]), None);
+        assert_eq!(fault(true, &[""]), None, "an empty Host is allowed");
+        assert_eq!(fault(false, &[]), None, "HTTP/1.0 needs none");
+        assert!(fault(true, &[]).is_some_and(|f| f.contains("needs")));
+        assert!(fault(false, &["a", "b"]).is_some_and(|f| f.contains("not two")));
+        assert!(fault(true, &["a", "a"]).is_some_and(|f| f.contains("not two")));
+        for bad in ["a b", "me@a", "a:port", "a/b"] {
+            assert!(fault(true, &[bad]).is_some(), "{bad}");
         }
     }
 }

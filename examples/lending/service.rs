@@ -337,6 +337,10 @@ pub fn routes(lending: Arc<Lending>) -> Api {
 /// it when it no longer does. Its state and checkpoint are kept in
 /// `saved` (a file of this instance).
 pub async fn run_loans(store: KafkaStore, saved: PathBuf) {
+    // The pauses before the process is started again after it ended: from
+    // a second, growing to half a minute while it keeps ending.
+    let restarts = RetryPolicy::forever(Duration::from_secs(1), Duration::from_secs(30));
+    let mut delays = restarts.delays();
     loop {
         store.until_owner_of_all(true).await;
         tracing::info!("this instance writes the topic: the loan process starts");
@@ -355,8 +359,8 @@ pub async fn run_loans(store: KafkaStore, saved: PathBuf) {
                 running.abort().await;
             }
             outcome = running.ended() => {
-                tracing::error!(?outcome, "the loan process ended; starting it again in a second");
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                tracing::error!(?outcome, "the loan process ended; starting it again");
+                tokio::time::sleep(delays.next().unwrap_or(restarts.max_backoff)).await;
             }
         }
     }

@@ -11,6 +11,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::{Discovery, ServiceInstance};
+use crate::retry::RetryPolicy;
 
 /// The healthy instances of one service, kept up to date from a
 /// [`Discovery::watch`], handed out in turn.
@@ -90,14 +91,15 @@ impl Balancer {
         let weak = Arc::downgrade(&shared);
         let (name, tags) = (name.to_owned(), tags.to_vec());
         let task = tokio::spawn(async move {
-            let mut backoff = Duration::from_millis(100);
+            let retry = RetryPolicy::forever(Duration::from_millis(100), Duration::from_secs(5));
+            let mut delays = retry.delays();
             loop {
                 match discovery.watch(&name, &tags).await {
                     Ok(mut watch) => {
                         while let Some(list) = watch.next().await {
                             let Some(shared) = weak.upgrade() else { return };
                             shared.update(list);
-                            backoff = Duration::from_millis(100);
+                            delays = retry.delays();
                         }
                         tracing::warn!(service = %name, "discovery watch ended; watching again");
                     }
@@ -106,8 +108,7 @@ impl Balancer {
                 if weak.strong_count() == 0 {
                     return;
                 }
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                tokio::time::sleep(delays.next().unwrap_or(retry.max_backoff)).await;
             }
         });
         *shared.lock_task() = Some(task);
