@@ -24,8 +24,8 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bookshelf_consul::double::ConsulDouble;
 use bookshelf_kafka::rule::Verdict;
+use bookshelf_testkit::consul::ConsulDouble;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use support::{brokers, Service};

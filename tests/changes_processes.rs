@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use bookshelf::change::{change_stream, ChangeEvent};
 use bookshelf::{EventCodec, EventStore, Version};
-use bookshelf_consul::double::ConsulDouble;
 use bookshelf_kafka::{KafkaConfig, KafkaStore};
+use bookshelf_testkit::consul::ConsulDouble;
 use serde_json::{json, Value};
 use support::{brokers, Service};
 

@@ -19,7 +19,7 @@ mod support;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use bookshelf_consul::double::ConsulDouble;
+use bookshelf_testkit::consul::ConsulDouble;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use support::{brokers, eventually, Service};

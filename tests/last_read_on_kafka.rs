@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 
 use books::{Book, BookCommand, Clock};
 use bookshelf::{Discovery, Metadata, Repository};
-use bookshelf_consul::double::ConsulDouble;
 use bookshelf_consul::{ConsulConfig, ConsulDiscovery};
 use bookshelf_kafka::{KafkaConfig, KafkaStore};
+use bookshelf_testkit::consul::ConsulDouble;
 use serde_json::Value;
 use support::{brokers, Service};
 

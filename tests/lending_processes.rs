@@ -9,7 +9,7 @@ mod support;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use bookshelf_consul::double::ConsulDouble;
+use bookshelf_testkit::consul::ConsulDouble;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use support::Service;

@@ -14,7 +14,7 @@ mod support;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use bookshelf_consul::double::ConsulDouble;
+use bookshelf_testkit::consul::ConsulDouble;
 use serde_json::Value;
 use support::{brokers, eventually, get_json, on_kafka, Service};
 

@@ -7,7 +7,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use bookshelf_consul::double::ConsulDouble;
+use bookshelf_testkit::consul::ConsulDouble;
 use support::{brokers, get_json, Service};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,13 +8,14 @@
 //!
 //! ```
 //! use bookshelf_consul::{ConsulConfig, ConsulDiscovery};
-//! use bookshelf_consul::double::ConsulDouble;
 //! use bookshelf_core::{Discovery, ServiceInstance};
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! // A stand-in agent for this example; point ConsulConfig at a real one
-//! // (or use ConsulConfig::from_env(), which reads CONSUL_HTTP_ADDR).
-//! let agent = ConsulDouble::start().await?;
-//! let discovery = ConsulDiscovery::new(ConsulConfig::new(agent.url()))?;
+//! # // Here the agent is the test suite's stand-in for Consul.
+//! # let agent = bookshelf_testkit::consul::ConsulDouble::start().await?;
+//! # let agent_url = agent.url();
+//! // The agent's address, such as "http://127.0.0.1:8500" (or use
+//! // ConsulConfig::from_env(), which reads CONSUL_HTTP_ADDR).
+//! let discovery = ConsulDiscovery::new(ConsulConfig::new(agent_url))?;
 //!
 //! let me = ServiceInstance::new("last-read-1", "last-read", "127.0.0.1", 8087).with_tags(["v1"]);
 //! discovery.register(&me).await?; // once the service listens
@@ -27,8 +28,9 @@
 //! # Ok(()) }
 //! ```
 //!
-//! The example uses the crate's [`double`] (feature `double`): a stateful
-//! double of the Consul HTTP API that this crate's tests run against.
+//! This crate's tests run against a stateful double of the Consul HTTP API
+//! (in the workspace's unpublished `bookshelf-testkit`), and against a real
+//! agent too when `CONSUL_HTTP_ADDR` names one.
 //!
 //! ## What to know about Consul
 //!
@@ -50,8 +52,6 @@
 mod agent;
 mod config;
 mod discovery;
-#[cfg(feature = "double")]
-pub mod double;
 
 pub use config::{Check, ConsulConfig};
 pub use discovery::ConsulDiscovery;

@@ -7,9 +7,9 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use bookshelf_consul::double::{ConsulDouble, DoubleOptions};
 use bookshelf_consul::{Check, ConsulConfig, ConsulDiscovery};
 use bookshelf_core::{Discovery, DiscoveryError, ServiceInstance, Watch};
+use bookshelf_testkit::consul::{ConsulDouble, DoubleOptions};
 use serde_json::Value;
 
 /// Polls `check` every 20 ms until it holds, for at most `limit`.

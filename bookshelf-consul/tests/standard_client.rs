@@ -3,9 +3,7 @@
 //! installs into a cached virtual environment and names in
 //! `BOOKSHELF_PYTHON`.
 
-#![cfg(feature = "double")]
-
-use bookshelf_consul::double::ConsulDouble;
+use bookshelf_testkit::consul::ConsulDouble;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_standard_client_registers_passes_reads_blocks_and_deregisters() {

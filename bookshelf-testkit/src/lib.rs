@@ -1,8 +1,10 @@
 //! What Bookshelf's own tests share (not published): a small domain of
-//! accounts, and the behaviour suite every event store passes.
+//! accounts, the behaviour suite every event store passes, and a stateful
+//! double of Consul's HTTP API.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
 pub mod accounts;
+pub mod consul;
 pub mod store_suite;

@@ -196,6 +196,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
 
     // Requests the fast path takes are relayed there; the rest, and the
     // gateway's own paths, are served by `app`.
+    let app = app.layer(axum::middleware::from_fn(proxy::require_host));
     fast::serve(listener, api::traced(app), Arc::clone(&gateway), api::shutdown_signal()).await;
     api::finish(registration).await?;
     tracing::info!("gateway stopped");

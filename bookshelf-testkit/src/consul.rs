@@ -1,4 +1,6 @@
-//! A stateful double of Consul's HTTP API, for tests (feature `double`).
+//! A stateful double of Consul's HTTP API, for tests: what the Consul
+//! adapter's contract and the services' end-to-end tests run against when
+//! no real agent is given.
 //!
 //! It serves, on 127.0.0.1, the part of the agent API that discovery uses,
 //! with Consul's documented behaviour:
