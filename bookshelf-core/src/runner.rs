@@ -421,6 +421,20 @@ enum State {
 }
 
 impl Status {
+    /// Whether every partition of `ends` is read up to its offset there. A
+    /// position of a log with one global order (see [`Until`]) is the offset
+    /// in the log's one partition, whatever the source names it (a Kafka
+    /// topic of one partition, say).
+    fn reached(&self, ends: &BTreeMap<String, u64>) -> bool {
+        if let (Some(&end), 1) = (ends.get(GLOBAL), ends.len()) {
+            let mut marks = self.checkpoint.iter();
+            if let (Some((_, only)), None) = (marks.next(), marks.next()) {
+                return only.next >= end;
+            }
+        }
+        self.checkpoint.reached(ends)
+    }
+
     /// Each partition's position and end as last seen.
     fn partitions(&self) -> BTreeMap<String, PartitionProgress> {
         let mut partitions: BTreeMap<String, PartitionProgress> = self
@@ -454,7 +468,8 @@ pub struct Until(BTreeMap<String, u64>);
 
 impl From<Position> for Until {
     /// Every event before `position` of a log with one global order (for
-    /// example an append's `last_position.next()`, or the store's head).
+    /// example an append's `last_position.next()`, or the store's head), or
+    /// of a source of one partition.
     fn from(position: Position) -> Self {
         Until(BTreeMap::from([(GLOBAL.to_owned(), position.0)]))
     }
@@ -554,7 +569,7 @@ impl<R> Handle<R> {
     pub async fn wait_for(&self, until: impl Into<Until>) -> Result<(), Ended> {
         let Until(ends) = until.into();
         let mut status = self.status.clone();
-        let reached = |s: &Status| s.state != State::Starting && s.checkpoint.reached(&ends);
+        let reached = |s: &Status| s.state != State::Starting && s.reached(&ends);
         let seen = status
             .wait_for(|s| reached(s) || matches!(s.state, State::Stopped | State::Failed(_)))
             .await;
@@ -638,5 +653,38 @@ impl<V> ViewState<V> {
     /// The lock itself, for reading it while it is serialized.
     pub(crate) fn lock(&self) -> &RwLock<V> {
         &self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(marks: &[(&str, u64)]) -> Status {
+        let mut checkpoint = Checkpoint::new();
+        for &(partition, next) in marks {
+            checkpoint.set(partition, Mark { next, token: 0 });
+        }
+        Status {
+            checkpoint,
+            ends: BTreeMap::new(),
+            state: State::Running,
+        }
+    }
+
+    #[test]
+    fn a_position_is_the_offset_of_a_source_of_one_partition_whatever_its_name() {
+        let Until(position) = Until::from(Position(51));
+        assert!(status(&[("books/0", 51)]).reached(&position));
+        assert!(!status(&[("books/0", 50)]).reached(&position));
+        assert!(status(&[("", 51)]).reached(&position));
+        // Of several partitions, a position says nothing: not reached.
+        assert!(!status(&[("books/0", 51), ("books/1", 60)]).reached(&position));
+        let ends = BTreeMap::from([("books/0".to_owned(), 3), ("books/1".to_owned(), 0)]);
+        assert!(
+            status(&[("books/0", 3)]).reached(&ends),
+            "a partition at 0 needs nothing read"
+        );
+        assert!(!status(&[("books/0", 2)]).reached(&ends));
     }
 }

@@ -193,7 +193,7 @@ impl Judge {
         let record = match verdict {
             Verdict::Event { .. } | Verdict::Foreign => match envelope_of(message) {
                 Ok(event) => Record::Event(Arc::new(event)),
-                Err(reason) => unreadable(message, reason),
+                Err(reason) => unreadable(message, format!("not an event envelope: {reason}")),
             },
             Verdict::Claimed(_) | Verdict::StaleClaim(_) => Record::Skip,
             Verdict::Stale { stream, epoch, current } => {

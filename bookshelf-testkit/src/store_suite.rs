@@ -1,5 +1,5 @@
 //! The behaviour every event store must have. A store's own tests run all
-//! of it with [`store_suite!`](crate::store_suite): the in-memory store in
+//! of it with [`store_suite!`](macro@crate::store_suite): the in-memory store in
 //! `bookshelf-core`, the SQLite store in `bookshelf-sqlite`.
 
 #![allow(missing_docs)]
@@ -261,7 +261,7 @@ pub async fn snapshots_keep_the_newest<T: SnapshotStore>(snapshots: T) {
     assert!(snapshots.load(&StreamId::new("b-1")).await.unwrap().is_none());
 }
 
-/// Runs every behaviour of [`crate::store_suite`] as a test of its own, each
+/// Runs every behaviour of [this module](mod@crate::store_suite) as a test of its own, each
 /// on a new store made by `$make`, and the snapshot behaviour on snapshots
 /// made by `$snapshots`. Each maker returns `(guard, store)`: the guard (a
 /// temporary directory, say) lives as long as the test.
