@@ -8,7 +8,7 @@ use crate::envelope::Envelope;
 ///
 /// `apply` is a plain, synchronous fold that takes each event by value, so a
 /// view keeps what it needs without copying; queries are the view's own methods,
-/// read through a [`crate::ProjectionHandle`] while a
+/// read through the runner's [`crate::Handle`] while a
 /// [`crate::ProjectionRunner`] keeps the view up to date.
 ///
 /// A view applies each event once, in log order, so `apply` need not guard
