@@ -16,8 +16,7 @@
 //!
 //! 1,000,000 events unless `BOOKSHELF_BENCH_EVENTS` says otherwise.
 
-#[path = "../examples/common/books.rs"]
-mod books;
+use bookshelf_services::books;
 mod support;
 
 use support::events;

@@ -11,8 +11,7 @@
 //! stdout sent to /dev/null, as `scripts/peers.sh` does, and read the
 //! medians with `scripts/bench-report.py peers`.
 
-#[path = "../examples/common/books.rs"]
-mod books;
+use bookshelf_services::books;
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -49,9 +48,15 @@ impl View for LastFive {
 #[derive(Default, serde::Serialize, serde::Deserialize)]
 struct PeerBook(Book);
 
-impl cqrs_es::DomainEvent for BookEvent {
+/// The book events as cqrs-es takes them: the same events, the same JSON
+/// (a newtype only because the trait and the type are both foreign here).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+struct PeerEvent(BookEvent);
+
+impl cqrs_es::DomainEvent for PeerEvent {
     fn event_type(&self) -> String {
-        match self {
+        match &self.0 {
             BookEvent::BookAdded { .. } => "BookAdded",
             BookEvent::BookRead { .. } => "BookRead",
             BookEvent::BookRated { .. } => "BookRated",
@@ -67,19 +72,19 @@ impl cqrs_es::DomainEvent for BookEvent {
 impl cqrs_es::Aggregate for PeerBook {
     const TYPE: &'static str = "book";
     type Command = BookCommand;
-    type Event = BookEvent;
+    type Event = PeerEvent;
     type Error = BookError;
     type Services = Clock;
 
     async fn handle(&mut self, command: BookCommand, clock: &Clock, sink: &EventSink<Self>) -> Result<(), BookError> {
         for event in bookshelf::Aggregate::handle(&self.0, &command, clock).await? {
-            sink.write(event, self).await;
+            sink.write(PeerEvent(event), self).await;
         }
         Ok(())
     }
 
-    fn apply(&mut self, event: BookEvent) {
-        bookshelf::Aggregate::apply(&mut self.0, &event);
+    fn apply(&mut self, event: PeerEvent) {
+        bookshelf::Aggregate::apply(&mut self.0, &event.0);
     }
 }
 
@@ -91,7 +96,7 @@ impl Query<PeerBook> for PeerLastFive {
     async fn dispatch(&self, aggregate_id: &str, events: &[EventEnvelope<PeerBook>]) {
         let mut view = self.0.lock().unwrap_or_else(|p| p.into_inner());
         for event in events {
-            if let BookEvent::BookRead { .. } = event.payload {
+            if let BookEvent::BookRead { .. } = event.payload.0 {
                 view.read(aggregate_id);
             }
         }

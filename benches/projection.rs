@@ -13,8 +13,7 @@
 //! Run with `cargo bench --bench projection`, then `scripts/bench-report.py`
 //! for medians and ratios.
 
-#[path = "../examples/common/books.rs"]
-mod books;
+use bookshelf_services::books;
 mod support;
 
 use support::events;

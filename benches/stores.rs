@@ -9,8 +9,7 @@
 //! Run with `cargo bench --bench stores`, then `scripts/bench-report.py
 //! stores` for medians and ratios.
 
-#[path = "../examples/common/books.rs"]
-mod books;
+use bookshelf_services::books;
 mod support;
 
 use std::hint::black_box;

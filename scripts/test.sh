@@ -34,8 +34,6 @@ else
     echo "skipped: no real Consul agent (set CONSUL_HTTP_ADDR to run the Consul contract against one too)"
 fi
 
-# The end-to-end tests run the examples as processes: build them first.
-cargo build --workspace --all-features --examples
 # Each bench once, on a small log, to check that it still runs and agrees.
 BOOKSHELF_BENCH_EVENTS=10000 run cargo test --workspace --all-features --benches
 run cargo test --workspace --all-features --lib --bins --tests --examples

@@ -1,0 +1,72 @@
+//! The "books by author" view as a service of its own: every author on the
+//! shelf with their books, how often each was read and its rating,
+//! projected from the book events on Kafka.
+//!
+//! ```text
+//! cargo run --example authors -- --broker 127.0.0.1:9092 --topic books --consul http://127.0.0.1:8500
+//! curl -s localhost:8089/authors
+//! curl -s localhost:8089/authors/Frank%20Herbert
+//! ```
+//!
+//! It is a second view over the same events as `last_read`, with its own
+//! consumer group and its own saved offsets: views are added without touching
+//! the writer. On the embedded default (`cargo run --example last_read`) the
+//! same view is served in that one process, at the same paths.
+
+use crate::{api, books};
+use bookshelf::{ProjectionRunner, UnknownEvents};
+use bookshelf_kafka::{KafkaConfig, KafkaDeadLetters, KafkaLog};
+use clap::Parser;
+
+use books::Authors;
+
+/// Books by author, projected from the book events on Kafka.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// The port to listen on (0 picks a free one).
+    #[arg(long, default_value_t = 8089)]
+    port: u16,
+    /// The service name to register under.
+    #[arg(long, default_value = "authors")]
+    name: String,
+    #[command(flatten)]
+    service: api::ServiceFlags,
+}
+
+#[tokio::main]
+pub async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let _logging = api::init_tracing();
+    let args = Args::parse();
+    let Some(broker) = args.service.broker.as_deref() else {
+        return Err("authors projects the book events from Kafka: give --broker HOST:PORT \
+                    (on the embedded default, `cargo run --example last_read` serves /authors)"
+            .into());
+    };
+    let listener = args.service.listen(args.port).await?;
+    let local = listener.local_addr()?;
+
+    let config = KafkaConfig::new(broker, args.service.topic.as_str())
+        .partitions(3)
+        .create_topic(true);
+    let dead_letters = KafkaDeadLetters::open(&config).await?;
+    let view = ProjectionRunner::<Authors, _>::new("authors", KafkaLog::new(config))
+        .dead_letters(dead_letters)
+        .unknown_events(UnknownEvents::Skip)
+        .start();
+    let app = api::authors_routes(api::AuthorsView(view.reads().clone()))
+        .merge(api::health_routes())
+        .serve_docs("authors API")
+        .fallback(api::not_found);
+
+    let registration = args.service.register(&args.name, local).await?;
+    println!(
+        "authors is listening on http://{local}/ (projecting topic {} from {})",
+        args.service.topic, broker
+    );
+    println!("  curl -s http://{local}/authors");
+    api::serve(listener, app, registration).await?;
+    view.stop().await?;
+    tracing::info!("authors stopped");
+    Ok(())
+}

@@ -1,0 +1,128 @@
+//! The books service: the `Book` aggregate behind HTTP.
+//!
+//! ```text
+//! cargo run --example books                      # events in bookshelf-data/books.sqlite, port 8088
+//! cargo run --example books -- --broker 127.0.0.1:9092 --topic books --consul http://127.0.0.1:8500
+//! ```
+//!
+//! Commands: `POST /books`, `POST /books/{id}/read`, `PUT /books/{id}/rating`,
+//! `DELETE /books/{id}`, each with an optional `If-Match: "<version>"`.
+//! Queries: `GET /books/{id}` (with its version as `ETag`) and the book's
+//! event log at `GET /books/{id}/events`. Validation errors are 400, unknown
+//! books 404, removed books 410, version conflicts 409, all with a JSON
+//! `{"error": …}` body. An `x-correlation-id` header ends up in the events'
+//! metadata.
+
+pub mod owners;
+
+use crate::{api, books};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bookshelf::sqlite::SqliteStore;
+use bookshelf::{EventStore, InMemoryStore, Repository};
+use bookshelf_kafka::{members_from_discovery, KafkaConfig, KafkaStore};
+use clap::Parser;
+
+use books::{Book, Clock};
+
+/// The books aggregate over HTTP.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// The port to listen on (0 picks a free one).
+    #[arg(long, default_value_t = 8088)]
+    port: u16,
+    /// The service name to register under.
+    #[arg(long, default_value = "books")]
+    name: String,
+    /// Where the events are kept (`books.sqlite`), or, on Kafka, the local
+    /// state (the events read, by stream), one file per topic and instance.
+    #[arg(long, default_value = "bookshelf-data")]
+    data: PathBuf,
+    #[command(flatten)]
+    service: api::ServiceFlags,
+}
+
+#[tokio::main]
+pub async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let _logging = api::init_tracing();
+    let args = Args::parse();
+    let listener = args.service.listen(args.port).await?;
+    let local = listener.local_addr()?;
+    match &args.service.broker {
+        None if args.service.in_memory => serve(&args, listener, InMemoryStore::new(), None, "in-memory store").await?,
+        None => {
+            let path = args.data.join("books.sqlite");
+            let store = SqliteStore::open(&path)?;
+            let kind = format!("events kept in {}", path.display());
+            serve(&args, listener, store, None, &kind).await?
+        }
+        Some(broker) => {
+            let config = KafkaConfig::new(broker.as_str(), args.service.topic.as_str())
+                .partitions(3)
+                .create_topic(true);
+            let id = args
+                .service
+                .id
+                .clone()
+                .unwrap_or_else(|| format!("{}-{}", args.name, local.port()));
+            let state = args.data.join(format!("{}-{id}.sqlite", args.service.topic));
+            let mut builder = KafkaStore::builder(config)
+                .member(&id, format!("http://{local}"))
+                .state_file(state);
+            let kind = match args.service.consul_config() {
+                // Instances share the partitions out among those Consul lists.
+                Some(consul) => {
+                    let discovery = bookshelf_consul::ConsulDiscovery::new(consul)?;
+                    builder = builder.members(members_from_discovery(discovery, &args.name, Duration::from_secs(1)));
+                    "Kafka, partitions shared through Consul"
+                }
+                None => "Kafka, the one writer of its topic",
+            };
+            let store = builder.open().await?;
+            let owners = Arc::new(owners::Owners::new(store.clone())?);
+            serve(&args, listener, store.clone(), Some(owners), kind).await?;
+            store.flush(Duration::from_secs(10)).await?;
+        }
+    }
+    tracing::info!("books stopped");
+    Ok(())
+}
+
+async fn serve<S: EventStore>(
+    args: &Args,
+    listener: tokio::net::TcpListener,
+    store: S,
+    owners: Option<Arc<owners::Owners>>,
+    kind: &str,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let local = listener.local_addr()?;
+    let new_id: Option<api::NewId> = owners.clone().map(|o| Arc::new(move || o.new_id()) as api::NewId);
+    let api = Arc::new(api::BooksApi {
+        books: Repository::<Book, _>::new(store, Clock::system()).with_cache(100_000),
+        read_your_writes: Vec::new(),
+        new_id,
+    });
+    let mut app = api::books_routes(api);
+    if let Some(owners) = owners {
+        let route_to_owner = Arc::clone(&owners);
+        app = app
+            .map_router(|router| {
+                router.layer(axum::middleware::from_fn_with_state(
+                    route_to_owner,
+                    owners::route_to_owner,
+                ))
+            })
+            .merge(owners::routes(owners));
+    }
+    let app = app
+        .merge(api::health_routes())
+        .serve_docs("books API")
+        .fallback(api::not_found);
+
+    let registration = args.service.register(&args.name, local).await?;
+    println!("books is listening on http://{local}/ ({kind})");
+    api::serve(listener, app, registration).await
+}

@@ -1,0 +1,230 @@
+//! Change events with the state before and after, a replica and a notifier.
+//!
+//! ```text
+//! cargo run --example changes                   # the demo below, kept in bookshelf-data/
+//! cargo run --example changes -- --broker 127.0.0.1:9092 --topic books --role feed --consul http://127.0.0.1:8500
+//! cargo run --example changes -- --broker 127.0.0.1:9092 --role replica
+//! cargo run --example changes -- --broker 127.0.0.1:9092 --role notifier --mailbox /tmp/mailbox
+//! ```
+//!
+//! On Kafka each process runs one role (see `service.rs`).
+//!
+//! The books aggregate writes to its store; a `ChangeFeed` publishes each
+//! book's changes (state before and after, self-contained JSON) to a change
+//! log of their own. Two services use them without the books' code: a
+//! replica, kept in a JSON file of its own with its checkpoint, and a
+//! notifier, run twice, that writes to a mailbox directory it owns. Both
+//! notifiers see every change; each message is delivered once.
+
+pub mod consumers;
+pub mod service;
+
+use crate::{api, books};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bookshelf::change::ChangeFeed;
+use bookshelf::process::ProcessRunner;
+use bookshelf::sqlite::{SqliteStore, SqliteViewStore};
+use bookshelf::{EventStore, FileViewStore, InMemoryStore, Metadata, ProjectionRunner, Repository};
+use clap::Parser;
+
+use books::{Book, BookCommand, Clock};
+use consumers::{Mailbox, Notifier, Replica};
+
+/// The books' change events, a replica and a notifier: all in one process in
+/// memory, or one role per process on Kafka (`--broker ... --role ...`).
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// What this process does on Kafka.
+    #[arg(long, value_enum)]
+    role: Option<service::Role>,
+    /// The port to listen on (0 picks a free one).
+    #[arg(long, default_value_t = 8091)]
+    port: u16,
+    /// The service name to register under (default: changes-ROLE).
+    #[arg(long)]
+    name: Option<String>,
+    /// Where the process keeps its state and checkpoint.
+    #[arg(long, default_value = "bookshelf-data")]
+    data: PathBuf,
+    /// The topic the changes are published to.
+    #[arg(long, default_value = "book-changes")]
+    changes_topic: String,
+    /// The notifier's mailbox directory (default: DATA/mailbox).
+    #[arg(long)]
+    mailbox: Option<PathBuf>,
+    #[command(flatten)]
+    service: api::ServiceFlags,
+}
+
+#[tokio::main]
+pub async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let _logging = api::init_tracing();
+    let args = Args::parse();
+    match (&args.service.broker, args.role) {
+        (None, _) => demo(args.data.clone(), args.service.in_memory).await,
+        (Some(_), None) => Err("on Kafka, say which part this process runs: --role feed, replica or notifier".into()),
+        (Some(broker), Some(role)) => serve(&args, broker, role).await,
+    }
+}
+
+/// One role of the changes service, on Kafka.
+async fn serve(args: &Args, broker: &str, role: service::Role) -> Result<(), Box<dyn std::error::Error>> {
+    let listener = args.service.listen(args.port).await?;
+    let local = listener.local_addr()?;
+    let role_name = format!("{role:?}").to_lowercase();
+    let name = args.name.clone().unwrap_or_else(|| format!("changes-{role_name}"));
+    let id = args
+        .service
+        .id
+        .clone()
+        .unwrap_or_else(|| format!("{name}-{}", local.port()));
+    let (stop, shutdown) = tokio::sync::watch::channel(false);
+    let running = service::start(
+        role,
+        service::Settings {
+            flags: &args.service,
+            broker,
+            name: &name,
+            id: &id,
+            address: format!("http://{local}"),
+            data: args.data.clone(),
+            changes_topic: &args.changes_topic,
+            mailbox: args.mailbox.clone().unwrap_or_else(|| args.data.join("mailbox")),
+        },
+        shutdown,
+    )
+    .await?;
+    let app = running
+        .routes
+        .merge(api::health_routes())
+        .serve_docs("changes API")
+        .fallback(api::not_found);
+    let registration = args.service.register(&name, local).await?;
+    println!("changes ({role_name}) is listening on http://{local}/");
+    api::serve(listener, app, registration).await?;
+    stop.send_replace(true);
+    let _ = tokio::time::timeout(Duration::from_secs(10), running.task).await;
+    if let Some(store) = running.store {
+        store.flush(Duration::from_secs(10)).await?;
+    }
+    Ok(())
+}
+
+/// Everything in one process, printed: kept in `data` (the books' events in
+/// `books.sqlite`; the changes, the replica and the notifiers' checkpoints
+/// in `changes.sqlite`; the mailbox in `mailbox/`), or in memory. Each
+/// command carries an idempotency key, so a second run on kept data
+/// changes nothing and delivers no message again.
+async fn demo(data: PathBuf, in_memory: bool) -> Result<(), Box<dyn std::error::Error>> {
+    if in_memory {
+        let dir = std::env::temp_dir().join(format!("bookshelf-changes-{}", std::process::id()));
+        let replica = FileViewStore::new(dir.join("replica.json"));
+        let saved = Saved {
+            feed: None,
+            replica,
+            notifiers: [None, None],
+        };
+        return run_demo(InMemoryStore::new(), InMemoryStore::new(), saved, dir.join("mailbox")).await;
+    }
+    let writes = SqliteStore::open(data.join("books.sqlite"))?;
+    let changes = SqliteStore::open(data.join("changes.sqlite"))?;
+    let saved = Saved {
+        feed: Some(writes.view_store("feed")),
+        replica: changes.view_store("replica"),
+        notifiers: [
+            Some(changes.view_store("notifier-1")),
+            Some(changes.view_store("notifier-2")),
+        ],
+    };
+    run_demo(writes, changes, saved, data.join("mailbox")).await
+}
+
+/// Where the demo's runners keep their state.
+struct Saved<R> {
+    feed: Option<SqliteViewStore>,
+    replica: R,
+    notifiers: [Option<SqliteViewStore>; 2],
+}
+
+async fn run_demo<S, R>(
+    writes: S,
+    changes: S,
+    saved: Saved<R>,
+    mailbox: PathBuf,
+) -> Result<(), Box<dyn std::error::Error>>
+where
+    S: EventStore + bookshelf::EventSource + Clone,
+    R: bookshelf::ViewStore,
+{
+    let mailbox = Mailbox { dir: mailbox };
+    std::fs::create_dir_all(&mailbox.dir)?;
+    let mut feed = ChangeFeed::<Book, _, _>::new(writes.clone(), changes.clone());
+    if let Some(store) = saved.feed {
+        feed = feed.persist_to(store);
+    }
+    let feed = feed.start();
+    let replica = ProjectionRunner::<Replica, _>::new("replica", changes.clone())
+        .persist_to(saved.replica)
+        .start();
+    let notifiers: Vec<_> = saved
+        .notifiers
+        .into_iter()
+        .map(|store| {
+            let notifier = ProcessRunner::<Notifier, _, _>::new("notifier", changes.clone(), mailbox.clone());
+            match store {
+                Some(store) => notifier.persist_to(store).start(),
+                None => notifier.start(),
+            }
+        })
+        .collect();
+
+    let books = Repository::<Book, _>::new(writes.clone(), Clock::system());
+    let add = |title: &str, author: &str| BookCommand::Add {
+        title: title.into(),
+        author: author.into(),
+        isbn: "9780441013593".into(),
+    };
+    let steps = [
+        ("dune", add("Dune", "Frank Herbert")),
+        ("emma", add("Emma", "Jane Austen")),
+        ("dune", BookCommand::MarkRead),
+        ("dune", BookCommand::Rate { stars: 5 }),
+        ("emma", BookCommand::MarkRead),
+        ("emma", BookCommand::Remove),
+    ];
+    for (n, (id, command)) in steps.iter().enumerate() {
+        books
+            .execute_once(id, &format!("demo/{n}"), command, Metadata::default())
+            .await?;
+    }
+
+    let end = writes.head().await?;
+    feed.wait_for(end).await?;
+    let published = changes.head().await?;
+    replica.wait_for(published).await?;
+    for notifier in &notifiers {
+        notifier.wait_for(published).await?;
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+
+    println!("replica:");
+    for (id, (version, state)) in replica.handle().read(|r| r.books.clone()) {
+        println!("  {id} v{version}: {state}");
+    }
+    println!(
+        "mailbox ({}), each message once although two notifiers ran:",
+        mailbox.dir.display()
+    );
+    for (key, message) in mailbox.delivered()? {
+        println!("  {key}: {}", message.lines().last().unwrap_or_default());
+    }
+    for notifier in notifiers {
+        notifier.stop().await?;
+    }
+    replica.stop().await?;
+    feed.stop().await?;
+    Ok(())
+}

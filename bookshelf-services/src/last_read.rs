@@ -1,0 +1,208 @@
+//! The "last read books" service: the five most recently read books as a JSON
+//! list on `GET /`.
+//!
+//! With no flags it runs on the embedded default: a SQLite event store in
+//! `bookshelf-data/` (`--data DIR`), with the books aggregate in the same
+//! process and its views saved beside it, so that you can add a book, mark
+//! it read, see it appear, and find it again after a restart
+//! (`--in-memory` keeps nothing):
+//!
+//! ```text
+//! cargo run --example last_read
+//! curl -s -X POST localhost:8087/books -H 'content-type: application/json' \
+//!      -d '{"title":"Dune","author":"Frank Herbert","isbn":"9780441013593"}'
+//! curl -s -X POST localhost:8087/books/<id>/read
+//! curl -s localhost:8087/
+//! ```
+//!
+//! With `--broker` it is only the view: it projects the book events of
+//! `--topic` from Kafka. With `--consul` it registers itself (`--name`,
+//! `--id`, `--tags`) once it listens, and deregisters on shutdown.
+
+use crate::{api, books, docs, tables};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bookshelf::sqlite::table::TableFold;
+use bookshelf::sqlite::SqliteStore;
+use bookshelf::{EventSource, EventStore, InMemoryStore, ProjectionRunner, Repository};
+use bookshelf_kafka::{KafkaConfig, KafkaDeadLetters, KafkaLog};
+use clap::Parser;
+
+use books::{Authors, Book, Clock, LastRead};
+
+/// The five most recently read books, as a JSON list on `GET /`.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// The port to listen on (0 picks a free one).
+    #[arg(long, default_value_t = 8087)]
+    port: u16,
+    /// The service name to register under.
+    #[arg(long, default_value = "last-read")]
+    name: String,
+    /// Where the embedded default keeps its events (`bookshelf.sqlite`) and
+    /// views (`views.sqlite`).
+    #[arg(long, default_value = "bookshelf-data")]
+    data: PathBuf,
+    /// Rebuild the views from the events at start, instead of resuming them
+    /// from their checkpoints.
+    #[arg(long)]
+    rebuild: bool,
+    #[command(flatten)]
+    service: api::ServiceFlags,
+}
+
+#[tokio::main]
+pub async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let _logging = api::init_tracing();
+    let args = Args::parse();
+    let listener = args.service.listen(args.port).await?;
+    let local = listener.local_addr()?;
+
+    let (app, stop_view, kind): (docs::Api, StopView, String) = match &args.service.broker {
+        None if args.service.in_memory => {
+            let (app, stop) = embedded(InMemoryStore::new(), None, false)?;
+            (app, stop, "in-memory store: nothing is kept".to_owned())
+        }
+        None => {
+            let store = SqliteStore::open(args.data.join("bookshelf.sqlite"))?;
+            let views = args.data.join("views.sqlite");
+            let (app, stop) = embedded(store.clone(), Some(views), args.rebuild)?;
+            (app, stop, format!("events and views kept in {}", args.data.display()))
+        }
+        Some(broker) => {
+            let (app, stop) = from_kafka(broker, &args.service.topic).await?;
+            (app, stop, String::new())
+        }
+    };
+    let app = app
+        .merge(api::health_routes())
+        .serve_docs("last_read API")
+        .fallback(api::not_found);
+
+    // Listening: now it is ready to be found.
+    let registration = args.service.register(&args.name, local).await?;
+
+    match &args.service.broker {
+        None => {
+            println!("last_read is listening on http://{local}/ (embedded default, books in this process; {kind})");
+            println!("  GET  http://{local}/                  the last read books (also at /last-read)");
+            println!("  GET  http://{local}/authors           books by author");
+            println!("  POST http://{local}/books             add a book");
+            println!("  POST http://{local}/books/ID/read     mark a book read");
+            println!("  GET  http://{local}/health");
+            println!("  GET  http://{local}/docs/             the API, described (also /openapi.json)");
+            println!("Try:");
+            println!(
+                "  id=$(curl -s -X POST http://{local}/books -H 'content-type: application/json' \\\n     -d '{{\"title\":\"Dune\",\"author\":\"Frank Herbert\",\"isbn\":\"9780441013593\"}}' | sed 's/.*\"id\":\"\\([^\"]*\\)\".*/\\1/')"
+            );
+            println!("  curl -s -X POST http://{local}/books/$id/read");
+            println!("  curl -s http://{local}/");
+        }
+        Some(broker) => {
+            println!(
+                "last_read is listening on http://{local}/ (projecting topic {} from {broker})",
+                args.service.topic
+            );
+            println!("  curl -s http://{local}/");
+        }
+    }
+
+    api::serve(listener, app, registration).await?;
+    stop_view.await?;
+    tracing::info!("last_read stopped");
+    Ok(())
+}
+
+type StopView = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), bookshelf::ProjectionError>> + Send>>;
+
+/// The views and the books aggregate on one store: the last read books as
+/// a view saved in the store (when it keeps views), the authors as a SQL
+/// table in `tables` (or in memory without one).
+fn embedded<S>(
+    store: S,
+    tables: Option<PathBuf>,
+    rebuild: bool,
+) -> Result<(docs::Api, StopView), Box<dyn std::error::Error>>
+where
+    S: EventStore + EventSource + Clone + Keeps,
+{
+    let mut view = ProjectionRunner::<LastRead, _>::new("last-read", store.clone()).only_category("book");
+    if let Some(saved) = store.view_store("last-read") {
+        view = view.persist_to(saved).save_every(100);
+    }
+    if rebuild {
+        view = view.rebuild();
+    }
+    let view = view.start();
+    let mut settle = vec![api::settle_on(view.handle())];
+    let (authors, stop_authors): (docs::Api, StopView) = match tables {
+        Some(path) => {
+            if rebuild && path.exists() {
+                std::fs::remove_file(&path)?; // derived data: built again from the events
+            }
+            let table = TableFold::open("authors", path, tables::AuthorsTable)?
+                .follow(store.clone())
+                .start();
+            settle.push(api::settle_on(table.handle()));
+            (
+                api::authors_routes(tables::AuthorsTableHandle(table.reads().clone())),
+                Box::pin(table.stop()),
+            )
+        }
+        None => {
+            let authors = ProjectionRunner::<Authors, _>::new("authors", store.clone())
+                .only_category("book")
+                .start();
+            settle.push(api::settle_on(authors.handle()));
+            (
+                api::authors_routes(api::AuthorsView(authors.reads().clone())),
+                Box::pin(authors.stop()),
+            )
+        }
+    };
+    let books = Arc::new(api::BooksApi {
+        books: Repository::<Book, _>::new(store.clone(), Clock::system()).with_cache(100_000),
+        read_your_writes: settle,
+        new_id: None,
+    });
+    let app = api::last_read_routes(view.reads().clone())
+        .merge(authors)
+        .merge(api::books_routes(books));
+    let stop = async move {
+        view.stop().await?;
+        stop_authors.await
+    };
+    Ok((app, Box::pin(stop)))
+}
+
+/// Where a store keeps views, if it does.
+trait Keeps {
+    fn view_store(&self, name: &str) -> Option<bookshelf::sqlite::SqliteViewStore>;
+}
+
+impl Keeps for InMemoryStore {
+    fn view_store(&self, _: &str) -> Option<bookshelf::sqlite::SqliteViewStore> {
+        None
+    }
+}
+
+impl Keeps for SqliteStore {
+    fn view_store(&self, name: &str) -> Option<bookshelf::sqlite::SqliteViewStore> {
+        Some(SqliteStore::view_store(self, name))
+    }
+}
+
+/// The view alone, projected from the book events on Kafka.
+async fn from_kafka(broker: &str, topic: &str) -> Result<(docs::Api, StopView), Box<dyn std::error::Error>> {
+    let config = KafkaConfig::new(broker, topic).partitions(3).create_topic(true);
+    let dead_letters = KafkaDeadLetters::open(&config).await?;
+    // The books topic may carry other book events this view ignores (the
+    // runner's default): only what does not decode is set aside.
+    let view = ProjectionRunner::<LastRead, _>::new("last-read", KafkaLog::new(config))
+        .dead_letters(dead_letters)
+        .start();
+    let app = api::last_read_routes(view.reads().clone());
+    Ok((app, Box::pin(view.stop())))
+}

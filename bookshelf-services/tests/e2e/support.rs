@@ -1,0 +1,232 @@
+//! Running the bookshelf's services as real processes, for end-to-end
+//! tests: the binaries cargo builds for this crate's tests.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The Kafka brokers the tests use: `KAFKA_BROKERS`, set by
+/// `scripts/test.sh`, which starts tansu. A test that needs them and finds
+/// none fails saying so.
+pub fn brokers() -> String {
+    std::env::var("KAFKA_BROKERS").ok().filter(|b| !b.is_empty()).unwrap_or_else(|| {
+        panic!("this test needs a Kafka-protocol broker: run scripts/test.sh, which starts tansu, or set KAFKA_BROKERS")
+    })
+}
+
+/// The flags of one instance of a service on Kafka that finds the others
+/// through Consul: the broker, `topic`, the Consul agent, its instance id,
+/// its data directory, a 2 s check TTL (so that a killed instance leaves the
+/// list quickly), and `more`.
+pub fn on_kafka(topic: &str, consul: &str, id: &str, data: &std::path::Path, more: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "--broker",
+        &brokers(),
+        "--topic",
+        topic,
+        "--consul",
+        consul,
+        "--id",
+        id,
+        "--data",
+        &data.display().to_string(),
+        "--check-ttl-ms",
+        "2000",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(more.iter().map(|s| s.to_string()));
+    args
+}
+
+/// An example running as its own process; killed when dropped.
+///
+/// It runs in a working directory of its own (removed when dropped), so
+/// that what a service keeps in its default data directory stays apart
+/// from other tests and from the checkout.
+pub struct Service {
+    child: Child,
+    /// `http://127.0.0.1:PORT`
+    pub url: String,
+    /// The working directory, when this `Service` made it.
+    scratch: Option<PathBuf>,
+}
+
+/// The binary of service `name`, as cargo built it for these tests.
+fn binary(name: &str) -> PathBuf {
+    let path = match name {
+        "authors" => env!("CARGO_BIN_EXE_authors"),
+        "books" => env!("CARGO_BIN_EXE_books"),
+        "changes" => env!("CARGO_BIN_EXE_changes"),
+        "gateway" => env!("CARGO_BIN_EXE_gateway"),
+        "last_read" => env!("CARGO_BIN_EXE_last_read"),
+        "lending" => env!("CARGO_BIN_EXE_lending"),
+        other => panic!("no service binary named {other}"),
+    };
+    PathBuf::from(path)
+}
+
+impl Service {
+    /// Starts example `name` with `args` on a free port, and waits until it
+    /// prints the URL it listens on.
+    pub fn start<S: AsRef<std::ffi::OsStr>>(name: &str, args: &[S]) -> Service {
+        let scratch = std::env::temp_dir().join(format!("bookshelf-service-{}", uuid::Uuid::new_v4().simple()));
+        let mut service = Service::start_in(&scratch, name, args);
+        service.scratch = Some(scratch);
+        service
+    }
+
+    /// Starts example `name` with `args` in working directory `dir` (made
+    /// if missing, kept when the service is dropped): for a service that is
+    /// restarted on the data it kept.
+    pub fn start_in<S: AsRef<std::ffi::OsStr>>(dir: &std::path::Path, name: &str, args: &[S]) -> Service {
+        let mut command = Command::new(binary(name));
+        // A service finds Consul from CONSUL_HTTP_ADDR too: only the Consul
+        // a test names.
+        command.env_remove("CONSUL_HTTP_ADDR").args(["--port", "0"]).args(args);
+        Service::launch(dir, name, command)
+    }
+
+    /// Starts example `name` with exactly `args` (no `--port 0` added) and
+    /// the environment variables `env`, in a working directory of its own.
+    pub fn start_verbatim(name: &str, args: &[&str], env: &[(&str, &str)]) -> Service {
+        let scratch = std::env::temp_dir().join(format!("bookshelf-service-{}", uuid::Uuid::new_v4().simple()));
+        let mut command = Command::new(binary(name));
+        command
+            .env_remove("CONSUL_HTTP_ADDR")
+            .args(args)
+            .envs(env.iter().copied());
+        let mut service = Service::launch(&scratch, name, command);
+        service.scratch = Some(scratch);
+        service
+    }
+
+    fn launch(dir: &std::path::Path, name: &str, mut command: Command) -> Service {
+        std::fs::create_dir_all(dir).expect("a working directory for the service");
+        let mut child = command
+            .current_dir(dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start example {name}: {e}"));
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let (found, url) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split("listening on ").nth(1) {
+                    let url = rest.split_whitespace().next().unwrap_or_default();
+                    let _ = found.send(url.trim_end_matches('/').to_owned());
+                }
+            }
+        });
+        let url = url
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| panic!("example {name} did not say where it listens within 30 s"));
+        Service {
+            child,
+            url,
+            scratch: None,
+        }
+    }
+
+    /// Sends SIGTERM and waits for the process to exit; returns whether it
+    /// exited successfully.
+    pub fn terminate(mut self) -> bool {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill").args(["-TERM", &pid]).status();
+        assert!(sent.is_ok_and(|s| s.success()), "could not send SIGTERM to {pid}");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("waiting on the child") {
+                return status.success();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the service did not stop within 15 s of SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Service {
+    /// The process id, for signals.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Kills the process at once (SIGKILL): no deregistration, no clean-up,
+    /// as a crash would.
+    pub fn crash(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs example `name` with `args` to the end; returns whether it succeeded
+/// and what it printed.
+pub fn run(name: &str, args: &[&str]) -> (bool, String) {
+    let output = Command::new(binary(name))
+        .args(args)
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run example {name}: {e}"));
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+    )
+}
+
+/// Runs example `name` with `args` in working directory `dir` to the end;
+/// returns whether it succeeded and what it wrote to stderr.
+pub fn run_in(dir: &std::path::Path, name: &str, args: &[&str]) -> (bool, String) {
+    std::fs::create_dir_all(dir).expect("a working directory");
+    let output = Command::new(binary(name))
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run example {name}: {e}"));
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Some(scratch) = &self.scratch {
+            let _ = std::fs::remove_dir_all(scratch);
+        }
+    }
+}
+
+/// The JSON answer of `GET url`.
+pub async fn get_json(http: &reqwest::Client, url: &str) -> serde_json::Value {
+    http.get(url)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+        .json()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: not JSON: {e}"))
+}
+
+/// Polls `probe` every 50 ms until it returns `Some`, for up to `within`.
+pub async fn eventually<T, F, Fut>(what: &str, within: Duration, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(found) = probe().await {
+            return found;
+        }
+        assert!(start.elapsed() < within, "{what}: not within {within:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
