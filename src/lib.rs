@@ -41,3 +41,9 @@ pub use bookshelf_consul as consul;
 
 #[cfg(feature = "opentelemetry")]
 pub mod otlp;
+
+/// The README's example, run as a doc test so that the front page cannot
+/// drift from the code.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

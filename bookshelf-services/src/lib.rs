@@ -15,6 +15,7 @@
 //! | [`gateway`] | the one HTTP entry point: routing, balancing, its fast relay path |
 //! | [`lending`] | a process manager with compensation across two aggregates |
 //! | [`changes`] | change events with a replica and a notifier |
+//! | [`load`] | the load generator that checks every answer and, at the end, every write |
 
 #![forbid(unsafe_code)]
 
@@ -27,5 +28,6 @@ pub mod docs;
 pub mod gateway;
 pub mod last_read;
 pub mod lending;
+pub mod load;
 pub mod logs;
 pub mod tables;

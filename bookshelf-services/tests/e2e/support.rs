@@ -63,6 +63,7 @@ fn binary(name: &str) -> PathBuf {
         "gateway" => env!("CARGO_BIN_EXE_gateway"),
         "last_read" => env!("CARGO_BIN_EXE_last_read"),
         "lending" => env!("CARGO_BIN_EXE_lending"),
+        "load" => env!("CARGO_BIN_EXE_load"),
         other => panic!("no service binary named {other}"),
     };
     PathBuf::from(path)
