@@ -35,7 +35,7 @@ else
 fi
 
 # Each bench once, on a small log, to check that it still runs and agrees.
-BOOKSHELF_BENCH_EVENTS=10000 run cargo test --workspace --all-features --benches
+BOOKSHELF_BENCH_EVENTS=10000 run cargo test -p bookshelf --all-features --bench '*'
 run cargo test --workspace --all-features --lib --bins --tests --examples
 run cargo test --workspace --all-features --doc
 
