@@ -51,11 +51,15 @@ impl RetryPolicy {
 
     /// Tries with no limit, from `backoff`, pauses capped at `max_backoff`:
     /// for loops that must go on until the service comes back (watches).
-    pub fn forever(backoff: Duration, max_backoff: Duration) -> Self {
+    pub const fn forever(backoff: Duration, max_backoff: Duration) -> Self {
         RetryPolicy {
             max_attempts: u32::MAX,
             backoff,
-            max_backoff: max_backoff.max(backoff),
+            max_backoff: if max_backoff.as_nanos() < backoff.as_nanos() {
+                backoff
+            } else {
+                max_backoff
+            },
         }
     }
 

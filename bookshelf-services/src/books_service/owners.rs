@@ -10,7 +10,7 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderName, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use bookshelf::StreamId;
+use bookshelf::{RetryPolicy, StreamId};
 use bookshelf_kafka::KafkaStore;
 use serde_json::json;
 
@@ -161,6 +161,7 @@ pub async fn route_to_owner(State(owners): State<Arc<Owners>>, request: Request,
         request
     };
     let deadline = tokio::time::Instant::now() + SETTLE;
+    let mut pauses = MOVING.delays();
     loop {
         let response = match owners.target(&parts.method, parts.uri.path()) {
             None => next.clone().run(rebuild()).await,
@@ -176,12 +177,18 @@ pub async fn route_to_owner(State(owners): State<Arc<Owners>>, request: Request,
                 || owners
                     .target(&parts.method, parts.uri.path())
                     .is_some_and(|t| t.is_err()));
-        if !moving || tokio::time::Instant::now() >= deadline {
+        let now = tokio::time::Instant::now();
+        if !moving || now >= deadline {
             return response;
         }
-        tokio::time::sleep(Duration::from_millis(25)).await;
+        let pause = pauses.next().unwrap_or(MOVING.max_backoff);
+        tokio::time::sleep(pause.min(deadline - now)).await;
     }
 }
+
+/// The pauses between tries while a partition's ownership moves: from
+/// 25 ms, capped at 200 ms, jittered, until [`SETTLE`] has passed.
+const MOVING: RetryPolicy = RetryPolicy::forever(Duration::from_millis(25), Duration::from_millis(200));
 
 fn unavailable(reason: String) -> Response {
     ApiError::not_owner(reason).into_response()

@@ -108,11 +108,7 @@ type Shutdown = tokio::sync::watch::Receiver<bool>;
 
 /// The pauses before a runner that ended is started again: from a second,
 /// growing to half a minute while it keeps ending.
-const RESTARTS: RetryPolicy = RetryPolicy {
-    max_attempts: u32::MAX,
-    backoff: Duration::from_secs(1),
-    max_backoff: Duration::from_secs(30),
-};
+const RESTARTS: RetryPolicy = RetryPolicy::forever(Duration::from_secs(1), Duration::from_secs(30));
 
 async fn shut(shutdown: &mut Shutdown) {
     while !*shutdown.borrow_and_update() {

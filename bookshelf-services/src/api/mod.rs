@@ -1,0 +1,19 @@
+//! HTTP for the bookshelf services, a module per concern. Everything is
+//! re-exported here, so a service names it as `api::ApiError`,
+//! `api::books_routes`, and so on.
+
+mod books;
+mod error;
+mod extract;
+mod health;
+mod queries;
+mod service;
+mod telemetry;
+
+pub use books::*;
+pub use error::*;
+pub use extract::*;
+pub use health::*;
+pub use queries::*;
+pub use service::*;
+pub use telemetry::*;
