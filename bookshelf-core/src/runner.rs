@@ -278,23 +278,25 @@ impl<F: Fold, S: EventSource> Runner<F, S> {
                 }
                 next = follower.next_batch(&mut batch, self.batch_size) => next?,
             }
-            let mut to = checkpoint.clone();
+            let mut to = Advance::from(checkpoint.clone());
             let mut records = 0;
             for followed in batch.drain(..) {
-                if followed.mark.next <= to.get(&followed.partition).next {
+                if followed.mark.next <= to.next(&followed.partition) {
                     continue; // read before the checkpoint: never twice
                 }
+                to.set(followed.mark);
+                records += 1;
                 match followed.record {
-                    Record::Event(record) => {
-                        if let Some(event) = self.rules.decode(&followed.partition, &record).await? {
-                            decoded.push(Decoded {
-                                event,
-                                record,
-                                partition: Arc::clone(&followed.partition),
-                                mark: followed.mark,
-                            });
-                        }
-                    }
+                    Record::Event(record) => match self.rules.decode(&record) {
+                        Ok(Some(event)) => decoded.push(Decoded {
+                            event,
+                            record,
+                            partition: followed.partition,
+                            mark: followed.mark,
+                        }),
+                        Ok(None) => {}
+                        Err(error) => self.rules.set_aside_event(&followed.partition, record, error).await?,
+                    },
                     Record::Skip => {}
                     Record::Unreadable { raw, reason } => {
                         tracing::warn!(runner = %self.rules.name, at = %raw.location, %reason, "unreadable record set aside");
@@ -303,9 +305,8 @@ impl<F: Fold, S: EventSource> Runner<F, S> {
                             .await?;
                     }
                 }
-                to.set(&followed.partition, followed.mark);
-                records += 1;
             }
+            let to = to.done();
             let ends = follower.ends();
             let caught_up = to.reached(&ends);
             self.fold
@@ -336,11 +337,11 @@ impl<F: Fold, S: EventSource> Runner<F, S> {
 
 impl<E: DomainEvent> Rules<E> {
     /// The event for the fold, `None` when it is not for it, or set aside.
-    async fn decode(
-        &self,
-        partition: &str,
-        record: &Arc<RecordedEvent>,
-    ) -> Result<Option<Envelope<E>>, ProjectionError> {
+    /// The event for the fold; `Ok(None)` when it is not for it (another
+    /// category, a type it does not know and skips); `Err` when it is
+    /// poison: the caller sets it aside. Not async, so that the common case
+    /// costs no future per event.
+    fn decode(&self, record: &RecordedEvent) -> Result<Option<Envelope<E>>, DecodeError> {
         if !self.categories.is_empty() && !self.categories.iter().any(|c| c == record.stream_id.category()) {
             return Ok(None);
         }
@@ -351,22 +352,29 @@ impl<E: DomainEvent> Rules<E> {
             {
                 Ok(None)
             }
-            Err(error) => {
-                tracing::warn!(
-                    runner = %self.name,
-                    stream = %record.stream_id,
-                    version = %record.version,
-                    at = %location(partition, record.position),
-                    event_type = %record.event_type,
-                    %error,
-                    "poison event set aside"
-                );
-                let at = location(partition, record.position);
-                self.set_aside(at, Poison::Event(Arc::clone(record)), error.to_string())
-                    .await?;
-                Ok(None)
-            }
+            Err(error) => Err(error),
         }
+    }
+
+    /// Sets aside `record`, an event of `partition` that [`decode`](Self::decode)
+    /// found poison.
+    async fn set_aside_event(
+        &self,
+        partition: &str,
+        record: Arc<RecordedEvent>,
+        error: DecodeError,
+    ) -> Result<(), ProjectionError> {
+        let at = location(partition, record.position);
+        tracing::warn!(
+            runner = %self.name,
+            stream = %record.stream_id,
+            version = %record.version,
+            %at,
+            event_type = %record.event_type,
+            %error,
+            "poison event set aside"
+        );
+        self.set_aside(at, Poison::Event(record), error.to_string()).await
     }
 
     async fn set_aside(&self, location: String, record: Poison, reason: String) -> Result<(), ProjectionError> {
@@ -380,6 +388,58 @@ impl<E: DomainEvent> Rules<E> {
             })
             .await?;
         Ok(())
+    }
+}
+
+/// A checkpoint moving over a batch, with the mark of the partition in hand
+/// kept aside: the records of a batch mostly come from one partition in a
+/// row (always, from a log with one global order), so the map is looked up
+/// and written only when the partition changes.
+struct Advance {
+    checkpoint: Checkpoint,
+    /// The partition in hand and its mark, not yet written to `checkpoint`.
+    in_hand: Option<(Arc<str>, Mark)>,
+}
+
+impl From<Checkpoint> for Advance {
+    fn from(checkpoint: Checkpoint) -> Self {
+        Advance {
+            checkpoint,
+            in_hand: None,
+        }
+    }
+}
+
+impl Advance {
+    /// The next offset of `partition`, which becomes the partition in hand.
+    fn next(&mut self, partition: &Arc<str>) -> u64 {
+        match &self.in_hand {
+            Some((hand, mark)) if Arc::ptr_eq(hand, partition) || **hand == **partition => mark.next,
+            _ => {
+                if let Some((hand, mark)) = self.in_hand.take() {
+                    self.checkpoint.set(&hand, mark);
+                }
+                let mark = self.checkpoint.get(partition);
+                self.in_hand = Some((Arc::clone(partition), mark));
+                mark.next
+            }
+        }
+    }
+
+    /// Moves the partition in hand (the one [`next`](Self::next) last
+    /// named) to `mark`.
+    fn set(&mut self, mark: Mark) {
+        if let Some((_, at)) = &mut self.in_hand {
+            *at = mark;
+        }
+    }
+
+    /// The checkpoint after the batch.
+    fn done(mut self) -> Checkpoint {
+        if let Some((hand, mark)) = self.in_hand.take() {
+            self.checkpoint.set(&hand, mark);
+        }
+        self.checkpoint
     }
 }
 
@@ -686,5 +746,28 @@ mod tests {
             "a partition at 0 needs nothing read"
         );
         assert!(!status(&[("books/0", 2)]).reached(&ends));
+    }
+}
+
+#[cfg(test)]
+mod advance_tests {
+    use super::*;
+
+    #[test]
+    fn a_checkpoint_moves_over_records_of_several_partitions_in_any_order() {
+        let mut start = Checkpoint::new();
+        start.set("t/1", Mark { next: 5, token: 2 });
+        let mut to = Advance::from(start);
+        let (p0, p1, p1_again): (Arc<str>, Arc<str>, Arc<str>) = (Arc::from("t/0"), Arc::from("t/1"), Arc::from("t/1"));
+        assert_eq!(to.next(&p0), 0);
+        to.set(Mark { next: 1, token: 0 });
+        assert_eq!(to.next(&p1), 5);
+        to.set(Mark { next: 6, token: 3 });
+        assert_eq!(to.next(&p0), 1, "p0's mark was written when p1 came");
+        to.set(Mark { next: 2, token: 0 });
+        assert_eq!(to.next(&p1_again), 6, "the same name in another allocation");
+        let done = to.done();
+        assert_eq!(done.get("t/0"), Mark { next: 2, token: 0 });
+        assert_eq!(done.get("t/1"), Mark { next: 6, token: 3 });
     }
 }
