@@ -1,0 +1,115 @@
+//! The one runner's rules, on a source written here: a record delivered
+//! again (as an at-least-once source may) is applied once, and records that
+//! are not events move the checkpoint without reaching the fold.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bookshelf_core::{
+    async_trait, Checkpoint, DomainEvent, Envelope, EventId, EventSource, Followed, Follower, Mark, Metadata, Position,
+    ProjectionRunner, RawRecord, Record, RecordedEvent, StoreError, StreamId, Version, View,
+};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+enum Counted {
+    Counted { n: u64 },
+}
+impl DomainEvent for Counted {}
+
+#[derive(Debug, Default)]
+struct Seen(Vec<u64>);
+
+impl View for Seen {
+    type Event = Counted;
+    fn apply(&mut self, event: Envelope<Counted>) {
+        let Counted::Counted { n } = event.payload;
+        self.0.push(n);
+    }
+}
+
+fn event(offset: u64) -> Record {
+    let payload = serde_json::value::RawValue::from_string(format!(r#"{{"n":{offset}}}"#)).unwrap();
+    Record::Event(Arc::new(RecordedEvent {
+        event_id: EventId::new(),
+        stream_id: StreamId::new(format!("counter-{offset}")),
+        version: Version(1),
+        position: Position(offset),
+        recorded_at: chrono::Utc::now(),
+        event_type: "Counted".into(),
+        schema_version: 1,
+        metadata: Metadata::default(),
+        payload,
+    }))
+}
+
+/// Hands out its batches in turn, then nothing; each record as `(offset,
+/// record)` of partition `p/0`.
+struct Script(Vec<Vec<(u64, Record)>>);
+
+#[async_trait]
+impl EventSource for Script {
+    async fn follow(&self, _: &Checkpoint) -> Result<Box<dyn Follower>, StoreError> {
+        Ok(Box::new(Played(self.0.clone().into_iter().rev().collect())))
+    }
+}
+
+struct Played(Vec<Vec<(u64, Record)>>);
+
+#[async_trait]
+impl Follower for Played {
+    async fn next_batch(&mut self, batch: &mut Vec<Followed>, _: usize) -> Result<(), StoreError> {
+        let Some(next) = self.0.pop() else {
+            return std::future::pending().await;
+        };
+        let partition: Arc<str> = Arc::from("p/0");
+        batch.extend(next.into_iter().map(|(offset, record)| Followed {
+            partition: Arc::clone(&partition),
+            mark: Mark {
+                next: offset + 1,
+                token: 7,
+            },
+            record,
+        }));
+        Ok(())
+    }
+
+    fn ends(&self) -> BTreeMap<String, u64> {
+        BTreeMap::from([("p/0".to_owned(), 6)])
+    }
+}
+
+#[tokio::test]
+async fn a_record_delivered_again_is_applied_once_and_what_is_not_an_event_only_moves_the_checkpoint() {
+    let unreadable = || Record::Unreadable {
+        raw: Box::new(RawRecord {
+            location: "p/0@3".into(),
+            ..RawRecord::default()
+        }),
+        reason: "not an event envelope".into(),
+    };
+    let source = Script(vec![
+        vec![(0, event(0)), (1, event(1)), (2, Record::Skip)],
+        // At least once: 1 and 2 again, then on.
+        vec![(1, event(1)), (2, Record::Skip), (3, unreadable()), (4, event(4))],
+        vec![(4, event(4)), (5, event(5))],
+    ]);
+    let dead = bookshelf_core::InMemoryDeadLetters::new();
+    let running = ProjectionRunner::<Seen, _>::new("seen", source)
+        .dead_letters(dead.clone())
+        .start();
+    running
+        .wait_for(BTreeMap::from([("p/0".to_owned(), 6)]))
+        .await
+        .expect("the runner reads to the end");
+    assert_eq!(
+        running.read(|seen| seen.0.clone()),
+        [0, 1, 4, 5],
+        "each event once, in order"
+    );
+    assert_eq!(running.checkpoint().unwrap().get("p/0"), Mark { next: 6, token: 7 });
+    let letters = dead.letters();
+    assert_eq!(letters.len(), 1, "the unreadable record is set aside, once");
+    assert_eq!(letters[0].location, "p/0@3");
+    running.stop().await.unwrap();
+}
