@@ -34,6 +34,9 @@ else
     echo "skipped: no real Consul agent (set CONSUL_HTTP_ADDR to run the Consul contract against one too)"
 fi
 
+# The Kafka adapter's kill and takeover tests start its examples as
+# processes (the services' tests use the binaries cargo builds for them).
+cargo build -p bookshelf-kafka --all-features --examples
 # Each bench once, on a small log, to check that it still runs and agrees.
 BOOKSHELF_BENCH_EVENTS=10000 run cargo test -p bookshelf --all-features --bench '*'
 run cargo test --workspace --all-features --lib --bins --tests --examples
