@@ -642,7 +642,7 @@ pub(crate) fn forwarded_for(earlier: Option<&[u8]>, peer: SocketAddr) -> String 
 /// one, any request with two or more, or one whose value is not a host and
 /// optional port (an empty value is allowed). `None` when nothing is. Both
 /// of the gateway's paths ask this one function.
-pub(crate) fn host_fault<'a>(http11: bool, mut hosts: impl Iterator<Item = &'a [u8]>) -> Option<&'static str> {
+pub fn host_fault<'a>(http11: bool, mut hosts: impl Iterator<Item = &'a [u8]>) -> Option<&'static str> {
     let Some(host) = hosts.next() else {
         return http11.then_some("an HTTP/1.1 request needs a Host header");
     };
