@@ -30,7 +30,7 @@ def rate(group, bench):
 def kafka():
     rows = [
         ("kafka_projection", "bare_consume", "bare rdkafka consume loop"),
-        ("kafka_projection", "projection", "KafkaProjection, last-read view"),
+        ("kafka_projection", "projection", "runner over KafkaLog, last-read view"),
         ("kafka_append", "one_event_per_append", "append: 1 event per append, 1 writer"),
         ("kafka_append", "eight_writers_one_event_each", "append: 1 event per append, 8 writers"),
         ("kafka_append", "hundred_events_per_append", "append: 100 events per append"),
