@@ -216,7 +216,7 @@ where
                     projection: self.name.clone(),
                     source,
                 })?;
-                Ok(Checkpoint::from_saved(stored.checkpoint, &stored.offsets))
+                Ok(stored.reflects())
             }
             None => Ok(Checkpoint::new()),
         }
@@ -263,15 +263,7 @@ where
             })
             .collect();
         let state = serde_json::value::to_raw_value(&list).map_err(|e| self.serialize_error(e))?;
-        let (position, offsets) = checkpoint.to_saved();
-        saved
-            .store
-            .save(&StoredView {
-                checkpoint: position,
-                offsets,
-                state,
-            })
-            .await?;
+        saved.store.save(&StoredView::new(checkpoint, state)).await?;
         Ok(())
     }
 

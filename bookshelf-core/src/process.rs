@@ -238,7 +238,7 @@ where
                 projection: self.name.clone(),
                 source,
             })?;
-            self.at = Checkpoint::from_saved(saved.checkpoint, &saved.offsets);
+            self.at = saved.reflects();
         }
         self.publish();
         Ok(self.at.clone())
@@ -332,14 +332,7 @@ where
             projection: self.name.clone(),
             source,
         })?;
-        let (position, offsets) = self.at.to_saved();
-        self.saved
-            .save(&StoredView {
-                checkpoint: position,
-                offsets,
-                state,
-            })
-            .await?;
+        self.saved.save(&StoredView::new(&self.at, state)).await?;
         Ok(())
     }
 

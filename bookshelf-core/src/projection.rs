@@ -42,6 +42,24 @@ pub struct StoredView {
     pub state: Box<RawValue>,
 }
 
+impl StoredView {
+    /// `state`, saved with `checkpoint`, the checkpoint it reflects (in the
+    /// form [`Checkpoint::to_saved`] gives).
+    pub fn new(checkpoint: &Checkpoint, state: Box<RawValue>) -> StoredView {
+        let (checkpoint, offsets) = checkpoint.to_saved();
+        StoredView {
+            checkpoint,
+            offsets,
+            state,
+        }
+    }
+
+    /// The checkpoint the saved state reflects.
+    pub fn reflects(&self) -> Checkpoint {
+        Checkpoint::from_saved(self.checkpoint, &self.offsets)
+    }
+}
+
 /// Why a view store failed.
 #[derive(Debug, thiserror::Error)]
 #[error("view store failed: {0}")]
@@ -219,7 +237,7 @@ impl<V> ViewPersistence<V> {
         })?;
         Ok(Some(RestoredView {
             view,
-            checkpoint: Checkpoint::from_saved(saved.checkpoint, &saved.offsets),
+            checkpoint: saved.reflects(),
         }))
     }
 
@@ -241,13 +259,7 @@ impl<V> ViewPersistence<V> {
                 source,
             })?
         };
-        let (position, offsets) = checkpoint.to_saved();
-        let stored = StoredView {
-            checkpoint: position,
-            offsets,
-            state,
-        };
-        self.store.save(&stored).await?;
+        self.store.save(&StoredView::new(checkpoint, state)).await?;
         Ok(())
     }
 }
