@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 export CARGO_BUILD_JOBS=${CARGO_BUILD_JOBS:-2}
 
 log=$(mktemp)
-trap 'scripts/tansu.sh stop; rm -f "$log"' EXIT
+trap 'scripts/tansu.sh stop; scripts/postgres.sh stop; rm -f "$log"' EXIT
 run() { "$@" 2>&1 | tee -a "$log"; }
 
 # The Kafka tests need a real Kafka-protocol broker: tansu, built once into a
@@ -19,6 +19,12 @@ echo "Kafka tests use the tansu broker at $KAFKA_BROKERS"
 # The broker-restart test runs a tansu of its own, with file storage.
 TANSU_BIN=$(scripts/tansu.sh bin)
 export TANSU_BIN
+
+# The PostgreSQL tests need a real server: the system's package (installed
+# when missing), a throwaway cluster on a free loopback port.
+database=$(scripts/postgres.sh start)
+export "${database?}"
+echo "PostgreSQL tests use the database at $DATABASE_URL"
 
 # Python packages from PyPI that tests drive the services with (a standard
 # Consul client, a Kafka client, an OpenAPI fuzzer), in a virtual environment

@@ -6,6 +6,8 @@
 //!
 //! * feature `sqlite` (on by default): [`sqlite`], the embedded event store,
 //!   saved views and SQL table views in one file;
+//! * feature `postgres`: [`postgres`], the event store with a global log
+//!   that never skips, saved views and table views in a PostgreSQL database;
 //! * feature `kafka`: [`kafka`], the event store and its log on Apache Kafka;
 //! * feature `consul`: [`consul`], service discovery on HashiCorp Consul;
 //! * feature `opentelemetry`: readers' spans join their event's trace, and
@@ -30,6 +32,10 @@ pub use bookshelf_core::*;
 /// Bookshelf on SQLite (feature `sqlite`, on by default).
 #[cfg(feature = "sqlite")]
 pub use bookshelf_sqlite as sqlite;
+
+/// Bookshelf on PostgreSQL (feature `postgres`).
+#[cfg(feature = "postgres")]
+pub use bookshelf_postgres as postgres;
 
 /// Bookshelf on Apache Kafka (feature `kafka`).
 #[cfg(feature = "kafka")]

@@ -3,4 +3,7 @@
 
 use bookshelf_core::{InMemorySnapshots, InMemoryStore};
 
-bookshelf_testkit::store_suite!(|| ((), InMemoryStore::new()), || ((), InMemorySnapshots::new()));
+bookshelf_testkit::store_suite!(async || ((), InMemoryStore::new()), async || (
+    (),
+    InMemorySnapshots::new()
+));

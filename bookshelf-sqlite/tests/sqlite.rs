@@ -234,7 +234,7 @@ mod behaviour {
         (dir, store)
     }
 
-    bookshelf_testkit::store_suite!(store, || {
+    bookshelf_testkit::store_suite!(async || store(), async || {
         let (dir, store) = store();
         (dir, store.snapshots())
     });

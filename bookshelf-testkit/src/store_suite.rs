@@ -1,6 +1,7 @@
 //! The behaviour every event store must have. A store's own tests run all
 //! of it with [`store_suite!`](macro@crate::store_suite): the in-memory store in
-//! `bookshelf-core`, the SQLite store in `bookshelf-sqlite`.
+//! `bookshelf-core`, the SQLite store in `bookshelf-sqlite`, the PostgreSQL
+//! store in `bookshelf-postgres`.
 
 #![allow(missing_docs)]
 
@@ -224,8 +225,11 @@ pub async fn subscription_hands_over_from_catch_up_to_live_without_gap_or_repeat
 pub async fn a_slow_subscriber_neither_blocks_appends_nor_buffers_them<S: EventStore>(store: S) {
     let mut subscription = store.subscribe(Position::START).await.unwrap();
     let stream = StreamId::new("account-1");
-    // The subscriber reads nothing while 10,000 events are appended: no append waits.
-    tokio::time::timeout(Duration::from_secs(10), async {
+    // The subscriber reads nothing while 10,000 events are appended: no
+    // append waits for it (a store whose appends waited would hang here;
+    // the bound leaves room for a database server's commits, about 0.7 ms
+    // each in a debug build).
+    tokio::time::timeout(Duration::from_secs(30), async {
         for _ in 0..10_000 {
             store
                 .append(&stream, ExpectedVersion::Any, vec![deposit(1)])
@@ -263,11 +267,12 @@ pub async fn snapshots_keep_the_newest<T: SnapshotStore>(snapshots: T) {
 
 /// Runs every behaviour of [this module](mod@crate::store_suite) as a test of its own, each
 /// on a new store made by `$make`, and the snapshot behaviour on snapshots
-/// made by `$snapshots`. Each maker returns `(guard, store)`: the guard (a
-/// temporary directory, say) lives as long as the test.
+/// made by `$snapshots`. Each maker is an async closure returning
+/// `(guard, store)`: the guard (a temporary directory, say) lives as long
+/// as the test.
 ///
 /// ```ignore
-/// bookshelf_testkit::store_suite!(|| ((), InMemoryStore::new()), || ((), InMemorySnapshots::new()));
+/// bookshelf_testkit::store_suite!(async || ((), InMemoryStore::new()), async || ((), InMemorySnapshots::new()));
 /// ```
 #[macro_export]
 macro_rules! store_suite {
@@ -284,7 +289,7 @@ macro_rules! store_suite {
 
         #[tokio::test]
         async fn snapshots_keep_the_newest() {
-            let (_guard, snapshots) = ($snapshots)();
+            let (_guard, snapshots) = ($snapshots)().await;
             $crate::store_suite::snapshots_keep_the_newest(snapshots).await;
         }
     };
@@ -292,7 +297,7 @@ macro_rules! store_suite {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn $test() {
-                let (_guard, store) = ($make)();
+                let (_guard, store) = ($make)().await;
                 $crate::store_suite::$test(store).await;
             }
         )*

@@ -1,0 +1,146 @@
+//! # Bookshelf on PostgreSQL
+//!
+//! [Bookshelf](bookshelf_core)'s event store, snapshots and saved views in
+//! a PostgreSQL database, with one global log that readers follow from any
+//! position and never see skip.
+//!
+//! ```
+//! use bookshelf_core::{DomainEvent, Envelope, EventStore, ExpectedVersion, Metadata, NewEvent, ProjectionRunner, StreamId, View};
+//! use bookshelf_postgres::PostgresStore;
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Debug, Clone, Serialize, Deserialize)]
+//! enum BookEvent { BookRead { title: String } }
+//! impl DomainEvent for BookEvent {}
+//!
+//! #[derive(Default, Serialize, Deserialize)]
+//! struct Reads(u64);
+//! impl View for Reads {
+//!     type Event = BookEvent;
+//!     fn apply(&mut self, _: Envelope<BookEvent>) { self.0 += 1 }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let url = std::env::var("DATABASE_URL").map_err(|_| "DATABASE_URL names no PostgreSQL database: run scripts/postgres.sh start")?;
+//! let store = PostgresStore::connect(&url).await?; // migrates the schema when needed
+//! let reads = ProjectionRunner::<Reads, _>::new("doc-reads", store.clone())
+//!     .persist_to(store.view_store("doc-reads"))
+//!     .start();
+//! let read = NewEvent::encode(&BookEvent::BookRead { title: "Dune".into() }, Metadata::default())?;
+//! let written = store.append(&StreamId::new("doc-book-1"), ExpectedVersion::Any, vec![read]).await?;
+//! reads.wait_for(written.last_position.next()).await?;
+//! assert!(reads.read(|r| r.0) >= 1);
+//! reads.stop().await?; // the view and its checkpoint saved in one row
+//! # Ok(()) }
+//! ```
+//!
+//! | item | what it is |
+//! |---|---|
+//! | [`PostgresStore`] | the event store: one global log, appends gathered into transactions |
+//! | [`PostgresSnapshots`], [`PostgresViewStore`] | snapshots and saved views in the same database |
+//! | [`table::TableFold`] | a view kept as SQL tables, its rows moved in the transaction of its checkpoint |
+//! | [`migrate`], [`SCHEMA_VERSION`] | the versioned schema, brought up to date on connect or on its own |
+//!
+//! # Guarantees
+//!
+//! Besides those of every [`EventStore`](bookshelf_core::EventStore) (atomic
+//! appends, optimistic concurrency, per-stream order):
+//!
+//! * **One global log, no skip, no stall.** Every event has a position;
+//!   positions run 0, 1, 2, … with no hole, and a reader (a subscription,
+//!   any runner) that has seen position `p` will never be shown an event
+//!   below `p` later: it sees every committed event exactly once, in
+//!   position order. A transaction that rolls back, or is abandoned,
+//!   leaves no hole and never holds a reader up.
+//! * **Exactly one winner** among appends racing on a stream with the same
+//!   expected version, whatever process or machine they come from.
+//! * **Durable when answered.** An append is answered once its transaction
+//!   has committed (with the server's `synchronous_commit`, on by default).
+//!   When the connection fails during the commit, the append's error says
+//!   that its outcome is unknown: read the stream to learn it.
+//! * **Live delivery** wakes on `LISTEN/NOTIFY`; when notifications are lost
+//!   (the listening connection dropped and is being made again), a
+//!   subscription at the end of the log still looks every [`POLL`].
+//!
+//! Not guaranteed: an order between events of different streams other than
+//! the log's, and delivery while the server is unreachable (reads and
+//! appends fail with [`StoreError::Backend`](bookshelf_core::StoreError)
+//! naming the server, and succeed again once it is back).
+//!
+//! ## How: positions assigned one transaction at a time
+//!
+//! The field's most reported bug in logs kept by a database is the reader
+//! that skips: with positions from a sequence, a transaction that took
+//! position 7 may commit after another that took 8, and a reader that read
+//! 8 moves on past 7 for good (or, guarding against that, waits forever
+//! for a 7 that was rolled back). Here an append takes its positions from
+//! the one row of `bookshelf_head`, locked (`FOR UPDATE`) from before it
+//! reads the streams' versions until it commits. So positions are taken
+//! in commit order: position `p + 1` cannot commit before position `p`,
+//! and a rolled-back transaction gives its positions back. Readers need no
+//! horizon or gap detection: `WHERE position >= $1 ORDER BY position` is
+//! exact.
+//!
+//! **The cost** is that appends to the whole database go one transaction
+//! at a time. Each process gathers the appends of its concurrent callers
+//! into one transaction (up to 256), so the log's throughput grows with
+//! concurrency, but a transaction's locks and its commit are paid by
+//! every writer in turn: see `BENCHMARKS.md` for the figures. A
+//! transaction of yours that appends with
+//! [`PostgresStore::append_in`] holds every other writer until it ends;
+//! one left idle is ended by the server after [`IDLE_IN_TRANSACTION`]
+//! (every connection of the store sets
+//! `idle_in_transaction_session_timeout`), which bounds how long a stalled
+//! or abandoned writer can hold the others up. Readers are never held up.
+//!
+//! ## Schema
+//!
+//! The tables are `bookshelf_events`, `bookshelf_head`, `bookshelf_snapshots`,
+//! `bookshelf_views`, `bookshelf_checkpoints` and `bookshelf_schema` (the
+//! version). [`PostgresStore::connect`] applies the migrations this build
+//! has and the database lacks, in one transaction under an advisory lock,
+//! so several instances can start at once; a database whose schema is
+//! newer than this build is refused untouched. To keep several stores in
+//! one database, give each a schema of its own through the URL
+//! (`?options=-csearch_path%3Dname`).
+
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+mod append;
+mod saved;
+mod schema;
+mod server;
+mod store;
+pub mod table;
+
+pub use saved::{PostgresSnapshots, PostgresViewStore};
+pub use schema::SCHEMA_VERSION;
+pub use server::IDLE_IN_TRANSACTION;
+pub use store::{Options, PostgresStore, PostgresSubscription, POLL};
+
+pub use deadpool_postgres;
+pub use tokio_postgres;
+
+use bookshelf_core::StoreError;
+
+/// Brings the schema of the database at `url` up to [`SCHEMA_VERSION`],
+/// and returns the version it was at: what [`PostgresStore::connect`]
+/// does first, for a deployment step of its own.
+///
+/// # Errors
+/// When the server cannot be reached or refuses, or the schema is newer
+/// than this build (then nothing is changed).
+pub async fn migrate(url: &str) -> Result<i32, StoreError> {
+    let server = server::Server::parse(url)?;
+    let (mut client, connection) = server
+        .config()
+        .connect(tokio_postgres::NoTls)
+        .await
+        .map_err(|e| server.error("cannot connect", e))?;
+    let driver = tokio::spawn(connection);
+    let found = schema::migrate(&mut client, &server).await;
+    drop(client);
+    let _ = driver.await;
+    found
+}

@@ -1,0 +1,425 @@
+//! The PostgreSQL event store, and its subscriptions.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bookshelf_core::store::{AppendOutcome, EventStore, ExpectedVersion, StoreError, Subscription};
+use bookshelf_core::{NewEvent, Position, RecordedEvent, RetryPolicy, StreamId, Version};
+use deadpool_postgres::{Pool, Transaction};
+use futures_util::StreamExt;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio_postgres::{AsyncMessage, NoTls};
+
+use crate::append::{self, Append, Pending, CHANNEL};
+use crate::saved::{PostgresSnapshots, PostgresViewStore};
+use crate::schema::{self, SCHEMA_VERSION};
+use crate::server::{retrying, Failed, Server};
+
+/// How often a subscription at the end of the log looks for new events when
+/// no notification came: the bound on how late a live event is delivered
+/// when notifications are lost (the listening connection dropped, say).
+pub const POLL: Duration = Duration::from_millis(250);
+
+/// How a [`PostgresStore`] connects.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct Options {
+    /// The most connections its pool opens (default 16). The store also
+    /// keeps one connection that listens for new events.
+    pub pool_size: usize,
+    /// Whether [`PostgresStore::connect_with`] brings the schema up to date
+    /// (the default) or only checks that it is.
+    pub migrate: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            pool_size: 16,
+            migrate: true,
+        }
+    }
+}
+
+impl Options {
+    /// The default options.
+    pub fn new() -> Self {
+        Options::default()
+    }
+
+    /// At most `size` pooled connections.
+    pub fn pool_size(mut self, size: usize) -> Self {
+        self.pool_size = size.max(1);
+        self
+    }
+
+    /// Only check the schema, never change it: a database that is not
+    /// migrated is an error (see [`migrate`](crate::migrate)).
+    pub fn without_migrating(mut self) -> Self {
+        self.migrate = false;
+        self
+    }
+}
+
+/// An event store in a PostgreSQL database. See the [crate docs](crate) for
+/// its guarantees and how it keeps them.
+///
+/// Cloning gives another handle to the same store (the same pool).
+#[derive(Clone)]
+pub struct PostgresStore {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    server: Server,
+    pool: Pool,
+    appends: mpsc::Sender<Pending>,
+    told: watch::Receiver<()>,
+    _listener: AbortOnDrop,
+}
+
+/// Ends a background task with the store.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl std::fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresStore")
+            .field("database", &self.shared.server.to_string())
+            .finish()
+    }
+}
+
+impl PostgresStore {
+    /// Connects to the database at `url` (a `postgres://` URL or a
+    /// key=value connection string) and brings its schema up to date.
+    ///
+    /// # Errors
+    /// A [`StoreError::Backend`] naming the server and database when it
+    /// cannot be reached, refuses the credentials, has no such database,
+    /// or holds a schema written by a newer Bookshelf (nothing is changed
+    /// then).
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        PostgresStore::connect_with(url, Options::default()).await
+    }
+
+    /// Connects with `options`.
+    ///
+    /// # Errors
+    /// As [`connect`](Self::connect); with
+    /// [`without_migrating`](Options::without_migrating), also a schema
+    /// older than this build.
+    pub async fn connect_with(url: &str, options: Options) -> Result<Self, StoreError> {
+        let server = Server::parse(url)?;
+        let pool = server.pool(options.pool_size)?;
+        {
+            let mut client = server.get(&pool).await?;
+            if options.migrate {
+                schema::migrate(&mut client, &server).await?;
+            } else {
+                let found = schema::version(&client, &server).await?;
+                if found != SCHEMA_VERSION {
+                    return Err(server.refused(format!(
+                        "its schema is at version {found} and this build needs {SCHEMA_VERSION}: migrate it first"
+                    )));
+                }
+            }
+        }
+        let (appends, received) = mpsc::channel(1024);
+        tokio::spawn(append::write(server.clone(), pool.clone(), received));
+        let (tell, told) = watch::channel(());
+        let listener = tokio::spawn(listen(server.clone(), tell));
+        Ok(PostgresStore {
+            shared: Arc::new(Shared {
+                server,
+                pool,
+                appends,
+                told,
+                _listener: AbortOnDrop(listener),
+            }),
+        })
+    }
+
+    /// The pool of connections to the database, for your own queries and
+    /// transactions (see [`append_in`](Self::append_in)).
+    pub fn pool(&self) -> &Pool {
+        &self.shared.pool
+    }
+
+    /// The snapshots kept in this database.
+    pub fn snapshots(&self) -> PostgresSnapshots {
+        PostgresSnapshots::new(self.clone())
+    }
+
+    /// The saved state and checkpoint of view `name`, in this database.
+    pub fn view_store(&self, name: impl Into<String>) -> PostgresViewStore {
+        PostgresViewStore::new(self.clone(), name.into())
+    }
+
+    /// Appends `events` to `stream` inside your own transaction `tx`, under
+    /// the same rule as every append (see the crate docs): they are stored
+    /// if and when `tx` commits, together with whatever else it wrote.
+    ///
+    /// The log's head stays locked until `tx` ends, so every other append
+    /// waits for it: commit or roll back promptly. A transaction left idle
+    /// is ended by the server after
+    /// [`IDLE_IN_TRANSACTION`](crate::IDLE_IN_TRANSACTION).
+    ///
+    /// # Errors
+    /// [`StoreError::Conflict`] (then roll `tx` back or go on without the
+    /// events), [`StoreError::EmptyAppend`], and failures of the server.
+    pub async fn append_in(
+        &self,
+        tx: &Transaction<'_>,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendOutcome, StoreError> {
+        let append = Append {
+            stream: stream.clone(),
+            expected,
+            events,
+        };
+        let mut outcomes = match append::append_all(tx, vec![append], append::Within::Caller).await {
+            Ok(outcomes) => outcomes,
+            Err(append::Failure::Nothing(e) | append::Failure::Unknown(e)) => {
+                return Err(self.shared.server.error("cannot append", e))
+            }
+        };
+        outcomes
+            .pop()
+            .unwrap_or_else(|| Err(self.shared.server.refused("an append gave no outcome".to_owned())))
+    }
+
+    pub(crate) fn server(&self) -> &Server {
+        &self.shared.server
+    }
+
+    pub(crate) async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        self.shared.server.get(&self.shared.pool).await
+    }
+
+    async fn read_events(
+        &self,
+        sql: &str,
+        args: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<Arc<RecordedEvent>>, Failed> {
+        let server = &self.shared.server;
+        let client = server.connection(&self.shared.pool).await?;
+        let statement = client
+            .prepare_cached(sql)
+            .await
+            .map_err(|e| server.failed("cannot read", e))?;
+        let rows = client
+            .query(&statement, args)
+            .await
+            .map_err(|e| server.failed("cannot read", e))?;
+        let mut events = Vec::with_capacity(rows.len());
+        for row in rows {
+            let position: i64 = row.get(0);
+            let body: &str = row.get(1);
+            let mut event = RecordedEvent::from_json(body).map_err(|e| Failed {
+                error: server.refused(format!("the event at position {position} does not decode: {e}")),
+                transient: false,
+            })?;
+            event.position = Position(position as u64);
+            events.push(Arc::new(event));
+        }
+        Ok(events)
+    }
+
+    async fn query_i64(
+        &self,
+        sql: &str,
+        args: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Option<i64>, Failed> {
+        let server = &self.shared.server;
+        let client = server.connection(&self.shared.pool).await?;
+        let statement = client
+            .prepare_cached(sql)
+            .await
+            .map_err(|e| server.failed("cannot read", e))?;
+        let row = client
+            .query_one(&statement, args)
+            .await
+            .map_err(|e| server.failed("cannot read", e))?;
+        Ok(row.get(0))
+    }
+}
+
+/// Listens for new events on a connection of its own, and wakes the
+/// subscriptions; connects again, with backoff, when the connection drops.
+async fn listen(server: Server, tell: watch::Sender<()>) {
+    let retry = RetryPolicy::forever(Duration::from_millis(100), Duration::from_secs(5));
+    let mut delays = retry.delays();
+    loop {
+        match server.config().connect(NoTls).await {
+            Ok((client, mut connection)) => {
+                let notices = tell.clone();
+                let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+                let driver = tokio::spawn(async move {
+                    while let Some(message) = messages.next().await {
+                        match message {
+                            Ok(AsyncMessage::Notification(_)) => notices.send_modify(|_| {}),
+                            Ok(_) => {}
+                            Err(e) => return Some(crate::server::explain(&e)),
+                        }
+                    }
+                    None
+                });
+                match client.batch_execute(&format!("LISTEN {CHANNEL}")).await {
+                    Ok(()) => {
+                        delays = retry.delays();
+                        // Whatever came while no one listened.
+                        tell.send_modify(|_| {});
+                        let ended = driver.await.ok().flatten();
+                        tracing::warn!(database = %server, error = ?ended, "the listening connection ended; connecting again");
+                    }
+                    Err(e) => {
+                        driver.abort();
+                        tracing::warn!(database = %server, error = %crate::server::explain(&e), "cannot listen for new events");
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(database = %server, error = %crate::server::explain(&e), "cannot connect to listen for new events");
+            }
+        }
+        tokio::time::sleep(delays.next().unwrap_or(Duration::from_secs(5))).await;
+    }
+}
+
+#[async_trait]
+impl EventStore for PostgresStore {
+    type Subscription = PostgresSubscription;
+
+    async fn append(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendOutcome, StoreError> {
+        if events.is_empty() {
+            return Err(StoreError::EmptyAppend(stream.clone()));
+        }
+        let (answer, outcome) = oneshot::channel();
+        let pending = Pending {
+            append: Append {
+                stream: stream.clone(),
+                expected,
+                events,
+            },
+            answer,
+        };
+        let closed = || StoreError::Closed(format!("{}: the store's writer has stopped", self.shared.server));
+        self.shared.appends.send(pending).await.map_err(|_| closed())?;
+        outcome.await.map_err(|_| closed())?
+    }
+
+    async fn read_stream(&self, stream: &StreamId, from: Version) -> Result<Vec<Arc<RecordedEvent>>, StoreError> {
+        Ok(self
+            .read_events(
+                "SELECT position, body FROM bookshelf_events WHERE stream = $1 AND version >= $2 ORDER BY version",
+                &[&stream.as_str(), &(from.0 as i64)],
+            )
+            .await?)
+    }
+
+    async fn stream_version(&self, stream: &StreamId) -> Result<Version, StoreError> {
+        let version = self
+            .query_i64(
+                "SELECT MAX(version) FROM bookshelf_events WHERE stream = $1",
+                &[&stream.as_str()],
+            )
+            .await?;
+        Ok(Version(version.unwrap_or(0) as u64))
+    }
+
+    async fn head(&self) -> Result<Position, StoreError> {
+        let head = self
+            .query_i64("SELECT next FROM bookshelf_head WHERE id = 1", &[])
+            .await?;
+        Ok(Position(head.unwrap_or(0) as u64))
+    }
+
+    async fn find_idempotency_key(&self, stream: &StreamId, key: &str) -> Result<Option<Version>, StoreError> {
+        let version = self
+            .query_i64(
+                "SELECT MIN(version) FROM bookshelf_events WHERE stream = $1 AND idempotency_key = $2",
+                &[&stream.as_str(), &key],
+            )
+            .await?;
+        Ok(version.map(|v| Version(v as u64)))
+    }
+
+    async fn subscribe(&self, from: Position) -> Result<PostgresSubscription, StoreError> {
+        Ok(PostgresSubscription {
+            store: self.clone(),
+            told: self.shared.told.clone(),
+            next: from.0,
+        })
+    }
+}
+
+#[async_trait]
+impl bookshelf_core::EventSource for PostgresStore {
+    async fn follow(&self, from: &bookshelf_core::Checkpoint) -> Result<Box<dyn bookshelf_core::Follower>, StoreError> {
+        bookshelf_core::GlobalLog(self.clone()).follow(from).await
+    }
+}
+
+/// A subscription to a [`PostgresStore`]: a cursor over its log, woken by
+/// the store's notifications, and looking every [`POLL`] without them.
+pub struct PostgresSubscription {
+    store: PostgresStore,
+    told: watch::Receiver<()>,
+    next: u64,
+}
+
+impl std::fmt::Debug for PostgresSubscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresSubscription")
+            .field("next", &self.next)
+            .finish()
+    }
+}
+
+#[async_trait]
+impl Subscription for PostgresSubscription {
+    async fn next_batch(&mut self, batch: &mut Vec<Arc<RecordedEvent>>, max: usize) -> Result<(), StoreError> {
+        batch.clear();
+        let max = max.max(1) as i64;
+        loop {
+            // Seen before the look, so that a commit after it wakes the wait.
+            self.told.borrow_and_update();
+            let next = self.next as i64;
+            let args: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&next, &max];
+            // While the database is away the subscription waits for it,
+            // where it stands: nothing to read is lost.
+            let events = retrying("a subscription", Duration::MAX, || {
+                self.store.read_events(
+                    "SELECT position, body FROM bookshelf_events WHERE position >= $1 ORDER BY position LIMIT $2",
+                    &args,
+                )
+            })
+            .await?;
+            if let Some(last) = events.last() {
+                self.next = last.position.0 + 1;
+                batch.extend(events);
+                return Ok(());
+            }
+            let _ = tokio::time::timeout(POLL, self.told.changed()).await;
+        }
+    }
+
+    fn position(&self) -> Position {
+        Position(self.next)
+    }
+}
