@@ -82,6 +82,19 @@ pub trait ViewStore: Send + Sync + 'static {
     async fn save(&self, view: &StoredView) -> Result<(), ViewStoreError>;
 }
 
+/// A boxed view store is one too: a program can choose its backend at run
+/// time.
+#[async_trait]
+impl ViewStore for Box<dyn ViewStore> {
+    async fn load(&self) -> Result<Option<StoredView>, ViewStoreError> {
+        (**self).load().await
+    }
+
+    async fn save(&self, view: &StoredView) -> Result<(), ViewStoreError> {
+        (**self).save(view).await
+    }
+}
+
 /// A view store in memory: survives a restart of the projection, not of the
 /// process. Cloning gives another handle to the same document.
 #[derive(Clone, Debug, Default)]

@@ -23,9 +23,6 @@ use tokio_postgres::types::ToSql;
 
 use crate::server::Server;
 
-/// The channel live readers listen on, told the new head after each commit.
-pub(crate) const CHANNEL: &str = "bookshelf_events";
-
 /// The most appends one transaction gathers.
 const MOST_APPENDS: usize = 256;
 
@@ -70,6 +67,7 @@ pub(crate) async fn append_all<C: GenericClient + Sync>(
     client: &C,
     appends: Vec<Append>,
     within: Within,
+    channel: &str,
 ) -> Result<Vec<Result<AppendOutcome, StoreError>>, Failure> {
     let head = client
         .prepare_cached("SELECT next FROM bookshelf_head WHERE id = 1 FOR UPDATE")
@@ -181,7 +179,7 @@ pub(crate) async fn append_all<C: GenericClient + Sync>(
     let told = head.to_string();
     let columns: [&(dyn ToSql + Sync); 5] = [&rows.positions, &rows.streams, &rows.versions, &rows.keys, &rows.bodies];
     let moved: [&(dyn ToSql + Sync); 1] = [&head];
-    let told: [&(dyn ToSql + Sync); 2] = [&CHANNEL, &told];
+    let told: [&(dyn ToSql + Sync); 2] = [&channel, &told];
     // Sent together: one round trip.
     let written = async {
         tokio::try_join!(
@@ -260,7 +258,7 @@ async fn commit(
     batch: Vec<Append>,
 ) -> Result<Vec<Result<AppendOutcome, StoreError>>, StoreError> {
     let client = server.get(pool).await?;
-    match append_all(&client, batch, Within::Own).await {
+    match append_all(&client, batch, Within::Own, server.channel()).await {
         Ok(outcomes) => Ok(outcomes),
         Err(failure) => {
             // The connection may be inside a failed transaction, or

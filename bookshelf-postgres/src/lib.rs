@@ -101,8 +101,7 @@
 //! has and the database lacks, in one transaction under an advisory lock,
 //! so several instances can start at once; a database whose schema is
 //! newer than this build is refused untouched. To keep several stores in
-//! one database, give each a schema of its own through the URL
-//! (`?options=-csearch_path%3Dname`).
+//! one database, give each a schema of its own ([`Options::schema`]).
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -124,15 +123,16 @@ pub use tokio_postgres;
 
 use bookshelf_core::StoreError;
 
-/// Brings the schema of the database at `url` up to [`SCHEMA_VERSION`],
-/// and returns the version it was at: what [`PostgresStore::connect`]
-/// does first, for a deployment step of its own.
+/// Brings the tables of the database at `url` (in `schema`, when given, as
+/// [`Options::schema`]) up to [`SCHEMA_VERSION`], and returns the version
+/// they were at: what [`PostgresStore::connect`] does first, for a
+/// deployment step of its own.
 ///
 /// # Errors
 /// When the server cannot be reached or refuses, or the schema is newer
 /// than this build (then nothing is changed).
-pub async fn migrate(url: &str) -> Result<i32, StoreError> {
-    let server = server::Server::parse(url)?;
+pub async fn migrate(url: &str, schema: Option<&str>) -> Result<i32, StoreError> {
+    let server = server::Server::parse(url, schema)?;
     let (mut client, connection) = server
         .config()
         .connect(tokio_postgres::NoTls)

@@ -68,6 +68,12 @@ pub(crate) async fn migrate(client: &mut Client, server: &Server) -> Result<i32,
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
         .await
         .map_err(|e| failed("cannot take the migration lock", e))?;
+    if let Some(schema) = server.schema() {
+        // A checked name (see `Server::parse`): safe to spell out.
+        tx.batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
+            .await
+            .map_err(|e| failed("cannot create the store's schema", e))?;
+    }
     tx.batch_execute(
         "CREATE TABLE IF NOT EXISTS bookshelf_schema (
             id int PRIMARY KEY CHECK (id = 1),

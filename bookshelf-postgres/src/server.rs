@@ -24,33 +24,72 @@ pub(crate) struct Server {
     config: tokio_postgres::Config,
     /// The URL without its password, for messages.
     name: String,
+    /// The schema the store's tables are in, when not the default.
+    schema: Option<String>,
+    /// The channel appends notify and subscriptions listen on.
+    channel: String,
 }
 
 impl Server {
-    pub(crate) fn parse(url: &str) -> Result<Server, StoreError> {
+    /// The server of `url`, with the store's tables in `schema` (made when
+    /// missing) rather than the database's default.
+    pub(crate) fn parse(url: &str, schema: Option<&str>) -> Result<Server, StoreError> {
         let mut config = tokio_postgres::Config::from_str(url).map_err(|e| {
             StoreError::Backend(format!("{:?} is not a PostgreSQL URL or connection string: {e}", redact(url)).into())
         })?;
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
+        if let Some(schema) = schema {
+            let valid = schema.len() <= 40
+                && schema.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+                && schema
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+            if !valid {
+                return Err(StoreError::Backend(
+                    format!("{schema:?} is not a schema name this store takes (a-z, 0-9 and _, at most 40)").into(),
+                ));
+            }
+        }
         let idle = IDLE_IN_TRANSACTION.as_millis();
+        let mut ours = format!("-c idle_in_transaction_session_timeout={idle}");
+        if let Some(schema) = schema {
+            ours.push_str(&format!(" -c search_path={schema}"));
+        }
         let options = match config.get_options() {
-            Some(given) => format!("{given} -c idle_in_transaction_session_timeout={idle}"),
-            None => format!("-c idle_in_transaction_session_timeout={idle}"),
+            Some(given) => format!("{given} {ours}"),
+            None => ours,
         };
         config.options(&options);
         if config.get_application_name().is_none() {
             config.application_name("bookshelf");
         }
+        let name = match schema {
+            Some(schema) => format!("{} (schema {schema})", describe_config(&config)),
+            None => describe_config(&config),
+        };
         Ok(Server {
-            name: describe_config(&config),
+            name,
             config,
+            channel: match schema {
+                Some(schema) => format!("bookshelf_events_{schema}"),
+                None => "bookshelf_events".to_owned(),
+            },
+            schema: schema.map(str::to_owned),
         })
     }
 
     pub(crate) fn config(&self) -> &tokio_postgres::Config {
         &self.config
+    }
+
+    pub(crate) fn schema(&self) -> Option<&str> {
+        self.schema.as_deref()
+    }
+
+    pub(crate) fn channel(&self) -> &str {
+        &self.channel
     }
 
     /// A pool of up to `size` connections.
@@ -224,12 +263,15 @@ mod tests {
 
     #[test]
     fn a_server_is_named_without_its_password() {
-        let server = Server::parse("postgres://me:secret@db.example:6543/books").expect("a valid URL");
+        let server = Server::parse("postgres://me:secret@db.example:6543/books", None).expect("a valid URL");
         assert_eq!(server.to_string(), "postgres://me@db.example:6543/books");
-        let wrong = Server::parse("postgres://me:secret@db.example:notaport/books")
+        let wrong = Server::parse("postgres://me:secret@db.example:notaport/books", None)
             .err()
             .expect("a bad port");
         assert!(!wrong.to_string().contains("secret"), "{wrong}");
         assert!(wrong.to_string().contains("***"), "{wrong}");
+        assert!(Server::parse("postgres://db/books", Some("Robert'); DROP")).is_err());
+        let apart = Server::parse("postgres://me@db/books", Some("changes")).expect("a schema name");
+        assert_eq!(apart.channel(), "bookshelf_events_changes");
     }
 }

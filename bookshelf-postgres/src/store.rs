@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_postgres::{AsyncMessage, NoTls};
 
-use crate::append::{self, Append, Pending, CHANNEL};
+use crate::append::{self, Append, Pending};
 use crate::saved::{PostgresSnapshots, PostgresViewStore};
 use crate::schema::{self, SCHEMA_VERSION};
 use crate::server::{retrying, Failed, Server};
@@ -32,6 +32,11 @@ pub struct Options {
     /// Whether [`PostgresStore::connect_with`] brings the schema up to date
     /// (the default) or only checks that it is.
     pub migrate: bool,
+    /// The PostgreSQL schema (namespace) the store's tables are in, made
+    /// when missing; `None` for the connection's `search_path` (usually
+    /// `public`). Stores in different schemas of one database are apart:
+    /// each has its own log, views and notifications.
+    pub schema: Option<String>,
 }
 
 impl Default for Options {
@@ -39,6 +44,7 @@ impl Default for Options {
         Options {
             pool_size: 16,
             migrate: true,
+            schema: None,
         }
     }
 }
@@ -52,6 +58,13 @@ impl Options {
     /// At most `size` pooled connections.
     pub fn pool_size(mut self, size: usize) -> Self {
         self.pool_size = size.max(1);
+        self
+    }
+
+    /// The store's tables in schema `name` (lower-case letters, digits and
+    /// `_`), made when missing.
+    pub fn schema(mut self, name: impl Into<String>) -> Self {
+        self.schema = Some(name.into());
         self
     }
 
@@ -117,7 +130,7 @@ impl PostgresStore {
     /// [`without_migrating`](Options::without_migrating), also a schema
     /// older than this build.
     pub async fn connect_with(url: &str, options: Options) -> Result<Self, StoreError> {
-        let server = Server::parse(url)?;
+        let server = Server::parse(url, options.schema.as_deref())?;
         let pool = server.pool(options.pool_size)?;
         {
             let mut client = server.get(&pool).await?;
@@ -187,12 +200,13 @@ impl PostgresStore {
             expected,
             events,
         };
-        let mut outcomes = match append::append_all(tx, vec![append], append::Within::Caller).await {
-            Ok(outcomes) => outcomes,
-            Err(append::Failure::Nothing(e) | append::Failure::Unknown(e)) => {
-                return Err(self.shared.server.error("cannot append", e))
-            }
-        };
+        let mut outcomes =
+            match append::append_all(tx, vec![append], append::Within::Caller, self.shared.server.channel()).await {
+                Ok(outcomes) => outcomes,
+                Err(append::Failure::Nothing(e) | append::Failure::Unknown(e)) => {
+                    return Err(self.shared.server.error("cannot append", e))
+                }
+            };
         outcomes
             .pop()
             .unwrap_or_else(|| Err(self.shared.server.refused("an append gave no outcome".to_owned())))
@@ -274,7 +288,7 @@ async fn listen(server: Server, tell: watch::Sender<()>) {
                     }
                     None
                 });
-                match client.batch_execute(&format!("LISTEN {CHANNEL}")).await {
+                match client.batch_execute(&format!("LISTEN {}", server.channel())).await {
                     Ok(()) => {
                         delays = retry.delays();
                         // Whatever came while no one listened.

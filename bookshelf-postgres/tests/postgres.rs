@@ -110,7 +110,7 @@ async fn several_instances_migrating_at_once_apply_each_migration_once() {
         start.await.expect("no panic").expect("every instance starts");
     }
     assert_eq!(
-        bookshelf_postgres::migrate(&url).await.expect("migrated"),
+        bookshelf_postgres::migrate(&url, None).await.expect("migrated"),
         SCHEMA_VERSION
     );
     // A store that only checks finds it up to date; on a fresh database it refuses.
@@ -124,6 +124,43 @@ async fn several_instances_migrating_at_once_apply_each_migration_once() {
             .expect_err("not migrated"),
     );
     assert!(error.contains("migrate it first"), "{error}");
+}
+
+#[tokio::test]
+async fn stores_in_separate_schemas_of_one_database_are_apart() {
+    let url = fresh_database("schemas").await;
+    let books = PostgresStore::connect_with(&url, Options::new().schema("books"))
+        .await
+        .expect("a store in schema books");
+    let changes = PostgresStore::connect_with(&url, Options::new().schema("changes"))
+        .await
+        .expect("a store in schema changes");
+    books
+        .append(
+            &StreamId::new("a-1"),
+            ExpectedVersion::Any,
+            vec![deposit(1), deposit(2)],
+        )
+        .await
+        .expect("an append");
+    let mut subscription = changes.subscribe(Position::START).await.expect("a subscription");
+    changes
+        .append(&StreamId::new("a-1"), ExpectedVersion::NoStream, vec![deposit(3)])
+        .await
+        .expect("the same stream, apart");
+    let mut batch = Vec::new();
+    subscription.next_batch(&mut batch, 10).await.expect("a batch");
+    assert_eq!(batch.len(), 1);
+    assert_eq!(
+        (books.head().await.unwrap(), changes.head().await.unwrap()),
+        (Position(2), Position(1))
+    );
+    assert_eq!(
+        bookshelf_postgres::migrate(&url, Some("changes"))
+            .await
+            .expect("migrated"),
+        SCHEMA_VERSION
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -6,6 +6,7 @@
 //! cargo run --example authors -- --broker 127.0.0.1:9092 --topic books --consul http://127.0.0.1:8500
 //! curl -s localhost:8089/authors
 //! curl -s localhost:8089/authors/Frank%20Herbert
+//! cargo run --example authors -- --postgres postgres://localhost/bookshelf   # from PostgreSQL
 //! ```
 //!
 //! It is a second view over the same events as `last_read`, with its own
@@ -14,6 +15,8 @@
 //! same view is served in that one process, at the same paths.
 
 use crate::{api, books};
+use api::Backend;
+use bookshelf::postgres::PostgresStore;
 use bookshelf::{ProjectionRunner, UnknownEvents};
 use bookshelf_kafka::{KafkaConfig, KafkaDeadLetters, KafkaLog};
 use clap::Parser;
@@ -38,32 +41,45 @@ struct Args {
 pub async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let _logging = api::init_tracing();
     let args = Args::parse();
-    let Some(broker) = args.service.broker.as_deref() else {
-        return Err("authors projects the book events from Kafka: give --broker HOST:PORT \
-                    (on the embedded default, `cargo run --example last_read` serves /authors)"
-            .into());
-    };
     let listener = args.service.listen(args.port).await?;
     let local = listener.local_addr()?;
-
-    let config = KafkaConfig::new(broker, args.service.topic.as_str())
-        .partitions(3)
-        .create_topic(true);
-    let dead_letters = KafkaDeadLetters::open(&config).await?;
-    let view = ProjectionRunner::<Authors, _>::new("authors", KafkaLog::new(config))
-        .dead_letters(dead_letters)
-        .unknown_events(UnknownEvents::Skip)
-        .start();
+    let (view, source) = match args.service.backend() {
+        Backend::Kafka(broker) => {
+            let config = KafkaConfig::new(broker, args.service.topic.as_str())
+                .partitions(3)
+                .create_topic(true);
+            let dead_letters = KafkaDeadLetters::open(&config).await?;
+            let view = ProjectionRunner::<Authors, _>::new("authors", KafkaLog::new(config))
+                .dead_letters(dead_letters)
+                .unknown_events(UnknownEvents::Skip)
+                .start();
+            let source = format!("projecting topic {} from {broker}", args.service.topic);
+            (view, source)
+        }
+        // Built in memory from the database's log at start, then followed.
+        Backend::Postgres(url) => {
+            let store = PostgresStore::connect(url).await?;
+            let view = ProjectionRunner::<Authors, _>::new("authors", store)
+                .only_category("book")
+                .start();
+            (view, "projecting the book events from PostgreSQL".to_owned())
+        }
+        Backend::InMemory | Backend::Embedded => {
+            return Err(
+                "authors projects the book events from Kafka (--broker HOST:PORT) or PostgreSQL \
+                        (--postgres URL or DATABASE_URL); on the embedded default, `cargo run --example last_read` \
+                        serves /authors"
+                    .into(),
+            )
+        }
+    };
     let app = api::authors_routes(api::AuthorsView(view.reads().clone()))
         .merge(api::health_routes())
         .serve_docs("authors API")
         .fallback(api::not_found);
 
     let registration = args.service.register(&args.name, local).await?;
-    println!(
-        "authors is listening on http://{local}/ (projecting topic {} from {})",
-        args.service.topic, broker
-    );
+    println!("authors is listening on http://{local}/ ({source})");
     println!("  curl -s http://{local}/authors");
     api::serve(listener, app, registration).await?;
     view.stop().await?;

@@ -17,15 +17,19 @@
 //!
 //! With `--broker` it is only the view: it projects the book events of
 //! `--topic` from Kafka. With `--consul` it registers itself (`--name`,
-//! `--id`, `--tags`) once it listens, and deregisters on shutdown.
+//! `--id`, `--tags`) once it listens, and deregisters on shutdown. With
+//! `--postgres URL` (or `DATABASE_URL`) the books and the views keep their
+//! events and state in that PostgreSQL database.
 
 use crate::{api, books, docs, tables};
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use api::Backend;
+use bookshelf::postgres::PostgresStore;
 use bookshelf::sqlite::table::TableFold;
 use bookshelf::sqlite::SqliteStore;
-use bookshelf::{EventSource, EventStore, InMemoryStore, ProjectionRunner, Repository};
+use bookshelf::{EventSource, EventStore, InMemoryStore, ProjectionRunner, Repository, RetryPolicy, ViewStore};
 use bookshelf_kafka::{KafkaConfig, KafkaDeadLetters, KafkaLog};
 use clap::Parser;
 
@@ -60,18 +64,25 @@ pub async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let listener = args.service.listen(args.port).await?;
     let local = listener.local_addr()?;
 
-    let (app, stop_view, kind): (docs::Api, StopView, String) = match &args.service.broker {
-        None if args.service.in_memory => {
+    let (app, stop_view, kind): (docs::Api, StopView, String) = match args.service.backend() {
+        Backend::InMemory => {
             let (app, stop) = embedded(InMemoryStore::new(), None, false)?;
             (app, stop, "in-memory store: nothing is kept".to_owned())
         }
-        None => {
+        Backend::Embedded => {
             let store = SqliteStore::open(args.data.join("bookshelf.sqlite"))?;
             let views = args.data.join("views.sqlite");
             let (app, stop) = embedded(store.clone(), Some(views), args.rebuild)?;
             (app, stop, format!("events and views kept in {}", args.data.display()))
         }
-        Some(broker) => {
+        // The books and the views on one database; the authors view is
+        // built in memory from the log at start.
+        Backend::Postgres(url) => {
+            let store = PostgresStore::connect(url).await?;
+            let (app, stop) = embedded(store, None, args.rebuild)?;
+            (app, stop, "events and views kept in PostgreSQL".to_owned())
+        }
+        Backend::Kafka(broker) => {
             let (app, stop) = from_kafka(broker, &args.service.topic).await?;
             (app, stop, String::new())
         }
@@ -86,7 +97,7 @@ pub async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     match &args.service.broker {
         None => {
-            println!("last_read is listening on http://{local}/ (embedded default, books in this process; {kind})");
+            println!("last_read is listening on http://{local}/ (books in this process; {kind})");
             println!("  GET  http://{local}/                  the last read books (also at /last-read)");
             println!("  GET  http://{local}/authors           books by author");
             println!("  POST http://{local}/books             add a book");
@@ -163,7 +174,11 @@ where
         }
     };
     let books = Arc::new(api::BooksApi {
-        books: Repository::<Book, _>::new(store.clone(), Clock::system()).with_cache(100_000),
+        books: Repository::<Book, _>::new(store.clone(), Clock::system())
+            .with_cache(100_000)
+            // Several writers (instances on one database): a command without
+            // If-Match is decided again on the newer state after a conflict.
+            .with_retry(RetryPolicy::attempts(8)),
         read_your_writes: settle,
         new_id: None,
     });
@@ -179,18 +194,24 @@ where
 
 /// Where a store keeps views, if it does.
 trait Keeps {
-    fn view_store(&self, name: &str) -> Option<bookshelf::sqlite::SqliteViewStore>;
+    fn view_store(&self, name: &str) -> Option<Box<dyn ViewStore>>;
 }
 
 impl Keeps for InMemoryStore {
-    fn view_store(&self, _: &str) -> Option<bookshelf::sqlite::SqliteViewStore> {
+    fn view_store(&self, _: &str) -> Option<Box<dyn ViewStore>> {
         None
     }
 }
 
 impl Keeps for SqliteStore {
-    fn view_store(&self, name: &str) -> Option<bookshelf::sqlite::SqliteViewStore> {
-        Some(SqliteStore::view_store(self, name))
+    fn view_store(&self, name: &str) -> Option<Box<dyn ViewStore>> {
+        Some(Box::new(SqliteStore::view_store(self, name)))
+    }
+}
+
+impl Keeps for PostgresStore {
+    fn view_store(&self, name: &str) -> Option<Box<dyn ViewStore>> {
+        Some(Box::new(PostgresStore::view_store(self, name)))
     }
 }
 

@@ -40,9 +40,38 @@ pub struct ServiceFlags {
     /// the process stops) instead of in the data directory.
     #[arg(long)]
     pub in_memory: bool,
+    /// Without `--broker`: keep events and views in this PostgreSQL
+    /// database (a `postgres://` URL) instead of the data directory; taken
+    /// from DATABASE_URL when not given, as the ecosystem's tools do.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub postgres: Option<String>,
+}
+
+/// Where a service keeps its events, as its flags choose.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend<'a> {
+    /// `--broker`: on Kafka.
+    Kafka(&'a str),
+    /// `--in-memory`: nothing kept.
+    InMemory,
+    /// `--postgres URL` or `DATABASE_URL`: in PostgreSQL.
+    Postgres(&'a str),
+    /// None of those: the embedded default, SQLite files in the data directory.
+    Embedded,
 }
 
 impl ServiceFlags {
+    /// The backend the flags choose: `--broker`, then `--in-memory`, then
+    /// `--postgres` (or `DATABASE_URL`), else the embedded default.
+    pub fn backend(&self) -> Backend<'_> {
+        match (&self.broker, self.in_memory, &self.postgres) {
+            (Some(broker), _, _) => Backend::Kafka(broker),
+            (None, true, _) => Backend::InMemory,
+            (None, false, Some(url)) if !url.is_empty() => Backend::Postgres(url),
+            _ => Backend::Embedded,
+        }
+    }
+
     /// Listens on `--addr` and `port` (0 picks a free one).
     pub async fn listen(&self, port: u16) -> std::io::Result<tokio::net::TcpListener> {
         tokio::net::TcpListener::bind(std::net::SocketAddr::new(self.addr, port)).await

@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! cargo run --example books                      # events in bookshelf-data/books.sqlite, port 8088
+//! cargo run --example books -- --postgres postgres://localhost/bookshelf   # or DATABASE_URL=...
 //! cargo run --example books -- --broker 127.0.0.1:9092 --topic books --consul http://127.0.0.1:8500
 //! ```
 //!
@@ -20,8 +21,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use api::Backend;
+use bookshelf::postgres::PostgresStore;
 use bookshelf::sqlite::SqliteStore;
-use bookshelf::{EventStore, InMemoryStore, Repository};
+use bookshelf::{EventStore, InMemoryStore, Repository, RetryPolicy};
 use bookshelf_kafka::{members_from_discovery, KafkaConfig, KafkaStore};
 use clap::Parser;
 
@@ -51,16 +54,22 @@ pub async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
     let listener = args.service.listen(args.port).await?;
     let local = listener.local_addr()?;
-    match &args.service.broker {
-        None if args.service.in_memory => serve(&args, listener, InMemoryStore::new(), None, "in-memory store").await?,
-        None => {
+    match args.service.backend() {
+        Backend::InMemory => serve(&args, listener, InMemoryStore::new(), None, "in-memory store").await?,
+        Backend::Embedded => {
             let path = args.data.join("books.sqlite");
             let store = SqliteStore::open(&path)?;
             let kind = format!("events kept in {}", path.display());
             serve(&args, listener, store, None, &kind).await?
         }
-        Some(broker) => {
-            let config = KafkaConfig::new(broker.as_str(), args.service.topic.as_str())
+        // Any number of instances on one database: each serves every book,
+        // the database's optimistic concurrency picks one winner of a race.
+        Backend::Postgres(url) => {
+            let store = PostgresStore::connect(url).await?;
+            serve(&args, listener, store, None, "events kept in PostgreSQL").await?
+        }
+        Backend::Kafka(broker) => {
+            let config = KafkaConfig::new(broker, args.service.topic.as_str())
                 .partitions(3)
                 .create_topic(true);
             let id = args
@@ -101,7 +110,11 @@ async fn serve<S: EventStore>(
     let local = listener.local_addr()?;
     let new_id: Option<api::NewId> = owners.clone().map(|o| Arc::new(move || o.new_id()) as api::NewId);
     let api = Arc::new(api::BooksApi {
-        books: Repository::<Book, _>::new(store, Clock::system()).with_cache(100_000),
+        books: Repository::<Book, _>::new(store, Clock::system())
+            .with_cache(100_000)
+            // Several writers (instances on one database): a command without
+            // If-Match is decided again on the newer state after a conflict.
+            .with_retry(RetryPolicy::attempts(8)),
         read_your_writes: Vec::new(),
         new_id,
     });

@@ -164,3 +164,64 @@ impl CommandBus<Message> for Mailbox {
         }
     }
 }
+
+/// The replica as a PostgreSQL table, `replica_books`: one row per book
+/// with its latest version and state, moved in the transaction of the
+/// replica's checkpoint (the py_microservices replication, database to
+/// database).
+pub struct ReplicaTable;
+
+#[async_trait]
+impl bookshelf::postgres::table::TableView for ReplicaTable {
+    type Event = ChangeEvent;
+
+    async fn create(&self, db: &ReplicaTx<'_>) -> Result<(), bookshelf::postgres::tokio_postgres::Error> {
+        db.batch_execute(
+            "CREATE TABLE IF NOT EXISTS replica_books (
+                 id text PRIMARY KEY,
+                 version bigint NOT NULL,
+                 state text NOT NULL
+             )",
+        )
+        .await
+    }
+
+    async fn apply(
+        &self,
+        db: &ReplicaTx<'_>,
+        event: &Envelope<ChangeEvent>,
+    ) -> Result<(), bookshelf::postgres::tokio_postgres::Error> {
+        let ChangeEvent::Changed(change) = &event.payload;
+        // As the in-memory replica: an older change never overwrites a newer state.
+        db.execute(
+            "INSERT INTO replica_books (id, version, state) VALUES ($1, $2, $3) \
+             ON CONFLICT (id) DO UPDATE SET version = excluded.version, state = excluded.state \
+             WHERE excluded.version > replica_books.version",
+            &[&change.id, &(change.version.0 as i64), &change.after.to_string()],
+        )
+        .await?;
+        Ok(())
+    }
+}
+
+type ReplicaTx<'a> = bookshelf::postgres::deadpool_postgres::Transaction<'a>;
+
+/// Every row of a [`ReplicaTable`]: book id to its version and state, as
+/// the in-memory [`Replica`] holds them.
+pub async fn replica_rows(
+    tables: &bookshelf::postgres::table::Tables,
+) -> Result<BTreeMap<String, (u64, Value)>, bookshelf::StoreError> {
+    let failed = |e: bookshelf::postgres::tokio_postgres::Error| bookshelf::StoreError::Backend(Box::new(e));
+    let db = tables.client().await?;
+    let rows = db
+        .query("SELECT id, version, state FROM replica_books ORDER BY id", &[])
+        .await
+        .map_err(failed)?;
+    rows.iter()
+        .map(|row| {
+            let state: &str = row.get(2);
+            let state = serde_json::from_str(state).map_err(|e| bookshelf::StoreError::Backend(Box::new(e)))?;
+            Ok((row.get::<_, String>(0), (row.get::<_, i64>(1) as u64, state)))
+        })
+        .collect()
+}

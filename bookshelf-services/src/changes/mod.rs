@@ -23,14 +23,17 @@ use crate::{api, books};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use api::Backend;
 use bookshelf::change::ChangeFeed;
+use bookshelf::postgres::table::TableFold;
+use bookshelf::postgres::{Options as PostgresOptions, PostgresStore};
 use bookshelf::process::ProcessRunner;
-use bookshelf::sqlite::{SqliteStore, SqliteViewStore};
-use bookshelf::{EventStore, FileViewStore, InMemoryStore, Metadata, ProjectionRunner, Repository};
+use bookshelf::sqlite::SqliteStore;
+use bookshelf::{EventStore, FileViewStore, InMemoryStore, Metadata, ProjectionRunner, Repository, ViewStore};
 use clap::Parser;
 
 use books::{Book, BookCommand, Clock};
-use consumers::{Mailbox, Notifier, Replica};
+use consumers::{Mailbox, Notifier, Replica, ReplicaTable};
 
 /// The books' change events, a replica and a notifier: all in one process in
 /// memory, or one role per process on Kafka (`--broker ... --role ...`).
@@ -63,10 +66,13 @@ struct Args {
 pub async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let _logging = api::init_tracing();
     let args = Args::parse();
-    match (&args.service.broker, args.role) {
-        (None, _) => demo(args.data.clone(), args.service.in_memory).await,
-        (Some(_), None) => Err("on Kafka, say which part this process runs: --role feed, replica or notifier".into()),
-        (Some(broker), Some(role)) => serve(&args, broker, role).await,
+    match (args.service.backend(), args.role) {
+        (Backend::Kafka(_), None) => {
+            Err("on Kafka, say which part this process runs: --role feed, replica or notifier".into())
+        }
+        (Backend::Kafka(broker), Some(role)) => serve(&args, broker, role).await,
+        (Backend::Postgres(url), _) => demo_on_postgres(url, args.data.join("mailbox")).await,
+        (Backend::InMemory | Backend::Embedded, _) => demo(args.data.clone(), args.service.in_memory).await,
     }
 }
 
@@ -127,26 +133,52 @@ async fn demo(data: PathBuf, in_memory: bool) -> Result<(), Box<dyn std::error::
             replica,
             notifiers: [None, None],
         };
-        return run_demo(InMemoryStore::new(), InMemoryStore::new(), saved, dir.join("mailbox")).await;
+        return run_demo(
+            InMemoryStore::new(),
+            InMemoryStore::new(),
+            saved,
+            dir.join("mailbox"),
+            None,
+        )
+        .await;
     }
     let writes = SqliteStore::open(data.join("books.sqlite"))?;
     let changes = SqliteStore::open(data.join("changes.sqlite"))?;
     let saved = Saved {
-        feed: Some(writes.view_store("feed")),
+        feed: Some(Box::new(writes.view_store("feed"))),
         replica: changes.view_store("replica"),
         notifiers: [
-            Some(changes.view_store("notifier-1")),
-            Some(changes.view_store("notifier-2")),
+            Some(Box::new(changes.view_store("notifier-1"))),
+            Some(Box::new(changes.view_store("notifier-2"))),
         ],
     };
-    run_demo(writes, changes, saved, data.join("mailbox")).await
+    run_demo(writes, changes, saved, data.join("mailbox"), None).await
+}
+
+/// The demo on PostgreSQL: the books' events in the database's default
+/// schema, the changes and the runners' state in schema `book_changes`,
+/// and the replica also kept as the table `book_changes.replica_books`,
+/// its rows moved with its checkpoint.
+async fn demo_on_postgres(url: &str, mailbox: PathBuf) -> Result<(), Box<dyn std::error::Error>> {
+    let writes = PostgresStore::connect(url).await?;
+    let changes = PostgresStore::connect_with(url, PostgresOptions::new().schema("book_changes")).await?;
+    let saved = Saved {
+        feed: Some(Box::new(writes.view_store("feed"))),
+        replica: changes.view_store("replica"),
+        notifiers: [
+            Some(Box::new(changes.view_store("notifier-1"))),
+            Some(Box::new(changes.view_store("notifier-2"))),
+        ],
+    };
+    let table = changes.clone();
+    run_demo(writes, changes, saved, mailbox, Some(table)).await
 }
 
 /// Where the demo's runners keep their state.
 struct Saved<R> {
-    feed: Option<SqliteViewStore>,
+    feed: Option<Box<dyn ViewStore>>,
     replica: R,
-    notifiers: [Option<SqliteViewStore>; 2],
+    notifiers: [Option<Box<dyn ViewStore>>; 2],
 }
 
 async fn run_demo<S, R>(
@@ -154,6 +186,7 @@ async fn run_demo<S, R>(
     changes: S,
     saved: Saved<R>,
     mailbox: PathBuf,
+    table: Option<PostgresStore>,
 ) -> Result<(), Box<dyn std::error::Error>>
 where
     S: EventStore + bookshelf::EventSource + Clone,
@@ -169,6 +202,15 @@ where
     let replica = ProjectionRunner::<Replica, _>::new("replica", changes.clone())
         .persist_to(saved.replica)
         .start();
+    let replica_table = match table {
+        Some(db) => Some(
+            TableFold::open("replica-table", &db, ReplicaTable)
+                .await?
+                .follow(changes.clone())
+                .start(),
+        ),
+        None => None,
+    };
     let notifiers: Vec<_> = saved
         .notifiers
         .into_iter()
@@ -205,13 +247,25 @@ where
     feed.wait_for(end).await?;
     let published = changes.head().await?;
     replica.wait_for(published).await?;
+    if let Some(table) = &replica_table {
+        table.wait_for(published).await?;
+    }
     for notifier in &notifiers {
         notifier.wait_for(published).await?;
     }
     tokio::time::sleep(Duration::from_millis(50)).await;
 
-    println!("replica:");
-    for (id, (version, state)) in replica.handle().read(|r| r.books.clone()) {
+    let rows = match &replica_table {
+        Some(table) => {
+            println!("replica (the table book_changes.replica_books):");
+            consumers::replica_rows(table).await?
+        }
+        None => {
+            println!("replica:");
+            replica.handle().read(|r| r.books.clone())
+        }
+    };
+    for (id, (version, state)) in rows {
         println!("  {id} v{version}: {state}");
     }
     println!(
@@ -225,6 +279,9 @@ where
         notifier.stop().await?;
     }
     replica.stop().await?;
+    if let Some(table) = replica_table {
+        table.stop().await?;
+    }
     feed.stop().await?;
     Ok(())
 }

@@ -22,17 +22,20 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::State;
+use axum::http::StatusCode;
 use bookshelf::change::ChangeFeed;
+use bookshelf::postgres::table::{TableFold, Tables};
+use bookshelf::postgres::PostgresStore;
 use bookshelf::process::ProcessRunner;
 use bookshelf::{FileViewStore, PartitionProgress, RetryPolicy};
 use bookshelf::{ProjectionRunner, UnknownEvents, ViewState};
 use bookshelf_kafka::{members_from_discovery, KafkaConfig, KafkaDeadLetters, KafkaLog, KafkaStore};
 use serde_json::{json, Value};
 
-use crate::api::ServiceFlags;
+use crate::api::{ApiError, ServiceFlags};
 use crate::books::Book;
-use crate::changes::consumers::{Mailbox, Notifier, Replica};
-use crate::docs::Api;
+use crate::changes::consumers::{replica_rows, Mailbox, Notifier, Replica, ReplicaTable};
+use crate::docs::{Api, ErrorBody};
 
 /// What one process of the changes service does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -94,6 +97,43 @@ async fn progress(State(progress): State<Progress>) -> axum::Json<ProgressBody> 
 )]
 async fn replica_books(State(view): State<ViewState<Replica>>) -> axum::Json<Value> {
     axum::Json(json!(view.read(|r| r.books.clone())))
+}
+
+/// Every book's latest state, from the replica's table.
+#[utoipa::path(
+    get, path = "/replica", tag = "changes",
+    responses(
+        (status = 200, description = "Each book's state by id", body = Object),
+        (status = 503, description = "The database cannot be read now", body = ErrorBody),
+    )
+)]
+async fn replica_table(State(tables): State<Tables>) -> Result<axum::Json<Value>, ApiError> {
+    let rows = replica_rows(&tables)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    Ok(axum::Json(json!(rows)))
+}
+
+/// Reports a replica's progress every 100 ms until the shutdown switch
+/// is set, then stops it.
+fn follow_until_shut<R: Clone + Send + Sync + 'static>(
+    handle: bookshelf::Handle<R>,
+    replica: bookshelf::Running<R>,
+    progress: Progress,
+    mut shutdown: Shutdown,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            *progress.lock().unwrap_or_else(|p| p.into_inner()) = handle.progress();
+            tokio::select! {
+                () = shut(&mut shutdown) => break,
+                () = tokio::time::sleep(Duration::from_millis(100)) => {}
+            }
+        }
+        if let Err(error) = replica.stop().await {
+            tracing::error!(%error, "the replica stopped with an error");
+        }
+    })
 }
 
 /// A role started: the routes it serves, and its task, which stops (saving
@@ -168,6 +208,26 @@ pub async fn start(
             ));
             (task, Some(store))
         }
+        // With --postgres (or DATABASE_URL): the replica is a table in that
+        // database, its rows moved with its checkpoint.
+        Role::Replica if settings.flags.postgres.as_deref().is_some_and(|url| !url.is_empty()) => {
+            let url = settings.flags.postgres.as_deref().unwrap_or_default();
+            let db = PostgresStore::connect(url).await?;
+            let dead_letters = KafkaDeadLetters::open(&changes).await?;
+            let replica = TableFold::open("replica", &db, ReplicaTable)
+                .await?
+                .follow(KafkaLog::new(changes))
+                .dead_letters(dead_letters)
+                .unknown_events(UnknownEvents::DeadLetter)
+                .start();
+            let handle = replica.handle();
+            routes = routes.merge(
+                Api::new()
+                    .route(__path_replica_table, replica_table)
+                    .with_state(replica.reads().clone()),
+            );
+            (follow_until_shut(handle, replica, progress, shutdown), None)
+        }
         Role::Replica => {
             let dead_letters = KafkaDeadLetters::open(&changes).await?;
             let replica = ProjectionRunner::<Replica, _>::new("replica", KafkaLog::new(changes))
@@ -183,19 +243,7 @@ pub async fn start(
                     .route(__path_replica_books, replica_books)
                     .with_state(replica.reads().clone()),
             );
-            let task = tokio::spawn(async move {
-                loop {
-                    *progress.lock().unwrap_or_else(|p| p.into_inner()) = handle.progress();
-                    tokio::select! {
-                        () = shut(&mut shutdown) => break,
-                        () = tokio::time::sleep(Duration::from_millis(100)) => {}
-                    }
-                }
-                if let Err(error) = replica.stop().await {
-                    tracing::error!(%error, "the replica stopped with an error");
-                }
-            });
-            (task, None)
+            (follow_until_shut(handle, replica, progress, shutdown), None)
         }
         Role::Notifier => {
             std::fs::create_dir_all(&settings.mailbox)?;

@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! cargo run --example lending                   # the demo below, kept in bookshelf-data/lending.sqlite
+//! cargo run --example lending -- --postgres postgres://localhost/bookshelf   # the demo, kept in PostgreSQL
 //! cargo run --example lending -- --broker 127.0.0.1:9092 --topic lending --consul http://127.0.0.1:8500
 //! ```
 //!
@@ -27,9 +28,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use api::Backend;
+use bookshelf::postgres::PostgresStore;
 use bookshelf::process::ProcessRunner;
-use bookshelf::sqlite::{SqliteStore, SqliteViewStore};
-use bookshelf::{InMemoryStore, Metadata, Position, Repository};
+use bookshelf::sqlite::SqliteStore;
+use bookshelf::{InMemoryStore, Metadata, Position, Repository, ViewStore};
 use bookshelf_kafka::{members_from_discovery, KafkaConfig, KafkaStore};
 use clap::Parser;
 
@@ -57,13 +60,17 @@ struct Args {
 pub async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let _logging = api::init_tracing();
     let args = Args::parse();
-    match args.service.broker.clone() {
-        None if args.service.in_memory => demo(InMemoryStore::new(), None).await,
-        None => {
+    match args.service.backend() {
+        Backend::InMemory => demo(InMemoryStore::new(), None).await,
+        Backend::Embedded => {
             let store = SqliteStore::open(args.data.join("lending.sqlite"))?;
-            demo(store.clone(), Some(store.view_store("loans"))).await
+            demo(store.clone(), Some(Box::new(store.view_store("loans")))).await
         }
-        Some(broker) => serve(&args, &broker).await,
+        Backend::Postgres(url) => {
+            let store = PostgresStore::connect(url).await?;
+            demo(store.clone(), Some(Box::new(store.view_store("loans")))).await
+        }
+        Backend::Kafka(broker) => serve(&args, broker).await,
     }
 }
 
@@ -105,7 +112,7 @@ async fn serve(args: &Args, broker: &str) -> Result<(), Box<dyn std::error::Erro
 
 /// Three loans, printed. Each command carries an idempotency key, so that
 /// a second run on the kept data changes nothing and prints the same.
-async fn demo<S>(store: S, saved: Option<SqliteViewStore>) -> Result<(), Box<dyn std::error::Error>>
+async fn demo<S>(store: S, saved: Option<Box<dyn ViewStore>>) -> Result<(), Box<dyn std::error::Error>>
 where
     S: bookshelf::EventStore + bookshelf::EventSource + Clone,
 {

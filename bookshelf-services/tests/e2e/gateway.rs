@@ -423,3 +423,107 @@ async fn the_bookshelf_on_kafka_and_consul_through_the_gateway() {
         consul.registered()
     );
 }
+
+/// On PostgreSQL: two `books` instances, a `last_read` and an `authors` on
+/// one database, registered in the Consul double, behind the gateway. Any
+/// books instance serves any book at once (no owners), and `If-Match` races
+/// across the two have one winner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bookshelf_on_postgres_through_the_gateway() {
+    let database = bookshelf_testkit::postgres::fresh_database("gateway").await;
+    let consul = ConsulDouble::start().await.expect("the Consul double starts");
+    let consul_url = consul.url();
+    let on = |name: &str, id: &str| -> Vec<String> {
+        [
+            "--postgres",
+            &database,
+            "--consul",
+            &consul_url,
+            "--name",
+            name,
+            "--id",
+            id,
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    };
+    let start = |example: &str, args: Vec<String>| {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Service::start(example, &args)
+    };
+    let books_1 = start("books", on("books", "books-1"));
+    let books_2 = start("books", on("books", "books-2"));
+    let view = start("last_read", on("last-read", "last-read-1"));
+    let authors = start("authors", on("authors", "authors-1"));
+    let gateway = Service::start("gateway", &["--consul", &consul_url, "--max-body-bytes", "65536"]);
+    let http = reqwest::Client::new();
+    eventually("the gateway sees every instance", Duration::from_secs(20), || async {
+        let health = send(http.get(format!("{}/health", gateway.url))).await;
+        (health.body["services"] == json!({ "authors": 1, "books": 2, "last-read": 1 })).then_some(())
+    })
+    .await;
+
+    let id = scenario(&gateway.url).await;
+
+    // Both instances serve the book, each at its latest version at once.
+    let mut served = BTreeSet::new();
+    for _ in 0..6 {
+        let answer = send(http.get(format!("{}/books/{id}", gateway.url))).await;
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+        assert_eq!(answer.body["version"], 2, "{}", answer.body);
+        served.insert(answer.header("x-served-by").to_owned());
+    }
+    assert_eq!(served, BTreeSet::from(["books-1".to_owned(), "books-2".to_owned()]));
+
+    // A write on one instance is read on the other right after.
+    let rated = send(
+        http.put(format!("{}/books/{id}/rating", books_1.url))
+            .json(&json!({ "stars": 4 })),
+    )
+    .await;
+    assert_eq!(rated.status, StatusCode::OK, "{}", rated.body);
+    let read_back = send(http.get(format!("{}/books/{id}", books_2.url))).await;
+    assert_eq!(read_back.body["version"], 3, "{}", read_back.body);
+
+    // If-Match races across both instances: exactly one winner per round.
+    for round in 0..10 {
+        let version = 3 + round;
+        let tries: Vec<_> = [&books_1.url, &books_2.url, &books_1.url, &books_2.url]
+            .into_iter()
+            .map(|url| {
+                http.post(format!("{url}/books/{id}/read"))
+                    .header("if-match", format!("\"{version}\""))
+                    .send()
+            })
+            .collect();
+        let statuses: Vec<u16> = futures_statuses(tries).await;
+        assert_eq!(
+            statuses.iter().filter(|&&s| s == 200).count(),
+            1,
+            "round {round}: {statuses:?}"
+        );
+        assert_eq!(
+            statuses.iter().filter(|&&s| s == 409).count(),
+            3,
+            "round {round}: {statuses:?}"
+        );
+    }
+
+    load(&gateway.url);
+    for service in [books_1, books_2, view, authors, gateway] {
+        assert!(service.terminate(), "exits cleanly on SIGTERM");
+    }
+}
+
+/// The statuses of requests sent at once.
+async fn futures_statuses(
+    requests: Vec<impl std::future::Future<Output = reqwest::Result<reqwest::Response>> + Send + 'static>,
+) -> Vec<u16> {
+    let sent: Vec<_> = requests.into_iter().map(tokio::spawn).collect();
+    let mut statuses = Vec::new();
+    for request in sent {
+        let response = request.await.expect("no panic").expect("an answer");
+        statuses.push(response.status().as_u16());
+    }
+    statuses
+}

@@ -86,7 +86,11 @@ impl Service {
         let mut command = Command::new(binary(name));
         // A service finds Consul from CONSUL_HTTP_ADDR too: only the Consul
         // a test names.
-        command.env_remove("CONSUL_HTTP_ADDR").args(["--port", "0"]).args(args);
+        command
+            .env_remove("CONSUL_HTTP_ADDR")
+            .env_remove("DATABASE_URL")
+            .args(["--port", "0"])
+            .args(args);
         Service::launch(dir, name, command)
     }
 
@@ -97,6 +101,7 @@ impl Service {
         let mut command = Command::new(binary(name));
         command
             .env_remove("CONSUL_HTTP_ADDR")
+            .env_remove("DATABASE_URL")
             .args(args)
             .envs(env.iter().copied());
         let mut service = Service::launch(&scratch, name, command);
@@ -170,6 +175,7 @@ impl Service {
 /// and what it printed.
 pub fn run(name: &str, args: &[&str]) -> (bool, String) {
     let output = Command::new(binary(name))
+        .env_remove("DATABASE_URL")
         .args(args)
         .stderr(Stdio::inherit())
         .output()
@@ -185,6 +191,7 @@ pub fn run(name: &str, args: &[&str]) -> (bool, String) {
 pub fn run_in(dir: &std::path::Path, name: &str, args: &[&str]) -> (bool, String) {
     std::fs::create_dir_all(dir).expect("a working directory");
     let output = Command::new(binary(name))
+        .env_remove("DATABASE_URL")
         .current_dir(dir)
         .args(args)
         .output()
