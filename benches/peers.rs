@@ -7,6 +7,10 @@
 //! "last five read" view fed by every event. The same domain code (the
 //! books aggregate of the examples) decides every command on both sides.
 //!
+//! `peers_sqlite_N` runs the same workload on SQLite files: cqrs-es's
+//! sqlite-es beside Bookshelf's `SqliteStore`, both in WAL mode with
+//! `synchronous = NORMAL`.
+//!
 //! cqrs-es's `MemStore` prints a line per load and per commit; run with
 //! stdout sent to /dev/null, as `scripts/peers.sh` does, and read the
 //! medians with `scripts/bench-report.py peers`.
@@ -201,6 +205,109 @@ fn peers(c: &mut Criterion) {
     }
 }
 
+/// sqlite-es's tables, as its migration makes them.
+const SQLITE_PEER_TABLES: &str = "
+CREATE TABLE events (
+  aggregate_type text NOT NULL,
+  aggregate_id text NOT NULL,
+  sequence integer CHECK (sequence >= 0) NOT NULL,
+  event_type text NOT NULL,
+  event_version text NOT NULL,
+  payload text NOT NULL,
+  metadata text NOT NULL,
+  PRIMARY KEY (aggregate_type, aggregate_id, sequence)
+) STRICT;
+CREATE TABLE snapshots (
+  aggregate_type text NOT NULL,
+  aggregate_id text NOT NULL,
+  last_sequence integer CHECK (last_sequence >= 0) NOT NULL,
+  current_snapshot integer CHECK (current_snapshot >= 0) NOT NULL,
+  payload text NOT NULL,
+  PRIMARY KEY (aggregate_type, aggregate_id, last_sequence)
+) STRICT;
+";
+
+/// The workload on SQLite files: sqlite-es beside `SqliteStore`.
+fn peers_sqlite(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let books: u64 = if std::env::var_os("BOOKSHELF_BENCH_EVENTS").is_some() {
+        20
+    } else {
+        1_000
+    };
+    let mut group = c.benchmark_group(format!("peers_sqlite_{books}"));
+    group.throughput(Throughput::Elements(10 * books));
+    group.sample_size(10);
+    group.bench_function("sqlite_es", |b| {
+        b.iter_batched(
+            || {
+                let dir = tempfile::tempdir().unwrap();
+                let url = format!("sqlite://{}", dir.path().join("events.db").display());
+                runtime.block_on(async {
+                    let pool = sqlite_es::default_sqlite_pool(&url).await;
+                    sqlx::raw_sql(SQLITE_PEER_TABLES).execute(&pool).await.unwrap();
+                    let view = std::sync::Arc::new(PeerLastFive(Mutex::new(LastFive::default())));
+                    let query: Box<dyn Query<PeerBook>> = Box::new(SharedQuery(std::sync::Arc::clone(&view)));
+                    (dir, sqlite_es::sqlite_cqrs(pool, vec![query], Clock::system()), view)
+                })
+            },
+            |(_dir, cqrs, view)| {
+                runtime.block_on(async {
+                    for id in 0..books {
+                        cqrs.execute(&id.to_string(), add(id)).await.unwrap();
+                    }
+                    for _ in 0..9 {
+                        for id in 0..books {
+                            cqrs.execute(&id.to_string(), BookCommand::MarkRead).await.unwrap();
+                        }
+                    }
+                });
+                assert_eq!(view.0.lock().unwrap().0.len(), 5);
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    group.bench_function("bookshelf", |b| {
+        b.iter_batched(
+            || {
+                let dir = tempfile::tempdir().unwrap();
+                let store = bookshelf::sqlite::SqliteStore::open(dir.path().join("events.sqlite")).unwrap();
+                (dir, store)
+            },
+            |(_dir, store)| {
+                runtime.block_on(async {
+                    let repository =
+                        Repository::<Book, _>::new(store.clone(), Clock::system()).with_cache(books as usize);
+                    let view = ProjectionRunner::<LastFive, _>::new("last-five", store.clone()).start();
+                    for id in 0..books {
+                        repository
+                            .execute(&id.to_string(), &add(id), Default::default())
+                            .await
+                            .unwrap();
+                    }
+                    for _ in 0..9 {
+                        for id in 0..books {
+                            repository
+                                .execute(&id.to_string(), &BookCommand::MarkRead, Default::default())
+                                .await
+                                .unwrap();
+                        }
+                    }
+                    view.handle().wait_for(store.head().await.unwrap()).await.unwrap();
+                    assert_eq!(view.handle().read(|v| v.0.len()), 5);
+                    view.stop().await.unwrap();
+                })
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    group.finish();
+}
+
 /// A query shared with the bench, which reads the view after the run.
 struct SharedQuery(std::sync::Arc<PeerLastFive>);
 
@@ -211,5 +318,5 @@ impl Query<PeerBook> for SharedQuery {
     }
 }
 
-criterion_group!(benches, peers);
+criterion_group!(benches, peers, peers_sqlite);
 criterion_main!(benches);

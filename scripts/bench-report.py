@@ -98,6 +98,57 @@ def peers():
                         out.write(json.dumps({"books": books, "bench": bench, "ratio": ratio}) + "\n")
 
 
+def postgres():
+    """benches/postgres.rs and the peers_sqlite group of benches/peers.rs:
+    each median, and the ratios the issue's targets name."""
+    found = False
+    for clients in ("1", "8", "64"):
+        group = f"postgres_commands_{clients}"
+        rates = {}
+        for bench in ("postgres_es", "bookshelf"):
+            if os.path.exists(os.path.join(root, group, bench, "new", "estimates.json")):
+                rates[bench] = rate(group, bench)
+                found = True
+                print(f"commands, {clients:>2} clients: {bench:22} median {median(group, bench) / 1e6:9.1f} ms  "
+                      f"{rates[bench]:>9,.0f} commands/s")
+        if len(rates) == 2:
+            print(f"commands, {clients:>2} clients: bookshelf / postgres_es = {rates['bookshelf'] / rates['postgres_es']:.2f}")
+    for clients in ("1", "8", "64"):
+        group = f"postgres_appends_{clients}"
+        rates = {}
+        for bench in ("floor_tokio_postgres", "floor_sqlx", "bookshelf"):
+            if os.path.exists(os.path.join(root, group, bench, "new", "estimates.json")):
+                rates[bench] = rate(group, bench)
+                print(f"appends,  {clients:>2} clients: {bench:22} median {median(group, bench) / 1e6:9.1f} ms  "
+                      f"{rates[bench]:>9,.0f} events/s")
+        for floor in ("floor_tokio_postgres", "floor_sqlx"):
+            if floor in rates and "bookshelf" in rates:
+                print(f"appends,  {clients:>2} clients: bookshelf / {floor} = {rates['bookshelf'] / rates[floor]:.2f}")
+        if "floor_tokio_postgres" in rates and "floor_sqlx" in rates:
+            print(f"appends,  {clients:>2} clients: floor_tokio_postgres / floor_sqlx = "
+                  f"{rates['floor_tokio_postgres'] / rates['floor_sqlx']:.2f}")
+    group = "postgres_catch_up"
+    rates = {}
+    for bench in ("plain_select", "bookshelf_view"):
+        if os.path.exists(os.path.join(root, group, bench, "new", "estimates.json")):
+            rates[bench] = rate(group, bench)
+            print(f"catch-up: {bench:32} median {median(group, bench) / 1e6:9.1f} ms  {rates[bench]:>11,.0f} events/s")
+    if len(rates) == 2:
+        print(f"catch-up: bookshelf_view / plain_select = {rates['bookshelf_view'] / rates['plain_select']:.2f}")
+    for books in ("1000", "20"):
+        group = f"peers_sqlite_{books}"
+        rates = {}
+        for bench in ("sqlite_es", "bookshelf"):
+            if os.path.exists(os.path.join(root, group, bench, "new", "estimates.json")):
+                rates[bench] = rate(group, bench)
+                print(f"SQLite, {books} books: {bench:18} median {median(group, bench) / 1e6:9.1f} ms  "
+                      f"{rates[bench]:>9,.0f} commands/s")
+        if len(rates) == 2:
+            print(f"SQLite, {books} books: bookshelf / sqlite_es = {rates['bookshelf'] / rates['sqlite_es']:.2f}")
+    if not found:
+        sys.exit("no PostgreSQL bench results: run scripts/bench-postgres.sh")
+
+
 def peers_rounds(path):
     """The ratios scripts/peers.sh collected over its rounds (PEERS_RATIOS):
     each round's, and their median."""
@@ -166,6 +217,9 @@ try:
         sys.exit(0)
     if sys.argv[1:2] == ["peers-rounds"]:
         peers_rounds(sys.argv[2])
+        sys.exit(0)
+    if sys.argv[1:] == ["postgres"]:
+        postgres()
         sys.exit(0)
     if sys.argv[1:] == ["kafka"]:
         kafka()

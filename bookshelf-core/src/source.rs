@@ -267,8 +267,10 @@ struct GlobalFollower<S: EventStore> {
 #[async_trait]
 impl<S: EventStore + Clone> Follower for GlobalFollower<S> {
     async fn next_batch(&mut self, batch: &mut Vec<Followed>, max: usize) -> Result<(), StoreError> {
+        let mut full = true;
         if batch.is_empty() {
             self.subscription.next_batch(&mut self.events, max).await?;
+            full = self.events.len() >= max;
             batch.extend(self.events.drain(..).map(|event| Followed {
                 partition: Arc::clone(&self.partition),
                 mark: Mark {
@@ -278,8 +280,14 @@ impl<S: EventStore + Clone> Follower for GlobalFollower<S> {
                 record: Record::Event(event),
             }));
         }
-        // The store's head, for the lag; a head that cannot be read now
-        // leaves the last one seen.
+        if !full {
+            // Fewer than asked for: the subscription read to the end of
+            // the log as it stood, which is the end to report.
+            self.end = Some(self.subscription.position().0);
+            return Ok(());
+        }
+        // Behind: the store's head, for the lag; a head that cannot be
+        // read now leaves the last one seen.
         if let Ok(head) = self.store.head().await {
             self.end = Some(head.0);
         }

@@ -1,22 +1,21 @@
 //! Appending: the one rule every append follows, and the writer that
 //! gathers the appends of concurrent callers into one transaction.
 //!
-//! **The rule.** An append locks the log's head row
+//! **The rule**, kept by the database function `bookshelf_append` (see
+//! `schema.rs`): an append locks the log's head row
 //! (`SELECT … FROM bookshelf_head FOR UPDATE`) before anything else, checks
 //! the expected versions, inserts its events at the positions that follow
-//! the head, moves the head, and commits. The lock is held until the
-//! commit, so appends take positions one transaction after another: a
-//! transaction commits before the next one can take a position, positions
-//! become visible in their order, and a transaction that rolls back gives
-//! its positions back (the head moves with it or not at all). Readers of
-//! the log therefore never see a hole, and never see a later position
-//! while an earlier one could still commit.
-
-use std::collections::HashMap;
+//! the head, moves the head, and notifies the live readers. The lock is
+//! held until the commit, so appends take positions one transaction after
+//! another: a transaction commits before the next one can take a position,
+//! positions become visible in their order, and a transaction that rolls
+//! back gives its positions back (the head moves with it or not at all).
+//! Readers of the log therefore never see a hole, and never see a later
+//! position while an earlier one could still commit. The whole append is
+//! one statement: one round trip.
 
 use bookshelf_core::store::{AppendOutcome, ExpectedVersion, StoreError};
-use bookshelf_core::{Envelope, NewEvent, Position, StreamId, Version, IDEMPOTENCY_KEY};
-use chrono::Utc;
+use bookshelf_core::{NewEvent, Position, StreamId, Version, IDEMPOTENCY_KEY};
 use deadpool_postgres::{GenericClient, Pool};
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::types::ToSql;
@@ -39,180 +38,112 @@ pub(crate) struct Append {
     pub(crate) events: Vec<NewEvent>,
 }
 
-/// Whether [`append_all`] runs a transaction of its own or appends inside
-/// one the caller holds.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Within {
-    /// Begin and commit here, each sent with the statements beside it, so
-    /// that the whole append takes two round trips.
-    Own,
-    /// Inside the caller's transaction, which commits (or not) later.
-    Caller,
-}
-
 /// Why [`append_all`] failed.
 pub(crate) enum Failure {
     /// Nothing was stored.
     Nothing(tokio_postgres::Error),
-    /// The connection failed while the commit was on its way: the appends
-    /// may or may not be stored.
+    /// The connection failed while the statement was on its way: outside
+    /// a transaction of the caller's, the appends may or may not be stored.
     Unknown(tokio_postgres::Error),
 }
 
+/// The arguments of `bookshelf_append`: one entry per append, then one per
+/// event.
+#[derive(Default)]
+struct Arguments {
+    streams: Vec<String>,
+    expected: Vec<i64>,
+    counts: Vec<i32>,
+    event_ids: Vec<uuid::Uuid>,
+    event_types: Vec<String>,
+    schema_versions: Vec<i32>,
+    keys: Vec<Option<String>>,
+    metadata: Vec<String>,
+    payloads: Vec<String>,
+}
+
 /// Appends each of `appends`, in order, under the rule of the
-/// [module docs](self). An append whose stream is not at its expected
-/// version is answered with a conflict and writes nothing; the others are
-/// written.
+/// [module docs](self), in one statement: in a transaction of its own when
+/// `client` is outside one, else in the caller's. An append whose stream is
+/// not at its expected version is answered with a conflict and writes
+/// nothing; the others are written.
 pub(crate) async fn append_all<C: GenericClient + Sync>(
     client: &C,
     appends: Vec<Append>,
-    within: Within,
     channel: &str,
 ) -> Result<Vec<Result<AppendOutcome, StoreError>>, Failure> {
-    let head = client
-        .prepare_cached("SELECT next FROM bookshelf_head WHERE id = 1 FOR UPDATE")
-        .await
-        .map_err(Failure::Nothing)?;
-    let versions = client
-        // Each stream's last version from the end of its index: a lookup, not a scan.
+    let statement = client
         .prepare_cached(
-            "SELECT s.stream, (SELECT e.version FROM bookshelf_events e WHERE e.stream = s.stream \
-             ORDER BY e.version DESC LIMIT 1) FROM unnest($1::text[]) AS s(stream)",
+            "SELECT o_versions, o_firsts, o_found FROM bookshelf_append($1, $2, $3, $4, $5, $6, $7, \
+             $8::text[]::json[], $9::text[]::json[], $10)",
         )
         .await
         .map_err(Failure::Nothing)?;
-    let streams: Vec<&str> = appends.iter().map(|a| a.stream.as_str()).collect();
-    let by_stream: [&(dyn ToSql + Sync); 1] = [&streams];
-    // The head is locked first: the versions read after it cannot change
-    // before the commit.
-    let (next, rows) = if within == Within::Own {
-        let (_, next, rows) = tokio::try_join!(
-            client.batch_execute("BEGIN"),
-            client.query_one(&head, &[]),
-            client.query(&versions, &by_stream),
-        )
-        .map_err(Failure::Nothing)?;
-        (next, rows)
-    } else {
-        tokio::try_join!(client.query_one(&head, &[]), client.query(&versions, &by_stream)).map_err(Failure::Nothing)?
-    };
-    let next: i64 = next.get(0);
-    let mut actual: HashMap<String, Version> = rows
-        .into_iter()
-        .filter_map(|row| {
-            let version: Option<i64> = row.get(1);
-            version.map(|v| (row.get::<_, String>(0), Version(v as u64)))
-        })
-        .collect();
-
-    let recorded_at = Utc::now();
-    let mut rows = Rows::default();
-    let mut position = next as u64;
-    let mut outcomes = Vec::with_capacity(appends.len());
+    let mut arguments = Arguments::default();
+    let mut asked = Vec::with_capacity(appends.len());
     for append in appends {
-        let stream = &append.stream;
-        let current = actual.get(stream.as_str()).copied().unwrap_or(Version::INITIAL);
-        if append.events.is_empty() {
-            outcomes.push(Err(StoreError::EmptyAppend(stream.clone())));
-            continue;
-        }
-        if !append.expected.admits(current) {
-            outcomes.push(Err(StoreError::Conflict {
-                stream: stream.clone(),
-                expected: append.expected,
-                actual: current,
-            }));
-            continue;
-        }
-        let first = Position(position);
-        let mut version = current;
+        arguments.streams.push(append.stream.as_str().to_owned());
+        arguments.expected.push(match append.expected {
+            ExpectedVersion::Any => -1,
+            ExpectedVersion::NoStream => 0,
+            ExpectedVersion::Exact(version) => version.0 as i64,
+        });
+        arguments.counts.push(append.events.len() as i32);
         for event in append.events {
-            version = version.next();
-            let key = event.metadata.extra.get(IDEMPOTENCY_KEY).cloned();
-            let recorded = Envelope {
-                event_id: event.event_id,
-                stream_id: stream.clone(),
-                version,
-                position: Position(position),
-                recorded_at,
-                event_type: event.event_type,
-                schema_version: event.schema_version,
-                metadata: event.metadata,
-                payload: event.payload,
-            };
-            rows.positions.push(position as i64);
-            rows.streams.push(stream.as_str().to_owned());
-            rows.versions.push(version.0 as i64);
-            rows.keys.push(key);
-            rows.bodies.push(recorded.to_json());
-            position += 1;
+            arguments.event_ids.push(event.event_id.0);
+            arguments.keys.push(event.metadata.extra.get(IDEMPOTENCY_KEY).cloned());
+            arguments.metadata.push(
+                serde_json::to_string(&event.metadata).expect("metadata always serializes: its fields are plain data"),
+            );
+            arguments.event_types.push(event.event_type.as_str().to_owned());
+            arguments.schema_versions.push(event.schema_version as i32);
+            arguments.payloads.push(event.payload.get().to_owned());
         }
-        actual.insert(stream.as_str().to_owned(), version);
-        outcomes.push(Ok(AppendOutcome {
-            version,
-            first_position: first,
-            last_position: Position(position - 1),
-        }));
+        asked.push((append.stream, append.expected));
     }
-    if rows.positions.is_empty() {
-        if within == Within::Own {
-            client.batch_execute("ROLLBACK").await.map_err(Failure::Nothing)?;
-        }
-        return Ok(outcomes);
-    }
-    let insert = client
-        .prepare_cached(
-            "INSERT INTO bookshelf_events (position, stream, version, idempotency_key, body) \
-             SELECT * FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::text[], $5::text[])",
-        )
-        .await
-        .map_err(Failure::Nothing)?;
-    let advance = client
-        .prepare_cached("UPDATE bookshelf_head SET next = $1 WHERE id = 1")
-        .await
-        .map_err(Failure::Nothing)?;
-    let notify = client
-        .prepare_cached("SELECT pg_notify($1, $2)")
-        .await
-        .map_err(Failure::Nothing)?;
-    let head = position as i64;
-    let told = head.to_string();
-    let columns: [&(dyn ToSql + Sync); 5] = [&rows.positions, &rows.streams, &rows.versions, &rows.keys, &rows.bodies];
-    let moved: [&(dyn ToSql + Sync); 1] = [&head];
-    let told: [&(dyn ToSql + Sync); 2] = [&channel, &told];
-    // Sent together: one round trip.
-    let written = async {
-        tokio::try_join!(
-            client.execute(&insert, &columns),
-            client.execute(&advance, &moved),
-            client.execute(&notify, &told),
-        )
-    };
-    if within == Within::Caller {
-        written.await.map_err(Failure::Nothing)?;
-        return Ok(outcomes);
-    }
-    match tokio::join!(written, client.batch_execute("COMMIT")) {
-        (Ok(_), Ok(())) => Ok(outcomes),
-        // The server refused a statement: the transaction was aborted, and
-        // its COMMIT rolled it back.
-        (Err(e), _) if e.as_db_error().is_some() => Err(Failure::Nothing(e)),
-        (Err(e), _) | (_, Err(e)) => Err(if e.as_db_error().is_some() {
-            Failure::Nothing(e)
-        } else {
+    let parameters: [&(dyn ToSql + Sync); 10] = [
+        &arguments.streams,
+        &arguments.expected,
+        &arguments.counts,
+        &arguments.event_ids,
+        &arguments.event_types,
+        &arguments.schema_versions,
+        &arguments.keys,
+        &arguments.metadata,
+        &arguments.payloads,
+        &channel,
+    ];
+    let row = client.query_one(&statement, &parameters).await.map_err(|e| {
+        if crate::server::lost_connection(&e) {
             Failure::Unknown(e)
-        }),
-    }
-}
-
-/// The columns of the rows to insert, as arrays.
-#[derive(Default)]
-struct Rows {
-    positions: Vec<i64>,
-    streams: Vec<String>,
-    versions: Vec<i64>,
-    keys: Vec<Option<String>>,
-    bodies: Vec<String>,
+        } else {
+            Failure::Nothing(e)
+        }
+    })?;
+    // One entry per append.
+    let versions: Vec<Option<i64>> = row.get(0);
+    let firsts: Vec<Option<i64>> = row.get(1);
+    let found: Vec<Option<i64>> = row.get(2);
+    Ok(asked
+        .into_iter()
+        .enumerate()
+        .map(|(i, (stream, expected))| {
+            let at = |values: &[Option<i64>]| values.get(i).copied().flatten();
+            let (version, first, found) = (at(&versions), at(&firsts), at(&found).unwrap_or(0));
+            match (version, first) {
+                (Some(version), Some(first)) => Ok(AppendOutcome {
+                    version: Version(version as u64),
+                    first_position: Position(first as u64),
+                    last_position: Position((first + version - found - 1) as u64),
+                }),
+                _ => Err(StoreError::Conflict {
+                    stream,
+                    expected,
+                    actual: Version(found as u64),
+                }),
+            }
+        })
+        .collect())
 }
 
 /// The writer of a store: takes the appends sent to it, as many as are
@@ -258,16 +189,15 @@ async fn commit(
     batch: Vec<Append>,
 ) -> Result<Vec<Result<AppendOutcome, StoreError>>, StoreError> {
     let client = server.get(pool).await?;
-    match append_all(&client, batch, Within::Own, server.channel()).await {
+    match append_all(&client, batch, server.channel()).await {
         Ok(outcomes) => Ok(outcomes),
         Err(failure) => {
-            // The connection may be inside a failed transaction, or
-            // broken: it does not go back to the pool.
+            // The connection may be broken: it does not go back to the pool.
             drop(deadpool_postgres::Object::take(client));
             Err(match failure {
                 Failure::Nothing(e) => server.error("cannot append (nothing was stored)", e),
                 Failure::Unknown(e) => server.error(
-                    "the connection failed while the append was committed: its outcome is unknown",
+                    "the connection failed while the append was on its way: its outcome is unknown",
                     e,
                 ),
             })

@@ -16,14 +16,20 @@ const MIGRATION_LOCK: i64 = 0x426b_5368;
 
 /// The migrations, in order: the schema's version is how many were applied.
 const MIGRATIONS: &[&str] = &[
-    // 1: events with one global order, snapshots, saved views, table views' checkpoints.
-    "
+    // 1: events with one global order, the append function, snapshots,
+    // saved views, table views' checkpoints.
+    r#"
     CREATE TABLE bookshelf_events (
         position bigint PRIMARY KEY,
         stream text NOT NULL,
         version bigint NOT NULL,
+        event_id uuid NOT NULL,
+        event_type text NOT NULL,
+        schema_version int NOT NULL,
+        recorded_at timestamptz NOT NULL,
         idempotency_key text,
-        body text NOT NULL,
+        metadata json NOT NULL,
+        payload json NOT NULL,
         UNIQUE (stream, version)
     );
     CREATE INDEX bookshelf_events_by_key ON bookshelf_events (stream, idempotency_key)
@@ -34,6 +40,63 @@ const MIGRATIONS: &[&str] = &[
         next bigint NOT NULL
     );
     INSERT INTO bookshelf_head (id, next) VALUES (1, 0);
+    -- Appends, in order: append i writes counts[i] events (the next ones
+    -- of the event arrays) to streams[i] if the stream is at expected[i]
+    -- (-1: any version). For each append: the stream's version after it
+    -- and its first position (NULLs for a conflict), and the version found.
+    CREATE FUNCTION bookshelf_append(
+        streams text[], expected bigint[], counts int[],
+        event_ids uuid[], event_types text[], schema_versions int[],
+        keys text[], metadata json[], payloads json[], channel text,
+        OUT o_versions bigint[], OUT o_firsts bigint[], OUT o_found bigint[]
+    ) LANGUAGE plpgsql AS $$
+    DECLARE
+        next_position bigint;
+        start bigint;
+        current bigint;
+        taken int := 0;
+        n int;
+    BEGIN
+        -- Locked until the commit: positions are taken in commit order.
+        SELECT h.next INTO next_position FROM bookshelf_head h WHERE h.id = 1 FOR UPDATE;
+        start := next_position;
+        -- One entry per append, from 1: NULL until set.
+        o_versions := array_fill(NULL::bigint, ARRAY[coalesce(array_length(streams, 1), 0)]);
+        o_firsts := o_versions;
+        o_found := o_versions;
+        FOR i IN 1 .. coalesce(array_length(streams, 1), 0) LOOP
+            n := counts[i];
+            SELECT e.version INTO current FROM bookshelf_events e
+                WHERE e.stream = streams[i] ORDER BY e.version DESC LIMIT 1;
+            current := coalesce(current, 0);
+            o_found[i] := current;
+            IF expected[i] = -1 OR expected[i] = current THEN
+                IF n = 1 THEN
+                    INSERT INTO bookshelf_events (position, stream, version, event_id, event_type,
+                        schema_version, recorded_at, idempotency_key, metadata, payload)
+                    VALUES (next_position, streams[i], current + 1, event_ids[taken + 1],
+                        event_types[taken + 1], schema_versions[taken + 1], now(), keys[taken + 1],
+                        metadata[taken + 1], payloads[taken + 1]);
+                ELSE
+                    INSERT INTO bookshelf_events (position, stream, version, event_id, event_type,
+                        schema_version, recorded_at, idempotency_key, metadata, payload)
+                    SELECT next_position + k - 1, streams[i], current + k, event_ids[taken + k],
+                        event_types[taken + k], schema_versions[taken + k], now(), keys[taken + k],
+                        metadata[taken + k], payloads[taken + k]
+                    FROM generate_series(1, n) AS k;
+                END IF;
+                o_versions[i] := current + n;
+                o_firsts[i] := next_position;
+                next_position := next_position + n;
+            END IF;
+            taken := taken + n;
+        END LOOP;
+        IF next_position <> start THEN
+            UPDATE bookshelf_head SET next = next_position WHERE id = 1;
+            PERFORM pg_notify(channel, next_position::text);
+        END IF;
+    END
+    $$;
     CREATE TABLE bookshelf_snapshots (
         stream text PRIMARY KEY,
         version bigint NOT NULL,
@@ -51,7 +114,7 @@ const MIGRATIONS: &[&str] = &[
         position bigint NOT NULL,
         offsets text NOT NULL
     );
-    ",
+    "#,
 ];
 
 /// The schema version this build writes and reads.

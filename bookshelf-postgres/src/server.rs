@@ -171,7 +171,7 @@ impl From<Failed> for StoreError {
 /// refused the request.
 pub(crate) fn transient(error: &tokio_postgres::Error) -> bool {
     match error.code() {
-        None => true,
+        None => lost_connection(error),
         Some(code) => {
             let code = code.code();
             // Class 08: connection exceptions; 57P0x: shutdown, crash,
@@ -179,6 +179,22 @@ pub(crate) fn transient(error: &tokio_postgres::Error) -> bool {
             code.starts_with("08") || code.starts_with("57P") || code == "53300"
         }
     }
+}
+
+/// Whether `error` is the connection failing (closed, or an I/O error on
+/// it), rather than something refused before or after the server had it.
+pub(crate) fn lost_connection(error: &tokio_postgres::Error) -> bool {
+    if error.is_closed() {
+        return true;
+    }
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        if cause.is::<std::io::Error>() {
+            return true;
+        }
+        source = cause.source();
+    }
+    false
 }
 
 /// Runs `attempt` until it succeeds, fails for good, or `patience` has

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bookshelf_core::store::{AppendOutcome, EventStore, ExpectedVersion, StoreError, Subscription};
-use bookshelf_core::{NewEvent, Position, RecordedEvent, RetryPolicy, StreamId, Version};
+use bookshelf_core::{EventId, EventType, NewEvent, Position, RecordedEvent, RetryPolicy, StreamId, Version};
 use deadpool_postgres::{Pool, Transaction};
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -16,6 +16,18 @@ use crate::append::{self, Append, Pending};
 use crate::saved::{PostgresSnapshots, PostgresViewStore};
 use crate::schema::{self, SCHEMA_VERSION};
 use crate::server::{retrying, Failed, Server};
+
+/// A query of whole events: the columns [`event_of`] reads, in its order,
+/// then `$rest`.
+macro_rules! select_events {
+    ($rest:literal) => {
+        concat!(
+            "SELECT position, stream, version, event_id, event_type, schema_version, recorded_at, \
+             metadata::text, payload::text FROM bookshelf_events ",
+            $rest
+        )
+    };
+}
 
 /// How often a subscription at the end of the log looks for new events when
 /// no notification came: the bound on how late a live event is delivered
@@ -195,18 +207,20 @@ impl PostgresStore {
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> Result<AppendOutcome, StoreError> {
+        if events.is_empty() {
+            return Err(StoreError::EmptyAppend(stream.clone()));
+        }
         let append = Append {
             stream: stream.clone(),
             expected,
             events,
         };
-        let mut outcomes =
-            match append::append_all(tx, vec![append], append::Within::Caller, self.shared.server.channel()).await {
-                Ok(outcomes) => outcomes,
-                Err(append::Failure::Nothing(e) | append::Failure::Unknown(e)) => {
-                    return Err(self.shared.server.error("cannot append", e))
-                }
-            };
+        let mut outcomes = match append::append_all(tx, vec![append], self.shared.server.channel()).await {
+            Ok(outcomes) => outcomes,
+            Err(append::Failure::Nothing(e) | append::Failure::Unknown(e)) => {
+                return Err(self.shared.server.error("cannot append", e))
+            }
+        };
         outcomes
             .pop()
             .unwrap_or_else(|| Err(self.shared.server.refused("an append gave no outcome".to_owned())))
@@ -235,18 +249,14 @@ impl PostgresStore {
             .query(&statement, args)
             .await
             .map_err(|e| server.failed("cannot read", e))?;
-        let mut events = Vec::with_capacity(rows.len());
-        for row in rows {
-            let position: i64 = row.get(0);
-            let body: &str = row.get(1);
-            let mut event = RecordedEvent::from_json(body).map_err(|e| Failed {
-                error: server.refused(format!("the event at position {position} does not decode: {e}")),
-                transient: false,
-            })?;
-            event.position = Position(position as u64);
-            events.push(Arc::new(event));
-        }
-        Ok(events)
+        rows.iter()
+            .map(|row| {
+                event_of(row).map(Arc::new).map_err(|why| Failed {
+                    error: server.refused(why),
+                    transient: false,
+                })
+            })
+            .collect()
     }
 
     async fn query_i64(
@@ -266,6 +276,27 @@ impl PostgresStore {
             .map_err(|e| server.failed("cannot read", e))?;
         Ok(row.get(0))
     }
+}
+
+/// The event a row of `bookshelf_events` holds (selected as
+/// `select_events!`): the one place rows become events.
+fn event_of(row: &tokio_postgres::Row) -> Result<RecordedEvent, String> {
+    let position: i64 = row.get(0);
+    let metadata: &str = row.get(7);
+    let payload: String = row.get(8);
+    let broken = |what: &str, e: serde_json::Error| format!("the event at position {position} has {what}: {e}");
+    Ok(RecordedEvent {
+        event_id: EventId(row.get(3)),
+        stream_id: StreamId::new(row.get::<_, &str>(1)),
+        version: Version(row.get::<_, i64>(2) as u64),
+        position: Position(position as u64),
+        recorded_at: row.get(6),
+        event_type: EventType::from(row.get::<_, &str>(4)),
+        schema_version: row.get::<_, i32>(5) as u32,
+        metadata: serde_json::from_str(metadata).map_err(|e| broken("metadata that does not decode", e))?,
+        payload: serde_json::value::RawValue::from_string(payload)
+            .map_err(|e| broken("a payload that is not JSON", e))?,
+    })
 }
 
 /// Listens for new events on a connection of its own, and wakes the
@@ -340,7 +371,7 @@ impl EventStore for PostgresStore {
     async fn read_stream(&self, stream: &StreamId, from: Version) -> Result<Vec<Arc<RecordedEvent>>, StoreError> {
         Ok(self
             .read_events(
-                "SELECT position, body FROM bookshelf_events WHERE stream = $1 AND version >= $2 ORDER BY version",
+                select_events!("WHERE stream = $1 AND version >= $2 ORDER BY version"),
                 &[&stream.as_str(), &(from.0 as i64)],
             )
             .await?)
@@ -378,6 +409,7 @@ impl EventStore for PostgresStore {
             store: self.clone(),
             told: self.shared.told.clone(),
             next: from.0,
+            ahead: None,
         })
     }
 }
@@ -395,6 +427,24 @@ pub struct PostgresSubscription {
     store: PostgresStore,
     told: watch::Receiver<()>,
     next: u64,
+    /// The page after a full one, read while the last one is used: a
+    /// reader catching up waits for the database only when it outruns it.
+    ahead: Option<ReadAhead>,
+}
+
+/// A page being read in the background: from `from`, at most `max`.
+struct ReadAhead {
+    from: u64,
+    max: i64,
+    task: JoinHandle<Result<Vec<Arc<RecordedEvent>>, Failed>>,
+}
+
+impl Drop for PostgresSubscription {
+    fn drop(&mut self) {
+        if let Some(ahead) = self.ahead.take() {
+            ahead.task.abort();
+        }
+    }
 }
 
 impl std::fmt::Debug for PostgresSubscription {
@@ -405,6 +455,15 @@ impl std::fmt::Debug for PostgresSubscription {
     }
 }
 
+/// A page of the log: at most `max` events from position `from` on.
+async fn page(store: &PostgresStore, from: u64, max: i64) -> Result<Vec<Arc<RecordedEvent>>, Failed> {
+    let from = from as i64;
+    let args: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&from, &max];
+    store
+        .read_events(select_events!("WHERE position >= $1 ORDER BY position LIMIT $2"), &args)
+        .await
+}
+
 #[async_trait]
 impl Subscription for PostgresSubscription {
     async fn next_batch(&mut self, batch: &mut Vec<Arc<RecordedEvent>>, max: usize) -> Result<(), StoreError> {
@@ -413,19 +472,36 @@ impl Subscription for PostgresSubscription {
         loop {
             // Seen before the look, so that a commit after it wakes the wait.
             self.told.borrow_and_update();
-            let next = self.next as i64;
-            let args: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&next, &max];
-            // While the database is away the subscription waits for it,
-            // where it stands: nothing to read is lost.
-            let events = retrying("a subscription", Duration::MAX, || {
-                self.store.read_events(
-                    "SELECT position, body FROM bookshelf_events WHERE position >= $1 ORDER BY position LIMIT $2",
-                    &args,
-                )
-            })
-            .await?;
+            let mut events = None;
+            if let Some(ahead) = self.ahead.as_mut() {
+                if ahead.from == self.next && ahead.max == max {
+                    // Awaited in place: if this call is dropped, the page is
+                    // still there for the next one.
+                    if let Ok(Ok(page)) = (&mut ahead.task).await {
+                        events = Some(page);
+                    }
+                }
+                if let Some(ahead) = self.ahead.take() {
+                    ahead.task.abort();
+                }
+            }
+            let events = match events {
+                Some(events) => events,
+                // While the database is away the subscription waits for
+                // it, where it stands: nothing to read is lost.
+                None => retrying("a subscription", Duration::MAX, || page(&self.store, self.next, max)).await?,
+            };
             if let Some(last) = events.last() {
                 self.next = last.position.0 + 1;
+                if events.len() as i64 == max {
+                    let store = self.store.clone();
+                    let from = self.next;
+                    self.ahead = Some(ReadAhead {
+                        from,
+                        max,
+                        task: tokio::spawn(async move { page(&store, from, max).await }),
+                    });
+                }
                 batch.extend(events);
                 return Ok(());
             }

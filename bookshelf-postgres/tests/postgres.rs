@@ -505,13 +505,13 @@ async fn a_database_that_crashes_and_returns_loses_no_acknowledged_append_and_no
     let stored: Vec<i64> = {
         let client = store.pool().get().await.expect("a connection");
         let rows = client
-            .query("SELECT body FROM bookshelf_events ORDER BY position", &[])
+            .query("SELECT payload::text FROM bookshelf_events ORDER BY position", &[])
             .await
             .expect("the events");
         rows.iter()
             .map(|row| {
-                let body: serde_json::Value = serde_json::from_str(row.get::<_, &str>(0)).expect("an envelope");
-                body["payload"]["amount"].as_i64().expect("an amount")
+                let payload: serde_json::Value = serde_json::from_str(row.get::<_, &str>(0)).expect("a payload");
+                payload["amount"].as_i64().expect("an amount")
             })
             .collect()
     };
