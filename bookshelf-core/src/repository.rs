@@ -65,6 +65,26 @@ impl<E: std::error::Error + 'static> From<StoreError> for CommandError<E> {
     }
 }
 
+/// What a command decided on a state.
+enum Decided<E, X> {
+    /// Events to append.
+    Events(Vec<E>),
+    /// Nothing to do.
+    Nothing,
+    /// Refused.
+    Rejected(X),
+    /// The state is not at the version the caller expects.
+    Mismatch(Version),
+}
+
+/// What became of an append of decided events.
+enum Appended<A: Aggregate> {
+    /// Stored, or failed for a reason other than the stream's version.
+    Done(Result<Committed<A::Event>, CommandError<A::Error>>),
+    /// The stream was not at the state's version: the state, and the conflict.
+    Stale(Loaded<A>, CommandError<A::Error>),
+}
+
 /// An aggregate as loaded from its stream.
 #[derive(Debug)]
 pub struct Loaded<A> {
@@ -269,6 +289,14 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
     /// memory, so that a load reads only the events after the kept version
     /// (none, usually) instead of the whole stream. Events written by others
     /// are still read: a kept state is a starting point, never an answer.
+    ///
+    /// A command decides on a kept state without reading first: its events
+    /// are appended at the kept version, which succeeds only if nobody
+    /// wrote since, so nothing is stored on a stale state and the common
+    /// case costs one append. When the append meets another writer's
+    /// events, or the command is refused, changes nothing, or misses its
+    /// expected version, the stream is read and the command decided again
+    /// before it is answered.
     pub fn with_cache(mut self, capacity: usize) -> Self
     where
         A: Clone,
@@ -323,18 +351,6 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
             cache.put(stream, (cache.clone)(&loaded.state), loaded.version);
         }
         Ok(loaded)
-    }
-
-    /// The aggregate for a command: taken out of the cache and brought up to
-    /// date, or loaded.
-    async fn load_for_command(&self, stream: &StreamId) -> Result<Loaded<A>, CommandError<A::Error>> {
-        match self.cache.as_ref().and_then(|cache| cache.take(stream)) {
-            Some(mut loaded) => {
-                self.fold_from_store(stream, &mut loaded).await?;
-                Ok(loaded)
-            }
-            None => self.load_uncached(stream).await,
-        }
     }
 
     /// Keeps a state a command did not change, or changed and stored.
@@ -517,34 +533,82 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
                 });
             }
         }
-        let Loaded { mut state, version } = self.load_for_command(stream).await?;
-        if let Some(expected) = precondition {
-            if expected != version {
-                self.keep(stream, state, version);
-                return Err(CommandError::Conflict {
-                    stream: stream.clone(),
-                    expected: ExpectedVersion::Exact(expected),
-                    actual: version,
-                });
-            }
-        }
-        let events = match state.handle(command, &self.services).await {
-            Ok(events) => events,
-            Err(rejected) => {
-                self.keep(stream, state, version);
-                return Err(CommandError::Rejected(rejected));
-            }
+        // A cached state is used as it is, unverified: an append at its
+        // version succeeds only if no other writer moved the stream since,
+        // so nothing is ever stored on a stale state. What the append does
+        // not check (a refusal, a command that changes nothing, a version
+        // that does not meet the precondition) is decided again on the
+        // stream as stored before it is answered, as is an append that
+        // meets another writer's events.
+        let (mut loaded, mut verified) = match self.cache.as_ref().and_then(|cache| cache.take(stream)) {
+            Some(cached) => (cached, false),
+            None => (self.load_uncached(stream).await?, true),
         };
-        if events.is_empty() {
-            self.keep(stream, state, version);
-            return Ok(Committed {
-                stream_id: stream.clone(),
-                version,
-                events,
-                position: None,
-                duplicate: false,
-            });
+        loop {
+            let Loaded { state, version } = &loaded;
+            let version = *version;
+            let decided = match precondition {
+                Some(expected) if expected != version => Decided::Mismatch(expected),
+                _ => match state.handle(command, &self.services).await {
+                    Ok(events) if events.is_empty() => Decided::Nothing,
+                    Ok(events) => Decided::Events(events),
+                    Err(rejected) => Decided::Rejected(rejected),
+                },
+            };
+            let events = match decided {
+                Decided::Events(events) => events,
+                _ if !verified => {
+                    self.fold_from_store(stream, &mut loaded).await?;
+                    verified = true;
+                    continue;
+                }
+                Decided::Mismatch(expected) => {
+                    self.keep(stream, loaded.state, version);
+                    return Err(CommandError::Conflict {
+                        stream: stream.clone(),
+                        expected: ExpectedVersion::Exact(expected),
+                        actual: version,
+                    });
+                }
+                Decided::Rejected(rejected) => {
+                    self.keep(stream, loaded.state, version);
+                    return Err(CommandError::Rejected(rejected));
+                }
+                Decided::Nothing => {
+                    self.keep(stream, loaded.state, version);
+                    return Ok(Committed {
+                        stream_id: stream.clone(),
+                        version,
+                        events: Vec::new(),
+                        position: None,
+                        duplicate: false,
+                    });
+                }
+            };
+            match self.append_decided(stream, loaded, events, metadata).await {
+                Appended::Done(committed) => return committed,
+                Appended::Stale(again, _) if !verified => {
+                    loaded = again;
+                    self.fold_from_store(stream, &mut loaded).await?;
+                    verified = true;
+                }
+                // Another writer, after the stream was read: the caller's
+                // retry policy decides.
+                Appended::Stale(_, conflict) => return Err(conflict),
+            }
         }
+    }
+
+    /// Appends the events a command decided on `loaded`, at its version;
+    /// gives the state back when the stream had moved on.
+    async fn append_decided(
+        &self,
+        stream: &StreamId,
+        loaded: Loaded<A>,
+        events: Vec<A::Event>,
+        metadata: &Metadata,
+    ) -> Appended<A> {
+        let Loaded { mut state, version } = loaded;
         let new_events = events
             .iter()
             .map(|event| {
@@ -557,13 +621,23 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
                     payload: encoded.payload,
                 })
             })
-            .collect::<Result<Vec<_>, EncodeError>>()?;
+            .collect::<Result<Vec<_>, EncodeError>>();
+        let new_events = match new_events {
+            Ok(new_events) => new_events,
+            Err(error) => return Appended::Done(Err(error.into())),
+        };
         let expected = if version == Version::INITIAL {
             ExpectedVersion::NoStream
         } else {
             ExpectedVersion::Exact(version)
         };
-        let outcome = self.store.append(stream, expected, new_events).await?;
+        let outcome = match self.store.append(stream, expected, new_events).await {
+            Ok(outcome) => outcome,
+            Err(conflict @ StoreError::Conflict { .. }) => {
+                return Appended::Stale(Loaded { state, version }, conflict.into())
+            }
+            Err(other) => return Appended::Done(Err(other.into())),
+        };
         let snapshot_due = self
             .snapshots
             .as_ref()
@@ -577,13 +651,13 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
             self.save_snapshot(snapshots, stream, &state, outcome.version).await;
         }
         self.keep(stream, state, outcome.version);
-        Ok(Committed {
+        Appended::Done(Ok(Committed {
             stream_id: stream.clone(),
             version: outcome.version,
             events,
             position: Some(outcome.last_position),
             duplicate: false,
-        })
+        }))
     }
 
     async fn save_snapshot(&self, snapshots: &Snapshots<A>, stream: &StreamId, state: &A, version: Version) {

@@ -547,3 +547,64 @@ async fn a_command_sent_twice_under_one_idempotency_key_is_carried_out_once() {
         Some("pay-7")
     );
 }
+
+/// A cached state is decided on as it is, and what the append does not
+/// check is decided again on the stream as stored: another writer's events
+/// turn a conflict into a second try, a refusal into acceptance, and a
+/// stale If-Match into a current one, with no retry policy at all.
+#[tokio::test]
+async fn a_cached_state_that_another_writer_moved_on_is_read_again_before_any_answer() {
+    let store = InMemoryStore::new();
+    let cached = Repository::<Account, _>::new(store.clone(), ()).with_cache(10);
+    let other = Repository::<Account, _>::new(store.clone(), ());
+
+    // A conflict on the cached version: read again, decided again, stored.
+    cached
+        .execute("1", &AccountCommand::Open, Metadata::default())
+        .await
+        .unwrap();
+    other
+        .execute("1", &AccountCommand::Deposit(5), Metadata::default())
+        .await
+        .unwrap();
+    let deposited = cached
+        .execute("1", &AccountCommand::Deposit(1), Metadata::default())
+        .await
+        .expect("decided again on the stored stream");
+    assert_eq!(deposited.version, Version(3));
+    assert_eq!(cached.load("1").await.unwrap().state.balance, 6);
+
+    // A refusal on a cached state: checked against the stored stream.
+    let refused = cached
+        .execute("2", &AccountCommand::Deposit(2), Metadata::default())
+        .await;
+    assert!(matches!(refused, Err(CommandError::Rejected(AccountError::NotOpen))));
+    other
+        .execute("2", &AccountCommand::Open, Metadata::default())
+        .await
+        .unwrap();
+    let accepted = cached
+        .execute("2", &AccountCommand::Deposit(2), Metadata::default())
+        .await
+        .expect("the other writer opened it");
+    assert_eq!(accepted.version, Version(2));
+
+    // An If-Match for the stored version, not the cached one, is met.
+    other
+        .execute("2", &AccountCommand::Deposit(4), Metadata::default())
+        .await
+        .unwrap();
+    let current = cached
+        .execute_at("2", Version(3), &AccountCommand::Deposit(1), Metadata::default())
+        .await
+        .expect("version 3 is the stored one");
+    assert_eq!(current.version, Version(4));
+    let stale = cached
+        .execute_at("2", Version(3), &AccountCommand::Deposit(1), Metadata::default())
+        .await;
+    assert!(matches!(stale, Err(CommandError::Conflict { actual: Version(4), .. })));
+    assert_eq!(
+        store.stream_version(&StreamId::new("account-2")).await.unwrap(),
+        Version(4)
+    );
+}
