@@ -234,46 +234,53 @@ impl PostgresStore {
         self.shared.server.get(&self.shared.pool).await
     }
 
-    async fn read_events(
+    /// The rows `sql` answers with `args`, on a pooled connection, its
+    /// statement prepared once per connection.
+    async fn rows(
         &self,
         sql: &str,
         args: &[&(dyn tokio_postgres::types::ToSql + Sync)],
-    ) -> Result<Vec<Arc<RecordedEvent>>, Failed> {
+    ) -> Result<Vec<tokio_postgres::Row>, Failed> {
         let server = &self.shared.server;
         let client = server.connection(&self.shared.pool).await?;
         let statement = client
             .prepare_cached(sql)
             .await
             .map_err(|e| server.failed("cannot read", e))?;
-        let rows = client
+        client
             .query(&statement, args)
             .await
-            .map_err(|e| server.failed("cannot read", e))?;
-        rows.iter()
+            .map_err(|e| server.failed("cannot read", e))
+    }
+
+    async fn read_events(
+        &self,
+        sql: &str,
+        args: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<Arc<RecordedEvent>>, Failed> {
+        self.rows(sql, args)
+            .await?
+            .iter()
             .map(|row| {
                 event_of(row).map(Arc::new).map_err(|why| Failed {
-                    error: server.refused(why),
+                    error: self.shared.server.refused(why),
                     transient: false,
                 })
             })
             .collect()
     }
 
+    /// The one number a query of one row answers (`None` for SQL's NULL).
     async fn query_i64(
         &self,
         sql: &str,
         args: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> Result<Option<i64>, Failed> {
-        let server = &self.shared.server;
-        let client = server.connection(&self.shared.pool).await?;
-        let statement = client
-            .prepare_cached(sql)
-            .await
-            .map_err(|e| server.failed("cannot read", e))?;
-        let row = client
-            .query_one(&statement, args)
-            .await
-            .map_err(|e| server.failed("cannot read", e))?;
+        let rows = self.rows(sql, args).await?;
+        let row = rows.first().ok_or_else(|| Failed {
+            error: self.shared.server.refused(format!("no row answered {sql:?}")),
+            transient: false,
+        })?;
         Ok(row.get(0))
     }
 }

@@ -25,11 +25,11 @@ use crate::{api, books, docs, tables};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use api::Backend;
+use api::{Backend, KeepsViews};
 use bookshelf::postgres::PostgresStore;
 use bookshelf::sqlite::table::TableFold;
 use bookshelf::sqlite::SqliteStore;
-use bookshelf::{EventSource, EventStore, InMemoryStore, ProjectionRunner, Repository, RetryPolicy, ViewStore};
+use bookshelf::{EventSource, EventStore, InMemoryStore, ProjectionRunner, Repository, RetryPolicy};
 use bookshelf_kafka::{KafkaConfig, KafkaDeadLetters, KafkaLog};
 use clap::Parser;
 
@@ -137,10 +137,10 @@ fn embedded<S>(
     rebuild: bool,
 ) -> Result<(docs::Api, StopView), Box<dyn std::error::Error>>
 where
-    S: EventStore + EventSource + Clone + Keeps,
+    S: EventStore + EventSource + Clone + KeepsViews,
 {
     let mut view = ProjectionRunner::<LastRead, _>::new("last-read", store.clone()).only_category("book");
-    if let Some(saved) = store.view_store("last-read") {
+    if let Some(saved) = store.saved_view("last-read") {
         view = view.persist_to(saved).save_every(100);
     }
     if rebuild {
@@ -190,29 +190,6 @@ where
         stop_authors.await
     };
     Ok((app, Box::pin(stop)))
-}
-
-/// Where a store keeps views, if it does.
-trait Keeps {
-    fn view_store(&self, name: &str) -> Option<Box<dyn ViewStore>>;
-}
-
-impl Keeps for InMemoryStore {
-    fn view_store(&self, _: &str) -> Option<Box<dyn ViewStore>> {
-        None
-    }
-}
-
-impl Keeps for SqliteStore {
-    fn view_store(&self, name: &str) -> Option<Box<dyn ViewStore>> {
-        Some(Box::new(SqliteStore::view_store(self, name)))
-    }
-}
-
-impl Keeps for PostgresStore {
-    fn view_store(&self, name: &str) -> Option<Box<dyn ViewStore>> {
-        Some(Box::new(PostgresStore::view_store(self, name)))
-    }
 }
 
 /// The view alone, projected from the book events on Kafka.

@@ -60,16 +60,48 @@ pub enum Backend<'a> {
     Embedded,
 }
 
+/// A store that can keep views (their state and checkpoint) beside its
+/// events, as the embedded and PostgreSQL stores do; the in-memory store
+/// keeps none.
+pub trait KeepsViews {
+    /// Where view `name` is saved, if the store keeps views.
+    fn saved_view(&self, name: &str) -> Option<Box<dyn bookshelf::ViewStore>>;
+}
+
+impl KeepsViews for bookshelf::InMemoryStore {
+    fn saved_view(&self, _: &str) -> Option<Box<dyn bookshelf::ViewStore>> {
+        None
+    }
+}
+
+impl KeepsViews for bookshelf::sqlite::SqliteStore {
+    fn saved_view(&self, name: &str) -> Option<Box<dyn bookshelf::ViewStore>> {
+        Some(Box::new(self.view_store(name)))
+    }
+}
+
+impl KeepsViews for bookshelf::postgres::PostgresStore {
+    fn saved_view(&self, name: &str) -> Option<Box<dyn bookshelf::ViewStore>> {
+        Some(Box::new(self.view_store(name)))
+    }
+}
+
 impl ServiceFlags {
     /// The backend the flags choose: `--broker`, then `--in-memory`, then
     /// `--postgres` (or `DATABASE_URL`), else the embedded default.
     pub fn backend(&self) -> Backend<'_> {
-        match (&self.broker, self.in_memory, &self.postgres) {
+        match (&self.broker, self.in_memory, self.postgres_url()) {
             (Some(broker), _, _) => Backend::Kafka(broker),
             (None, true, _) => Backend::InMemory,
-            (None, false, Some(url)) if !url.is_empty() => Backend::Postgres(url),
+            (None, false, Some(url)) => Backend::Postgres(url),
             _ => Backend::Embedded,
         }
+    }
+
+    /// The PostgreSQL database `--postgres` or `DATABASE_URL` names, if
+    /// any (an empty value names none).
+    pub fn postgres_url(&self) -> Option<&str> {
+        self.postgres.as_deref().filter(|url| !url.is_empty())
     }
 
     /// Listens on `--addr` and `port` (0 picks a free one).

@@ -23,7 +23,7 @@ use crate::{api, books};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use api::Backend;
+use api::{Backend, KeepsViews};
 use bookshelf::change::ChangeFeed;
 use bookshelf::postgres::table::TableFold;
 use bookshelf::postgres::{Options as PostgresOptions, PostgresStore};
@@ -127,31 +127,13 @@ async fn serve(args: &Args, broker: &str, role: service::Role) -> Result<(), Box
 async fn demo(data: PathBuf, in_memory: bool) -> Result<(), Box<dyn std::error::Error>> {
     if in_memory {
         let dir = std::env::temp_dir().join(format!("bookshelf-changes-{}", std::process::id()));
-        let replica = FileViewStore::new(dir.join("replica.json"));
-        let saved = Saved {
-            feed: None,
-            replica,
-            notifiers: [None, None],
-        };
-        return run_demo(
-            InMemoryStore::new(),
-            InMemoryStore::new(),
-            saved,
-            dir.join("mailbox"),
-            None,
-        )
-        .await;
+        let (writes, changes) = (InMemoryStore::new(), InMemoryStore::new());
+        let saved = Saved::in_stores(&writes, &changes, || FileViewStore::new(dir.join("replica.json")));
+        return run_demo(writes, changes, saved, dir.join("mailbox"), None).await;
     }
     let writes = SqliteStore::open(data.join("books.sqlite"))?;
     let changes = SqliteStore::open(data.join("changes.sqlite"))?;
-    let saved = Saved {
-        feed: Some(Box::new(writes.view_store("feed"))),
-        replica: changes.view_store("replica"),
-        notifiers: [
-            Some(Box::new(changes.view_store("notifier-1"))),
-            Some(Box::new(changes.view_store("notifier-2"))),
-        ],
-    };
+    let saved = Saved::in_stores(&writes, &changes, || FileViewStore::new(data.join("replica.json")));
     run_demo(writes, changes, saved, data.join("mailbox"), None).await
 }
 
@@ -162,35 +144,43 @@ async fn demo(data: PathBuf, in_memory: bool) -> Result<(), Box<dyn std::error::
 async fn demo_on_postgres(url: &str, mailbox: PathBuf) -> Result<(), Box<dyn std::error::Error>> {
     let writes = PostgresStore::connect(url).await?;
     let changes = PostgresStore::connect_with(url, PostgresOptions::new().schema("book_changes")).await?;
-    let saved = Saved {
-        feed: Some(Box::new(writes.view_store("feed"))),
-        replica: changes.view_store("replica"),
-        notifiers: [
-            Some(Box::new(changes.view_store("notifier-1"))),
-            Some(Box::new(changes.view_store("notifier-2"))),
-        ],
-    };
+    let saved = Saved::in_stores(&writes, &changes, || FileViewStore::new(mailbox.join("replica.json")));
     let table = changes.clone();
     run_demo(writes, changes, saved, mailbox, Some(table)).await
 }
 
 /// Where the demo's runners keep their state.
-struct Saved<R> {
+struct Saved {
     feed: Option<Box<dyn ViewStore>>,
-    replica: R,
+    replica: Box<dyn ViewStore>,
     notifiers: [Option<Box<dyn ViewStore>>; 2],
 }
 
-async fn run_demo<S, R>(
+impl Saved {
+    /// The feed's state kept beside the writes, the others beside the
+    /// changes; the replica in `otherwise` when the changes keep no views.
+    fn in_stores<F: ViewStore + 'static>(
+        writes: &impl KeepsViews,
+        changes: &impl KeepsViews,
+        otherwise: impl FnOnce() -> F,
+    ) -> Saved {
+        Saved {
+            feed: writes.saved_view("feed"),
+            replica: changes.saved_view("replica").unwrap_or_else(|| Box::new(otherwise())),
+            notifiers: [changes.saved_view("notifier-1"), changes.saved_view("notifier-2")],
+        }
+    }
+}
+
+async fn run_demo<S>(
     writes: S,
     changes: S,
-    saved: Saved<R>,
+    saved: Saved,
     mailbox: PathBuf,
     table: Option<PostgresStore>,
 ) -> Result<(), Box<dyn std::error::Error>>
 where
     S: EventStore + bookshelf::EventSource + Clone,
-    R: bookshelf::ViewStore,
 {
     let mailbox = Mailbox { dir: mailbox };
     std::fs::create_dir_all(&mailbox.dir)?;

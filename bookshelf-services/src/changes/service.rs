@@ -210,8 +210,8 @@ pub async fn start(
         }
         // With --postgres (or DATABASE_URL): the replica is a table in that
         // database, its rows moved with its checkpoint.
-        Role::Replica if settings.flags.postgres.as_deref().is_some_and(|url| !url.is_empty()) => {
-            let url = settings.flags.postgres.as_deref().unwrap_or_default();
+        Role::Replica if settings.flags.postgres_url().is_some() => {
+            let url = settings.flags.postgres_url().unwrap_or_default();
             let db = PostgresStore::connect(url).await?;
             let dead_letters = KafkaDeadLetters::open(&changes).await?;
             let replica = TableFold::open("replica", &db, ReplicaTable)

@@ -28,11 +28,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use api::Backend;
+use api::{Backend, KeepsViews};
 use bookshelf::postgres::PostgresStore;
 use bookshelf::process::ProcessRunner;
 use bookshelf::sqlite::SqliteStore;
-use bookshelf::{InMemoryStore, Metadata, Position, Repository, ViewStore};
+use bookshelf::{InMemoryStore, Metadata, Position, Repository};
 use bookshelf_kafka::{members_from_discovery, KafkaConfig, KafkaStore};
 use clap::Parser;
 
@@ -61,15 +61,9 @@ pub async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let _logging = api::init_tracing();
     let args = Args::parse();
     match args.service.backend() {
-        Backend::InMemory => demo(InMemoryStore::new(), None).await,
-        Backend::Embedded => {
-            let store = SqliteStore::open(args.data.join("lending.sqlite"))?;
-            demo(store.clone(), Some(Box::new(store.view_store("loans")))).await
-        }
-        Backend::Postgres(url) => {
-            let store = PostgresStore::connect(url).await?;
-            demo(store.clone(), Some(Box::new(store.view_store("loans")))).await
-        }
+        Backend::InMemory => demo(InMemoryStore::new()).await,
+        Backend::Embedded => demo(SqliteStore::open(args.data.join("lending.sqlite"))?).await,
+        Backend::Postgres(url) => demo(PostgresStore::connect(url).await?).await,
         Backend::Kafka(broker) => serve(&args, broker).await,
     }
 }
@@ -111,10 +105,11 @@ async fn serve(args: &Args, broker: &str) -> Result<(), Box<dyn std::error::Erro
 }
 
 /// Three loans, printed. Each command carries an idempotency key, so that
-/// a second run on the kept data changes nothing and prints the same.
-async fn demo<S>(store: S, saved: Option<Box<dyn ViewStore>>) -> Result<(), Box<dyn std::error::Error>>
+/// a second run on the kept data changes nothing and prints the same. The
+/// loan process is saved in the store when it keeps views.
+async fn demo<S>(store: S) -> Result<(), Box<dyn std::error::Error>>
 where
-    S: bookshelf::EventStore + bookshelf::EventSource + Clone,
+    S: bookshelf::EventStore + bookshelf::EventSource + Clone + KeepsViews,
 {
     let copies = Repository::<Copy, _>::new(store.clone(), ());
     let members = Repository::<Member, _>::new(store.clone(), ());
@@ -143,7 +138,7 @@ where
     let mut loans = ProcessRunner::<LoanProcess, _, _>::new("loans", store.clone(), LendingBus::new(store.clone()))
         .only_categories(["copy", "member"])
         .tick_every(Duration::from_millis(100));
-    if let Some(saved) = saved {
+    if let Some(saved) = store.saved_view("loans") {
         loans = loans.persist_to(saved);
     }
     let loans = loans.start();
