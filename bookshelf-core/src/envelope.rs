@@ -383,6 +383,30 @@ impl Metadata {
         self.extra.insert(key.into(), value.into());
         self
     }
+
+    /// The metadata `json` holds (as its serializer writes it, or any other
+    /// JSON form of it), for a backend that keeps metadata apart from the
+    /// envelope. The serializer's own form is read without a general JSON
+    /// parser.
+    ///
+    /// ```
+    /// use bookshelf_core::Metadata;
+    ///
+    /// let metadata = Metadata::correlated("order-7");
+    /// let json = serde_json::to_string(&metadata)?;
+    /// assert_eq!(Metadata::from_json(&json)?, metadata);
+    /// assert_eq!(Metadata::from_json(r#"{ "correlation_id" : "order-7" }"#)?, metadata);
+    /// # Ok::<(), serde_json::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// The parser's error when `json` is not metadata.
+    pub fn from_json(json: &str) -> Result<Metadata, serde_json::Error> {
+        match crate::canonical::metadata(json) {
+            Some((metadata, "")) => Ok(metadata),
+            _ => serde_json::from_str(json),
+        }
+    }
 }
 
 /// The fields of an envelope's JSON form, in the order they are written.

@@ -14,6 +14,8 @@
 //! position while an earlier one could still commit. The whole append is
 //! one statement: one round trip.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use bookshelf_core::store::{AppendOutcome, ExpectedVersion, StoreError};
 use bookshelf_core::{NewEvent, Position, StreamId, Version, IDEMPOTENCY_KEY};
 use deadpool_postgres::{GenericClient, Pool};
@@ -25,10 +27,79 @@ use crate::server::Server;
 /// The most appends one transaction gathers.
 const MOST_APPENDS: usize = 256;
 
+/// The appends of a store: each written on the caller's own task while no
+/// other is in flight (nothing to gather, so no hand-over to pay for), and
+/// handed to the store's writer task, which gathers them, while others are.
+/// Either way every append follows the rule of the [module docs](self):
+/// the database orders them, not this.
+pub(crate) struct Writer {
+    server: Server,
+    pool: Pool,
+    queue: mpsc::Sender<Pending>,
+    /// Appends begun and not answered.
+    in_flight: AtomicUsize,
+}
+
+impl Writer {
+    /// The writer of a store on `pool`, its writer task started.
+    pub(crate) fn start(server: Server, pool: Pool) -> Writer {
+        let (queue, received) = mpsc::channel(1024);
+        tokio::spawn(write(server.clone(), pool.clone(), received));
+        Writer {
+            server,
+            pool,
+            queue,
+            in_flight: AtomicUsize::new(0),
+        }
+    }
+
+    /// Writes `append`: its outcome, a conflict, or why it failed.
+    pub(crate) async fn append(&self, append: Append) -> Result<AppendOutcome, StoreError> {
+        let begun = InFlight::begin(&self.in_flight);
+        if begun.alone {
+            let mut outcomes = commit(&self.server, &self.pool, vec![append]).await?;
+            return outcomes
+                .pop()
+                .unwrap_or_else(|| Err(self.server.refused("an append gave no outcome".to_owned())));
+        }
+        let (answer, outcome) = oneshot::channel();
+        let closed = || StoreError::Closed(format!("{}: the store's writer has stopped", self.server));
+        self.queue
+            .send(Pending { append, answer })
+            .await
+            .map_err(|_| closed())?;
+        outcome.await.map_err(|_| closed())?
+    }
+}
+
+/// One append in flight, counted until it is answered (or its caller gives
+/// up on it).
+struct InFlight<'a> {
+    count: &'a AtomicUsize,
+    /// Whether no other append was in flight when this one began.
+    alone: bool,
+}
+
+impl<'a> InFlight<'a> {
+    fn begin(count: &'a AtomicUsize) -> Self {
+        let before = count.fetch_add(1, Ordering::AcqRel);
+        InFlight {
+            count,
+            alone: before == 0,
+        }
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.count.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// One append, waiting for its transaction.
-pub(crate) struct Pending {
-    pub(crate) append: Append,
-    pub(crate) answer: oneshot::Sender<Result<AppendOutcome, StoreError>>,
+struct Pending {
+    append: Append,
+    answer: oneshot::Sender<Result<AppendOutcome, StoreError>>,
 }
 
 /// What one append writes.
@@ -146,10 +217,10 @@ pub(crate) async fn append_all<C: GenericClient + Sync>(
         .collect())
 }
 
-/// The writer of a store: takes the appends sent to it, as many as are
+/// The writer task of a store: takes the appends sent to it, as many as are
 /// waiting (up to [`MOST_APPENDS`]), appends them in one transaction and
 /// answers each. Ends when every sender is gone.
-pub(crate) async fn write(server: Server, pool: Pool, mut appends: mpsc::Receiver<Pending>) {
+async fn write(server: Server, pool: Pool, mut appends: mpsc::Receiver<Pending>) {
     let mut gathered = Vec::new();
     while appends.recv_many(&mut gathered, MOST_APPENDS).await > 0 {
         let count: usize = gathered.iter().map(|p| p.append.events.len()).sum();

@@ -62,9 +62,11 @@
 //!   version, event id, type, schema version, when it was recorded
 //!   (the server's clock), idempotency key, and its metadata and payload as
 //!   `json`, for operators' queries.
-//! * **Live delivery** wakes on `LISTEN/NOTIFY`; when notifications are lost
-//!   (the listening connection dropped and is being made again), a
-//!   subscription at the end of the log still looks every [`POLL`].
+//! * **Live delivery** wakes on `LISTEN/NOTIFY` (the store listens on a
+//!   connection of its own from its first subscription on); when
+//!   notifications are lost (the listening connection dropped and is being
+//!   made again), a subscription at the end of the log still looks every
+//!   [`POLL`].
 //!
 //! Not guaranteed: an order between events of different streams other than
 //! the log's, and delivery while the server is unreachable (reads and
@@ -90,22 +92,30 @@
 //! positions come from a sequence instead.
 //!
 //! **The cost** is that appends to one log go one transaction at a time,
-//! each holding the head through its commit. Each process gathers the
-//! appends of its concurrent callers into one statement and one commit (up
-//! to 256 appends), so the log's throughput grows with concurrency, but a
-//! lone writer pays for the lock, the head's update and the notification
-//! on every append: about half the rate of a plain `INSERT` with one
-//! client, and more than the plain inserts from 64 clients (`BENCHMARKS.md`
-//! has the figures). A transaction of yours that appends with
+//! each holding the head through its commit. While appends of a process
+//! overlap, it gathers them into one statement and one commit (up to 256
+//! appends), so the log's throughput grows with concurrency; an append
+//! with no other in flight is sent at once from its caller's task. A lone
+//! writer pays on every append for what a plain `INSERT` does not do: the
+//! head's lock and update, the stream's version looked up, and the
+//! function that does both (about 0.1 ms of server time on the machine
+//! `BENCHMARKS.md` was measured on, against a commit of about 0.3 ms):
+//! about 0.7 of a plain `INSERT`'s rate with one client, and more than the
+//! plain inserts from 64 clients (`BENCHMARKS.md` has the figures). A transaction of yours that appends with
 //! [`PostgresStore::append_in`] holds every other writer until it ends;
 //! one left idle is ended by the server after [`IDLE_IN_TRANSACTION`]
 //! (every connection of the store sets
 //! `idle_in_transaction_session_timeout`), which bounds how long a stalled
 //! or abandoned writer can hold the others up. Readers are never held up.
 //!
-//! What grows with the log is the database; the process holds the page a
-//! subscription hands out and the one it reads ahead (at most two of the
-//! runner's batches), whatever the log's length.
+//! **Catching up**, a subscription reads the log with one streamed query
+//! (up to 50,000 events, then another), turning rows into events in the
+//! background while its reader uses the ones before; at the end of the log
+//! it reads pages, one query per wake-up.
+//!
+//! What grows with the log is the database; the process holds a batch and
+//! at most 2,048 events read ahead per subscription, whatever the log's
+//! length.
 //!
 //! ## Schema
 //!

@@ -1,6 +1,6 @@
 //! The PostgreSQL event store, and its subscriptions.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -8,11 +8,11 @@ use bookshelf_core::store::{AppendOutcome, EventStore, ExpectedVersion, StoreErr
 use bookshelf_core::{EventId, EventType, NewEvent, Position, RecordedEvent, RetryPolicy, StreamId, Version};
 use deadpool_postgres::{Pool, Transaction};
 use futures_util::StreamExt;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_postgres::{AsyncMessage, NoTls};
 
-use crate::append::{self, Append, Pending};
+use crate::append::{self, Append, Writer};
 use crate::saved::{PostgresSnapshots, PostgresViewStore};
 use crate::schema::{self, SCHEMA_VERSION};
 use crate::server::{retrying, Failed, Server};
@@ -100,9 +100,13 @@ pub struct PostgresStore {
 struct Shared {
     server: Server,
     pool: Pool,
-    appends: mpsc::Sender<Pending>,
-    told: watch::Receiver<()>,
-    _listener: AbortOnDrop,
+    writer: Writer,
+    /// Told of each commit by the listener, once one listens.
+    tell: watch::Sender<()>,
+    /// The task listening for commits: started by the first subscription,
+    /// so that a store that only writes keeps no listening connection and
+    /// the server signals nobody as it commits.
+    listener: OnceLock<AbortOnDrop>,
 }
 
 /// Ends a background task with the store.
@@ -157,17 +161,15 @@ impl PostgresStore {
                 }
             }
         }
-        let (appends, received) = mpsc::channel(1024);
-        tokio::spawn(append::write(server.clone(), pool.clone(), received));
-        let (tell, told) = watch::channel(());
-        let listener = tokio::spawn(listen(server.clone(), tell));
+        let writer = Writer::start(server.clone(), pool.clone());
+        let (tell, _) = watch::channel(());
         Ok(PostgresStore {
             shared: Arc::new(Shared {
                 server,
                 pool,
-                appends,
-                told,
-                _listener: AbortOnDrop(listener),
+                writer,
+                tell,
+                listener: OnceLock::new(),
             }),
         })
     }
@@ -224,6 +226,15 @@ impl PostgresStore {
         outcomes
             .pop()
             .unwrap_or_else(|| Err(self.shared.server.refused("an append gave no outcome".to_owned())))
+    }
+
+    /// A receiver told of each commit, the listener started if it was not.
+    fn listening(&self) -> watch::Receiver<()> {
+        let shared = &self.shared;
+        shared
+            .listener
+            .get_or_init(|| AbortOnDrop(tokio::spawn(listen(shared.server.clone(), shared.tell.clone()))));
+        shared.tell.subscribe()
     }
 
     pub(crate) fn server(&self) -> &Server {
@@ -300,7 +311,8 @@ fn event_of(row: &tokio_postgres::Row) -> Result<RecordedEvent, String> {
         recorded_at: row.get(6),
         event_type: EventType::from(row.get::<_, &str>(4)),
         schema_version: row.get::<_, i32>(5) as u32,
-        metadata: serde_json::from_str(metadata).map_err(|e| broken("metadata that does not decode", e))?,
+        metadata: bookshelf_core::Metadata::from_json(metadata)
+            .map_err(|e| broken("metadata that does not decode", e))?,
         payload: serde_json::value::RawValue::from_string(payload)
             .map_err(|e| broken("a payload that is not JSON", e))?,
     })
@@ -361,18 +373,14 @@ impl EventStore for PostgresStore {
         if events.is_empty() {
             return Err(StoreError::EmptyAppend(stream.clone()));
         }
-        let (answer, outcome) = oneshot::channel();
-        let pending = Pending {
-            append: Append {
+        self.shared
+            .writer
+            .append(Append {
                 stream: stream.clone(),
                 expected,
                 events,
-            },
-            answer,
-        };
-        let closed = || StoreError::Closed(format!("{}: the store's writer has stopped", self.shared.server));
-        self.shared.appends.send(pending).await.map_err(|_| closed())?;
-        outcome.await.map_err(|_| closed())?
+            })
+            .await
     }
 
     async fn read_stream(&self, stream: &StreamId, from: Version) -> Result<Vec<Arc<RecordedEvent>>, StoreError> {
@@ -414,7 +422,7 @@ impl EventStore for PostgresStore {
     async fn subscribe(&self, from: Position) -> Result<PostgresSubscription, StoreError> {
         Ok(PostgresSubscription {
             store: self.clone(),
-            told: self.shared.told.clone(),
+            told: self.listening(),
             next: from.0,
             ahead: None,
         })
@@ -434,16 +442,101 @@ pub struct PostgresSubscription {
     store: PostgresStore,
     told: watch::Receiver<()>,
     next: u64,
-    /// The page after a full one, read while the last one is used: a
-    /// reader catching up waits for the database only when it outruns it.
+    /// While catching up: the log from `next` on, streamed by one query
+    /// and read into events in the background, so that the database sends
+    /// rows while the reader uses the ones before.
     ahead: Option<ReadAhead>,
 }
 
-/// A page being read in the background: from `from`, at most `max`.
+/// The most events one streamed read of the log holds: a reader catching
+/// up starts a new query this often.
+const STREAMED: i64 = 50_000;
+
+/// How many events a streamed read hands over at a time.
+const CHUNK: usize = 256;
+
+/// How many chunks a streamed read keeps ready for its reader: with
+/// [`CHUNK`], the bound on what a subscription holds in memory beyond its
+/// batch.
+const READY: usize = 8;
+
+/// A streamed read of the log, from the subscription's `next` position on.
 struct ReadAhead {
+    chunks: mpsc::Receiver<Result<Vec<Arc<RecordedEvent>>, Failed>>,
+    /// What is left of the last chunk received.
+    left: std::collections::VecDeque<Arc<RecordedEvent>>,
+    /// Whether it may end before the end of the log (it read [`STREAMED`]
+    /// events).
+    full: Arc<std::sync::atomic::AtomicBool>,
+    task: JoinHandle<()>,
+}
+
+impl ReadAhead {
+    /// Starts reading the log from `from`, at most [`STREAMED`] events.
+    fn start(store: &PostgresStore, from: u64) -> ReadAhead {
+        let (sender, chunks) = mpsc::channel(READY);
+        let full = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (store, told_full) = (store.clone(), Arc::clone(&full));
+        let task = tokio::spawn(async move {
+            let sent = stream_events(&store, from, &sender).await;
+            match sent {
+                Ok(count) => told_full.store(count == STREAMED, std::sync::atomic::Ordering::Release),
+                Err(failed) => {
+                    let _ = sender.send(Err(failed)).await;
+                }
+            }
+        });
+        ReadAhead {
+            chunks,
+            left: Default::default(),
+            full,
+            task,
+        }
+    }
+}
+
+/// Sends the events of the log from `from` on (at most [`STREAMED`]) to
+/// `sender` in chunks, as one query streams them; how many it read.
+async fn stream_events(
+    store: &PostgresStore,
     from: u64,
-    max: i64,
-    task: JoinHandle<Result<Vec<Arc<RecordedEvent>>, Failed>>,
+    sender: &mpsc::Sender<Result<Vec<Arc<RecordedEvent>>, Failed>>,
+) -> Result<i64, Failed> {
+    let server = &store.shared.server;
+    let client = server.connection(&store.shared.pool).await?;
+    let statement = client
+        .prepare_cached(select_events!("WHERE position >= $1 ORDER BY position LIMIT $2"))
+        .await
+        .map_err(|e| server.failed("cannot read", e))?;
+    let args: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&(from as i64), &STREAMED];
+    let rows = client
+        .query_raw(&statement, args)
+        .await
+        .map_err(|e| server.failed("cannot read", e))?;
+    futures_util::pin_mut!(rows);
+    let (mut read, mut chunk) = (0, Vec::with_capacity(CHUNK));
+    let mut ended = false;
+    while !ended {
+        match rows.next().await {
+            Some(row) => {
+                let row = row.map_err(|e| server.failed("cannot read", e))?;
+                chunk.push(event_of(&row).map(Arc::new).map_err(|why| Failed {
+                    error: server.refused(why),
+                    transient: false,
+                })?);
+                read += 1;
+            }
+            None => ended = true,
+        }
+        if chunk.len() == CHUNK || (ended && !chunk.is_empty()) {
+            let full = std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK));
+            if sender.send(Ok(full)).await.is_err() {
+                // The subscription is gone.
+                break;
+            }
+        }
+    }
+    Ok(read)
 }
 
 impl Drop for PostgresSubscription {
@@ -471,43 +564,73 @@ async fn page(store: &PostgresStore, from: u64, max: i64) -> Result<Vec<Arc<Reco
         .await
 }
 
+impl PostgresSubscription {
+    /// Up to `max` events from the streamed read, when one is under way and
+    /// has them; `None` when the subscription should read a page instead
+    /// (the stream ended or failed).
+    async fn take_streamed(&mut self, batch: &mut Vec<Arc<RecordedEvent>>, max: usize) -> Option<()> {
+        let ahead = self.ahead.as_mut()?;
+        if ahead.left.is_empty() {
+            // Received in place: if this call is dropped, what is not
+            // received yet is still there for the next one.
+            match ahead.chunks.recv().await {
+                Some(Ok(chunk)) => ahead.left.extend(chunk),
+                // Read again, by pages, from the first event not had.
+                Some(Err(_)) => {
+                    self.stop_streaming();
+                    return None;
+                }
+                None => {}
+            }
+        }
+        if !ahead.left.is_empty() {
+            let take = max.min(ahead.left.len());
+            batch.extend(ahead.left.drain(..take));
+            if let Some(last) = batch.last() {
+                self.next = last.position.0 + 1;
+            }
+            return Some(());
+        }
+        // The stream ended: go on streaming if it ended at its bound, else
+        // the reader has caught up.
+        let full = ahead.full.load(std::sync::atomic::Ordering::Acquire);
+        self.stop_streaming();
+        if full {
+            self.ahead = Some(ReadAhead::start(&self.store, self.next));
+            return Box::pin(self.take_streamed(batch, max)).await;
+        }
+        None
+    }
+
+    fn stop_streaming(&mut self) {
+        if let Some(ahead) = self.ahead.take() {
+            ahead.task.abort();
+        }
+    }
+}
+
 #[async_trait]
 impl Subscription for PostgresSubscription {
     async fn next_batch(&mut self, batch: &mut Vec<Arc<RecordedEvent>>, max: usize) -> Result<(), StoreError> {
         batch.clear();
-        let max = max.max(1) as i64;
+        let max = max.max(1);
         loop {
             // Seen before the look, so that a commit after it wakes the wait.
             self.told.borrow_and_update();
-            let mut events = None;
-            if let Some(ahead) = self.ahead.as_mut() {
-                if ahead.from == self.next && ahead.max == max {
-                    // Awaited in place: if this call is dropped, the page is
-                    // still there for the next one.
-                    if let Ok(Ok(page)) = (&mut ahead.task).await {
-                        events = Some(page);
-                    }
-                }
-                if let Some(ahead) = self.ahead.take() {
-                    ahead.task.abort();
-                }
+            if self.take_streamed(batch, max).await.is_some() {
+                return Ok(());
             }
-            let events = match events {
-                Some(events) => events,
-                // While the database is away the subscription waits for
-                // it, where it stands: nothing to read is lost.
-                None => retrying("a subscription", Duration::MAX, || page(&self.store, self.next, max)).await?,
-            };
+            // While the database is away the subscription waits for it,
+            // where it stands: nothing to read is lost.
+            let events = retrying("a subscription", Duration::MAX, || {
+                page(&self.store, self.next, max as i64)
+            })
+            .await?;
             if let Some(last) = events.last() {
                 self.next = last.position.0 + 1;
-                if events.len() as i64 == max {
-                    let store = self.store.clone();
-                    let from = self.next;
-                    self.ahead = Some(ReadAhead {
-                        from,
-                        max,
-                        task: tokio::spawn(async move { page(&store, from, max).await }),
-                    });
+                if events.len() == max {
+                    // Behind: stream the rest.
+                    self.ahead = Some(ReadAhead::start(&self.store, self.next));
                 }
                 batch.extend(events);
                 return Ok(());

@@ -546,3 +546,51 @@ async fn a_database_that_crashes_and_returns_loses_no_acknowledged_append_and_no
     ledger.stop().await.expect("the ledger stops");
     table.stop().await.expect("the table stops");
 }
+
+/// A reader catching up on a log longer than one streamed read (50,000
+/// events) gets every event once, in order, across the reads, and then
+/// goes on live.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_catching_up_across_streamed_reads_gets_each_event_once_in_order() {
+    let store = store("streamed").await;
+    let total: u64 = 50_000 + 1_234;
+    let mut written = 0;
+    while written < total {
+        let n = 2_000.min(total - written);
+        store
+            .append(
+                &StreamId::new(format!("account-{written}")),
+                ExpectedVersion::NoStream,
+                (0..n).map(|i| deposit(i as i64)).collect(),
+            )
+            .await
+            .expect("appended");
+        written += n;
+    }
+    let mut subscription = store.subscribe(Position(0)).await.expect("a subscription");
+    let (mut batch, mut next) = (Vec::new(), 0u64);
+    while next < total {
+        subscription.next_batch(&mut batch, 700).await.expect("a batch");
+        assert!(!batch.is_empty() && batch.len() <= 700, "a batch of {}", batch.len());
+        for event in &batch {
+            assert_eq!(event.position, Position(next), "every position once, in order");
+            next += 1;
+        }
+    }
+    assert_eq!(subscription.position(), Position(total));
+    // Then live: a new event arrives, and nothing before it again.
+    store
+        .append(
+            &StreamId::new("account-live"),
+            ExpectedVersion::NoStream,
+            vec![deposit(1)],
+        )
+        .await
+        .expect("appended");
+    tokio::time::timeout(Duration::from_secs(5), subscription.next_batch(&mut batch, 700))
+        .await
+        .expect("the live event within the poll")
+        .expect("a batch");
+    let positions: Vec<_> = batch.iter().map(|e| e.position).collect();
+    assert_eq!(positions, vec![Position(total)]);
+}
