@@ -114,7 +114,8 @@
 //! it reads pages, one query per wake-up.
 //!
 //! What grows with the log is the database; the process holds a batch and
-//! at most 2,048 events read ahead per subscription, whatever the log's
+//! at most 2,560 events read ahead per subscription (eight chunks of 256
+//! waiting, one being filled, one being handed out), whatever the log's
 //! length.
 //!
 //! ## Schema
