@@ -248,6 +248,7 @@ const TURN_SLOTS: usize = 256;
 impl<A: Aggregate, S: EventStore> Repository<A, S> {
     /// A repository over `store`, giving `services` to the aggregate's handler.
     pub fn new(store: S, services: A::Services) -> Self {
+        crate::telemetry::commands_known::<A>();
         Repository {
             store,
             services: Arc::new(services),

@@ -260,6 +260,7 @@ impl<F: Fold, S: EventSource> Runner<F, S> {
         let mut checkpoint = self.fold.restore().await?;
         let mut follower = self.source.follow(&checkpoint).await?;
         tracing::info!(runner = %self.rules.name, checkpoint = ?checkpoint, "runner started");
+        crate::telemetry::dead_letters_known(&self.rules.name);
         self.report(progress, &checkpoint, follower.ends());
         let mut ticks = self.tick.map(|every| {
             let mut ticks = tokio::time::interval(every);

@@ -7,11 +7,15 @@
 //! |---|---|---|---|
 //! | `bookshelf_commands_total` | counter | `aggregate`, `outcome` | commands through a [`Repository`](crate::Repository); outcome `ok`, `duplicate` (an idempotency key seen before), `rejected` (the aggregate said no), `conflict`, `failed` (the store) |
 //! | `bookshelf_command_duration_seconds` | histogram | `aggregate` | load, decide and append, retries included |
-//! | `bookshelf_events_appended_total` | counter | `store` | events stored by appends (`memory`, `sqlite`, `kafka`) |
+//! | `bookshelf_events_appended_total` | counter | `store` | events stored by appends (`memory`, `sqlite`, `postgres`, `kafka`) |
 //! | `bookshelf_reader_position` | gauge | `reader`, `partition` | the next offset a projection or runner takes in a partition (the global log is partition `""`) |
 //! | `bookshelf_reader_lag` | gauge | `reader`, `partition` | how far behind the partition's end, as last seen |
 //! | `bookshelf_dead_letters_total` | counter | `reader` | events or records set aside |
 //! | `bookshelf_discovery_instances` | gauge | `service` | healthy instances a [`Balancer`](crate::Balancer) knows |
+//!
+//! Counters show from the start, at 0: a repository's command counters
+//! when it is made, a store's appended events when it is opened, a
+//! runner's dead letters, position and lag when it starts.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -98,8 +102,28 @@ pub(crate) fn command<A: crate::Aggregate>(outcome: Outcome, took: Duration) {
     });
 }
 
+/// Shows the command counters of aggregate `A` (each outcome) at 0 until
+/// commands move them: a [`Repository`](crate::Repository) calls it when
+/// made, so that a scrape before the first command sees them.
+pub(crate) fn commands_known<A: crate::Aggregate>() {
+    metrics::with_recorder(|recorder| {
+        for outcome in [
+            Outcome::Ok,
+            Outcome::Duplicate,
+            Outcome::Rejected,
+            Outcome::Conflict,
+            Outcome::Failed,
+        ] {
+            recorder
+                .register_counter(&CommandKeys::<A>::count(outcome), &METADATA)
+                .increment(0);
+        }
+    });
+}
+
 /// `events` events were stored in a store of kind `store` (each backend
-/// names its own: `memory`, `sqlite`, `kafka`).
+/// names its own: `memory`, `sqlite`, `postgres`, `kafka`). Each store calls
+/// it with 0 when made, so that its counter shows before its first append.
 pub fn appended(store: &'static str, events: usize) {
     // The in-memory store appends fastest: its key is made once.
     const MEMORY_LABELS: &[Label] = &[Label::from_static_parts("store", "memory")];
@@ -123,6 +147,12 @@ pub fn progress(reader: &str, partitions: &BTreeMap<String, PartitionProgress>) 
             metrics::gauge!(READER_LAG, &labels).set(lag as f64);
         }
     }
+}
+
+/// Shows `reader`'s dead-letter counter at 0 until it sets something aside
+/// (each runner calls it when it starts).
+pub fn dead_letters_known(reader: &str) {
+    metrics::counter!(DEAD_LETTERS, "reader" => reader.to_owned()).increment(0);
 }
 
 /// `reader` set an event or record aside.

@@ -291,6 +291,7 @@ impl KafkaStoreBuilder {
         };
         let local = LocalState::open(&state_path, &config.topic, partitions)?;
         let saved = local.saved(partitions)?;
+        bookshelf_core::telemetry::appended("kafka", 0);
         let mut producer_config = config.client.clone();
         producer_config
             .set("enable.idempotence", "true")

@@ -227,15 +227,8 @@ async fn write(server: Server, pool: Pool, mut appends: mpsc::Receiver<Pending>)
         let (answers, batch): (Vec<_>, Vec<_>) = gathered.drain(..).map(|p| (p.answer, p.append)).unzip();
         match commit(&server, &pool, batch).await {
             Ok(outcomes) => {
-                let mut written = 0;
                 for (answer, outcome) in answers.into_iter().zip(outcomes) {
-                    if let Ok(done) = &outcome {
-                        written += (done.last_position.0 + 1 - done.first_position.0) as usize;
-                    }
                     let _ = answer.send(outcome);
-                }
-                if written > 0 {
-                    bookshelf_core::telemetry::appended("postgres", written);
                 }
             }
             Err(failure) => {
@@ -261,7 +254,17 @@ async fn commit(
 ) -> Result<Vec<Result<AppendOutcome, StoreError>>, StoreError> {
     let client = server.get(pool).await?;
     match append_all(&client, batch, server.channel()).await {
-        Ok(outcomes) => Ok(outcomes),
+        Ok(outcomes) => {
+            let written: u64 = outcomes
+                .iter()
+                .flatten()
+                .map(|done| done.last_position.0 + 1 - done.first_position.0)
+                .sum();
+            if written > 0 {
+                bookshelf_core::telemetry::appended("postgres", written as usize);
+            }
+            Ok(outcomes)
+        }
         Err(failure) => {
             // The connection may be broken: it does not go back to the pool.
             drop(deadpool_postgres::Object::take(client));

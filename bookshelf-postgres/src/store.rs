@@ -162,6 +162,7 @@ impl PostgresStore {
             }
         }
         let writer = Writer::start(server.clone(), pool.clone());
+        bookshelf_core::telemetry::appended("postgres", 0);
         let (tell, _) = watch::channel(());
         Ok(PostgresStore {
             shared: Arc::new(Shared {

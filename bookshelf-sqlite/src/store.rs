@@ -163,6 +163,7 @@ impl SqliteStore {
         let writer = connect(path, durability)?;
         prepare(&writer, path)?;
         let reader = connect(path, durability)?;
+        bookshelf_core::telemetry::appended("sqlite", 0);
         Ok(SqliteStore {
             shared: Arc::new(Shared {
                 path: path.to_owned(),

@@ -85,6 +85,7 @@ impl Shared {
 impl InMemoryStore {
     /// An empty store.
     pub fn new() -> Self {
+        crate::telemetry::appended("memory", 0);
         InMemoryStore::default()
     }
 

@@ -1,7 +1,21 @@
 //! Health, metrics in Prometheus's text format, and the answer to a path
 //! no route takes.
+//!
+//! Besides the library's metrics (`bookshelf::telemetry`), every service
+//! shows, from its start:
+//!
+//! | metric | kind | labels | what |
+//! |---|---|---|---|
+//! | `bookshelf_build_info` | gauge (1) | `service`, `version` | the program and its version |
+//! | `process_cpu_seconds_total`, `process_resident_memory_bytes`, `process_open_fds`, `process_max_fds`, `process_threads`, `process_start_time_seconds`, … | gauges and a counter | | the process, read from `/proc` at each scrape (the `metrics-process` crate) |
+//! | `bookshelf_http_requests_total` | counter | `method`, `route`, `status` | requests answered; `route` is the route's template (`/books/{id}`), `unmatched` for a path no route takes |
+//! | `bookshelf_http_request_duration_seconds` | histogram | `method`, `route` | from the request to its answer's head |
 
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request};
 use axum::http::{header, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
@@ -50,10 +64,50 @@ fn prometheus() -> Option<&'static metrics_exporter_prometheus::PrometheusHandle
         .as_ref()
 }
 
+/// `bookshelf_http_requests_total`.
+pub const HTTP_REQUESTS: &str = "bookshelf_http_requests_total";
+/// `bookshelf_http_request_duration_seconds`.
+pub const HTTP_REQUEST_DURATION: &str = "bookshelf_http_request_duration_seconds";
+/// `bookshelf_build_info`.
+pub const BUILD_INFO: &str = "bookshelf_build_info";
+
+/// The collector of the process's own metrics.
+fn process() -> &'static metrics_process::Collector {
+    static COLLECTOR: std::sync::OnceLock<metrics_process::Collector> = std::sync::OnceLock::new();
+    COLLECTOR.get_or_init(metrics_process::Collector::default)
+}
+
 /// Installs the Prometheus recorder, so that what happens before the first
-/// scrape is counted: call at start.
+/// scrape is counted, and sets the build info and the process's metrics:
+/// call at start.
 pub fn record_metrics() {
-    let _ = prometheus();
+    if prometheus().is_none() {
+        return;
+    }
+    let program = std::env::current_exe()
+        .ok()
+        .and_then(|path| path.file_stem().map(|stem| stem.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "bookshelf".to_owned());
+    metrics::gauge!(BUILD_INFO, "service" => program, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    process().describe();
+    process().collect();
+}
+
+/// Counts each request by route and status, and times it: the layer
+/// [`traced`](super::traced) puts on every service.
+pub async fn count_request(request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().as_str().to_owned();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    metrics::histogram!(HTTP_REQUEST_DURATION, "method" => method.clone(), "route" => route.clone())
+        .record(started.elapsed().as_secs_f64());
+    metrics::counter!(HTTP_REQUESTS, "method" => method, "route" => route, "status" => status).increment(1);
+    response
 }
 
 /// The process's metrics.
@@ -63,6 +117,7 @@ pub fn record_metrics() {
         content_type = "text/plain"))
 )]
 pub async fn metrics() -> Response {
+    process().collect();
     let text = prometheus().map(|handle| handle.render()).unwrap_or_default();
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }

@@ -187,7 +187,8 @@ pub async fn serve(
     finish(registration).await
 }
 
-/// `app` with a span for each request, and server errors logged.
+/// `app` with a span for each request, its metrics (see
+/// [`count_request`](super::count_request)), and server errors logged.
 pub fn traced(app: Router) -> Router {
     // A 503 is an answer this service gives on purpose (not the owner, the
     // store unavailable; said with Retry-After and logged where it is
@@ -199,7 +200,8 @@ pub fn traced(app: Router) -> Router {
             class => tracing::error!(%class, latency_ms = latency.as_millis(), "response failed"),
         }
     };
-    app.layer(tower_http::trace::TraceLayer::new_for_http().on_failure(on_failure))
+    app.layer(axum::middleware::from_fn(super::count_request))
+        .layer(tower_http::trace::TraceLayer::new_for_http().on_failure(on_failure))
 }
 
 /// After serving: deregisters, and sends the spans not exported yet.
