@@ -410,6 +410,23 @@ impl EventStore for PostgresStore {
         Ok(Position(head.unwrap_or(0) as u64))
     }
 
+    async fn streams(&self) -> Result<Vec<(StreamId, Version)>, StoreError> {
+        Ok(self
+            .rows(
+                "SELECT stream, MAX(version) FROM bookshelf_events GROUP BY stream ORDER BY stream COLLATE \"C\"",
+                &[],
+            )
+            .await?
+            .iter()
+            .map(|row| {
+                (
+                    StreamId::new(row.get::<_, &str>(0)),
+                    Version(row.get::<_, i64>(1) as u64),
+                )
+            })
+            .collect())
+    }
+
     async fn find_idempotency_key(&self, stream: &StreamId, key: &str) -> Result<Option<Version>, StoreError> {
         let version = self
             .query_i64(

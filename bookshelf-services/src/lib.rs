@@ -24,6 +24,7 @@ pub mod authors;
 pub mod books;
 pub mod books_service;
 pub mod changes;
+pub mod cli;
 pub mod docs;
 pub mod gateway;
 pub mod last_read;

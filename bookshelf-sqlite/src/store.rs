@@ -379,6 +379,22 @@ impl EventStore for SqliteStore {
         Ok(Version(version as u64))
     }
 
+    async fn streams(&self) -> Result<Vec<(StreamId, Version)>, StoreError> {
+        let connection = lock(&self.shared.reader);
+        let mut statement = connection
+            .prepare_cached("SELECT stream, MAX(version) FROM events GROUP BY stream ORDER BY stream")
+            .map_err(|e| self.error("cannot read", e))?;
+        let rows = statement
+            .query_map([], |row| {
+                Ok((
+                    StreamId::new(row.get::<_, String>(0)?),
+                    Version(row.get::<_, i64>(1)? as u64),
+                ))
+            })
+            .map_err(|e| self.error("cannot read", e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.error("cannot read", e))
+    }
+
     async fn head(&self) -> Result<Position, StoreError> {
         let connection = lock(&self.shared.reader);
         let head: i64 = connection

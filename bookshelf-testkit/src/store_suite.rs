@@ -43,6 +43,26 @@ pub async fn appends_assign_versions_and_positions_atomically<S: EventStore>(sto
     assert_eq!(store.head().await.unwrap(), Position(4));
 }
 
+pub async fn streams_are_listed_with_their_versions_in_order<S: EventStore>(store: S) {
+    assert!(store.streams().await.unwrap().is_empty());
+    for (stream, events) in [("b-2", 2), ("a-10", 1), ("a-9", 3), ("b-2", 1)] {
+        let batch = (0..events).map(deposit).collect();
+        store
+            .append(&StreamId::new(stream), ExpectedVersion::Any, batch)
+            .await
+            .unwrap();
+    }
+    let listed: Vec<(String, u64)> = store
+        .streams()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(stream, version)| (stream.as_str().to_owned(), version.0))
+        .collect();
+    let expected = [("a-10", 1), ("a-9", 3), ("b-2", 3)].map(|(s, v)| (s.to_owned(), v));
+    assert_eq!(listed, expected);
+}
+
 pub async fn a_failed_append_stores_nothing<S: EventStore>(store: S) {
     let a = StreamId::new("a-1");
     let err = store
@@ -280,6 +300,7 @@ macro_rules! store_suite {
         $crate::store_suite!(@each $make;
             appends_assign_versions_and_positions_atomically,
             a_failed_append_stores_nothing,
+            streams_are_listed_with_their_versions_in_order,
             metadata_and_idempotency_keys_are_kept,
             a_subscription_waits_at_the_end_and_wakes_on_append,
             conflicting_appends_exactly_one_wins,

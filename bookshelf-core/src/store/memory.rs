@@ -214,6 +214,17 @@ impl EventStore for InMemoryStore {
         Ok(Position(self.shared.read().events.len() as u64))
     }
 
+    async fn streams(&self) -> Result<Vec<(StreamId, Version)>, StoreError> {
+        let log = self.shared.read();
+        let mut streams: Vec<_> = log
+            .streams
+            .iter()
+            .map(|(stream, positions)| (stream.clone(), Version(positions.len() as u64)))
+            .collect();
+        streams.sort_unstable();
+        Ok(streams)
+    }
+
     async fn find_idempotency_key(&self, stream: &StreamId, key: &str) -> Result<Option<Version>, StoreError> {
         let log = self.shared.read();
         Ok(log.keys.get(&(stream.clone(), key.to_owned())).copied())

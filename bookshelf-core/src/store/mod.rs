@@ -217,6 +217,27 @@ pub trait EventStore: Send + Sync + 'static {
     /// # Errors
     /// Backend failures.
     async fn subscribe(&self, from: Position) -> Result<Self::Subscription, StoreError>;
+
+    /// Every stream the store holds with its current version, in the order
+    /// of their ids, for tools that browse a store. This default reads the
+    /// log up to its [`head`](Self::head); stores that index their streams
+    /// answer without reading it.
+    ///
+    /// # Errors
+    /// Backend failures.
+    async fn streams(&self) -> Result<Vec<(StreamId, Version)>, StoreError> {
+        let head = self.head().await?;
+        let mut streams = std::collections::BTreeMap::new();
+        let mut subscription = self.subscribe(Position(0)).await?;
+        let mut batch = Vec::new();
+        while subscription.position() < head {
+            subscription.next_batch(&mut batch, 1024).await?;
+            for event in &batch {
+                streams.insert(event.stream_id.clone(), event.version);
+            }
+        }
+        Ok(streams.into_iter().collect())
+    }
 }
 
 /// A cursor over a store's log that waits for new events at its end.
@@ -267,5 +288,9 @@ impl<S: EventStore> EventStore for Arc<S> {
 
     async fn subscribe(&self, from: Position) -> Result<Self::Subscription, StoreError> {
         (**self).subscribe(from).await
+    }
+
+    async fn streams(&self) -> Result<Vec<(StreamId, Version)>, StoreError> {
+        (**self).streams().await
     }
 }

@@ -10,6 +10,7 @@ mod books_service;
 mod changes;
 mod changes_on_kafka;
 mod changes_processes;
+mod cli;
 mod embedded_durability;
 mod gateway;
 mod gateway_relay;

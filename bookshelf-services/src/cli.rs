@@ -1,0 +1,248 @@
+//! `bookshelf`, the operator's command line: the streams of a store and
+//! their events, on the embedded SQLite store or on PostgreSQL.
+//!
+//! ```text
+//! bookshelf --data bookshelf-data streams
+//! bookshelf --data bookshelf-data events book-6f1c… [--json] [--follow]
+//! bookshelf --postgres postgres://… streams --category book --json
+//! ```
+//!
+//! Output is for people by default and one JSON document per line with
+//! `--json`, for scripts. Exit codes: 0 done, 1 the store failed (the
+//! message names the file or server), 2 the command line is wrong, 3 no
+//! such stream.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use bookshelf::{EventStore, Position, RecordedEvent, StreamId, Subscription, Version};
+use clap::{Args, Parser, Subcommand};
+
+/// The exit code for a stream that is not in the store.
+const NOT_FOUND: u8 = 3;
+
+/// Browse a Bookshelf event store.
+#[derive(Parser, Debug)]
+#[command(name = "bookshelf", version)]
+pub struct Cli {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// With `--postgres`: the schema the store's tables are in, as the
+    /// services name theirs; default the connection's search path
+    #[arg(long, requires = "postgres")]
+    schema: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Which store to open: exactly one.
+#[derive(Args, Debug)]
+#[group(required = true, multiple = false)]
+struct StoreArgs {
+    /// The embedded store in this directory (its `bookshelf.sqlite`), as
+    /// the services keep it with `--data`
+    #[arg(long, value_name = "DIR")]
+    data: Option<PathBuf>,
+    /// The store in this PostgreSQL database (a `postgres://` URL, such as
+    /// "$DATABASE_URL")
+    #[arg(long, value_name = "URL")]
+    postgres: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// The streams and their versions, in the order of their ids
+    Streams {
+        /// Only the streams of this category (the part of the id before
+        /// the first `-`, such as `book`)
+        #[arg(long)]
+        category: Option<String>,
+        /// One JSON object per stream: `{"stream":…,"version":…}`
+        #[arg(long)]
+        json: bool,
+    },
+    /// A stream's events, in order
+    Events {
+        /// The stream's id, such as `book-6f1c…`
+        stream: String,
+        /// One JSON envelope per event, as Bookshelf stores them
+        #[arg(long)]
+        json: bool,
+        /// Then wait for new events of the stream and show each as it is
+        /// stored, until interrupted
+        #[arg(long)]
+        follow: bool,
+    },
+}
+
+/// What went wrong, and the exit code that says so.
+#[derive(Debug)]
+struct Failure {
+    message: String,
+    code: u8,
+}
+
+impl Failure {
+    fn store(error: impl std::fmt::Display) -> Failure {
+        Failure {
+            message: error.to_string(),
+            code: 1,
+        }
+    }
+}
+
+/// Runs the command line.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("bookshelf: cannot start: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli, &mut std::io::stdout().lock())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            eprintln!("bookshelf: {}", failure.message);
+            ExitCode::from(failure.code)
+        }
+    }
+}
+
+/// Runs `cli`, writing what it shows to `out`.
+async fn run(cli: Cli, out: &mut impl Write) -> Result<(), Failure> {
+    if let Some(dir) = &cli.store.data {
+        let path = dir.join("bookshelf.sqlite");
+        // Opening would make an empty store: a typo must not look like one.
+        if !path.is_file() {
+            return Err(Failure::store(format!("no event store at {}", path.display())));
+        }
+        let store = bookshelf::sqlite::SqliteStore::open(&path).map_err(Failure::store)?;
+        return browse(&store, cli.command, out).await;
+    }
+    if let Some(url) = &cli.store.postgres {
+        let mut options = bookshelf::postgres::Options::new().without_migrating();
+        if let Some(schema) = &cli.schema {
+            options = options.schema(schema.clone());
+        }
+        let store = bookshelf::postgres::PostgresStore::connect_with(url, options)
+            .await
+            .map_err(Failure::store)?;
+        return browse(&store, cli.command, out).await;
+    }
+    Err(Failure {
+        message: "name a store: --data DIR or --postgres URL".to_owned(),
+        code: 2,
+    })
+}
+
+/// Carries out `command` on `store`.
+async fn browse<S: EventStore>(store: &S, command: Command, out: &mut impl Write) -> Result<(), Failure> {
+    let written = |e: std::io::Error| Failure::store(format!("cannot write the output: {e}"));
+    match command {
+        Command::Streams { category, json } => {
+            let streams = store.streams().await.map_err(Failure::store)?;
+            let chosen = streams
+                .iter()
+                .filter(|(stream, _)| category.as_deref().is_none_or(|c| stream.category() == c));
+            if json {
+                for (stream, version) in chosen {
+                    let line = serde_json::json!({"stream": stream.as_str(), "version": version.0});
+                    writeln!(out, "{line}").map_err(written)?;
+                }
+            } else {
+                let chosen: Vec<_> = chosen.collect();
+                let width = chosen.iter().map(|(s, _)| s.as_str().len()).max().unwrap_or(6).max(6);
+                writeln!(out, "{:<width$}  VERSION", "STREAM").map_err(written)?;
+                for (stream, version) in chosen {
+                    writeln!(out, "{:<width$}  {}", stream.as_str(), version.0).map_err(written)?;
+                }
+            }
+        }
+        Command::Events { stream, json, follow } => {
+            let stream = StreamId::new(stream);
+            // Where the log stands before the stream is read: following
+            // from there misses nothing stored after the read.
+            let head = if follow {
+                Some(store.head().await.map_err(Failure::store)?)
+            } else {
+                None
+            };
+            let events = store.read_stream(&stream, Version(1)).await.map_err(Failure::store)?;
+            if events.is_empty() && !follow {
+                return Err(Failure {
+                    message: format!("no stream {stream} in the store"),
+                    code: NOT_FOUND,
+                });
+            }
+            let mut shown = Version(0);
+            for event in &events {
+                show(event, json, out).map_err(written)?;
+                shown = event.version;
+            }
+            out.flush().map_err(written)?;
+            if let Some(head) = head {
+                follow_stream(store, &stream, head, shown, json, out).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Shows the events of `stream` after version `shown` as they are stored,
+/// reading the log from `from`, until interrupted.
+async fn follow_stream<S: EventStore>(
+    store: &S,
+    stream: &StreamId,
+    from: Position,
+    mut shown: Version,
+    json: bool,
+    out: &mut impl Write,
+) -> Result<(), Failure> {
+    let written = |e: std::io::Error| Failure::store(format!("cannot write the output: {e}"));
+    let mut subscription = store.subscribe(from).await.map_err(Failure::store)?;
+    let mut batch = Vec::new();
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+            next = subscription.next_batch(&mut batch, 512) => next.map_err(Failure::store)?,
+        }
+        // The stream was read after `from`: what it showed may come again.
+        for event in batch.iter().filter(|e| &e.stream_id == stream) {
+            if event.version > shown {
+                show(event, json, out).map_err(written)?;
+                shown = event.version;
+            }
+        }
+        out.flush().map_err(written)?;
+    }
+}
+
+/// One event: its envelope as one JSON line, or a header line and its
+/// payload, indented, for people.
+fn show(event: &RecordedEvent, json: bool, out: &mut impl Write) -> std::io::Result<()> {
+    if json {
+        return writeln!(out, "{}", event.to_json());
+    }
+    writeln!(
+        out,
+        "{} v{} @{} {} {}",
+        event.stream_id,
+        event.version.0,
+        event.position.0,
+        event.recorded_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        event.event_type
+    )?;
+    let payload: serde_json::Value = serde_json::from_str(event.payload.get()).unwrap_or(serde_json::Value::Null);
+    let pretty = serde_json::to_string_pretty(&payload).unwrap_or_else(|_| event.payload.get().to_owned());
+    for line in pretty.lines() {
+        writeln!(out, "    {line}")?;
+    }
+    let metadata = serde_json::to_string(&event.metadata).unwrap_or_default();
+    if metadata != "{}" {
+        writeln!(out, "    metadata {metadata}")?;
+    }
+    Ok(())
+}

@@ -1,0 +1,193 @@
+//! `bookshelf`, the command line, on the store of a running `last_read`
+//! (the embedded SQLite store in its data directory) and on PostgreSQL: the
+//! streams, a stream's events for people and for scripts, following a
+//! stream, and its exit codes.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::support::Service;
+use bookshelf::{EventStore, ExpectedVersion, StreamId};
+use serde_json::{json, Value};
+
+/// A child process, killed when dropped (a failing test included), so
+/// that nothing it holds open outlives the test.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs `bookshelf` with `args`: its exit code, standard output and error.
+fn bookshelf(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_bookshelf"))
+        .args(args)
+        .env_remove("DATABASE_URL")
+        .output()
+        .expect("bookshelf runs");
+    (
+        out.status.code().expect("an exit code"),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn json_lines(text: &str) -> Vec<Value> {
+    text.lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{line:?} is not JSON: {e}")))
+        .collect()
+}
+
+async fn add(http: &reqwest::Client, url: &str, title: &str) -> String {
+    let added: Value = http
+        .post(format!("{url}/books"))
+        .json(&json!({"title": title, "author": "Somebody", "isbn": "9780441013593"}))
+        .send()
+        .await
+        .expect("an answer")
+        .json()
+        .await
+        .expect("JSON");
+    added["id"].as_str().expect("an id").to_owned()
+}
+
+async fn read(http: &reqwest::Client, url: &str, id: &str) {
+    let read = http.post(format!("{url}/books/{id}/read")).send().await.unwrap();
+    assert_eq!(read.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_command_line_shows_a_running_services_streams_and_follows_one() {
+    let dir = std::env::temp_dir().join(format!("bookshelf-cli-{}", uuid::Uuid::new_v4().simple()));
+    let shelf = Service::start_in(&dir, "last_read", &["--data", "data"]);
+    let data = dir.join("data");
+    let data = data.to_str().expect("a UTF-8 path");
+    let http = reqwest::Client::new();
+    let dune = add(&http, &shelf.url, "Dune").await;
+    let emma = add(&http, &shelf.url, "Emma").await;
+    read(&http, &shelf.url, &dune).await;
+    read(&http, &shelf.url, &dune).await;
+
+    // The streams, for scripts and for people.
+    let (code, out, err) = bookshelf(&["--data", data, "streams", "--json", "--category", "book"]);
+    assert_eq!(code, 0, "{err}");
+    let mut expected = vec![
+        json!({"stream": format!("book-{dune}"), "version": 3}),
+        json!({"stream": format!("book-{emma}"), "version": 1}),
+    ];
+    expected.sort_by_key(|s| s["stream"].as_str().unwrap_or_default().to_owned());
+    assert_eq!(json_lines(&out), expected);
+    let (code, out, _) = bookshelf(&["--data", data, "streams"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.starts_with("STREAM") && out.contains(&format!("book-{dune}  3")),
+        "{out}"
+    );
+    let (_, out, _) = bookshelf(&["--data", data, "streams", "--category", "author"]);
+    assert_eq!(out.lines().count(), 1, "only the header: {out}");
+
+    // A stream's events.
+    let stream = format!("book-{dune}");
+    let (code, out, err) = bookshelf(&["--data", data, "events", &stream, "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let events = json_lines(&out);
+    let seen: Vec<(u64, &str)> = events
+        .iter()
+        .map(|e| {
+            (
+                e["version"].as_u64().unwrap_or(0),
+                e["event_type"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(seen, vec![(1, "BookAdded"), (2, "BookRead"), (3, "BookRead")]);
+    assert_eq!(events[0]["payload"]["title"], "Dune");
+    let (_, out, _) = bookshelf(&["--data", data, "events", &stream]);
+    assert!(
+        out.contains(&format!("{stream} v1 @")) && out.contains("BookAdded"),
+        "{out}"
+    );
+    assert!(out.contains(r#""title": "Dune""#), "the payload, pretty: {out}");
+
+    // Exit codes, and errors that name what is at fault.
+    let (code, _, err) = bookshelf(&["--data", data, "events", "book-nobody"]);
+    assert_eq!((code, err.trim()), (3, "bookshelf: no stream book-nobody in the store"));
+    let missing = dir.join("nowhere");
+    let (code, _, err) = bookshelf(&["--data", missing.to_str().unwrap_or_default(), "streams"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("nowhere/bookshelf.sqlite"), "{err}");
+    assert!(!missing.exists(), "nothing was made where no store was");
+    let (code, _, _) = bookshelf(&["streams"]);
+    assert_eq!(code, 2, "no store named");
+
+    // Following a stream: what it holds, then each new event as it comes.
+    let stream = format!("book-{emma}");
+    let mut follower = Killed(
+        Command::new(env!("CARGO_BIN_EXE_bookshelf"))
+            .args(["--data", data, "events", &stream, "--json", "--follow"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("bookshelf runs"),
+    );
+    let (lines, receive) = std::sync::mpsc::channel();
+    let stdout = follower.0.stdout.take().expect("its output");
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let next = |what: &str| -> Value {
+        let line = receive
+            .recv_timeout(Duration::from_secs(10))
+            .unwrap_or_else(|_| panic!("{what} within 10 s"));
+        serde_json::from_str(&line).expect("JSON")
+    };
+    assert_eq!(next("the stream's first event")["version"], 1);
+    read(&http, &shelf.url, &dune).await; // another stream: not shown
+    read(&http, &shelf.url, &emma).await;
+    let followed = next("the new event");
+    assert_eq!(
+        (followed["version"].as_u64(), followed["stream_id"].as_str()),
+        (Some(2), Some(stream.as_str()))
+    );
+    drop(follower);
+    drop(shelf);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_command_line_reads_a_postgres_store_without_changing_it() {
+    let url = bookshelf_testkit::postgres::fresh_database("cli").await;
+    // Not a store yet: said, and nothing is made.
+    let (code, _, err) = bookshelf(&["--postgres", &url, "streams"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("migrate it first"), "{err}");
+    let store = bookshelf::postgres::PostgresStore::connect(&url)
+        .await
+        .expect("a store");
+    for (stream, events) in [("book-2", 2), ("author-1", 1)] {
+        let batch = (0..events).map(bookshelf_testkit::accounts::deposit).collect();
+        store
+            .append(&StreamId::new(stream), ExpectedVersion::NoStream, batch)
+            .await
+            .expect("appended");
+    }
+    let (code, out, err) = bookshelf(&["--postgres", &url, "streams", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        json_lines(&out),
+        vec![
+            json!({"stream": "author-1", "version": 1}),
+            json!({"stream": "book-2", "version": 2})
+        ]
+    );
+    let (code, out, _) = bookshelf(&["--postgres", &url, "events", "book-2", "--json"]);
+    assert_eq!(code, 0);
+    assert_eq!(json_lines(&out).len(), 2);
+}
