@@ -168,6 +168,8 @@ pub use repository::{CommandError, Committed, Loaded, Repository, IDEMPOTENCY_KE
 pub use retry::RetryPolicy;
 pub use runner::{Batch, Decoded, Ended, Fold, Handle, Runner, Running, UnknownEvents, Until, ViewState};
 pub use snapshot::{InMemorySnapshots, Snapshot, SnapshotStore};
-pub use source::{Checkpoint, EventSource, Followed, Follower, GlobalLog, Mark, PartitionProgress, RawRecord, Record};
+pub use source::{
+    Checkpoint, EventSource, Followed, Follower, GlobalLog, Mark, PartitionProgress, RawRecord, Record, SavedCheckpoint,
+};
 pub use store::{AppendOutcome, EventStore, ExpectedVersion, InMemoryStore, StoreError, Subscription};
 pub use view::View;

@@ -45,6 +45,19 @@ pub struct Mark {
     pub token: u64,
 }
 
+/// A reader's checkpoint as its store keeps it, for tools that list them
+/// (`bookshelf projections`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SavedCheckpoint {
+    /// The reader's name.
+    pub name: String,
+    /// What saved it: `"view"` (a view's state with its checkpoint) or
+    /// `"table"` (a table view's checkpoint, beside its rows).
+    pub kind: &'static str,
+    /// Where it stands.
+    pub checkpoint: Checkpoint,
+}
+
 /// Where a reader stands in every partition of a log. Partitions not named
 /// are read from their start.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -191,6 +191,43 @@ impl PostgresStore {
         PostgresViewStore::new(self.clone(), name.into())
     }
 
+    /// The checkpoints saved in this store's schema, by name within each
+    /// kind: views' (`bookshelf_views`) and table views'
+    /// (`bookshelf_checkpoints`), for tools that list them.
+    ///
+    /// # Errors
+    /// Failures of the server, and a checkpoint that does not decode.
+    pub async fn saved_checkpoints(&self) -> Result<Vec<bookshelf_core::SavedCheckpoint>, StoreError> {
+        let rows = self
+            .rows(
+                "SELECT 'view', name, checkpoint, offsets FROM bookshelf_views \
+                 UNION ALL SELECT 'table', name, position, offsets FROM bookshelf_checkpoints \
+                 ORDER BY 1 DESC, 2",
+                &[],
+            )
+            .await?;
+        rows.iter()
+            .map(|row| {
+                let name: String = row.get(1);
+                let offsets: std::collections::BTreeMap<String, u64> =
+                    serde_json::from_str(row.get(3)).map_err(|e| {
+                        self.shared
+                            .server
+                            .refused(format!("the checkpoint of {name} does not decode: {e}"))
+                    })?;
+                Ok(bookshelf_core::SavedCheckpoint {
+                    kind: if row.get::<_, &str>(0) == "view" {
+                        "view"
+                    } else {
+                        "table"
+                    },
+                    checkpoint: bookshelf_core::Checkpoint::from_saved(Position(row.get::<_, i64>(2) as u64), &offsets),
+                    name,
+                })
+            })
+            .collect()
+    }
+
     /// Appends `events` to `stream` inside your own transaction `tx`, under
     /// the same rule as every append (see the crate docs): they are stored
     /// if and when `tx` commits, together with whatever else it wrote.

@@ -5,6 +5,7 @@
 //! bookshelf --data bookshelf-data streams
 //! bookshelf --data bookshelf-data events book-6f1c… [--json] [--follow]
 //! bookshelf --postgres postgres://… streams --category book --json
+//! bookshelf --data bookshelf-data projections
 //! ```
 //!
 //! Output is for people by default and one JSON document per line with
@@ -59,6 +60,13 @@ enum Command {
         #[arg(long)]
         category: Option<String>,
         /// One JSON object per stream: `{"stream":…,"version":…}`
+        #[arg(long)]
+        json: bool,
+    },
+    /// The saved views and table views, where each stands in the log and
+    /// how far behind its end
+    Projections {
+        /// One JSON object per reader and partition
         #[arg(long)]
         json: bool,
     },
@@ -120,6 +128,26 @@ async fn run(cli: Cli, out: &mut impl Write) -> Result<(), Failure> {
             return Err(Failure::store(format!("no event store at {}", path.display())));
         }
         let store = bookshelf::sqlite::SqliteStore::open(&path).map_err(Failure::store)?;
+        if let Command::Projections { json } = cli.command {
+            // Every file of the directory that keeps checkpoints.
+            let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+                .map_err(|e| Failure::store(format!("cannot list {}: {e}", dir.display())))?
+                .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+                .filter(|path| path.extension().is_some_and(|e| e == "sqlite"))
+                .collect();
+            files.sort();
+            let mut saved = Vec::new();
+            for file in &files {
+                let name = file
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                for checkpoint in bookshelf::sqlite::saved_checkpoints(file).map_err(Failure::store)? {
+                    saved.push((name.clone(), checkpoint));
+                }
+            }
+            return projections(&store, saved, json, out).await;
+        }
         return browse(&store, cli.command, out).await;
     }
     if let Some(url) = &cli.store.postgres {
@@ -130,6 +158,12 @@ async fn run(cli: Cli, out: &mut impl Write) -> Result<(), Failure> {
         let store = bookshelf::postgres::PostgresStore::connect_with(url, options)
             .await
             .map_err(Failure::store)?;
+        if let Command::Projections { json } = cli.command {
+            let saved = store.saved_checkpoints().await.map_err(Failure::store)?;
+            let place = cli.schema.clone().unwrap_or_else(|| "-".to_owned());
+            let saved = saved.into_iter().map(|c| (place.clone(), c)).collect();
+            return projections(&store, saved, json, out).await;
+        }
         return browse(&store, cli.command, out).await;
     }
     Err(Failure {
@@ -161,6 +195,9 @@ async fn browse<S: EventStore>(store: &S, command: Command, out: &mut impl Write
                 }
             }
         }
+        Command::Projections { .. } => {
+            return Err(Failure::store("this store keeps no projections"));
+        }
         Command::Events { stream, json, follow } => {
             let stream = StreamId::new(stream);
             // Where the log stands before the stream is read: following
@@ -187,6 +224,65 @@ async fn browse<S: EventStore>(store: &S, command: Command, out: &mut impl Write
                 follow_stream(store, &stream, head, shown, json, out).await?;
             }
         }
+    }
+    Ok(())
+}
+
+/// Shows each saved checkpoint (with where it is kept) per partition: its
+/// position, and for the store's own log its end and lag. Partitions of
+/// another log (a view fed from Kafka, say) show their position only.
+async fn projections<S: EventStore>(
+    store: &S,
+    saved: Vec<(String, bookshelf::SavedCheckpoint)>,
+    json: bool,
+    out: &mut impl Write,
+) -> Result<(), Failure> {
+    let written = |e: std::io::Error| Failure::store(format!("cannot write the output: {e}"));
+    let end = store.head().await.map_err(Failure::store)?.0;
+    let mut rows = Vec::new();
+    for (place, saved) in &saved {
+        for (partition, mark) in saved.checkpoint.iter() {
+            let end = (partition == bookshelf::source::GLOBAL).then_some(end);
+            let lag = end.map(|end| end.saturating_sub(mark.next));
+            rows.push((
+                saved.name.as_str(),
+                saved.kind,
+                place.as_str(),
+                partition,
+                mark.next,
+                end,
+                lag,
+            ));
+        }
+    }
+    if json {
+        for (name, kind, place, partition, position, end, lag) in rows {
+            let line = serde_json::json!({
+                "name": name, "kind": kind, "in": place, "partition": partition,
+                "position": position, "end": end, "lag": lag,
+            });
+            writeln!(out, "{line}").map_err(written)?;
+        }
+        return Ok(());
+    }
+    let shown = |value: Option<u64>| value.map_or_else(|| "-".to_owned(), |v| v.to_string());
+    let width = rows.iter().map(|r| r.0.len()).max().unwrap_or(4).max(4);
+    let place_width = rows.iter().map(|r| r.2.len()).max().unwrap_or(2).max(2);
+    writeln!(
+        out,
+        "{:<width$}  KIND   {:<place_width$}  PARTITION  POSITION  END  LAG",
+        "NAME", "IN"
+    )
+    .map_err(written)?;
+    for (name, kind, place, partition, position, end, lag) in rows {
+        let partition = if partition.is_empty() { "-" } else { partition };
+        writeln!(
+            out,
+            "{name:<width$}  {kind:<5}  {place:<place_width$}  {partition:<9}  {position:<8}  {}  {}",
+            shown(end),
+            shown(lag)
+        )
+        .map_err(written)?;
     }
     Ok(())
 }

@@ -44,7 +44,9 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod saved;
 mod store;
 pub mod table;
 
+pub use saved::saved_checkpoints;
 pub use store::{Durability, SqliteSnapshots, SqliteStore, SqliteSubscription, SqliteViewStore};

@@ -239,3 +239,46 @@ mod behaviour {
         (dir, store.snapshots())
     });
 }
+
+/// The checkpoints of a file, as tools list them: views' (one of a global
+/// log, one of Kafka partitions with its token), none for a file without
+/// them, and an error naming a file that is not there.
+#[tokio::test]
+async fn saved_checkpoints_are_listed_by_kind_and_name() {
+    use bookshelf_core::{Checkpoint, Mark, Position, StoredView, ViewStore};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("views.sqlite");
+    let store = SqliteStore::open(&path).unwrap();
+    assert!(bookshelf_sqlite::saved_checkpoints(&path).unwrap().is_empty());
+    let state = || serde_json::value::RawValue::from_string("{}".to_owned()).unwrap();
+    let global = Checkpoint::global(Position(7));
+    let mut partitions = Checkpoint::new();
+    partitions.set("books/0", Mark { next: 3, token: 2 });
+    partitions.set("books/1", Mark { next: 5, token: 0 });
+    store
+        .view_store("shelf")
+        .save(&StoredView::new(&global, state()))
+        .await
+        .unwrap();
+    store
+        .view_store("kafka-fed")
+        .save(&StoredView::new(&partitions, state()))
+        .await
+        .unwrap();
+    let listed: Vec<_> = bookshelf_sqlite::saved_checkpoints(&path)
+        .unwrap()
+        .into_iter()
+        .map(|saved| (saved.name, saved.kind, saved.checkpoint))
+        .collect();
+    assert_eq!(
+        listed,
+        vec![
+            ("kafka-fed".to_owned(), "view", partitions),
+            ("shelf".to_owned(), "view", global)
+        ]
+    );
+    let missing = dir.path().join("nowhere.sqlite");
+    let error = bookshelf_sqlite::saved_checkpoints(&missing).unwrap_err().to_string();
+    assert!(error.contains("nowhere.sqlite"), "{error}");
+    assert!(!missing.exists(), "nothing was made");
+}

@@ -113,6 +113,30 @@ async fn the_command_line_shows_a_running_services_streams_and_follows_one() {
     );
     assert!(out.contains(r#""title": "Dune""#), "the payload, pretty: {out}");
 
+    // The projections: the authors table view (in views.sqlite) catches up
+    // with the four events; the log's end and its lag beside it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (code, out, err) = bookshelf(&["--data", data, "projections", "--json"]);
+        assert_eq!(code, 0, "{err}");
+        let authors = json_lines(&out).into_iter().find(|p| p["name"] == "authors");
+        if let Some(authors) = authors.filter(|a| a["position"] == 4) {
+            assert_eq!(
+                authors,
+                json!({"name": "authors", "kind": "table", "in": "views.sqlite", "partition": "",
+                       "position": 4, "end": 4, "lag": 0})
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the authors view reached 4: {out}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (_, out, _) = bookshelf(&["--data", data, "projections"]);
+    assert!(out.starts_with("NAME") && out.contains("authors"), "{out}");
+
     // Exit codes, and errors that name what is at fault.
     let (code, _, err) = bookshelf(&["--data", data, "events", "book-nobody"]);
     assert_eq!((code, err.trim()), (3, "bookshelf: no stream book-nobody in the store"));
@@ -190,4 +214,17 @@ async fn the_command_line_reads_a_postgres_store_without_changing_it() {
     let (code, out, _) = bookshelf(&["--postgres", &url, "events", "book-2", "--json"]);
     assert_eq!(code, 0);
     assert_eq!(json_lines(&out).len(), 2);
+
+    // A view saved one event behind the end of the log.
+    let state = serde_json::value::RawValue::from_string("{}".to_owned()).expect("JSON");
+    let saved = bookshelf::StoredView::new(&bookshelf::Checkpoint::global(bookshelf::Position(2)), state);
+    bookshelf::ViewStore::save(&store.view_store("shelf"), &saved)
+        .await
+        .expect("saved");
+    let (code, out, err) = bookshelf(&["--postgres", &url, "projections", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        json_lines(&out),
+        vec![json!({"name": "shelf", "kind": "view", "in": "-", "partition": "", "position": 2, "end": 3, "lag": 1})]
+    );
 }
