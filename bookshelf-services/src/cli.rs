@@ -1,11 +1,13 @@
-//! `bookshelf`, the operator's command line: the streams of a store and
-//! their events, on the embedded SQLite store or on PostgreSQL.
+//! `bookshelf`, the operator's command line: the streams of a store, their
+//! events and its projections, on the embedded SQLite store, on PostgreSQL,
+//! or on a Kafka topic.
 //!
 //! ```text
 //! bookshelf --data bookshelf-data streams
 //! bookshelf --data bookshelf-data events book-6f1c… [--json] [--follow]
 //! bookshelf --postgres postgres://… streams --category book --json
 //! bookshelf --data bookshelf-data projections
+//! bookshelf --broker 127.0.0.1:9092 --topic books events book-6f1c… --follow
 //! ```
 //!
 //! Output is for people by default and one JSON document per line with
@@ -17,7 +19,14 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use bookshelf::{EventStore, Position, RecordedEvent, StreamId, Subscription, Version};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bookshelf::{
+    Checkpoint, EventSource, EventStore, Follower, Position, Record, RecordedEvent, StreamId, Subscription, Version,
+};
+use bookshelf_kafka::KafkaConfig;
 use clap::{Args, Parser, Subcommand};
 
 /// The exit code for a stream that is not in the store.
@@ -33,6 +42,9 @@ pub struct Cli {
     /// services name theirs; default the connection's search path
     #[arg(long, requires = "postgres")]
     schema: Option<String>,
+    /// With `--broker`: the topic of the events
+    #[arg(long, requires = "broker", default_value = "books")]
+    topic: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -49,6 +61,10 @@ struct StoreArgs {
     /// "$DATABASE_URL")
     #[arg(long, value_name = "URL")]
     postgres: Option<String>,
+    /// The log in a Kafka topic (`--topic`) on these bootstrap servers,
+    /// read as any reader reads it
+    #[arg(long, value_name = "SERVERS")]
+    broker: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -166,8 +182,11 @@ async fn run(cli: Cli, out: &mut impl Write) -> Result<(), Failure> {
         }
         return browse(&store, cli.command, out).await;
     }
+    if let Some(broker) = &cli.store.broker {
+        return on_kafka(KafkaConfig::new(broker.clone(), cli.topic.clone()), cli.command, out).await;
+    }
     Err(Failure {
-        message: "name a store: --data DIR or --postgres URL".to_owned(),
+        message: "name a store: --data DIR, --postgres URL or --broker SERVERS".to_owned(),
         code: 2,
     })
 }
@@ -178,22 +197,7 @@ async fn browse<S: EventStore>(store: &S, command: Command, out: &mut impl Write
     match command {
         Command::Streams { category, json } => {
             let streams = store.streams().await.map_err(Failure::store)?;
-            let chosen = streams
-                .iter()
-                .filter(|(stream, _)| category.as_deref().is_none_or(|c| stream.category() == c));
-            if json {
-                for (stream, version) in chosen {
-                    let line = serde_json::json!({"stream": stream.as_str(), "version": version.0});
-                    writeln!(out, "{line}").map_err(written)?;
-                }
-            } else {
-                let chosen: Vec<_> = chosen.collect();
-                let width = chosen.iter().map(|(s, _)| s.as_str().len()).max().unwrap_or(6).max(6);
-                writeln!(out, "{:<width$}  VERSION", "STREAM").map_err(written)?;
-                for (stream, version) in chosen {
-                    writeln!(out, "{:<width$}  {}", stream.as_str(), version.0).map_err(written)?;
-                }
-            }
+            print_streams(&streams, category.as_deref(), json, out).map_err(written)?;
         }
         Command::Projections { .. } => {
             return Err(Failure::store("this store keeps no projections"));
@@ -222,6 +226,140 @@ async fn browse<S: EventStore>(store: &S, command: Command, out: &mut impl Write
             out.flush().map_err(written)?;
             if let Some(head) = head {
                 follow_stream(store, &stream, head, shown, json, out).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Shows `streams` (of `category`, when given), one a line.
+fn print_streams(
+    streams: &[(StreamId, Version)],
+    category: Option<&str>,
+    json: bool,
+    out: &mut impl Write,
+) -> std::io::Result<()> {
+    let chosen: Vec<_> = streams
+        .iter()
+        .filter(|(stream, _)| category.is_none_or(|c| stream.category() == c))
+        .collect();
+    if json {
+        for (stream, version) in chosen {
+            let line = serde_json::json!({"stream": stream.as_str(), "version": version.0});
+            writeln!(out, "{line}")?;
+        }
+        return Ok(());
+    }
+    let width = chosen.iter().map(|(s, _)| s.as_str().len()).max().unwrap_or(6).max(6);
+    writeln!(out, "{:<width$}  VERSION", "STREAM")?;
+    for (stream, version) in chosen {
+        writeln!(out, "{:<width$}  {}", stream.as_str(), version.0)?;
+    }
+    Ok(())
+}
+
+/// Carries out `command` on a Kafka topic, reading it as any reader does
+/// (never as a writer: no partition is claimed, nothing is written). The
+/// topic has no index, so `streams` and `events` read it from its start to
+/// the ends its partitions had when the command began.
+async fn on_kafka(config: KafkaConfig, command: Command, out: &mut impl Write) -> Result<(), Failure> {
+    let written = |e: std::io::Error| Failure::store(format!("cannot write the output: {e}"));
+    let topic = config.topic().to_owned();
+    let ends = bookshelf_kafka::high_watermarks(&config, &[&topic])
+        .await
+        .map_err(Failure::store)?;
+    let log = bookshelf_kafka::KafkaLog::new(config);
+    match command {
+        Command::Streams { category, json } => {
+            let mut streams = std::collections::BTreeMap::new();
+            let mut follower = log.follow(&Checkpoint::new()).await.map_err(Failure::store)?;
+            read_to(&mut *follower, &ends, |event| {
+                let version = streams.entry(event.stream_id.clone()).or_insert(Version(0));
+                *version = (*version).max(event.version);
+            })
+            .await?;
+            let streams: Vec<_> = streams.into_iter().collect();
+            print_streams(&streams, category.as_deref(), json, out).map_err(written)?;
+        }
+        Command::Projections { .. } => {
+            return Err(Failure::store(format!(
+                "topic {topic} keeps no checkpoints: its readers save theirs where they run \
+                 (name a service's --data directory, or its database)"
+            )));
+        }
+        Command::Events { stream, json, follow } => {
+            let stream = StreamId::new(stream);
+            let mut follower = log.follow(&Checkpoint::new()).await.map_err(Failure::store)?;
+            let mut events = Vec::new();
+            read_to(&mut *follower, &ends, |event| {
+                if event.stream_id == stream {
+                    events.push(Arc::clone(event));
+                }
+            })
+            .await?;
+            if events.is_empty() && !follow {
+                return Err(Failure {
+                    message: format!("no stream {stream} in topic {topic}"),
+                    code: NOT_FOUND,
+                });
+            }
+            events.sort_by_key(|event| event.version);
+            let mut shown = Version(0);
+            for event in &events {
+                show(event, json, out).map_err(written)?;
+                shown = event.version;
+            }
+            out.flush().map_err(written)?;
+            if follow {
+                let mut batch = Vec::new();
+                loop {
+                    tokio::select! {
+                        _ = tokio::signal::ctrl_c() => return Ok(()),
+                        next = follower.next_batch(&mut batch, 512) => next.map_err(Failure::store)?,
+                    }
+                    for followed in batch.drain(..) {
+                        if let Record::Event(event) = &followed.record {
+                            if event.stream_id == stream && event.version > shown {
+                                show(event, json, out).map_err(written)?;
+                                shown = event.version;
+                            }
+                        }
+                    }
+                    out.flush().map_err(written)?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// How long a read of a topic may go without reaching anything before it
+/// is given up: the broker answers in far less.
+const STALLED: Duration = Duration::from_secs(30);
+
+/// Reads `follower` until every partition reaches its end in `ends`,
+/// handing each event to `each`.
+async fn read_to(
+    follower: &mut dyn Follower,
+    ends: &BTreeMap<String, u64>,
+    mut each: impl FnMut(&Arc<RecordedEvent>),
+) -> Result<(), Failure> {
+    let mut at = Checkpoint::new();
+    let mut batch = Vec::new();
+    while !at.reached(ends) {
+        match tokio::time::timeout(STALLED, follower.next_batch(&mut batch, 1024)).await {
+            Ok(next) => next.map_err(Failure::store)?,
+            Err(_) => {
+                return Err(Failure::store(format!(
+                    "the topic gave nothing for {} s before its end ({ends:?}; read to {at:?})",
+                    STALLED.as_secs()
+                )))
+            }
+        }
+        for followed in batch.drain(..) {
+            at.set(&followed.partition, followed.mark);
+            if let Record::Event(event) = &followed.record {
+                each(event);
             }
         }
     }

@@ -228,3 +228,56 @@ async fn the_command_line_reads_a_postgres_store_without_changing_it() {
         vec![json!({"name": "shelf", "kind": "view", "in": "-", "partition": "", "position": 2, "end": 3, "lag": 1})]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_command_line_reads_a_kafka_topic_as_a_reader() {
+    let topic = format!("bookshelf-test-cli-{}", uuid::Uuid::new_v4().simple());
+    let config = bookshelf_kafka::KafkaConfig::new(crate::support::brokers(), topic.clone())
+        .partitions(3)
+        .create_topic(true);
+    let store = bookshelf_kafka::KafkaStore::open(config).await.expect("a store");
+    for (stream, events) in [("account-1", 3), ("account-2", 1), ("book-1", 2)] {
+        let batch = (0..events).map(bookshelf_testkit::accounts::deposit).collect();
+        store
+            .append(&StreamId::new(stream), ExpectedVersion::NoStream, batch)
+            .await
+            .expect("appended");
+    }
+    let brokers = crate::support::brokers();
+    let on_topic = |rest: &[&str]| {
+        let mut args = vec!["--broker", brokers.as_str(), "--topic", topic.as_str()];
+        args.extend_from_slice(rest);
+        bookshelf(&args)
+    };
+
+    // Every partition read to its end; the claims on it passed over.
+    let (code, out, err) = on_topic(&["streams", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        json_lines(&out),
+        vec![
+            json!({"stream": "account-1", "version": 3}),
+            json!({"stream": "account-2", "version": 1}),
+            json!({"stream": "book-1", "version": 2}),
+        ]
+    );
+    let (code, out, err) = on_topic(&["events", "account-1", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let versions: Vec<_> = json_lines(&out).iter().map(|e| e["version"].as_u64()).collect();
+    assert_eq!(versions, vec![Some(1), Some(2), Some(3)]);
+    let (code, _, err) = on_topic(&["events", "account-9"]);
+    assert_eq!(code, 3, "{err}");
+    let (code, _, err) = on_topic(&["projections"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("keeps no checkpoints"), "{err}");
+
+    // Read as a reader: the store that writes the topic still owns it.
+    store
+        .append(
+            &StreamId::new("account-2"),
+            ExpectedVersion::Exact(bookshelf::Version(1)),
+            vec![bookshelf_testkit::accounts::deposit(5)],
+        )
+        .await
+        .expect("the writer still writes");
+}
