@@ -147,6 +147,17 @@ impl Checkpoint {
         }
         checkpoint
     }
+
+    /// The checkpoint a backend keeps as a table's columns: the global
+    /// position (a signed SQL integer; below 0 read as 0) and the offsets as
+    /// the JSON text of [`to_saved`](Self::to_saved)'s map.
+    ///
+    /// # Errors
+    /// When `offsets` is not that JSON.
+    pub fn from_saved_columns(position: i64, offsets: &str) -> Result<Self, serde_json::Error> {
+        let offsets: BTreeMap<String, u64> = serde_json::from_str(offsets)?;
+        Ok(Checkpoint::from_saved(Position(position.max(0) as u64), &offsets))
+    }
 }
 
 /// One record read by a [`Follower`].

@@ -57,10 +57,8 @@ impl Writer {
     pub(crate) async fn append(&self, append: Append) -> Result<AppendOutcome, StoreError> {
         let begun = InFlight::begin(&self.in_flight);
         if begun.alone {
-            let mut outcomes = commit(&self.server, &self.pool, vec![append]).await?;
-            return outcomes
-                .pop()
-                .unwrap_or_else(|| Err(self.server.refused("an append gave no outcome".to_owned())));
+            let outcomes = commit(&self.server, &self.pool, vec![append]).await?;
+            return only(&self.server, outcomes);
         }
         let (answer, outcome) = oneshot::channel();
         let closed = || StoreError::Closed(format!("{}: the store's writer has stopped", self.server));
@@ -70,6 +68,16 @@ impl Writer {
             .map_err(|_| closed())?;
         outcome.await.map_err(|_| closed())?
     }
+}
+
+/// The outcome of the one append in `outcomes`.
+pub(crate) fn only(
+    server: &Server,
+    mut outcomes: Vec<Result<AppendOutcome, StoreError>>,
+) -> Result<AppendOutcome, StoreError> {
+    outcomes
+        .pop()
+        .unwrap_or_else(|| Err(server.refused("an append gave no outcome".to_owned())))
 }
 
 /// One append in flight, counted until it is answered (or its caller gives

@@ -209,8 +209,8 @@ impl PostgresStore {
         rows.iter()
             .map(|row| {
                 let name: String = row.get(1);
-                let offsets: std::collections::BTreeMap<String, u64> =
-                    serde_json::from_str(row.get(3)).map_err(|e| {
+                let checkpoint =
+                    bookshelf_core::Checkpoint::from_saved_columns(row.get(2), row.get(3)).map_err(|e| {
                         self.shared
                             .server
                             .refused(format!("the checkpoint of {name} does not decode: {e}"))
@@ -221,7 +221,7 @@ impl PostgresStore {
                     } else {
                         "table"
                     },
-                    checkpoint: bookshelf_core::Checkpoint::from_saved(Position(row.get::<_, i64>(2) as u64), &offsets),
+                    checkpoint,
                     name,
                 })
             })
@@ -255,15 +255,12 @@ impl PostgresStore {
             expected,
             events,
         };
-        let mut outcomes = match append::append_all(tx, vec![append], self.shared.server.channel()).await {
-            Ok(outcomes) => outcomes,
+        match append::append_all(tx, vec![append], self.shared.server.channel()).await {
+            Ok(outcomes) => append::only(&self.shared.server, outcomes),
             Err(append::Failure::Nothing(e) | append::Failure::Unknown(e)) => {
-                return Err(self.shared.server.error("cannot append", e))
+                Err(self.shared.server.error("cannot append", e))
             }
-        };
-        outcomes
-            .pop()
-            .unwrap_or_else(|| Err(self.shared.server.refused("an append gave no outcome".to_owned())))
+        }
     }
 
     /// A receiver told of each commit, the listener started if it was not.
@@ -310,12 +307,7 @@ impl PostgresStore {
         self.rows(sql, args)
             .await?
             .iter()
-            .map(|row| {
-                event_of(row).map(Arc::new).map_err(|why| Failed {
-                    error: self.shared.server.refused(why),
-                    transient: false,
-                })
-            })
+            .map(|row| shared_event_of(&self.shared.server, row))
             .collect()
     }
 
@@ -353,6 +345,15 @@ fn event_of(row: &tokio_postgres::Row) -> Result<RecordedEvent, String> {
             .map_err(|e| broken("metadata that does not decode", e))?,
         payload: serde_json::value::RawValue::from_string(payload)
             .map_err(|e| broken("a payload that is not JSON", e))?,
+    })
+}
+
+/// [`event_of`] for a reader: shared, and a row that is not an event a
+/// failure that retrying will not mend.
+fn shared_event_of(server: &Server, row: &tokio_postgres::Row) -> Result<Arc<RecordedEvent>, Failed> {
+    event_of(row).map(Arc::new).map_err(|why| Failed {
+        error: server.refused(why),
+        transient: false,
     })
 }
 
@@ -520,9 +521,9 @@ struct ReadAhead {
     chunks: mpsc::Receiver<Result<Vec<Arc<RecordedEvent>>, Failed>>,
     /// What is left of the last chunk received.
     left: std::collections::VecDeque<Arc<RecordedEvent>>,
-    /// Whether it may end before the end of the log (it read [`STREAMED`]
-    /// events).
-    full: Arc<std::sync::atomic::AtomicBool>,
+    /// How many events the reader received: when the read ends at
+    /// [`STREAMED`], the log may go on after it.
+    received: i64,
     task: JoinHandle<()>,
 }
 
@@ -530,33 +531,28 @@ impl ReadAhead {
     /// Starts reading the log from `from`, at most [`STREAMED`] events.
     fn start(store: &PostgresStore, from: u64) -> ReadAhead {
         let (sender, chunks) = mpsc::channel(READY);
-        let full = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (store, told_full) = (store.clone(), Arc::clone(&full));
+        let store = store.clone();
         let task = tokio::spawn(async move {
-            let sent = stream_events(&store, from, &sender).await;
-            match sent {
-                Ok(count) => told_full.store(count == STREAMED, std::sync::atomic::Ordering::Release),
-                Err(failed) => {
-                    let _ = sender.send(Err(failed)).await;
-                }
+            if let Err(failed) = stream_events(&store, from, &sender).await {
+                let _ = sender.send(Err(failed)).await;
             }
         });
         ReadAhead {
             chunks,
             left: Default::default(),
-            full,
+            received: 0,
             task,
         }
     }
 }
 
 /// Sends the events of the log from `from` on (at most [`STREAMED`]) to
-/// `sender` in chunks, as one query streams them; how many it read.
+/// `sender` in chunks, as one query streams them.
 async fn stream_events(
     store: &PostgresStore,
     from: u64,
     sender: &mpsc::Sender<Result<Vec<Arc<RecordedEvent>>, Failed>>,
-) -> Result<i64, Failed> {
+) -> Result<(), Failed> {
     let server = &store.shared.server;
     let client = server.connection(&store.shared.pool).await?;
     let statement = client
@@ -569,17 +565,13 @@ async fn stream_events(
         .await
         .map_err(|e| server.failed("cannot read", e))?;
     futures_util::pin_mut!(rows);
-    let (mut read, mut chunk) = (0, Vec::with_capacity(CHUNK));
+    let mut chunk = Vec::with_capacity(CHUNK);
     let mut ended = false;
     while !ended {
         match rows.next().await {
             Some(row) => {
                 let row = row.map_err(|e| server.failed("cannot read", e))?;
-                chunk.push(event_of(&row).map(Arc::new).map_err(|why| Failed {
-                    error: server.refused(why),
-                    transient: false,
-                })?);
-                read += 1;
+                chunk.push(shared_event_of(server, &row)?);
             }
             None => ended = true,
         }
@@ -591,14 +583,12 @@ async fn stream_events(
             }
         }
     }
-    Ok(read)
+    Ok(())
 }
 
 impl Drop for PostgresSubscription {
     fn drop(&mut self) {
-        if let Some(ahead) = self.ahead.take() {
-            ahead.task.abort();
-        }
+        self.stop_streaming();
     }
 }
 
@@ -629,7 +619,10 @@ impl PostgresSubscription {
             // Received in place: if this call is dropped, what is not
             // received yet is still there for the next one.
             match ahead.chunks.recv().await {
-                Some(Ok(chunk)) => ahead.left.extend(chunk),
+                Some(Ok(chunk)) => {
+                    ahead.received += chunk.len() as i64;
+                    ahead.left.extend(chunk);
+                }
                 // Read again, by pages, from the first event not had.
                 Some(Err(_)) => {
                     self.stop_streaming();
@@ -648,7 +641,7 @@ impl PostgresSubscription {
         }
         // The stream ended: go on streaming if it ended at its bound, else
         // the reader has caught up.
-        let full = ahead.full.load(std::sync::atomic::Ordering::Acquire);
+        let full = ahead.received == STREAMED;
         self.stop_streaming();
         if full {
             self.ahead = Some(ReadAhead::start(&self.store, self.next));

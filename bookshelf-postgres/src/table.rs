@@ -56,12 +56,10 @@
 //! # Ok(()) }
 //! ```
 
-use std::collections::BTreeMap;
-
 use std::time::Duration;
 
 use bookshelf_core::runner::{Batch, Decoded, Fold, Runner};
-use bookshelf_core::{Checkpoint, DomainEvent, Envelope, EventSource, Position, ProjectionError, StoreError};
+use bookshelf_core::{Checkpoint, DomainEvent, Envelope, EventSource, ProjectionError, StoreError};
 use deadpool_postgres::{Object, Transaction};
 
 use crate::server::{retrying, Failed, Server};
@@ -216,7 +214,7 @@ impl<T: TableView> Fold for TableFold<T> {
         match saved {
             Some(row) => {
                 let (position, text): (i64, String) = (row.get(0), row.get(1));
-                let offsets: BTreeMap<String, u64> = serde_json::from_str(&text).map_err(|e| {
+                let checkpoint = Checkpoint::from_saved_columns(position, &text).map_err(|e| {
                     ProjectionError::Store(
                         server.refused(format!("the checkpoint of {:?} does not parse: {e}", self.name)),
                     )
@@ -225,7 +223,7 @@ impl<T: TableView> Fold for TableFold<T> {
                     position,
                     offsets: text,
                 });
-                Ok(Checkpoint::from_saved(Position(position.max(0) as u64), &offsets))
+                Ok(checkpoint)
             }
             None => {
                 self.last = None;

@@ -116,6 +116,46 @@ impl Failure {
     }
 }
 
+/// The output could not be written (a closed pipe, a full disk).
+fn written(error: std::io::Error) -> Failure {
+    Failure::store(format!("cannot write the output: {error}"))
+}
+
+/// The events of one stream shown so far: each is shown once, in version
+/// order, however often the log hands it over (a stream read, then the log
+/// followed from before the read).
+struct Shown<'a> {
+    stream: &'a StreamId,
+    json: bool,
+    last: Version,
+}
+
+impl<'a> Shown<'a> {
+    fn new(stream: &'a StreamId, json: bool) -> Self {
+        Shown {
+            stream,
+            json,
+            last: Version(0),
+        }
+    }
+
+    /// Shows those of `events` that are of the stream and newer than the
+    /// last shown, then flushes `out`.
+    fn show_new<'e>(
+        &mut self,
+        events: impl IntoIterator<Item = &'e RecordedEvent>,
+        out: &mut impl Write,
+    ) -> Result<(), Failure> {
+        for event in events {
+            if &event.stream_id == self.stream && event.version > self.last {
+                show(event, self.json, out).map_err(written)?;
+                self.last = event.version;
+            }
+        }
+        out.flush().map_err(written)
+    }
+}
+
 /// Runs the command line.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -193,7 +233,6 @@ async fn run(cli: Cli, out: &mut impl Write) -> Result<(), Failure> {
 
 /// Carries out `command` on `store`.
 async fn browse<S: EventStore>(store: &S, command: Command, out: &mut impl Write) -> Result<(), Failure> {
-    let written = |e: std::io::Error| Failure::store(format!("cannot write the output: {e}"));
     match command {
         Command::Streams { category, json } => {
             let streams = store.streams().await.map_err(Failure::store)?;
@@ -218,14 +257,10 @@ async fn browse<S: EventStore>(store: &S, command: Command, out: &mut impl Write
                     code: NOT_FOUND,
                 });
             }
-            let mut shown = Version(0);
-            for event in &events {
-                show(event, json, out).map_err(written)?;
-                shown = event.version;
-            }
-            out.flush().map_err(written)?;
+            let mut shown = Shown::new(&stream, json);
+            shown.show_new(events.iter().map(|e| &**e), out)?;
             if let Some(head) = head {
-                follow_stream(store, &stream, head, shown, json, out).await?;
+                follow_stream(store, head, shown, out).await?;
             }
         }
     }
@@ -263,7 +298,6 @@ fn print_streams(
 /// topic has no index, so `streams` and `events` read it from its start to
 /// the ends its partitions had when the command began.
 async fn on_kafka(config: KafkaConfig, command: Command, out: &mut impl Write) -> Result<(), Failure> {
-    let written = |e: std::io::Error| Failure::store(format!("cannot write the output: {e}"));
     let topic = config.topic().to_owned();
     let ends = bookshelf_kafka::high_watermarks(&config, &[&topic])
         .await
@@ -304,12 +338,8 @@ async fn on_kafka(config: KafkaConfig, command: Command, out: &mut impl Write) -
                 });
             }
             events.sort_by_key(|event| event.version);
-            let mut shown = Version(0);
-            for event in &events {
-                show(event, json, out).map_err(written)?;
-                shown = event.version;
-            }
-            out.flush().map_err(written)?;
+            let mut shown = Shown::new(&stream, json);
+            shown.show_new(events.iter().map(|e| &**e), out)?;
             if follow {
                 let mut batch = Vec::new();
                 loop {
@@ -317,15 +347,11 @@ async fn on_kafka(config: KafkaConfig, command: Command, out: &mut impl Write) -
                         _ = tokio::signal::ctrl_c() => return Ok(()),
                         next = follower.next_batch(&mut batch, 512) => next.map_err(Failure::store)?,
                     }
-                    for followed in batch.drain(..) {
-                        if let Record::Event(event) = &followed.record {
-                            if event.stream_id == stream && event.version > shown {
-                                show(event, json, out).map_err(written)?;
-                                shown = event.version;
-                            }
-                        }
-                    }
-                    out.flush().map_err(written)?;
+                    let events = batch.iter().filter_map(|followed| match &followed.record {
+                        Record::Event(event) => Some(&**event),
+                        _ => None,
+                    });
+                    shown.show_new(events, out)?;
                 }
             }
         }
@@ -375,7 +401,6 @@ async fn projections<S: EventStore>(
     json: bool,
     out: &mut impl Write,
 ) -> Result<(), Failure> {
-    let written = |e: std::io::Error| Failure::store(format!("cannot write the output: {e}"));
     let end = store.head().await.map_err(Failure::store)?.0;
     let mut rows = Vec::new();
     for (place, saved) in &saved {
@@ -425,17 +450,14 @@ async fn projections<S: EventStore>(
     Ok(())
 }
 
-/// Shows the events of `stream` after version `shown` as they are stored,
+/// Shows the new events of the stream `shown` follows as they are stored,
 /// reading the log from `from`, until interrupted.
 async fn follow_stream<S: EventStore>(
     store: &S,
-    stream: &StreamId,
     from: Position,
-    mut shown: Version,
-    json: bool,
+    mut shown: Shown<'_>,
     out: &mut impl Write,
 ) -> Result<(), Failure> {
-    let written = |e: std::io::Error| Failure::store(format!("cannot write the output: {e}"));
     let mut subscription = store.subscribe(from).await.map_err(Failure::store)?;
     let mut batch = Vec::new();
     loop {
@@ -444,13 +466,7 @@ async fn follow_stream<S: EventStore>(
             next = subscription.next_batch(&mut batch, 512) => next.map_err(Failure::store)?,
         }
         // The stream was read after `from`: what it showed may come again.
-        for event in batch.iter().filter(|e| &e.stream_id == stream) {
-            if event.version > shown {
-                show(event, json, out).map_err(written)?;
-                shown = event.version;
-            }
-        }
-        out.flush().map_err(written)?;
+        shown.show_new(batch.iter().map(|e| &**e), out)?;
     }
 }
 

@@ -3,11 +3,10 @@
 //! table views' (the `bookshelf_checkpoints` table of
 //! [`TableFold`](crate::table::TableFold)).
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use bookshelf_core::{Checkpoint, Position, SavedCheckpoint, StoreError};
+use bookshelf_core::{Checkpoint, SavedCheckpoint, StoreError};
 use rusqlite::{Connection, OpenFlags};
 
 /// The checkpoints saved in the SQLite file at `path`, by name within each
@@ -55,13 +54,9 @@ pub fn saved_checkpoints(path: impl AsRef<Path>) -> Result<Vec<SavedCheckpoint>,
             .map_err(|e| failed("cannot read", &e))?;
         for row in rows {
             let (name, position, offsets) = row.map_err(|e| failed("cannot read", &e))?;
-            let offsets: BTreeMap<String, u64> = serde_json::from_str(&offsets)
+            let checkpoint = Checkpoint::from_saved_columns(position, &offsets)
                 .map_err(|e| failed(&format!("the checkpoint of {name} does not decode"), &e))?;
-            saved.push(SavedCheckpoint {
-                name,
-                kind,
-                checkpoint: Checkpoint::from_saved(Position(position as u64), &offsets),
-            });
+            saved.push(SavedCheckpoint { name, kind, checkpoint });
         }
     }
     Ok(saved)

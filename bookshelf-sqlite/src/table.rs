@@ -55,13 +55,12 @@
 //! # Ok(()) }
 //! ```
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bookshelf_core::runner::{Batch, Fold, Runner};
-use bookshelf_core::{Checkpoint, DomainEvent, Envelope, EventSource, Position, ProjectionError, StoreError};
+use bookshelf_core::{Checkpoint, DomainEvent, Envelope, EventSource, ProjectionError, StoreError};
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
 pub use rusqlite;
@@ -176,11 +175,8 @@ impl<T: TableView> Fold for TableFold<T> {
             .optional()
             .map_err(|e| failed(&self.path, "cannot read the checkpoint", e))?;
         match saved {
-            Some((position, offsets)) => {
-                let offsets: BTreeMap<String, u64> = serde_json::from_str(&offsets)
-                    .map_err(|e| failed(&self.path, "the checkpoint does not parse", e))?;
-                Ok(Checkpoint::from_saved(Position(position.max(0) as u64), &offsets))
-            }
+            Some((position, offsets)) => Checkpoint::from_saved_columns(position, &offsets)
+                .map_err(|e| failed(&self.path, "the checkpoint does not parse", e)),
             None => Ok(Checkpoint::new()),
         }
     }

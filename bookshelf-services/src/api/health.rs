@@ -84,11 +84,7 @@ pub fn record_metrics() {
     if prometheus().is_none() {
         return;
     }
-    let program = std::env::current_exe()
-        .ok()
-        .and_then(|path| path.file_stem().map(|stem| stem.to_string_lossy().into_owned()))
-        .unwrap_or_else(|| "bookshelf".to_owned());
-    metrics::gauge!(BUILD_INFO, "service" => program, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    metrics::gauge!(BUILD_INFO, "service" => super::program_name(), "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     process().describe();
     process().collect();
 }

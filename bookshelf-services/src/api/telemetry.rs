@@ -29,11 +29,7 @@ pub fn init_tracing() -> Logging {
     let registry = tracing_subscriber::registry().with(filter).with(logs);
     #[cfg(feature = "opentelemetry")]
     {
-        let program = std::env::current_exe()
-            .ok()
-            .and_then(|path| path.file_stem().map(|stem| stem.to_string_lossy().into_owned()))
-            .unwrap_or_else(|| "bookshelf".to_owned());
-        match bookshelf::otlp::OtlpExport::from_env(&program) {
+        match bookshelf::otlp::OtlpExport::from_env(&program_name()) {
             Ok(export) => {
                 registry.with(export.as_ref().map(|export| export.layer())).init();
                 if let Some(export) = export {
@@ -50,6 +46,15 @@ pub fn init_tracing() -> Logging {
     #[cfg(not(feature = "opentelemetry"))]
     registry.init();
     Logging(guard)
+}
+
+/// This program's name, as its file is named (`last_read`, `books`, …): the
+/// service name its metrics and spans carry.
+pub fn program_name() -> String {
+    std::env::current_exe()
+        .ok()
+        .and_then(|path| path.file_stem().map(|stem| stem.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "bookshelf".to_owned())
 }
 
 /// The log writer's thread: dropped, it writes what is queued and ends.

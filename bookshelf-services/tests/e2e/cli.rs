@@ -7,7 +7,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::support::Service;
+use crate::support::{add_book, read_book, Service};
 use bookshelf::{EventStore, ExpectedVersion, StreamId};
 use serde_json::{json, Value};
 
@@ -42,22 +42,15 @@ fn json_lines(text: &str) -> Vec<Value> {
         .collect()
 }
 
-async fn add(http: &reqwest::Client, url: &str, title: &str) -> String {
-    let added: Value = http
-        .post(format!("{url}/books"))
-        .json(&json!({"title": title, "author": "Somebody", "isbn": "9780441013593"}))
-        .send()
-        .await
-        .expect("an answer")
-        .json()
-        .await
-        .expect("JSON");
-    added["id"].as_str().expect("an id").to_owned()
-}
-
-async fn read(http: &reqwest::Client, url: &str, id: &str) {
-    let read = http.post(format!("{url}/books/{id}/read")).send().await.unwrap();
-    assert_eq!(read.status(), 200);
+/// Appends to each of `streams` its count of events, as a new stream.
+async fn fill(store: &impl EventStore, streams: &[(&str, i64)]) {
+    for &(stream, events) in streams {
+        let batch = (0..events).map(bookshelf_testkit::accounts::deposit).collect();
+        store
+            .append(&StreamId::new(stream), ExpectedVersion::NoStream, batch)
+            .await
+            .expect("appended");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -67,10 +60,10 @@ async fn the_command_line_shows_a_running_services_streams_and_follows_one() {
     let data = dir.join("data");
     let data = data.to_str().expect("a UTF-8 path");
     let http = reqwest::Client::new();
-    let dune = add(&http, &shelf.url, "Dune").await;
-    let emma = add(&http, &shelf.url, "Emma").await;
-    read(&http, &shelf.url, &dune).await;
-    read(&http, &shelf.url, &dune).await;
+    let dune = add_book(&http, &shelf.url, "Dune").await;
+    let emma = add_book(&http, &shelf.url, "Emma").await;
+    read_book(&http, &shelf.url, &dune).await;
+    read_book(&http, &shelf.url, &dune).await;
 
     // The streams, for scripts and for people.
     let (code, out, err) = bookshelf(&["--data", data, "streams", "--json", "--category", "book"]);
@@ -173,8 +166,8 @@ async fn the_command_line_shows_a_running_services_streams_and_follows_one() {
         serde_json::from_str(&line).expect("JSON")
     };
     assert_eq!(next("the stream's first event")["version"], 1);
-    read(&http, &shelf.url, &dune).await; // another stream: not shown
-    read(&http, &shelf.url, &emma).await;
+    read_book(&http, &shelf.url, &dune).await; // another stream: not shown
+    read_book(&http, &shelf.url, &emma).await;
     let followed = next("the new event");
     assert_eq!(
         (followed["version"].as_u64(), followed["stream_id"].as_str()),
@@ -195,13 +188,7 @@ async fn the_command_line_reads_a_postgres_store_without_changing_it() {
     let store = bookshelf::postgres::PostgresStore::connect(&url)
         .await
         .expect("a store");
-    for (stream, events) in [("book-2", 2), ("author-1", 1)] {
-        let batch = (0..events).map(bookshelf_testkit::accounts::deposit).collect();
-        store
-            .append(&StreamId::new(stream), ExpectedVersion::NoStream, batch)
-            .await
-            .expect("appended");
-    }
+    fill(&store, &[("book-2", 2), ("author-1", 1)]).await;
     let (code, out, err) = bookshelf(&["--postgres", &url, "streams", "--json"]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(
@@ -236,13 +223,7 @@ async fn the_command_line_reads_a_kafka_topic_as_a_reader() {
         .partitions(3)
         .create_topic(true);
     let store = bookshelf_kafka::KafkaStore::open(config).await.expect("a store");
-    for (stream, events) in [("account-1", 3), ("account-2", 1), ("book-1", 2)] {
-        let batch = (0..events).map(bookshelf_testkit::accounts::deposit).collect();
-        store
-            .append(&StreamId::new(stream), ExpectedVersion::NoStream, batch)
-            .await
-            .expect("appended");
-    }
+    fill(&store, &[("account-1", 3), ("account-2", 1), ("book-1", 2)]).await;
     let brokers = crate::support::brokers();
     let on_topic = |rest: &[&str]| {
         let mut args = vec!["--broker", brokers.as_str(), "--topic", topic.as_str()];

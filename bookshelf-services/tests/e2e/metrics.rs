@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use crate::support::Service;
+use crate::support::{add_book, read_book, Service};
 use serde_json::json;
 
 /// The samples of a Prometheus text page: `name{labels}` to value.
@@ -43,24 +43,10 @@ async fn metrics_count_a_known_workload() {
     let http = reqwest::Client::new();
     let mut ids = Vec::new();
     for title in ["Dune", "Emma", "Kindred"] {
-        let added: serde_json::Value = http
-            .post(format!("{}/books", gateway.url))
-            .json(&json!({"title": title, "author": "Somebody", "isbn": "9780441013593"}))
-            .send()
-            .await
-            .expect("an answer")
-            .json()
-            .await
-            .expect("JSON");
-        ids.push(added["id"].as_str().expect("an id").to_owned());
+        ids.push(add_book(&http, &gateway.url, title).await);
     }
     for id in &ids[..2] {
-        let read = http
-            .post(format!("{}/books/{id}/read", gateway.url))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(read.status(), 200);
+        read_book(&http, &gateway.url, id).await;
     }
     let invalid = http
         .post(format!("{}/books", gateway.url))

@@ -238,3 +238,29 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Adds a book titled `title` through the service or gateway at `url`: its
+/// id.
+pub async fn add_book(http: &reqwest::Client, url: &str, title: &str) -> String {
+    let added: serde_json::Value = http
+        .post(format!("{url}/books"))
+        .json(&serde_json::json!({"title": title, "author": "Somebody", "isbn": "9780441013593"}))
+        .send()
+        .await
+        .expect("an answer")
+        .json()
+        .await
+        .expect("JSON");
+    added["id"].as_str().expect("an id").to_owned()
+}
+
+/// Marks book `id` read through the service or gateway at `url`, and checks
+/// it was.
+pub async fn read_book(http: &reqwest::Client, url: &str, id: &str) {
+    let read = http
+        .post(format!("{url}/books/{id}/read"))
+        .send()
+        .await
+        .expect("an answer");
+    assert_eq!(read.status(), 200);
+}
