@@ -100,9 +100,10 @@
 //! failure midway can leave the first ones in the log although the append
 //! reports an error (one-event appends are all or nothing); a command whose
 //! instance dies after writing and before answering has an unknown outcome
-//! (the gateway answers 502, and the command may be in the log); reads on
-//! an instance that does not own the stream's partition are as fresh as its
-//! follower (forward them to the owner for read-your-writes); and a record
+//! (the gateway answers 502, and the command may be in the log); reads are
+//! as fresh as what the store has read, unless they wait behind
+//! [`KafkaStore::read_barrier`], after which they show every event
+//! acknowledged before it began; and a record
 //! written outside Bookshelf after a partition was first claimed carries no
 //! epoch and is passed over as stale.
 //!
@@ -113,6 +114,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod barrier;
 pub mod cloudevents;
 mod config;
 mod dead_letters;

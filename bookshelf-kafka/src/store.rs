@@ -18,6 +18,7 @@ use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use tokio::sync::{oneshot, watch, Semaphore};
 
+use crate::barrier::Ends;
 use crate::cloudevents::envelope_of;
 use crate::config::KafkaConfig;
 use crate::local::{Kept, LocalState, Mark};
@@ -158,6 +159,14 @@ impl Part {
         while self.acked.remove(&self.frontier) {
             self.frontier += 1;
         }
+    }
+
+    /// Whether this instance's reads reflect every record before `end`:
+    /// the follower has read them, or, on the partition's owner, they are
+    /// its own acknowledged records (which its reads know of before the
+    /// follower keeps them) after records the follower has judged.
+    fn knows_up_to(&self, end: i64) -> bool {
+        self.next >= end || (matches!(self.role, Role::Owner { .. }) && self.frontier >= end)
     }
 
     /// Whether a record of this instance's at `offset`, written under
@@ -331,6 +340,7 @@ impl KafkaStoreBuilder {
             in_flight: (0..partitions).map(|_| Semaphore::new(self.max_in_flight)).collect(),
             claim_backoff: self.claim_backoff,
             one_owner: self.one_owner,
+            ends: Ends::new(plain_consumer(&config)?, &config.topic, partitions),
             config,
         });
         let from: Vec<(i32, i64)> = saved
@@ -450,6 +460,8 @@ struct Inner {
     claim_backoff: Duration,
     /// Whether every partition goes to partition 0's owner.
     one_owner: bool,
+    /// Where the partitions end, for read barriers.
+    ends: Ends,
 }
 
 impl Inner {
@@ -602,6 +614,48 @@ impl KafkaStore {
             })
             .collect();
         (all, next)
+    }
+
+    /// Waits until this store has read `stream`'s partition as far as it
+    /// reached when the call began (on the partition's owner, its own
+    /// acknowledged appends count as read), for at most `within`: then its reads
+    /// ([`load`](bookshelf_core::EventStore::read_stream), versions,
+    /// [`owner_of`](Self::owner_of)) reflect every event and every claim
+    /// written before the call, whatever this store had read before (its
+    /// local state after a restart, the partition before another instance
+    /// took it over). Concurrent barriers on a partition share one question
+    /// to the broker.
+    ///
+    /// # Errors
+    /// When the broker cannot tell where the partition ends, or the store
+    /// has not read that far, within `within`: the read would not be known
+    /// to be fresh.
+    pub async fn read_barrier(&self, stream: &StreamId, within: Duration) -> Result<(), StoreError> {
+        let began = Instant::now();
+        let partition = self.partition_of(stream);
+        let inner = &self.inner;
+        let reached = async {
+            let end = inner.ends.since(partition, began, within).await?;
+            let mut changed = inner.changed.subscribe();
+            while !inner.part(partition).knows_up_to(end) {
+                // The sender lives in `inner`, which `self` holds.
+                let _ = changed.changed().await;
+            }
+            Ok::<_, StoreError>(())
+        };
+        match tokio::time::timeout(within, reached).await {
+            Ok(reached) => reached.map_err(|e| {
+                backend_msg(format!(
+                    "cannot tell where partition {}/{partition} ends: {e}",
+                    inner.topic
+                ))
+            }),
+            Err(_) => Err(backend_msg(format!(
+                "partition {}/{partition} was not read to its end within {within:?} (next offset read: {})",
+                inner.topic,
+                inner.part(partition).next
+            ))),
+        }
     }
 
     /// Whether this instance writes every partition now: with

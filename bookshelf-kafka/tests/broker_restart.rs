@@ -91,7 +91,18 @@ async fn a_broker_restarted_midway_loses_nothing_it_acknowledged() {
     }
     broker.kill().unwrap(); // SIGKILL, mid-run
     broker.wait().unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // With the broker away, a read barrier cannot be passed: it says so
+    // within its bound rather than waiting for the broker.
+    let began = Instant::now();
+    let barrier = store
+        .read_barrier(&StreamId::new("counter-0"), Duration::from_millis(700))
+        .await;
+    assert!(barrier.is_err(), "a barrier passed with the broker down");
+    assert!(
+        began.elapsed() < Duration::from_secs(2),
+        "the barrier took {:?}",
+        began.elapsed()
+    );
     let mut broker = start_broker(port, dir.path());
     writer.await.unwrap();
     let acknowledged = acknowledged.lock().unwrap().clone();
@@ -101,6 +112,11 @@ async fn a_broker_restarted_midway_loses_nothing_it_acknowledged() {
         failed.lock().unwrap()
     );
     assert!(acknowledged.len() > 100, "the writer goes on after the restart");
+
+    store
+        .read_barrier(&StreamId::new("counter-0"), Duration::from_secs(10))
+        .await
+        .expect("a barrier passes once the broker is back");
 
     // A fresh store reads back everything that was acknowledged, in order.
     let reopened = KafkaStore::open(config.create_topic(false)).await.unwrap();

@@ -390,3 +390,38 @@ async fn records_that_break_the_protocol_are_named_and_set_aside() {
     assert!(text.contains("without a stream key"), "{text}");
     assert!(text.contains("claim that is not valid"), "{text}");
 }
+
+/// A read behind [`KafkaStore::read_barrier`] on an instance that does not
+/// own the partition sees every append acknowledged before it, and so does
+/// a store opened a moment ago. Without the barrier both read their copy
+/// as it stands: the follower's fetches on tansu take 50 ms, a freshly
+/// opened store has read nothing yet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_behind_a_barrier_sees_every_append_acknowledged_before_it() {
+    let topic = topic("barrier");
+    let (_tell, members) = watch::channel(vec!["writer".to_owned()]);
+    let writer = member(&topic, "writer", members.clone()).await;
+    let reader = member(&topic, "reader", members.clone()).await;
+    until("the writer owns every partition", || owned(&writer).len() == 3).await;
+    let stream = stream_on(1, "fresh");
+    let within = Duration::from_secs(3);
+    for n in 1..=20u64 {
+        writer
+            .append(&stream, ExpectedVersion::Exact(Version(n - 1)), vec![counted(n)])
+            .await
+            .expect("appended");
+        reader
+            .read_barrier(&stream, within)
+            .await
+            .expect("the barrier is passed");
+        let version = reader.stream_version(&stream).await.expect("a version");
+        assert_eq!(version, Version(n), "a read after append {n} was acknowledged");
+        let events = reader.read_stream(&stream, Version(n)).await.expect("the stream");
+        assert_eq!(events.len(), 1, "the event of append {n}");
+    }
+
+    // A store that has just opened, with nothing of the topic read yet.
+    let late = member(&topic, "late", members).await;
+    late.read_barrier(&stream, within).await.expect("the barrier is passed");
+    assert_eq!(late.stream_version(&stream).await.expect("a version"), Version(20));
+}

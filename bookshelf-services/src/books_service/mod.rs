@@ -44,6 +44,13 @@ struct Args {
     /// state (the events read, by stream), one file per topic and instance.
     #[arg(long, default_value = "bookshelf-data")]
     data: PathBuf,
+    /// On Kafka: answer reads as before read barriers, from the owner's
+    /// copy of the log as it stands (or this instance's, while ownership
+    /// moves), without first reading the book's partition to its end. Reads
+    /// may then be stale; this is here to measure what the barrier costs
+    /// and to show that the tests find stale reads without it.
+    #[arg(long, hide = true)]
+    stale_reads: bool,
     #[command(flatten)]
     service: api::ServiceFlags,
 }
@@ -91,7 +98,7 @@ pub async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 None => "Kafka, the one writer of its topic",
             };
             let store = builder.open().await?;
-            let owners = Arc::new(owners::Owners::new(store.clone())?);
+            let owners = Arc::new(owners::Owners::new(store.clone(), !args.stale_reads)?);
             serve(&args, listener, store.clone(), Some(owners), kind).await?;
             store.flush(Duration::from_secs(10)).await?;
         }

@@ -27,16 +27,19 @@ const MAX_BODY: usize = 1 << 20;
 pub struct Owners {
     pub store: KafkaStore,
     client: reqwest::Client,
+    /// Whether reads wait for a read barrier (see [`route_to_owner`]);
+    /// without one they go to the owner, as stale as its copy.
+    barrier: bool,
 }
 
 impl Owners {
-    pub fn new(store: KafkaStore) -> Result<Owners, reqwest::Error> {
+    pub fn new(store: KafkaStore, barrier: bool) -> Result<Owners, reqwest::Error> {
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
             .connect_timeout(Duration::from_secs(2))
             .redirect(reqwest::redirect::Policy::none())
             .build()?;
-        Ok(Owners { store, client })
+        Ok(Owners { store, client, barrier })
     }
 
     /// A new book's id on a partition this instance owns, if it owns any.
@@ -53,13 +56,8 @@ impl Owners {
     /// Where a request should be handled: `None` here, or the owner's address.
     fn target(&self, method: &Method, path: &str) -> Option<Result<String, String>> {
         let rest = path.strip_prefix("/books")?;
-        let id = rest
-            .strip_prefix('/')
-            .and_then(|r| r.split('/').next())
-            .filter(|id| !id.is_empty());
-        let claim = match id {
-            Some(id) => {
-                let stream = StreamId::for_aggregate("book", id);
+        let claim = match book_of(path) {
+            Some(stream) => {
                 if self.store.owns(&stream) {
                     return None;
                 }
@@ -128,16 +126,44 @@ async fn ownership(State(owners): State<Arc<Owners>>) -> axum::Json<serde_json::
     axum::Json(owners.describe())
 }
 
+/// The stream of the book a path is about (`/books/{id}...`), if any.
+fn book_of(path: &str) -> Option<StreamId> {
+    let id = path
+        .strip_prefix("/books/")?
+        .split('/')
+        .next()
+        .filter(|id| !id.is_empty())?;
+    Some(StreamId::for_aggregate("book", id))
+}
+
 /// How long a command waits for its book's partition to have an owner
-/// again (while ownership moves) before it is answered 503.
+/// again (while ownership moves), and a read for this instance to have read
+/// the partition to its end, before it is answered 503.
 const SETTLE: Duration = Duration::from_secs(3);
 
-/// Middleware: handles a request here when this instance owns its book's
-/// partition (or it was forwarded already), and forwards it otherwise. While
-/// ownership moves (no owner yet, or the one asked says it no longer owns
-/// the partition), it tries again for up to three seconds: such a refusal
-/// stored nothing, so sending the request again is safe.
+/// Middleware: a read about a book is answered here, from this instance's
+/// copy of the log, once the copy holds the book's partition as far as it
+/// reached when the read arrived (a read barrier): it shows every write
+/// acknowledged before, by any instance, even right after this one
+/// restarted or handed the partition back. A command is handled here when
+/// this instance owns its book's partition (or it was forwarded already),
+/// and forwarded otherwise. While ownership moves (no owner yet, or the one
+/// asked says it no longer owns the partition), it tries again for up to
+/// three seconds: such a refusal stored nothing, so sending the request
+/// again is safe.
 pub async fn route_to_owner(State(owners): State<Arc<Owners>>, request: Request, next: Next) -> Response {
+    if request.method() == Method::GET && owners.barrier {
+        if let Some(stream) = book_of(request.uri().path()) {
+            return match owners.store.read_barrier(&stream, SETTLE).await {
+                Ok(()) => next.run(request).await,
+                Err(error) => ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("this instance cannot tell that it has read the book's latest events: {error}"),
+                )
+                .into_response(),
+            };
+        }
+    }
     if request.headers().contains_key(FORWARDED_BY) {
         return next.run(request).await;
     }
@@ -166,10 +192,9 @@ pub async fn route_to_owner(State(owners): State<Arc<Owners>>, request: Request,
         let response = match owners.target(&parts.method, parts.uri.path()) {
             None => next.clone().run(rebuild()).await,
             Some(Ok(address)) => forward(&owners, &address, rebuild()).await,
-            Some(Err(_)) if parts.method == Method::GET => {
-                // No owner to ask: answer from this instance's copy of the log.
-                return next.run(rebuild()).await;
-            }
+            // Reads without a barrier, and no owner to ask: answered from
+            // this instance's copy.
+            Some(Err(_)) if parts.method == Method::GET => return next.run(rebuild()).await,
             Some(Err(reason)) => unavailable(reason),
         };
         let moving = response.status() == StatusCode::SERVICE_UNAVAILABLE

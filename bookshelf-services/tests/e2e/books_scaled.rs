@@ -10,7 +10,10 @@
 //! * SIGKILL of an instance during a load through the gateway: its
 //!   partitions move to the survivors, every acknowledged command is in the
 //!   log once, no command answered with a definite error is, and every book
-//!   reads the same through every instance; then again after a restart.
+//!   reads the same through every instance; then again after a restart;
+//! * a read sent after a write was acknowledged answers that write, on any
+//!   instance, right after it restarted too (read barriers), measured
+//!   beside instances that read as before the barriers.
 //!
 //! An answer is *unknown* when the request may or may not have been carried
 //! out: the connection broke (the instance died mid-request), the gateway
@@ -35,10 +38,16 @@ struct Cluster {
     books: BTreeMap<String, Service>,
     gateway: Service,
     http: reqwest::Client,
+    /// More arguments for every books instance.
+    more: Vec<String>,
 }
 
 impl Cluster {
     async fn start(instances: usize) -> Cluster {
+        Cluster::start_with(instances, &[]).await
+    }
+
+    async fn start_with(instances: usize, more: &[&str]) -> Cluster {
         let consul = ConsulDouble::start().await.expect("the Consul double starts");
         let topic = format!("bookshelf-scaled-{}", uuid::Uuid::new_v4().simple());
         let data = std::env::temp_dir().join(&topic);
@@ -53,6 +62,7 @@ impl Cluster {
                 .timeout(Duration::from_secs(30))
                 .build()
                 .expect("an HTTP client"),
+            more: more.iter().map(|s| s.to_string()).collect(),
         };
         for n in 1..=instances {
             cluster.start_books(&format!("books-{n}"));
@@ -62,7 +72,8 @@ impl Cluster {
     }
 
     fn start_books(&mut self, id: &str) {
-        let args = crate::support::on_kafka(&self.topic, &self.consul.url(), id, &self.data, &[]);
+        let more: Vec<&str> = self.more.iter().map(String::as_str).collect();
+        let args = crate::support::on_kafka(&self.topic, &self.consul.url(), id, &self.data, &more);
         let service = Service::start("books", &args);
         self.books.insert(id.to_owned(), service);
     }
@@ -630,4 +641,152 @@ where
         outputs.push(handle.await.expect("a request task"));
     }
     outputs
+}
+
+/// What reads after acknowledged writes answered on one cluster.
+struct Freshness {
+    /// Reads that showed fewer reads of the book than were acknowledged
+    /// before they were sent.
+    stale: usize,
+    /// Reads answered 503 (not known to be fresh in time).
+    unavailable: usize,
+    /// Latency of every read answered 200, in microseconds.
+    latencies: Vec<u64>,
+}
+
+impl Freshness {
+    fn percentile(&self, p: f64) -> u64 {
+        let mut sorted = self.latencies.clone();
+        sorted.sort_unstable();
+        sorted
+            .get(((sorted.len() as f64 - 1.0) * p).round() as usize)
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+/// Marks `book` read through `writer`, then reads it through `reader` at
+/// once, `rounds` times, checking each answer against the reads
+/// acknowledged before it was sent (`acknowledged` so far).
+async fn reads_after_writes(
+    cluster: &Cluster,
+    (writer, reader): (&str, &str),
+    book: &str,
+    rounds: usize,
+    acknowledged: &mut u64,
+    seen: &mut Freshness,
+) {
+    for _ in 0..rounds {
+        let marked = cluster
+            .http
+            .post(format!("{}/books/{book}/read", cluster.url(writer)))
+            .send()
+            .await
+            .expect("an answer");
+        if marked.status() == StatusCode::OK {
+            *acknowledged += 1;
+        }
+        read_now(cluster, reader, book, *acknowledged, seen).await;
+    }
+}
+
+/// Reads `book` through `reader` and checks it shows `acknowledged` reads.
+async fn read_now(cluster: &Cluster, reader: &str, book: &str, acknowledged: u64, seen: &mut Freshness) {
+    let sent = Instant::now();
+    let (status, body) = cluster.get(cluster.url(reader), &format!("/books/{book}")).await;
+    let took = sent.elapsed().as_micros() as u64;
+    match status {
+        StatusCode::OK => {
+            seen.latencies.push(took);
+            let reads = body["reads"].as_u64().expect("a read count");
+            if reads < acknowledged {
+                println!("stale: {reader} answered {reads} reads of {book}; {acknowledged} were acknowledged");
+                seen.stale += 1;
+            }
+        }
+        StatusCode::SERVICE_UNAVAILABLE => seen.unavailable += 1,
+        other => panic!("{book} through {reader}: {other} {body}"),
+    }
+}
+
+/// Two instances; a book of books-2's; reads after writes; books-2 killed,
+/// the book written through books-1, books-2 restarted and read at once.
+async fn freshness(more: &[&str]) -> Freshness {
+    let mut cluster = Cluster::start_with(2, more).await;
+    let mut seen = Freshness {
+        stale: 0,
+        unavailable: 0,
+        latencies: Vec::new(),
+    };
+    // A new book goes to a partition of the instance it was sent to.
+    let book = cluster
+        .add_book(cluster.url("books-2"), "The Word for World Is Forest")
+        .await;
+    let mut acknowledged = 0;
+    reads_after_writes(
+        &cluster,
+        ("books-1", "books-2"),
+        &book,
+        100,
+        &mut acknowledged,
+        &mut seen,
+    )
+    .await;
+    reads_after_writes(
+        &cluster,
+        ("books-2", "books-1"),
+        &book,
+        100,
+        &mut acknowledged,
+        &mut seen,
+    )
+    .await;
+    // Reads with no write just before them, on both.
+    for reader in ["books-1", "books-2"].iter().cycle().take(100) {
+        read_now(&cluster, reader, &book, acknowledged, &mut seen).await;
+    }
+
+    cluster.books.remove("books-2").expect("books-2 runs").crash();
+    cluster.settled().await;
+    for _ in 0..20 {
+        let marked = cluster
+            .http
+            .post(format!("{}/books/{book}/read", cluster.url("books-1")))
+            .send()
+            .await
+            .expect("an answer");
+        assert_eq!(marked.status(), StatusCode::OK, "books-1 took the book over");
+        acknowledged += 1;
+    }
+    // The restarted instance's copy stops 20 reads short until it reads on.
+    cluster.start_books("books-2");
+    let restarted = Instant::now();
+    while restarted.elapsed() < Duration::from_millis(500) {
+        read_now(&cluster, "books-2", &book, acknowledged, &mut seen).await;
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reads_after_acknowledged_writes_are_fresh_on_every_instance() {
+    let fresh = freshness(&[]).await;
+    let before = freshness(&["--stale-reads"]).await;
+    for (name, seen) in [("read barrier", &fresh), ("as before (--stale-reads)", &before)] {
+        println!(
+            "{name}: {} reads answered, {} stale, {} unavailable; GET p50 {} µs, p99 {} µs",
+            seen.latencies.len(),
+            seen.stale,
+            seen.unavailable,
+            seen.percentile(0.5),
+            seen.percentile(0.99)
+        );
+    }
+    assert_eq!(fresh.stale, 0, "no read is stale behind the read barrier");
+    assert!(fresh.latencies.len() > 200, "the reads were answered");
+    // What the barrier is for: without it, the restarted instance answers
+    // from the copy it had.
+    assert!(
+        before.stale > 0,
+        "without the barrier a read right after the restart is stale"
+    );
 }
