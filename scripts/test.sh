@@ -32,6 +32,11 @@ echo "PostgreSQL tests use the database at $DATABASE_URL"
 BOOKSHELF_PYTHON=$(scripts/python.sh)
 export BOOKSHELF_PYTHON
 
+# The network-fault tests cut single instances off with nftables rules
+# matching a Unix user per instance: nftables and the users, made here.
+faults=$(scripts/fault-env.sh)
+export "${faults?}"
+
 # The Consul adapter's contract runs against the Consul double always, and
 # against a real agent only when CONSUL_HTTP_ADDR names one.
 if [ -n "${CONSUL_HTTP_ADDR:-}" ]; then

@@ -220,8 +220,19 @@ impl Agent {
 
     /// Marks the instance's TTL check passing.
     pub(crate) async fn pass(&self, instance_id: &str) -> Result<Heartbeat, DiscoveryError> {
-        let mut url = self.url(&["agent", "check", "pass", &check_id(instance_id)]);
-        url.query_pairs_mut().append_pair("note", "heartbeat");
+        self.mark(instance_id, "pass", "heartbeat").await
+    }
+
+    /// Marks the instance's TTL check critical, with `note` saying why:
+    /// the agent stops listing it as passing at once.
+    pub(crate) async fn fail(&self, instance_id: &str, note: &str) -> Result<Heartbeat, DiscoveryError> {
+        self.mark(instance_id, "fail", note).await
+    }
+
+    /// Sets the instance's TTL check's status (`pass`, `fail`) with `note`.
+    async fn mark(&self, instance_id: &str, status: &str, note: &str) -> Result<Heartbeat, DiscoveryError> {
+        let mut url = self.url(&["agent", "check", status, &check_id(instance_id)]);
+        url.query_pairs_mut().append_pair("note", note);
         match Self::send(self.request(Method::PUT, url)).await {
             Ok(_) => Ok(Heartbeat::Sent),
             Err(DiscoveryError::Status { status: 404, .. }) => Ok(Heartbeat::CheckGone),

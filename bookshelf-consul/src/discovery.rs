@@ -36,7 +36,12 @@ use crate::config::{Check, ConsulConfig};
 pub struct ConsulDiscovery {
     agent: Agent,
     heartbeats: Arc<Mutex<HashMap<String, JoinHandle<()>>>>,
+    health: Option<Health>,
 }
+
+/// What an instance's heartbeat asks before it says the instance is
+/// passing: `Err` with the reason when it is not.
+pub type Health = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 
 impl std::fmt::Debug for ConsulDiscovery {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -55,7 +60,18 @@ impl ConsulDiscovery {
         Ok(ConsulDiscovery {
             agent: Agent::new(config)?,
             heartbeats: Arc::default(),
+            health: None,
         })
+    }
+
+    /// Heartbeats of TTL checks ask `health` first: while it says the
+    /// instance cannot serve, each heartbeat marks the check critical with
+    /// the reason (Consul stops listing the instance at once) instead of
+    /// passing it. For an instance cut off from what it needs (its broker,
+    /// its database) while it can still reach Consul.
+    pub fn with_health(mut self, health: Health) -> Self {
+        self.health = Some(health);
+        self
     }
 
     /// Discovery configured from `CONSUL_HTTP_ADDR` and `CONSUL_HTTP_TOKEN`.
@@ -80,7 +96,7 @@ impl Drop for ConsulDiscovery {
     }
 }
 
-async fn heartbeat(agent: Agent, instance: ServiceInstance, ttl: Duration) {
+async fn heartbeat(agent: Agent, instance: ServiceInstance, ttl: Duration, health: Option<Health>) {
     let id = if instance.id.is_empty() {
         instance.name.clone()
     } else {
@@ -91,7 +107,15 @@ async fn heartbeat(agent: Agent, instance: ServiceInstance, ttl: Duration) {
     ticks.tick().await; // the first tick is immediate; registration just passed the check
     loop {
         ticks.tick().await;
-        match agent.pass(&id).await {
+        let verdict = health.as_ref().map_or(Ok(()), |health| health());
+        let sent = match &verdict {
+            Ok(()) => agent.pass(&id).await,
+            Err(reason) => {
+                tracing::warn!(instance = %id, %reason, "unhealthy: marking the check critical");
+                agent.fail(&id, reason).await
+            }
+        };
+        match sent {
             Ok(Heartbeat::Sent) => {}
             Ok(Heartbeat::CheckGone) => {
                 tracing::warn!(instance = %id, "the agent forgot this instance's check; registering it again");
@@ -182,7 +206,12 @@ impl Discovery for ConsulDiscovery {
     async fn register(&self, instance: &ServiceInstance) -> Result<(), DiscoveryError> {
         self.agent.register(instance).await?;
         if let Check::Ttl { ttl } = self.agent.config().check {
-            let task = tokio::spawn(heartbeat(self.agent.clone(), instance.clone(), ttl));
+            let task = tokio::spawn(heartbeat(
+                self.agent.clone(),
+                instance.clone(),
+                ttl,
+                self.health.clone(),
+            ));
             let id = if instance.id.is_empty() {
                 &instance.name
             } else {

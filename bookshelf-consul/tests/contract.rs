@@ -121,6 +121,51 @@ async fn stopped_heartbeats_turn_critical_and_leave_resolve(base_url: &str) {
     observer.deregister(&me.id).await.unwrap();
 }
 
+async fn an_unhealthy_instance_is_marked_critical_with_its_reason_and_comes_back(base_url: &str) {
+    let ttl = Duration::from_millis(600);
+    let name = unique("health");
+    let me = ServiceInstance::new(format!("{name}-1"), &name, "127.0.0.1", 9003);
+    let healthy = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let probe = {
+        let healthy = std::sync::Arc::clone(&healthy);
+        std::sync::Arc::new(move || {
+            if healthy.load(std::sync::atomic::Ordering::Relaxed) {
+                Ok(())
+            } else {
+                Err("the broker has not answered for 2s".to_owned())
+            }
+        })
+    };
+    let discovery = ConsulDiscovery::new(config(base_url).check(Check::Ttl { ttl }))
+        .unwrap()
+        .with_health(probe);
+    discovery.register(&me).await.unwrap();
+    eventually(Duration::from_secs(10), "registered instance resolves", || async {
+        discovery.resolve(&name, &[]).await.unwrap() == vec![me.clone()]
+    })
+    .await;
+    healthy.store(false, std::sync::atomic::Ordering::Relaxed);
+    // The next heartbeat (a third of the TTL) marks it critical: sooner
+    // than the TTL would lapse.
+    let began = Instant::now();
+    eventually(
+        Duration::from_secs(10),
+        "the unhealthy instance leaves resolve",
+        || async { discovery.resolve(&name, &[]).await.unwrap().is_empty() },
+    )
+    .await;
+    assert!(began.elapsed() < ttl, "marked critical after {:?}", began.elapsed());
+    let check = agent_check(base_url, &format!("service:{}", me.id)).await.unwrap();
+    assert_eq!(check["Status"], "critical");
+    assert_eq!(check["Output"], "the broker has not answered for 2s");
+    healthy.store(true, std::sync::atomic::Ordering::Relaxed);
+    eventually(Duration::from_secs(10), "the instance passes again", || async {
+        discovery.resolve(&name, &[]).await.unwrap() == vec![me.clone()]
+    })
+    .await;
+    discovery.deregister(&me.id).await.unwrap();
+}
+
 async fn watch_sees_register_health_change_and_deregister_in_order(base_url: &str) {
     // A long TTL, so that no heartbeat undoes the failure set by hand below.
     let discovery = ConsulDiscovery::new(config(base_url).check(Check::Ttl {
@@ -230,6 +275,7 @@ macro_rules! contract {
 contract!(
     heartbeating_service_shows_up_passing_and_stays,
     stopped_heartbeats_turn_critical_and_leave_resolve,
+    an_unhealthy_instance_is_marked_critical_with_its_reason_and_comes_back,
     watch_sees_register_health_change_and_deregister_in_order,
     resolve_requires_every_tag_and_falls_back_to_the_node_address,
     errors_keep_consuls_status_and_text,

@@ -1,5 +1,6 @@
 //! Read barriers: where each partition ended when a read began, asked of the
-//! broker once for every read waiting at that moment.
+//! broker once for every read waiting at that moment; and, from the same
+//! questions asked every [`PROBE`], whether the broker still answers.
 //!
 //! A read that waits until the store's follower has read its partition up to
 //! such an end sees every event acknowledged before the read began, and
@@ -15,6 +16,10 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use crate::reader::{backend, backend_msg};
 use bookshelf_core::StoreError;
 
+/// How often a store asks the broker where partition 0 ends, to know that
+/// it still answers (see [`Ends::silence`]).
+pub(crate) const PROBE: Duration = Duration::from_millis(500);
+
 /// One partition's last known end, and when the broker was asked for it.
 type Asked = Option<(Instant, i64)>;
 
@@ -26,6 +31,8 @@ pub(crate) struct Ends {
     /// arriving meanwhile wait for that answer or the next one, and at most
     /// one question per partition is ever out.
     asked: Vec<Arc<tokio::sync::Mutex<Asked>>>,
+    /// When the broker last answered a question.
+    answered: Arc<std::sync::Mutex<Instant>>,
 }
 
 impl Ends {
@@ -36,7 +43,14 @@ impl Ends {
             asked: (0..partitions)
                 .map(|_| Arc::new(tokio::sync::Mutex::new(None)))
                 .collect(),
+            // The store has just talked to the broker to open.
+            answered: Arc::new(std::sync::Mutex::new(Instant::now())),
         }
+    }
+
+    /// How long ago the broker last answered a question for an end.
+    pub(crate) fn silence(&self) -> Duration {
+        self.answered.lock().unwrap_or_else(|p| p.into_inner()).elapsed()
     }
 
     /// The end of `partition` as the broker reported it to a question asked
@@ -56,13 +70,18 @@ impl Ends {
                 return Ok(end);
             }
         }
-        let (consumer, topic) = (Arc::clone(&self.consumer), self.topic.clone());
+        let (consumer, topic, answered) = (
+            Arc::clone(&self.consumer),
+            self.topic.clone(),
+            Arc::clone(&self.answered),
+        );
         // The blocking question holds the lock until the broker answers or it
         // times out, even if the read that asked has given up.
         tokio::task::spawn_blocking(move || {
             let at = Instant::now();
             let (_, high) = consumer.fetch_watermarks(&topic, partition, timeout).map_err(backend)?;
             *asked = Some((at, high));
+            *answered.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
             Ok(high)
         })
         .await

@@ -91,6 +91,7 @@
 //! |---|---|
 //! | an instance dies (SIGKILL) | discovery stops listing it (its TTL check lapses); the survivors claim its partitions, each after reading it to the end; commands for its books wait or are refused (503) meanwhile |
 //! | an owner is paused and resumes (SIGSTOP, GC, a network cut) | it is taken over as if dead; when it resumes, what it writes under its old epoch is passed over, and each such append is refused; it steps down when it reads the new claim |
+//! | an instance is cut off from the broker (its discovery agent still reachable) | the store's probe (every 0.5 s) hears nothing and [`KafkaStore::broker_silence`] grows; a service whose health check reads it (the `books` service fails its Consul check after half the check's TTL, at least 1 s) leaves discovery, and the others claim its partitions; its appends meanwhile end with their outcome unknown when the service's bound runs out (nothing acknowledged is lost: what lands before the new claim counts, what lands after is passed over) |
 //! | two instances both believe they own a partition (discovery lists disagree) | both claim; the later claim wins; the other steps down and claims again only after `claim_backoff`, while discovery still names it |
 //! | a send fails, or its acknowledgement is lost | the owner claims its partition again before writing more; whatever of the failed send lands after that claim is passed over; appends still waiting are answered by what the follower reads |
 //! | the local state file is lost | it is rebuilt from the topic (a replay of the partition) |

@@ -360,6 +360,7 @@ impl KafkaStoreBuilder {
             Membership::Members(members) => Some(members),
         };
         tasks.push(tokio::spawn(steer(Arc::downgrade(&inner), members)));
+        tasks.push(tokio::spawn(probe(Arc::downgrade(&inner))));
         let store = KafkaStore {
             inner,
             _tasks: Arc::new(Tasks(tasks)),
@@ -368,6 +369,19 @@ impl KafkaStoreBuilder {
             store.wait_until_owner_of_all().await?;
         }
         Ok(store)
+    }
+}
+
+/// Asks the broker where partition 0 ends every [`PROBE`](crate::barrier::PROBE),
+/// so that [`KafkaStore::broker_silence`] knows whether it still answers.
+async fn probe(inner: Weak<Inner>) {
+    let mut ticks = tokio::time::interval(crate::barrier::PROBE);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let Some(inner) = inner.upgrade() else { return };
+        // Unanswered, it shows in the silence; nothing else to do.
+        let _ = inner.ends.since(0, Instant::now(), crate::barrier::PROBE * 2).await;
     }
 }
 
@@ -656,6 +670,15 @@ impl KafkaStore {
                 inner.part(partition).next
             ))),
         }
+    }
+
+    /// How long ago the broker last answered this store's questions (it
+    /// asks every half second). A service that has not heard from its
+    /// broker for a while cannot serve its partitions: it should stop
+    /// passing its health check, so that the others take them over (see
+    /// `bookshelf_consul::ConsulDiscovery::with_health`).
+    pub fn broker_silence(&self) -> Duration {
+        self.inner.ends.silence()
     }
 
     /// Whether this instance writes every partition now: with

@@ -103,6 +103,12 @@ async fn a_broker_restarted_midway_loses_nothing_it_acknowledged() {
         "the barrier took {:?}",
         began.elapsed()
     );
+    // The store hears nothing from the broker: its silence grows (what a
+    // service's health check reads).
+    while store.broker_silence() < Duration::from_millis(1200) {
+        assert!(began.elapsed() < Duration::from_secs(4), "silence {:?}", store.broker_silence());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let mut broker = start_broker(port, dir.path());
     writer.await.unwrap();
     let acknowledged = acknowledged.lock().unwrap().clone();
@@ -117,6 +123,11 @@ async fn a_broker_restarted_midway_loses_nothing_it_acknowledged() {
         .read_barrier(&StreamId::new("counter-0"), Duration::from_secs(10))
         .await
         .expect("a barrier passes once the broker is back");
+    let back = Instant::now();
+    while store.broker_silence() > Duration::from_secs(1) {
+        assert!(back.elapsed() < Duration::from_secs(10), "the broker answers again");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     // A fresh store reads back everything that was acknowledged, in order.
     let reopened = KafkaStore::open(config.create_topic(false)).await.unwrap();

@@ -115,12 +115,29 @@ impl ServiceFlags {
         name: &str,
         local: std::net::SocketAddr,
     ) -> Result<Option<Registration>, bookshelf::DiscoveryError> {
-        Registration::register(self.consul_config(), name, self.id.as_deref(), &self.tags, local).await
+        Registration::register(self.consul_config(), name, self.id.as_deref(), &self.tags, local, None).await
+    }
+
+    /// Registers as `name` at `local` when `--consul` is given, with a
+    /// check that passes only while `healthy` says so.
+    pub async fn register_checked(
+        &self,
+        name: &str,
+        local: std::net::SocketAddr,
+        healthy: bookshelf_consul::Health,
+    ) -> Result<Option<Registration>, bookshelf::DiscoveryError> {
+        let (id, tags) = (self.id.as_deref(), &self.tags);
+        Registration::register(self.consul_config(), name, id, tags, local, Some(healthy)).await
+    }
+
+    /// The TTL of the instance's Consul check.
+    pub fn check_ttl(&self) -> Duration {
+        Duration::from_millis(self.check_ttl_ms.max(100))
     }
 
     /// How to reach Consul, when `--consul` is given.
     pub fn consul_config(&self) -> Option<bookshelf_consul::ConsulConfig> {
-        let ttl = std::time::Duration::from_millis(self.check_ttl_ms.max(100));
+        let ttl = self.check_ttl();
         self.consul
             .as_deref()
             .map(|url| bookshelf_consul::ConsulConfig::new(url).check(bookshelf_consul::Check::Ttl { ttl }))
@@ -135,20 +152,25 @@ pub struct Registration {
 
 impl Registration {
     /// Registers `name` (`id`, default `NAME-PORT`; `tags`) at `local` with
-    /// the Consul agent `consul` describes, if one is given.
+    /// the Consul agent `consul` describes, if one is given; its check
+    /// passes only while `healthy` (if given) says so.
     pub async fn register(
         consul: Option<bookshelf_consul::ConsulConfig>,
         name: &str,
         id: Option<&str>,
         tags: &[String],
         local: std::net::SocketAddr,
+        healthy: Option<bookshelf_consul::Health>,
     ) -> Result<Option<Registration>, bookshelf::DiscoveryError> {
         use bookshelf::Discovery;
         let Some(consul) = consul else {
             return Ok(None);
         };
         let url = consul.base_url().to_owned();
-        let discovery = bookshelf_consul::ConsulDiscovery::new(consul)?;
+        let mut discovery = bookshelf_consul::ConsulDiscovery::new(consul)?;
+        if let Some(healthy) = healthy {
+            discovery = discovery.with_health(healthy);
+        }
         let id = id.map_or_else(|| format!("{name}-{}", local.port()), str::to_owned);
         let me = bookshelf::ServiceInstance::new(&id, name, local.ip().to_string(), local.port()).with_tags(tags);
         discovery.register(&me).await?;

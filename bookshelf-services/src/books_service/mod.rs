@@ -126,7 +126,7 @@ async fn serve<S: EventStore>(
         new_id,
     });
     let mut app = api::books_routes(api);
-    if let Some(owners) = owners {
+    if let Some(owners) = owners.clone() {
         let route_to_owner = Arc::clone(&owners);
         app = app
             .map_router(|router| {
@@ -142,7 +142,27 @@ async fn serve<S: EventStore>(
         .serve_docs("books API")
         .fallback(api::not_found);
 
-    let registration = args.service.register(&args.name, local).await?;
+    let registration = match &owners {
+        // On Kafka: healthy while the broker answers, so that an instance
+        // cut off from it gives its partitions up within the check's TTL.
+        Some(owners) => {
+            let store = owners.store.clone();
+            let silent_for = (args.service.check_ttl() / 2).max(Duration::from_secs(1));
+            let healthy: bookshelf_consul::Health = Arc::new(move || {
+                let silence = store.broker_silence();
+                if silence > silent_for {
+                    Err(format!(
+                        "the Kafka broker has not answered for {} ms",
+                        silence.as_millis()
+                    ))
+                } else {
+                    Ok(())
+                }
+            });
+            args.service.register_checked(&args.name, local, healthy).await?
+        }
+        None => args.service.register(&args.name, local).await?,
+    };
     println!("books is listening on http://{local}/ ({kind})");
     api::serve(listener, app, registration).await
 }

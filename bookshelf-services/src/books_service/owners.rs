@@ -35,8 +35,7 @@ pub struct Owners {
 impl Owners {
     pub fn new(store: KafkaStore, barrier: bool) -> Result<Owners, reqwest::Error> {
         let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .connect_timeout(Duration::from_secs(2))
+            .connect_timeout(Duration::from_secs(1))
             .redirect(reqwest::redirect::Policy::none())
             .build()?;
         Ok(Owners { store, client, barrier })
@@ -138,8 +137,9 @@ fn book_of(path: &str) -> Option<StreamId> {
 
 /// How long a command waits for its book's partition to have an owner
 /// again (while ownership moves), and a read for this instance to have read
-/// the partition to its end, before it is answered 503.
-const SETTLE: Duration = Duration::from_secs(3);
+/// the partition to its end, before it is answered 503: within 3 s, with
+/// room for a gateway's hop.
+const SETTLE: Duration = Duration::from_millis(2800);
 
 /// Middleware: a read about a book is answered here, from this instance's
 /// copy of the log, once the copy holds the book's partition as far as it
@@ -148,9 +148,11 @@ const SETTLE: Duration = Duration::from_secs(3);
 /// restarted or handed the partition back. A command is handled here when
 /// this instance owns its book's partition (or it was forwarded already),
 /// and forwarded otherwise. While ownership moves (no owner yet, or the one
-/// asked says it no longer owns the partition), it tries again for up to
-/// three seconds: such a refusal stored nothing, so sending the request
-/// again is safe.
+/// asked says it no longer owns the partition), it tries again: such a
+/// refusal stored nothing, so sending the request again is safe. No request
+/// waits longer than [`SETTLE`]: then it is answered 503 with `Retry-After`,
+/// saying whether it may have been stored ("the outcome is unknown") or
+/// not.
 pub async fn route_to_owner(State(owners): State<Arc<Owners>>, request: Request, next: Next) -> Response {
     if request.method() == Method::GET && owners.barrier {
         if let Some(stream) = book_of(request.uri().path()) {
@@ -165,7 +167,7 @@ pub async fn route_to_owner(State(owners): State<Arc<Owners>>, request: Request,
         }
     }
     if request.headers().contains_key(FORWARDED_BY) {
-        return next.run(request).await;
+        return handle_here(next, request, HANDLE).await;
     }
     let (parts, body) = request.into_parts();
     let body = match axum::body::to_bytes(body, MAX_BODY).await {
@@ -189,9 +191,14 @@ pub async fn route_to_owner(State(owners): State<Arc<Owners>>, request: Request,
     let deadline = tokio::time::Instant::now() + SETTLE;
     let mut pauses = MOVING.delays();
     loop {
+        // Each try within what is left of the bound, and a little more for
+        // a last try that would otherwise have none.
+        let left = deadline
+            .saturating_duration_since(tokio::time::Instant::now())
+            .max(LAST_TRY);
         let response = match owners.target(&parts.method, parts.uri.path()) {
-            None => next.clone().run(rebuild()).await,
-            Some(Ok(address)) => forward(&owners, &address, rebuild()).await,
+            None => handle_here(next.clone(), rebuild(), left.min(HANDLE)).await,
+            Some(Ok(address)) => forward(&owners, &address, rebuild(), left).await,
             // Reads without a barrier, and no owner to ask: answered from
             // this instance's copy.
             Some(Err(_)) if parts.method == Method::GET => return next.run(rebuild()).await,
@@ -208,6 +215,37 @@ pub async fn route_to_owner(State(owners): State<Arc<Owners>>, request: Request,
         }
         let pause = pauses.next().unwrap_or(MOVING.max_backoff);
         tokio::time::sleep(pause.min(deadline - now)).await;
+    }
+}
+
+/// The longest this instance works on a command before it answers 503 with
+/// the outcome unknown (its broker not answering, say): shorter than
+/// [`SETTLE`], so that an instance that forwarded the command hears the
+/// answer within its own bound.
+const HANDLE: Duration = Duration::from_millis(2300);
+
+/// The least time a try is given.
+const LAST_TRY: Duration = Duration::from_millis(100);
+
+/// Handles `request` here, for at most `within`: then it is answered 503,
+/// its outcome unknown (what was under way may still be stored).
+async fn handle_here(next: Next, request: Request, within: Duration) -> Response {
+    match tokio::time::timeout(within, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => {
+            tracing::warn!(
+                within_ms = within.as_millis(),
+                "request not done in time; its outcome is unknown"
+            );
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "not done within {} ms, so the outcome is unknown: it may or may not have been stored",
+                    within.as_millis()
+                ),
+            )
+            .into_response()
+        }
     }
 }
 
@@ -234,7 +272,9 @@ fn hop_by_hop(name: &HeaderName) -> bool {
     )
 }
 
-async fn forward(owners: &Owners, address: &str, request: Request) -> Response {
+/// Sends `request` on to the owner at `address`, waiting at most `within`
+/// for its answer.
+async fn forward(owners: &Owners, address: &str, request: Request, within: Duration) -> Response {
     let (parts, body) = request.into_parts();
     let body = match axum::body::to_bytes(body, MAX_BODY).await {
         Ok(body) => body,
@@ -248,6 +288,7 @@ async fn forward(owners: &Owners, address: &str, request: Request) -> Response {
     let mut outgoing = owners
         .client
         .request(parts.method.clone(), format!("{address}{path}"))
+        .timeout(within)
         .header(FORWARDED_BY, owners.store.member().id.as_str())
         .body(body);
     for (name, value) in &parts.headers {

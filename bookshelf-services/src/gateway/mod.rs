@@ -174,6 +174,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         args.id.as_deref(),
         &[],
         local,
+        None,
     )
     .await?;
     println!("gateway is listening on http://{local}/ ({kind})");

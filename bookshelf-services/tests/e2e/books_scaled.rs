@@ -25,7 +25,7 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::support::{brokers, Service};
+use crate::support::{brokers, port_of, Firewall, Service};
 use bookshelf_kafka::rule::Verdict;
 use bookshelf_testkit::consul::ConsulDouble;
 use reqwest::StatusCode;
@@ -40,6 +40,9 @@ struct Cluster {
     http: reqwest::Client,
     /// More arguments for every books instance.
     more: Vec<String>,
+    /// The Unix users to run `books-N` as (the N-th), when the test cuts
+    /// instances off the network.
+    users: Vec<(String, u32)>,
 }
 
 impl Cluster {
@@ -48,6 +51,12 @@ impl Cluster {
     }
 
     async fn start_with(instances: usize, more: &[&str]) -> Cluster {
+        Cluster::start_as(instances, more, Vec::new()).await
+    }
+
+    /// `instances` instances, `books-N` running as the N-th of `users` (when
+    /// given), so that firewall rules can cut each off on its own.
+    async fn start_as(instances: usize, more: &[&str], users: Vec<(String, u32)>) -> Cluster {
         let consul = ConsulDouble::start().await.expect("the Consul double starts");
         let topic = format!("bookshelf-scaled-{}", uuid::Uuid::new_v4().simple());
         let data = std::env::temp_dir().join(&topic);
@@ -63,7 +72,14 @@ impl Cluster {
                 .build()
                 .expect("an HTTP client"),
             more: more.iter().map(|s| s.to_string()).collect(),
+            users,
         };
+        if !cluster.users.is_empty() {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::create_dir_all(&cluster.data).expect("the data directory");
+            std::fs::set_permissions(&cluster.data, std::fs::Permissions::from_mode(0o1777))
+                .expect("the data directory open to the instances' users");
+        }
         for n in 1..=instances {
             cluster.start_books(&format!("books-{n}"));
         }
@@ -74,7 +90,14 @@ impl Cluster {
     fn start_books(&mut self, id: &str) {
         let more: Vec<&str> = self.more.iter().map(String::as_str).collect();
         let args = crate::support::on_kafka(&self.topic, &self.consul.url(), id, &self.data, &more);
-        let service = Service::start("books", &args);
+        let user = id
+            .strip_prefix("books-")
+            .and_then(|n| n.parse::<usize>().ok())
+            .and_then(|n| self.users.get(n.wrapping_sub(1)));
+        let service = match user {
+            Some((_, uid)) => Service::start_as(*uid, "books", &args),
+            None => Service::start("books", &args),
+        };
         self.books.insert(id.to_owned(), service);
     }
 
@@ -193,9 +216,46 @@ enum Outcome {
 #[derive(Default)]
 struct Ledger {
     commands: Mutex<Vec<(String, String, Outcome, String)>>,
+    /// When each command was sent, how long its answer took, and whether
+    /// it was done.
+    timings: Mutex<Vec<(Instant, Duration, bool)>>,
 }
 
 impl Ledger {
+    fn timed(&self, sent: Instant, outcome: Outcome) {
+        let took = sent.elapsed();
+        self.timings
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((sent, took, outcome == Outcome::Done));
+    }
+
+    /// Commands done per second among those sent in `from..to`.
+    fn done_per_second(&self, from: Instant, to: Instant) -> f64 {
+        let done = self
+            .timings
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|(sent, _, done)| *done && *sent >= from && *sent < to)
+            .count();
+        done as f64 / to.saturating_duration_since(from).as_secs_f64().max(0.001)
+    }
+
+    /// The longest and the 99th percentile wait for an answer.
+    fn waits(&self) -> (Duration, Duration) {
+        let mut took: Vec<Duration> = self
+            .timings
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|t| t.1)
+            .collect();
+        took.sort_unstable();
+        let at = |p: f64| took.get(((took.len() as f64 - 1.0) * p).round() as usize).copied();
+        (at(1.0).unwrap_or_default(), at(0.99).unwrap_or_default())
+    }
+
     fn record(&self, correlation: String, book: String, outcome: Outcome, detail: String) {
         self.commands
             .lock()
@@ -251,6 +311,7 @@ async fn mark_reads(
                     let book = books[n % books.len()].clone();
                     let target = &targets[n % targets.len()];
                     let correlation = format!("load-{}", uuid::Uuid::new_v4().simple());
+                    let began = Instant::now();
                     let sent = http
                         .post(format!("{target}/books/{book}/read"))
                         .header("x-correlation-id", &correlation)
@@ -274,6 +335,7 @@ async fn mark_reads(
                             (outcome, format!("{status} {text}"))
                         }
                     };
+                    ledger.timed(began, outcome);
                     ledger.record(correlation, book, outcome, detail);
                     n += workers;
                 }
@@ -788,5 +850,106 @@ async fn reads_after_acknowledged_writes_are_fresh_on_every_instance() {
     assert!(
         before.stale > 0,
         "without the barrier a read right after the restart is stale"
+    );
+}
+
+/// An owner cut off from the broker (an nftables rule on its Unix user)
+/// while a load goes through the gateway: it stops passing its health
+/// check, the others take its partitions over, no command waits longer
+/// than the 3 s bound, and throughput over the others stays at least half
+/// of what it was; healed, it serves again. Every answer is checked against
+/// the log as in the test above.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_owner_cut_off_from_the_broker_gives_its_partitions_up_and_no_command_waits_long() {
+    let users = crate::support::fault_users();
+    let firewall = Firewall::new();
+    let cluster = Cluster::start_as(3, &[], users.clone()).await;
+    let ids: Vec<String> = cluster.books.keys().cloned().collect();
+    let (victim, victim_uid) = ("books-1", users[0].1);
+    assert!(!cluster.owned_by(victim).await.is_empty(), "{victim} owns a partition");
+    let mut books = Vec::new();
+    for id in &ids {
+        for n in 0..3 {
+            books.push(cluster.add_book(cluster.url(id), &format!("The Telling {n}")).await);
+        }
+    }
+    let gateway = cluster.gateway.url.clone();
+    loop {
+        let (_, health) = cluster.get(&gateway, "/health").await;
+        if health["services"]["books"] == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let ledger = Arc::new(Ledger::default());
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let started = Instant::now();
+    let load = tokio::spawn(mark_reads(
+        cluster.http.clone(),
+        vec![gateway.clone()],
+        books.clone(),
+        12,
+        Arc::clone(&ledger),
+        Arc::clone(&stop),
+    ));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    firewall.cut(victim_uid, port_of(&brokers()));
+    let cut = Instant::now();
+    let others: Vec<&String> = ids.iter().filter(|id| *id != victim).collect();
+    loop {
+        let mut taken = 0;
+        for other in &others {
+            taken += cluster.owned_by(other).await.len();
+        }
+        if taken == 3 {
+            break;
+        }
+        assert!(
+            cut.elapsed() < Duration::from_secs(30),
+            "the others took over within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let takeover = cut.elapsed();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let healed = Instant::now();
+    firewall.heal();
+    cluster.settled().await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    load.await.expect("the load");
+
+    let normal = ledger.done_per_second(started + Duration::from_millis(500), cut);
+    let moved = ledger.done_per_second(cut + takeover, healed);
+    let cut_off = ledger.done_per_second(cut, healed);
+    let (longest, p99) = ledger.waits();
+    println!(
+        "cut off from the broker: partitions moved after {takeover:?} (check TTL 2 s); commands/s {normal:.0} before, \
+         {cut_off:.0} while cut off ({moved:.0} once moved, {:.2} of before); wait p99 {p99:?}, longest {longest:?}; \
+         {} done, {} refused, {} unknown",
+        moved / normal,
+        ledger.count(Outcome::Done),
+        ledger.count(Outcome::Refused),
+        ledger.count(Outcome::Unknown)
+    );
+    println!(
+        "refused: {:#?}\nunknown: {:#?}",
+        ledger.reasons(Outcome::Refused),
+        ledger.reasons(Outcome::Unknown)
+    );
+    check_against_the_log(&cluster, &ledger, &books).await;
+    assert!(
+        takeover < Duration::from_secs(4),
+        "the partitions moved within two TTLs: {takeover:?}"
+    );
+    // The bound is 3 s; the gateway's hop and a busy machine, a little more.
+    assert!(
+        longest < Duration::from_millis(3500),
+        "no command waited past the bound: {longest:?}"
+    );
+    assert!(
+        moved >= normal / 2.0,
+        "throughput over the others: {moved:.0}/s against {normal:.0}/s"
     );
 }

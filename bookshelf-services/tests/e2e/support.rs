@@ -79,6 +79,46 @@ impl Service {
         service
     }
 
+    /// Starts example `name` with `args` on a free port as the Unix user
+    /// `uid` (one of [`fault_users`]), so that firewall rules can single
+    /// its traffic out: from a copy of the binary that user can run, in a
+    /// working directory it can write.
+    pub fn start_as<S: AsRef<std::ffi::OsStr>>(uid: u32, name: &str, args: &[S]) -> Service {
+        use std::os::unix::fs::PermissionsExt;
+        use std::os::unix::process::CommandExt;
+        let open = |path: &std::path::Path, mode: u32| {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+                .unwrap_or_else(|e| panic!("cannot open {} to the instances' users: {e}", path.display()))
+        };
+        // The build's own directory may not be reachable by other users.
+        let shared = std::env::temp_dir().join(format!("bookshelf-e2e-bin-{}", std::process::id()));
+        std::fs::create_dir_all(&shared).expect("a directory for the binaries");
+        open(&shared, 0o755);
+        let copy = shared.join(name);
+        if !copy.exists() {
+            let staged = shared.join(format!("{name}.{}", uuid::Uuid::new_v4().simple()));
+            std::fs::copy(binary(name), &staged).expect("a copy of the binary");
+            open(&staged, 0o755);
+            // Renamed into place whole: tests starting instances at once
+            // never run a half-written copy.
+            std::fs::rename(&staged, &copy).expect("the copy in place");
+        }
+        let scratch = std::env::temp_dir().join(format!("bookshelf-service-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&scratch).expect("a working directory for the service");
+        open(&scratch, 0o1777);
+        let mut command = Command::new(&copy);
+        command
+            .uid(uid)
+            .env_remove("CONSUL_HTTP_ADDR")
+            .env_remove("DATABASE_URL")
+            .env("HOME", &scratch)
+            .args(["--port", "0"])
+            .args(args);
+        let mut service = Service::launch(&scratch, name, command);
+        service.scratch = Some(scratch);
+        service
+    }
+
     /// Starts example `name` with `args` in working directory `dir` (made
     /// if missing, kept when the service is dropped): for a service that is
     /// restarted on the data it kept.
@@ -263,4 +303,117 @@ pub async fn read_book(http: &reqwest::Client, url: &str, id: &str) {
         .await
         .expect("an answer");
     assert_eq!(read.status(), 200);
+}
+
+/// The Unix users network-fault tests run instances as, with their uids:
+/// `BOOKSHELF_FAULT_USERS`, which `scripts/test.sh` sets through
+/// `scripts/fault-env.sh` (it makes them, and installs nftables). A test
+/// that needs them and finds none fails saying so.
+pub fn fault_users() -> Vec<(String, u32)> {
+    let names = std::env::var("BOOKSHELF_FAULT_USERS")
+        .ok()
+        .filter(|u| !u.is_empty())
+        .unwrap_or_else(|| {
+            panic!(
+                "this test cuts instances off the network with nftables rules per Unix user: run scripts/test.sh, \
+             or export what scripts/fault-env.sh prints (as root)"
+            )
+        });
+    names
+        .split(',')
+        .map(|name| {
+            let output = Command::new("id").args(["-u", name]).output().expect("id runs");
+            let uid = String::from_utf8_lossy(&output.stdout)
+                .trim()
+                .parse()
+                .unwrap_or_else(|_| panic!("no Unix user {name}: run scripts/fault-env.sh"));
+            (name.to_owned(), uid)
+        })
+        .collect()
+}
+
+/// Firewall rules of one test: an nftables table of its own whose output
+/// chain drops what chosen users send to chosen loopback ports. Removed,
+/// with every rule, when dropped.
+pub struct Firewall {
+    table: String,
+}
+
+impl Firewall {
+    pub fn new() -> Firewall {
+        let table = format!(
+            "bookshelf_e2e_{}_{}",
+            std::process::id(),
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        );
+        let firewall = Firewall { table };
+        firewall.nft(&["add", "table", "inet", &firewall.table]);
+        firewall.nft(&[
+            "add",
+            "chain",
+            "inet",
+            &firewall.table,
+            "out",
+            "{ type filter hook output priority 0 ; policy accept ; }",
+        ]);
+        firewall
+    }
+
+    fn nft(&self, args: &[&str]) {
+        let output = Command::new("nft")
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("this test needs nft (nftables): run scripts/test.sh, which installs it ({e})"));
+        assert!(
+            output.status.success(),
+            "nft {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    /// Drops every packet user `uid` sends to 127.0.0.1:`port`.
+    pub fn cut(&self, uid: u32, port: u16) {
+        let (uid, port) = (uid.to_string(), port.to_string());
+        self.nft(&[
+            "add",
+            "rule",
+            "inet",
+            &self.table,
+            "out",
+            "meta",
+            "skuid",
+            &uid,
+            "ip",
+            "daddr",
+            "127.0.0.1",
+            "tcp",
+            "dport",
+            &port,
+            "drop",
+        ]);
+    }
+
+    /// Takes every rule away.
+    pub fn heal(&self) {
+        self.nft(&["flush", "chain", "inet", &self.table, "out"]);
+    }
+}
+
+impl Drop for Firewall {
+    fn drop(&mut self) {
+        let _ = Command::new("nft")
+            .args(["delete", "table", "inet", &self.table])
+            .output();
+    }
+}
+
+/// The port of `url` (`http://host:port...` or `host:port`).
+pub fn port_of(url: &str) -> u16 {
+    let authority = url.split("://").last().unwrap_or(url).split('/').next().unwrap_or(url);
+    authority
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no port in {url}"))
 }
