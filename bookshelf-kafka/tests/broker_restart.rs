@@ -106,7 +106,11 @@ async fn a_broker_restarted_midway_loses_nothing_it_acknowledged() {
     // The store hears nothing from the broker: its silence grows (what a
     // service's health check reads).
     while store.broker_silence() < Duration::from_millis(1200) {
-        assert!(began.elapsed() < Duration::from_secs(4), "silence {:?}", store.broker_silence());
+        assert!(
+            began.elapsed() < Duration::from_secs(4),
+            "silence {:?}",
+            store.broker_silence()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let mut broker = start_broker(port, dir.path());
