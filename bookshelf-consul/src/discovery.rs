@@ -37,6 +37,31 @@ pub struct ConsulDiscovery {
     agent: Agent,
     heartbeats: Arc<Mutex<HashMap<String, JoinHandle<()>>>>,
     health: Option<Health>,
+    passing: Option<Passing>,
+}
+
+/// When the agent last took an instance's check as passing (its
+/// registration, or a heartbeat that passed it), shared with whoever needs
+/// to know whether the instance is still listed: an instance whose check
+/// has not passed for a TTL is listed by nobody, even if it cannot hear
+/// that from the agent. Cloning gives another handle to the same record.
+#[derive(Clone, Debug, Default)]
+pub struct Passing(Arc<Mutex<Option<Instant>>>);
+
+impl Passing {
+    /// A record of no pass yet.
+    pub fn new() -> Passing {
+        Passing::default()
+    }
+
+    /// How long ago the check last passed, if it ever did.
+    pub fn since(&self) -> Option<Duration> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).map(|at| at.elapsed())
+    }
+
+    fn passed(&self) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+    }
 }
 
 /// What an instance's heartbeat asks before it says the instance is
@@ -61,7 +86,16 @@ impl ConsulDiscovery {
             agent: Agent::new(config)?,
             heartbeats: Arc::default(),
             health: None,
+            passing: None,
         })
+    }
+
+    /// Records in `passing` when the agent takes a registered instance's
+    /// TTL check as passing: at registration, and at each heartbeat that
+    /// passes it.
+    pub fn with_passing(mut self, passing: Passing) -> Self {
+        self.passing = Some(passing);
+        self
     }
 
     /// Heartbeats of TTL checks ask `health` first: while it says the
@@ -96,7 +130,13 @@ impl Drop for ConsulDiscovery {
     }
 }
 
-async fn heartbeat(agent: Agent, instance: ServiceInstance, ttl: Duration, health: Option<Health>) {
+async fn heartbeat(
+    agent: Agent,
+    instance: ServiceInstance,
+    ttl: Duration,
+    health: Option<Health>,
+    passing: Option<Passing>,
+) {
     let id = if instance.id.is_empty() {
         instance.name.clone()
     } else {
@@ -116,7 +156,13 @@ async fn heartbeat(agent: Agent, instance: ServiceInstance, ttl: Duration, healt
             }
         };
         match sent {
-            Ok(Heartbeat::Sent) => {}
+            Ok(Heartbeat::Sent) => {
+                if verdict.is_ok() {
+                    if let Some(passing) = &passing {
+                        passing.passed();
+                    }
+                }
+            }
             Ok(Heartbeat::CheckGone) => {
                 tracing::warn!(instance = %id, "the agent forgot this instance's check; registering it again");
                 if let Err(error) = agent.register(&instance).await {
@@ -206,11 +252,16 @@ impl Discovery for ConsulDiscovery {
     async fn register(&self, instance: &ServiceInstance) -> Result<(), DiscoveryError> {
         self.agent.register(instance).await?;
         if let Check::Ttl { ttl } = self.agent.config().check {
+            // Registering passes the check.
+            if let Some(passing) = &self.passing {
+                passing.passed();
+            }
             let task = tokio::spawn(heartbeat(
                 self.agent.clone(),
                 instance.clone(),
                 ttl,
                 self.health.clone(),
+                self.passing.clone(),
             ));
             let id = if instance.id.is_empty() {
                 &instance.name

@@ -54,4 +54,4 @@ mod config;
 mod discovery;
 
 pub use config::{Check, ConsulConfig};
-pub use discovery::{ConsulDiscovery, Health};
+pub use discovery::{ConsulDiscovery, Health, Passing};

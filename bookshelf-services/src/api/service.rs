@@ -119,15 +119,16 @@ impl ServiceFlags {
     }
 
     /// Registers as `name` at `local` when `--consul` is given, with a
-    /// check that passes only while `healthy` says so.
+    /// check that passes only while `checked`'s probe says so, and that
+    /// records in `checked` when it passed.
     pub async fn register_checked(
         &self,
         name: &str,
         local: std::net::SocketAddr,
-        healthy: bookshelf_consul::Health,
+        checked: Checked,
     ) -> Result<Option<Registration>, bookshelf::DiscoveryError> {
         let (id, tags) = (self.id.as_deref(), &self.tags);
-        Registration::register(self.consul_config(), name, id, tags, local, Some(healthy)).await
+        Registration::register(self.consul_config(), name, id, tags, local, Some(checked)).await
     }
 
     /// The TTL of the instance's Consul check.
@@ -144,6 +145,14 @@ impl ServiceFlags {
     }
 }
 
+/// What an instance's Consul check says beyond "the process is up".
+pub struct Checked {
+    /// Asked before each heartbeat: `Err` marks the check critical.
+    pub healthy: bookshelf_consul::Health,
+    /// Where the heartbeats record when the check last passed.
+    pub passing: bookshelf_consul::Passing,
+}
+
 /// A service's registration in Consul, made once it listens.
 pub struct Registration {
     discovery: bookshelf_consul::ConsulDiscovery,
@@ -153,14 +162,14 @@ pub struct Registration {
 impl Registration {
     /// Registers `name` (`id`, default `NAME-PORT`; `tags`) at `local` with
     /// the Consul agent `consul` describes, if one is given; its check
-    /// passes only while `healthy` (if given) says so.
+    /// as `checked` says, if given.
     pub async fn register(
         consul: Option<bookshelf_consul::ConsulConfig>,
         name: &str,
         id: Option<&str>,
         tags: &[String],
         local: std::net::SocketAddr,
-        healthy: Option<bookshelf_consul::Health>,
+        checked: Option<Checked>,
     ) -> Result<Option<Registration>, bookshelf::DiscoveryError> {
         use bookshelf::Discovery;
         let Some(consul) = consul else {
@@ -168,8 +177,8 @@ impl Registration {
         };
         let url = consul.base_url().to_owned();
         let mut discovery = bookshelf_consul::ConsulDiscovery::new(consul)?;
-        if let Some(healthy) = healthy {
-            discovery = discovery.with_health(healthy);
+        if let Some(checked) = checked {
+            discovery = discovery.with_health(checked.healthy).with_passing(checked.passing);
         }
         let id = id.map_or_else(|| format!("{name}-{}", local.port()), str::to_owned);
         let me = bookshelf::ServiceInstance::new(&id, name, local.ip().to_string(), local.port()).with_tags(tags);

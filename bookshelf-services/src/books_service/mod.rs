@@ -27,6 +27,7 @@ use bookshelf::sqlite::SqliteStore;
 use bookshelf::{EventStore, InMemoryStore, Repository, RetryPolicy};
 use bookshelf_kafka::{members_from_discovery, KafkaConfig, KafkaStore};
 use clap::Parser;
+use tokio::sync::watch;
 
 use books::{Book, Clock};
 
@@ -88,18 +89,21 @@ pub async fn main() -> Result<(), Box<dyn std::error::Error>> {
             let mut builder = KafkaStore::builder(config)
                 .member(&id, format!("http://{local}"))
                 .state_file(state);
+            let passing = bookshelf_consul::Passing::new();
             let kind = match args.service.consul_config() {
                 // Instances share the partitions out among those Consul lists.
                 Some(consul) => {
                     let discovery = bookshelf_consul::ConsulDiscovery::new(consul)?;
-                    builder = builder.members(members_from_discovery(discovery, &args.name, Duration::from_secs(1)));
+                    let members = members_from_discovery(discovery, &args.name, Duration::from_secs(1));
+                    let ttl = args.service.check_ttl();
+                    builder = builder.members(listed_while_passing(members, id.clone(), passing.clone(), ttl));
                     "Kafka, partitions shared through Consul"
                 }
                 None => "Kafka, the one writer of its topic",
             };
             let store = builder.open().await?;
             let owners = Arc::new(owners::Owners::new(store.clone(), !args.stale_reads)?);
-            serve(&args, listener, store.clone(), Some(owners), kind).await?;
+            serve(&args, listener, store.clone(), Some((owners, passing)), kind).await?;
             store.flush(Duration::from_secs(10)).await?;
         }
     }
@@ -111,9 +115,10 @@ async fn serve<S: EventStore>(
     args: &Args,
     listener: tokio::net::TcpListener,
     store: S,
-    owners: Option<Arc<owners::Owners>>,
+    kafka: Option<(Arc<owners::Owners>, bookshelf_consul::Passing)>,
     kind: &str,
 ) -> Result<(), Box<dyn std::error::Error>> {
+    let owners = kafka.as_ref().map(|(owners, _)| Arc::clone(owners));
     let local = listener.local_addr()?;
     let new_id: Option<api::NewId> = owners.clone().map(|o| Arc::new(move || o.new_id()) as api::NewId);
     let api = Arc::new(api::BooksApi {
@@ -142,10 +147,10 @@ async fn serve<S: EventStore>(
         .serve_docs("books API")
         .fallback(api::not_found);
 
-    let registration = match &owners {
+    let registration = match kafka {
         // On Kafka: healthy while the broker answers, so that an instance
         // cut off from it gives its partitions up within the check's TTL.
-        Some(owners) => {
+        Some((owners, passing)) => {
             let store = owners.store.clone();
             let silent_for = (args.service.check_ttl() / 2).max(Duration::from_secs(1));
             let healthy: bookshelf_consul::Health = Arc::new(move || {
@@ -159,10 +164,47 @@ async fn serve<S: EventStore>(
                     Ok(())
                 }
             });
-            args.service.register_checked(&args.name, local, healthy).await?
+            let checked = api::Checked { healthy, passing };
+            args.service.register_checked(&args.name, local, checked).await?
         }
         None => args.service.register(&args.name, local).await?,
     };
     println!("books is listening on http://{local}/ ({kind})");
     api::serve(listener, app, registration).await
+}
+
+/// How often [`listed_while_passing`] looks at the check's last pass.
+const LOOK_EVERY: Duration = Duration::from_millis(100);
+
+/// `members` without this instance (`id`) while its Consul check has not
+/// passed for longer than the check's `ttl`: Consul no longer lists it then,
+/// so the others take its partitions over, and it must not take them back.
+/// (Cut off from Consul, it cannot hear the list change: its own list still
+/// names it, and it would claim again and again.)
+fn listed_while_passing(
+    mut members: watch::Receiver<Vec<String>>,
+    id: String,
+    passing: bookshelf_consul::Passing,
+    ttl: Duration,
+) -> watch::Receiver<Vec<String>> {
+    let (tell, listed) = watch::channel(members.borrow().clone());
+    tokio::spawn(async move {
+        loop {
+            let mut now = members.borrow_and_update().clone();
+            if passing.since().is_some_and(|since| since > ttl) {
+                now.retain(|member| *member != id);
+            }
+            tell.send_if_modified(|told| {
+                let changed = *told != now;
+                *told = now;
+                changed
+            });
+            tokio::select! {
+                changed = members.changed() => if changed.is_err() { return },
+                () = tokio::time::sleep(LOOK_EVERY) => {}
+                () = tell.closed() => return,
+            }
+        }
+    });
+    listed
 }

@@ -150,7 +150,7 @@ const SETTLE: Duration = Duration::from_millis(2800);
 /// and forwarded otherwise. While ownership moves (no owner yet, or the one
 /// asked says it no longer owns the partition), it tries again: such a
 /// refusal stored nothing, so sending the request again is safe. No request
-/// waits longer than [`SETTLE`]: then it is answered 503 with `Retry-After`,
+/// waits longer than 2.8 s: then it is answered 503 with `Retry-After`,
 /// saying whether it may have been stored ("the outcome is unknown") or
 /// not.
 pub async fn route_to_owner(State(owners): State<Arc<Owners>>, request: Request, next: Next) -> Response {

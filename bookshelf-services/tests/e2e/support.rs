@@ -332,30 +332,49 @@ pub fn fault_users() -> Vec<(String, u32)> {
         .collect()
 }
 
-/// Firewall rules of one test: an nftables table of its own whose output
-/// chain drops what chosen users send to chosen loopback ports. Removed,
-/// with every rule, when dropped.
+/// Firewall rules of one test, in an nftables table of its own (removed,
+/// with every rule, when dropped): every connection a chosen user opens is
+/// marked with its uid, so that a cut can drop both directions of that
+/// user's connections to a loopback port, as a real network cut would
+/// (the answers of a server to that user included).
 pub struct Firewall {
     table: String,
 }
 
 impl Firewall {
-    pub fn new() -> Firewall {
+    /// Marks the connections of each of `uids` from now on.
+    pub fn new(uids: &[u32]) -> Firewall {
         let table = format!(
             "bookshelf_e2e_{}_{}",
             std::process::id(),
             &uuid::Uuid::new_v4().simple().to_string()[..8]
         );
         let firewall = Firewall { table };
-        firewall.nft(&["add", "table", "inet", &firewall.table]);
+        let table = firewall.table.as_str();
+        firewall.nft(&["add", "table", "inet", table]);
         firewall.nft(&[
             "add",
             "chain",
             "inet",
-            &firewall.table,
-            "out",
+            table,
+            "track",
+            "{ type filter hook output priority -10 ; policy accept ; }",
+        ]);
+        firewall.nft(&[
+            "add",
+            "chain",
+            "inet",
+            table,
+            "cuts",
             "{ type filter hook output priority 0 ; policy accept ; }",
         ]);
+        for uid in uids {
+            let uid = uid.to_string();
+            firewall.nft(&[
+                "add", "rule", "inet", table, "track", "meta", "skuid", &uid, "ct", "state", "new", "ct", "mark",
+                "set", &uid,
+            ]);
+        }
         firewall
     }
 
@@ -372,31 +391,31 @@ impl Firewall {
         );
     }
 
-    /// Drops every packet user `uid` sends to 127.0.0.1:`port`.
+    /// Drops every packet of the connections user `uid` opened to
+    /// 127.0.0.1:`port`, both ways, and every new one.
     pub fn cut(&self, uid: u32, port: u16) {
         let (uid, port) = (uid.to_string(), port.to_string());
-        self.nft(&[
-            "add",
-            "rule",
-            "inet",
-            &self.table,
-            "out",
-            "meta",
-            "skuid",
-            &uid,
-            "ip",
-            "daddr",
-            "127.0.0.1",
-            "tcp",
-            "dport",
-            &port,
-            "drop",
-        ]);
+        for direction in ["dport", "sport"] {
+            self.nft(&[
+                "add",
+                "rule",
+                "inet",
+                &self.table,
+                "cuts",
+                "ct",
+                "mark",
+                &uid,
+                "tcp",
+                direction,
+                &port,
+                "drop",
+            ]);
+        }
     }
 
-    /// Takes every rule away.
+    /// Takes every cut away.
     pub fn heal(&self) {
-        self.nft(&["flush", "chain", "inet", &self.table, "out"]);
+        self.nft(&["flush", "chain", "inet", &self.table, "cuts"]);
     }
 }
 
