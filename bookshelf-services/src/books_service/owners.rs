@@ -204,11 +204,11 @@ pub async fn route_to_owner(State(owners): State<Arc<Owners>>, request: Request,
             Some(Err(_)) if parts.method == Method::GET => return next.run(rebuild()).await,
             Some(Err(reason)) => unavailable(reason),
         };
-        let moving = response.status() == StatusCode::SERVICE_UNAVAILABLE
-            && (response.headers().contains_key(NOT_OWNER_HEADER)
-                || owners
-                    .target(&parts.method, parts.uri.path())
-                    .is_some_and(|t| t.is_err()));
+        // Tried again only when the answer says for sure that nothing was
+        // stored: after one whose outcome is unknown, a later refusal would
+        // claim what is not known (the first try may have been stored).
+        let moving =
+            response.status() == StatusCode::SERVICE_UNAVAILABLE && response.headers().contains_key(NOT_OWNER_HEADER);
         let now = tokio::time::Instant::now();
         if !moving || now >= deadline {
             return response;

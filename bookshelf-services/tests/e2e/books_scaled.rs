@@ -857,7 +857,7 @@ async fn reads_after_acknowledged_writes_are_fresh_on_every_instance() {
 struct CutOff {
     /// From the cut until the others owned every partition.
     takeover: Duration,
-    /// Samples (every 100 ms for 3 s after the takeover) in which the
+    /// Samples (every 100 ms for 4 s after the takeover) in which the
     /// others did not own every partition between them.
     unsettled: usize,
     /// Commands done per second before the cut, and once the partitions
@@ -870,7 +870,7 @@ struct CutOff {
 
 /// Three instances, each as its own Unix user, a load of "mark read"
 /// through the gateway; `books-1` cut off from `port` (an nftables rule on
-/// its user) until 3 s after the others took its partitions over; healed;
+/// its user) until 4 s after the others took its partitions over; healed;
 /// every answer checked against the log.
 async fn cut_one_off(what: &str, port: impl Fn(&Cluster) -> u16) -> CutOff {
     let users = crate::support::fault_users();
@@ -926,7 +926,7 @@ async fn cut_one_off(what: &str, port: impl Fn(&Cluster) -> u16) -> CutOff {
     let takeover = cut.elapsed();
     let mut unsettled = 0;
     let watching = Instant::now();
-    while watching.elapsed() < Duration::from_secs(3) {
+    while watching.elapsed() < Duration::from_secs(4) {
         if owned_by_others().await != 3 {
             unsettled += 1;
         }
