@@ -79,11 +79,13 @@
 //! that skips: with positions from a sequence, a transaction that took
 //! position 7 may commit after another that took 8, and a reader that read
 //! 8 moves on past 7 for good (or, guarding against that, waits forever
-//! for a 7 that was rolled back). Here every append is one call of the
-//! database function `bookshelf_append`, which takes the positions from
-//! the one row of `bookshelf_head`, locked (`FOR UPDATE`) before it reads
-//! the streams' versions and held until the commit. So positions are
-//! taken in commit order: position `p + 1` cannot commit before position
+//! for a 7 that was rolled back). Here every append takes its positions
+//! from the one row of `bookshelf_head`, which it updates (and so locks)
+//! before it inserts anything, and holds until the commit: in the database
+//! function `bookshelf_append`, or, for one event appended alone, in one
+//! plain statement (which leaves the decision to the function when it
+//! finds the stream moved meanwhile). So positions are taken in commit
+//! order: position `p + 1` cannot commit before position
 //! `p`, and a rolled-back transaction gives its positions back. Readers
 //! need no horizon or gap detection: `WHERE position >= $1 ORDER BY
 //! position` is exact. `tests/postgres.rs` tortures it (writers holding
@@ -95,13 +97,13 @@
 //! each holding the head through its commit. While appends of a process
 //! overlap, it gathers them into one statement and one commit (up to 256
 //! appends), so the log's throughput grows with concurrency; an append
-//! with no other in flight is sent at once from its caller's task. A lone
-//! writer pays on every append for what a plain `INSERT` does not do: the
-//! head's lock and update, the stream's version looked up, and the
-//! function that does both (about 0.1 ms of server time on the machine
-//! `BENCHMARKS.md` was measured on, against a commit of about 0.3 ms):
-//! about 0.7 of a plain `INSERT`'s rate with one client, and more than the
-//! plain inserts from 64 clients (`BENCHMARKS.md` has the figures). A transaction of yours that appends with
+//! with no other in flight is sent at once from its caller's task, as one
+//! plain statement when it is of one event. A lone writer pays on every
+//! append for what a plain `INSERT` does not do: the head's lock and
+//! update and the stream's version looked up (a few tens of microseconds
+//! of server time on the machine `BENCHMARKS.md` was measured on, against
+//! a commit of about 0.25 ms): about 0.8 of a plain `INSERT`'s rate with
+//! one client, and more than the plain inserts from 64 clients (`BENCHMARKS.md` has the figures). A transaction of yours that appends with
 //! [`PostgresStore::append_in`] holds every other writer until it ends;
 //! one left idle is ended by the server after [`IDLE_IN_TRANSACTION`]
 //! (every connection of the store sets
