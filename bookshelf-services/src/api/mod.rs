@@ -6,6 +6,7 @@ mod books;
 mod error;
 mod extract;
 mod health;
+mod kafka;
 mod queries;
 mod service;
 mod telemetry;

@@ -25,9 +25,8 @@ use api::Backend;
 use bookshelf::postgres::PostgresStore;
 use bookshelf::sqlite::SqliteStore;
 use bookshelf::{EventStore, InMemoryStore, Repository, RetryPolicy};
-use bookshelf_kafka::{members_from_discovery, KafkaConfig, KafkaStore};
+use bookshelf_kafka::{KafkaConfig, KafkaStore};
 use clap::Parser;
-use tokio::sync::watch;
 
 use books::{Book, Clock};
 
@@ -86,21 +85,17 @@ pub async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .clone()
                 .unwrap_or_else(|| format!("{}-{}", args.name, local.port()));
             let state = args.data.join(format!("{}-{id}.sqlite", args.service.topic));
-            let mut builder = KafkaStore::builder(config)
+            let builder = KafkaStore::builder(config)
                 .member(&id, format!("http://{local}"))
                 .state_file(state);
             let passing = bookshelf_consul::Passing::new();
-            let kind = match args.service.consul_config() {
+            let kind = if args.service.consul_config().is_some() {
                 // Instances share the partitions out among those Consul lists.
-                Some(consul) => {
-                    let discovery = bookshelf_consul::ConsulDiscovery::new(consul)?;
-                    let members = members_from_discovery(discovery, &args.name, Duration::from_secs(1));
-                    let ttl = args.service.check_ttl();
-                    builder = builder.members(listed_while_passing(members, id.clone(), passing.clone(), ttl));
-                    "Kafka, partitions shared through Consul"
-                }
-                None => "Kafka, the one writer of its topic",
+                "Kafka, partitions shared through Consul"
+            } else {
+                "Kafka, the one writer of its topic"
             };
+            let builder = args.service.share_partitions(builder, &args.name, &id, &passing)?;
             let store = builder.open().await?;
             let owners = Arc::new(owners::Owners::new(store.clone(), !args.stale_reads)?);
             serve(&args, listener, store.clone(), Some((owners, passing)), kind).await?;
@@ -151,60 +146,12 @@ async fn serve<S: EventStore>(
         // On Kafka: healthy while the broker answers, so that an instance
         // cut off from it gives its partitions up within the check's TTL.
         Some((owners, passing)) => {
-            let store = owners.store.clone();
-            let silent_for = (args.service.check_ttl() / 2).max(Duration::from_secs(1));
-            let healthy: bookshelf_consul::Health = Arc::new(move || {
-                let silence = store.broker_silence();
-                if silence > silent_for {
-                    Err(format!(
-                        "the Kafka broker has not answered for {} ms",
-                        silence.as_millis()
-                    ))
-                } else {
-                    Ok(())
-                }
-            });
-            let checked = api::Checked { healthy, passing };
-            args.service.register_checked(&args.name, local, checked).await?
+            args.service
+                .register_on_kafka(&args.name, local, &owners.store, passing)
+                .await?
         }
         None => args.service.register(&args.name, local).await?,
     };
     println!("books is listening on http://{local}/ ({kind})");
     api::serve(listener, app, registration).await
-}
-
-/// How often [`listed_while_passing`] looks at the check's last pass.
-const LOOK_EVERY: Duration = Duration::from_millis(100);
-
-/// `members` without this instance (`id`) while its Consul check has not
-/// passed for longer than the check's `ttl`: Consul no longer lists it then,
-/// so the others take its partitions over, and it must not take them back.
-/// (Cut off from Consul, it cannot hear the list change: its own list still
-/// names it, and it would claim again and again.)
-fn listed_while_passing(
-    mut members: watch::Receiver<Vec<String>>,
-    id: String,
-    passing: bookshelf_consul::Passing,
-    ttl: Duration,
-) -> watch::Receiver<Vec<String>> {
-    let (tell, listed) = watch::channel(members.borrow().clone());
-    tokio::spawn(async move {
-        loop {
-            let mut now = members.borrow_and_update().clone();
-            if passing.since().is_some_and(|since| since > ttl) {
-                now.retain(|member| *member != id);
-            }
-            tell.send_if_modified(|told| {
-                let changed = *told != now;
-                *told = now;
-                changed
-            });
-            tokio::select! {
-                changed = members.changed() => if changed.is_err() { return },
-                () = tokio::time::sleep(LOOK_EVERY) => {}
-                () = tell.closed() => return,
-            }
-        }
-    });
-    listed
 }

@@ -88,6 +88,7 @@ async fn serve(args: &Args, broker: &str, role: service::Role) -> Result<(), Box
         .clone()
         .unwrap_or_else(|| format!("{name}-{}", local.port()));
     let (stop, shutdown) = tokio::sync::watch::channel(false);
+    let passing = bookshelf_consul::Passing::new();
     let running = service::start(
         role,
         service::Settings {
@@ -99,6 +100,7 @@ async fn serve(args: &Args, broker: &str, role: service::Role) -> Result<(), Box
             data: args.data.clone(),
             changes_topic: &args.changes_topic,
             mailbox: args.mailbox.clone().unwrap_or_else(|| args.data.join("mailbox")),
+            passing: &passing,
         },
         shutdown,
     )
@@ -108,7 +110,12 @@ async fn serve(args: &Args, broker: &str, role: service::Role) -> Result<(), Box
         .merge(api::health_routes())
         .serve_docs("changes API")
         .fallback(api::not_found);
-    let registration = args.service.register(&name, local).await?;
+    // The feed owns the changes topic's partitions: its check follows its
+    // broker. The other roles only read.
+    let registration = match &running.store {
+        Some(store) => args.service.register_on_kafka(&name, local, store, passing).await?,
+        None => args.service.register(&name, local).await?,
+    };
     println!("changes ({role_name}) is listening on http://{local}/");
     api::serve(listener, app, registration).await?;
     stop.send_replace(true);

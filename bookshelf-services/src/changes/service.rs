@@ -29,7 +29,7 @@ use bookshelf::postgres::PostgresStore;
 use bookshelf::process::ProcessRunner;
 use bookshelf::{FileViewStore, PartitionProgress, RetryPolicy};
 use bookshelf::{ProjectionRunner, UnknownEvents, ViewState};
-use bookshelf_kafka::{members_from_discovery, KafkaConfig, KafkaDeadLetters, KafkaLog, KafkaStore};
+use bookshelf_kafka::{KafkaConfig, KafkaDeadLetters, KafkaLog, KafkaStore};
 use serde_json::{json, Value};
 
 use crate::api::{ApiError, ServiceFlags};
@@ -167,6 +167,8 @@ pub struct Settings<'a> {
     pub data: PathBuf,
     pub changes_topic: &'a str,
     pub mailbox: PathBuf,
+    /// Where the instance's heartbeats record its check's passes.
+    pub passing: &'a bookshelf_consul::Passing,
 }
 
 pub async fn start(
@@ -194,10 +196,9 @@ pub async fn start(
                         .join(format!("{}-{}.sqlite", settings.changes_topic, settings.id)),
                 )
                 .one_owner();
-            if let Some(consul) = settings.flags.consul_config() {
-                let discovery = bookshelf_consul::ConsulDiscovery::new(consul)?;
-                builder = builder.members(members_from_discovery(discovery, settings.name, Duration::from_secs(1)));
-            }
+            builder = settings
+                .flags
+                .share_partitions(builder, settings.name, settings.id, settings.passing)?;
             let store = builder.open().await?;
             let task = tokio::spawn(run_feed(
                 store.clone(),

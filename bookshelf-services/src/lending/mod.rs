@@ -33,7 +33,7 @@ use bookshelf::postgres::PostgresStore;
 use bookshelf::process::ProcessRunner;
 use bookshelf::sqlite::SqliteStore;
 use bookshelf::{InMemoryStore, Metadata, Position, Repository};
-use bookshelf_kafka::{members_from_discovery, KafkaConfig, KafkaStore};
+use bookshelf_kafka::{KafkaConfig, KafkaStore};
 use clap::Parser;
 
 use domain::{Copy, CopyCommand, LendingBus, LoanProcess, Member, MemberCommand};
@@ -83,10 +83,8 @@ async fn serve(args: &Args, broker: &str) -> Result<(), Box<dyn std::error::Erro
         .member(&id, format!("http://{local}"))
         .state_file(args.data.join(format!("{topic}-{id}.sqlite")))
         .one_owner();
-    if let Some(consul) = args.service.consul_config() {
-        let discovery = bookshelf_consul::ConsulDiscovery::new(consul)?;
-        builder = builder.members(members_from_discovery(discovery, &args.name, Duration::from_secs(1)));
-    }
+    let passing = bookshelf_consul::Passing::new();
+    builder = args.service.share_partitions(builder, &args.name, &id, &passing)?;
     let store = builder.open().await?;
     let loans = tokio::spawn(service::run_loans(
         store.clone(),
@@ -96,7 +94,10 @@ async fn serve(args: &Args, broker: &str) -> Result<(), Box<dyn std::error::Erro
         .merge(api::health_routes())
         .serve_docs("lending API")
         .fallback(api::not_found);
-    let registration = args.service.register(&args.name, local).await?;
+    let registration = args
+        .service
+        .register_on_kafka(&args.name, local, &store, passing)
+        .await?;
     println!("lending is listening on http://{local}/ (Kafka topic {topic})");
     api::serve(listener, app, registration).await?;
     loans.abort();
