@@ -524,6 +524,16 @@ impl Inner {
         true
     }
 
+    /// Waits until `holds` says so of this store's state, looking again
+    /// at each change.
+    async fn until(&self, holds: impl Fn(&Inner) -> bool) {
+        let mut changed = self.changed.subscribe();
+        while !holds(self) {
+            // The sender lives in `self`.
+            let _ = changed.changed().await;
+        }
+    }
+
     fn bump(&self) {
         self.changed.send_modify(|n| *n = n.wrapping_add(1));
     }
@@ -650,11 +660,7 @@ impl KafkaStore {
         let inner = &self.inner;
         let reached = async {
             let end = inner.ends.since(partition, began, within).await?;
-            let mut changed = inner.changed.subscribe();
-            while !inner.part(partition).knows_up_to(end) {
-                // The sender lives in `inner`, which `self` holds.
-                let _ = changed.changed().await;
-            }
+            inner.until(|inner| inner.part(partition).knows_up_to(end)).await;
             Ok::<_, StoreError>(())
         };
         match tokio::time::timeout(within, reached).await {
@@ -690,11 +696,7 @@ impl KafkaStore {
     /// Waits until [`owns_every_partition`](Self::owns_every_partition) is
     /// `owner`.
     pub async fn until_owner_of_all(&self, owner: bool) {
-        let mut changed = self.inner.changed.subscribe();
-        while self.owns_every_partition() != owner {
-            // The sender lives in `inner`, which `self` holds.
-            let _ = changed.changed().await;
-        }
+        self.inner.until(|_| self.owns_every_partition() == owner).await;
     }
 
     /// Waits until this instance owns every partition (the one writer).

@@ -127,6 +127,21 @@ pub(crate) enum Failure {
     Unknown(tokio_postgres::Error),
 }
 
+/// An expected version as both append statements take it: -1 for any, else
+/// the version the stream must be at (0: no stream).
+fn expected_code(expected: ExpectedVersion) -> i64 {
+    match expected {
+        ExpectedVersion::Any => -1,
+        ExpectedVersion::NoStream => 0,
+        ExpectedVersion::Exact(version) => version.0 as i64,
+    }
+}
+
+/// An event's metadata as the events table keeps it.
+fn metadata_json(metadata: &bookshelf_core::Metadata) -> String {
+    serde_json::to_string(metadata).expect("metadata always serializes: its fields are plain data")
+}
+
 /// The arguments of `bookshelf_append`: one entry per append, then one per
 /// event.
 #[derive(Default)]
@@ -163,18 +178,12 @@ pub(crate) async fn append_all<C: GenericClient + Sync>(
     let mut asked = Vec::with_capacity(appends.len());
     for append in appends {
         arguments.streams.push(append.stream.as_str().to_owned());
-        arguments.expected.push(match append.expected {
-            ExpectedVersion::Any => -1,
-            ExpectedVersion::NoStream => 0,
-            ExpectedVersion::Exact(version) => version.0 as i64,
-        });
+        arguments.expected.push(expected_code(append.expected));
         arguments.counts.push(append.events.len() as i32);
         for event in append.events {
             arguments.event_ids.push(event.event_id.0);
             arguments.keys.push(event.metadata.extra.get(IDEMPOTENCY_KEY).cloned());
-            arguments.metadata.push(
-                serde_json::to_string(&event.metadata).expect("metadata always serializes: its fields are plain data"),
-            );
+            arguments.metadata.push(metadata_json(&event.metadata));
             arguments.event_types.push(event.event_type.as_str().to_owned());
             arguments.schema_versions.push(event.schema_version as i32);
             arguments.payloads.push(event.payload.get().to_owned());
@@ -261,13 +270,8 @@ async fn one_event<C: GenericClient + Sync>(
         return Ok(None);
     };
     let statement = client.prepare_cached(ONE_EVENT).await.map_err(Failure::Nothing)?;
-    let expected: i64 = match append.expected {
-        ExpectedVersion::Any => -1,
-        ExpectedVersion::NoStream => 0,
-        ExpectedVersion::Exact(version) => version.0 as i64,
-    };
-    let metadata =
-        serde_json::to_string(&event.metadata).expect("metadata always serializes: its fields are plain data");
+    let expected = expected_code(append.expected);
+    let metadata = metadata_json(&event.metadata);
     let key = event.metadata.extra.get(IDEMPOTENCY_KEY);
     let parameters: [&(dyn ToSql + Sync); 9] = [
         &append.stream.as_str(),

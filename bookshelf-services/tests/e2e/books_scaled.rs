@@ -198,6 +198,30 @@ impl Cluster {
     }
 }
 
+impl Cluster {
+    /// Waits until the gateway lists `instances` healthy books instances;
+    /// returns its health answer.
+    async fn gateway_lists(&self, instances: u64) -> Value {
+        loop {
+            let (_, health) = self.get(&self.gateway.url, "/health").await;
+            if health["services"]["books"] == instances {
+                return health;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// How many partitions the running instances other than `id` own
+    /// between them, as each says.
+    async fn owned_by_all_but(&self, id: &str) -> usize {
+        let mut taken = 0;
+        for other in self.books.keys().filter(|other| *other != id) {
+            taken += self.owned_by(other).await.len();
+        }
+        taken
+    }
+}
+
 impl Drop for Cluster {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.data);
@@ -367,6 +391,38 @@ async fn mark_reads(
     }
 }
 
+/// A load of "mark read" commands under way (see [`mark_reads`]).
+struct Load {
+    ledger: Arc<Ledger>,
+    /// Set to stop the load (and whatever else watches it).
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Load {
+    /// Starts sending to `targets` on `books` from `workers` tasks.
+    fn start(cluster: &Cluster, targets: Vec<String>, books: &[String], workers: usize) -> Load {
+        let ledger = Arc::new(Ledger::default());
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let task = tokio::spawn(mark_reads(
+            cluster.http.clone(),
+            targets,
+            books.to_vec(),
+            workers,
+            Arc::clone(&ledger),
+            Arc::clone(&stop),
+        ));
+        Load { ledger, stop, task }
+    }
+
+    /// Stops sending, waits for the answers in flight, and gives the ledger.
+    async fn finish(self) -> Arc<Ledger> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.task.await.expect("the load");
+        self.ledger
+    }
+}
+
 /// Checks the ledger against the log, as read through every running
 /// instance: done commands once, refused ones never, unknown ones at most
 /// once; and each book's read count equals its `BookRead` events
@@ -447,13 +503,7 @@ async fn three_books_instances_share_a_topic_fence_a_paused_owner_and_survive_a_
     }
     // Through the gateway too, which balances over the three.
     let gateway = cluster.gateway.url.clone();
-    let health = loop {
-        let (_, health) = cluster.get(&gateway, "/health").await;
-        if health["services"]["books"] == 3 {
-            break health;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let health = cluster.gateway_lists(3).await;
     assert_eq!(health["services"]["books"], 3);
     let via_gateway = cluster.add_book(&gateway, "The Lathe of Heaven").await;
     let (status, _) = cluster.get(&gateway, &format!("/books/{via_gateway}")).await;
@@ -514,28 +564,11 @@ async fn three_books_instances_share_a_topic_fence_a_paused_owner_and_survive_a_
     // up to three times before the test gives up.
     for attempt in 1..=3 {
         let stale = {
-            let ledger = Arc::new(Ledger::default());
-            let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-            let load = tokio::spawn(mark_reads(
-                cluster.http.clone(),
-                vec![cluster.url(&paused).to_owned()],
-                its_books.clone(),
-                8,
-                Arc::clone(&ledger),
-                Arc::clone(&stop),
-            ));
+            let load = Load::start(&cluster, vec![cluster.url(&paused).to_owned()], &its_books, 8);
             tokio::time::sleep(Duration::from_millis(500)).await;
             cluster.signal(&paused, "-STOP");
             let stopped = Instant::now();
-            let others: Vec<String> = ids.iter().filter(|id| **id != paused).cloned().collect();
-            loop {
-                let mut taken = 0;
-                for other in &others {
-                    taken += cluster.owned_by(other).await.len();
-                }
-                if taken == 3 {
-                    break;
-                }
+            while cluster.owned_by_all_but(&paused).await != 3 {
                 assert!(
                     stopped.elapsed() < Duration::from_secs(30),
                     "the others took over within 30 s"
@@ -545,8 +578,7 @@ async fn three_books_instances_share_a_topic_fence_a_paused_owner_and_survive_a_
             let takeover = stopped.elapsed();
             cluster.signal(&paused, "-CONT");
             tokio::time::sleep(Duration::from_millis(1500)).await;
-            stop.store(true, std::sync::atomic::Ordering::Relaxed);
-            load.await.unwrap();
+            let ledger = load.finish().await;
             cluster.settled().await;
             let (done, refused, unknown) = (
                 ledger.count(Outcome::Done),
@@ -576,16 +608,7 @@ async fn three_books_instances_share_a_topic_fence_a_paused_owner_and_survive_a_
 
     // 4. SIGKILL during a load through the gateway, then a restart.
     for phase in ["crash", "restart"] {
-        let ledger = Arc::new(Ledger::default());
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let load = tokio::spawn(mark_reads(
-            cluster.http.clone(),
-            vec![gateway.clone()],
-            books.clone(),
-            16,
-            Arc::clone(&ledger),
-            Arc::clone(&stop),
-        ));
+        let load = Load::start(&cluster, vec![gateway.clone()], &books, 16);
         tokio::time::sleep(Duration::from_secs(2)).await;
         let victim = ids[1].clone();
         let moved = if phase == "crash" {
@@ -604,8 +627,7 @@ async fn three_books_instances_share_a_topic_fence_a_paused_owner_and_survive_a_
             took
         };
         tokio::time::sleep(Duration::from_secs(2)).await;
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        load.await.unwrap();
+        let ledger = load.finish().await;
         let (done, refused, unknown) = (
             ledger.count(Outcome::Done),
             ledger.count(Outcome::Refused),
@@ -922,38 +944,14 @@ async fn cut_one_off(what: &str, port: impl Fn(&Cluster) -> u16) -> CutOff {
             books.push(cluster.add_book(cluster.url(id), &format!("The Telling {n}")).await);
         }
     }
-    let gateway = cluster.gateway.url.clone();
-    loop {
-        let (_, health) = cluster.get(&gateway, "/health").await;
-        if health["services"]["books"] == 3 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    cluster.gateway_lists(3).await;
 
-    let ledger = Arc::new(Ledger::default());
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let started = Instant::now();
-    let load = tokio::spawn(mark_reads(
-        cluster.http.clone(),
-        vec![gateway.clone()],
-        books.clone(),
-        12,
-        Arc::clone(&ledger),
-        Arc::clone(&stop),
-    ));
+    let load = Load::start(&cluster, vec![cluster.gateway.url.clone()], &books, 12);
     tokio::time::sleep(Duration::from_secs(3)).await;
     firewall.cut(victim_uid, port(&cluster));
     let cut = Instant::now();
-    let others: Vec<&String> = ids.iter().filter(|id| *id != victim).collect();
-    let owned_by_others = || async {
-        let mut taken = 0;
-        for other in &others {
-            taken += cluster.owned_by(other).await.len();
-        }
-        taken
-    };
-    while owned_by_others().await != 3 {
+    while cluster.owned_by_all_but(victim).await != 3 {
         assert!(
             cut.elapsed() < Duration::from_secs(30),
             "the others took over within 30 s"
@@ -964,7 +962,7 @@ async fn cut_one_off(what: &str, port: impl Fn(&Cluster) -> u16) -> CutOff {
     let mut unsettled = 0;
     let watching = Instant::now();
     while watching.elapsed() < Duration::from_secs(4) {
-        if owned_by_others().await != 3 {
+        if cluster.owned_by_all_but(victim).await != 3 {
             unsettled += 1;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -973,8 +971,7 @@ async fn cut_one_off(what: &str, port: impl Fn(&Cluster) -> u16) -> CutOff {
     firewall.heal();
     cluster.settled().await;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    load.await.expect("the load");
+    let ledger = load.finish().await;
 
     let normal = ledger.done_per_second(started + Duration::from_millis(500), cut);
     let moved = ledger.done_per_second(cut + takeover, healed);
@@ -1177,23 +1174,14 @@ async fn the_nemesis_finds_no_anomaly() {
     };
     *targets.lock().unwrap() = current_targets(&cluster);
 
-    let ledger = Arc::new(Ledger::default());
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let writers = tokio::spawn(mark_reads(
-        cluster.http.clone(),
-        vec![gateway.clone()],
-        books.clone(),
-        6,
-        Arc::clone(&ledger),
-        Arc::clone(&stop),
-    ));
+    let writers = Load::start(&cluster, vec![gateway.clone()], &books, 6);
     let readers: Vec<_> = (0..3)
         .map(|r| {
             tokio::spawn(read_books(
                 Arc::clone(&targets),
                 books.clone(),
-                Arc::clone(&ledger),
-                Arc::clone(&stop),
+                Arc::clone(&writers.ledger),
+                Arc::clone(&writers.stop),
                 seed ^ (r + 1),
             ))
         })
@@ -1255,8 +1243,7 @@ async fn the_nemesis_finds_no_anomaly() {
     }
     cluster.settled().await;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    writers.await.expect("the writers");
+    let ledger = writers.finish().await;
     let mut reads = Freshness {
         stale: 0,
         unavailable: 0,
