@@ -139,6 +139,13 @@ impl Balancer {
     /// none. Made for every call a gateway forwards, so it copies nothing:
     /// the [`Picked`] shares the balancer's list.
     pub fn pick(&self) -> Option<Picked> {
+        self.pick_other_than::<&str>(&[])
+    }
+
+    /// As [`pick`](Self::pick), passing over the instances named in `tried`
+    /// as well: what a caller asks for its next try at a request that the
+    /// instances it tried turned down.
+    pub fn pick_other_than<T: AsRef<str>>(&self, tried: &[T]) -> Option<Picked> {
         let instances = self.instances();
         if instances.is_empty() {
             return None;
@@ -151,7 +158,10 @@ impl Balancer {
         }
         let at = (0..instances.len())
             .map(|offset| (start + offset) % instances.len())
-            .find(|&at| !ejected.contains_key(&instances[at].id))?;
+            .find(|&at| {
+                let id = &instances[at].id;
+                !ejected.contains_key(id) && !tried.iter().any(|t| t.as_ref() == id)
+            })?;
         drop(ejected);
         Some(Picked { instances, at })
     }
@@ -302,6 +312,33 @@ mod tests {
         discovery.register(&books(3)).await.unwrap();
         until_listed(&balancer, 3).await;
         assert!((0..3).filter_map(|_| balancer.pick()).any(|i| i.id == "books-1"));
+    }
+
+    #[tokio::test]
+    async fn a_next_try_passes_over_the_instances_already_tried() {
+        let discovery = Arc::new(InMemoryDiscovery::new());
+        for n in 1..=3 {
+            discovery.register(&books(n)).await.unwrap();
+        }
+        let balancer = Balancer::follow(discovery.clone(), "books", &[]);
+        until_listed(&balancer, 3).await;
+        for _ in 0..6 {
+            let first = balancer.pick().expect("an instance");
+            let second = balancer.pick_other_than(&[&first.id]).expect("another instance");
+            let third = balancer
+                .pick_other_than(&[&first.id, &second.id])
+                .expect("the last instance");
+            let mut ids = [first.id.as_str(), second.id.as_str(), third.id.as_str()];
+            ids.sort_unstable();
+            assert_eq!(ids, ["books-1", "books-2", "books-3"], "each tried once");
+            assert_eq!(balancer.pick_other_than(&[&first.id, &second.id, &third.id]), None);
+        }
+        balancer.eject("books-2", Duration::from_secs(60));
+        assert_eq!(
+            balancer.pick_other_than(&["books-1"]).map(|i| i.id.clone()),
+            Some("books-3".to_owned()),
+            "neither tried nor ejected"
+        );
     }
 
     /// Discovery whose watches fail to start twice, then end after one list.

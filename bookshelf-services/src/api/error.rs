@@ -12,8 +12,10 @@ use crate::books::BookError;
 pub const CORRELATION_HEADER: &str = "x-correlation-id";
 
 /// The header on an answer to a command this instance could not take because
-/// its book's partition has (now) another owner, or the command was fenced
-/// off: nothing was stored, and the same request may go to the owner.
+/// its book's partition has (now) another owner, the command was fenced
+/// off, or the owner does not answer this instance: nothing was stored, and
+/// the same request may go to another instance (the gateway sends it to one
+/// it has not tried).
 pub const NOT_OWNER_HEADER: &str = "x-bookshelf-not-owner";
 
 /// An error answered as `{"error": "..."}` with its status.

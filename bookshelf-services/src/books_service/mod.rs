@@ -97,7 +97,7 @@ pub async fn main() -> Result<(), Box<dyn std::error::Error>> {
             };
             let builder = args.service.share_partitions(builder, &args.name, &id, &passing)?;
             let store = builder.open().await?;
-            let owners = Arc::new(owners::Owners::new(store.clone(), !args.stale_reads)?);
+            let owners = owners::Owners::start(store.clone(), !args.stale_reads)?;
             serve(&args, listener, store.clone(), Some((owners, passing)), kind).await?;
             store.flush(Duration::from_secs(10)).await?;
         }

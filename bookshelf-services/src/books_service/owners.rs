@@ -30,15 +30,26 @@ pub struct Owners {
     /// Whether reads wait for a read barrier (see [`route_to_owner`]);
     /// without one they go to the owner, as stale as its copy.
     barrier: bool,
+    /// The owners that did not answer lately (see [`Unanswered`]).
+    unanswered: Unanswered,
 }
 
 impl Owners {
-    pub fn new(store: KafkaStore, barrier: bool) -> Result<Owners, reqwest::Error> {
+    /// Routes for `store`, and probes the other owners (see
+    /// [`Unanswered`]) for as long as the answer is in use.
+    pub fn start(store: KafkaStore, barrier: bool) -> Result<Arc<Owners>, reqwest::Error> {
         let client = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(1))
             .redirect(reqwest::redirect::Policy::none())
             .build()?;
-        Ok(Owners { store, client, barrier })
+        let owners = Arc::new(Owners {
+            store,
+            client,
+            barrier,
+            unanswered: Unanswered::default(),
+        });
+        tokio::spawn(probe_owners(Arc::downgrade(&owners)));
+        Ok(owners)
     }
 
     /// A new book's id on a partition this instance owns, if it owns any.
@@ -198,6 +209,15 @@ pub async fn route_to_owner(State(owners): State<Arc<Owners>>, request: Request,
             .max(LAST_TRY);
         let response = match owners.target(&parts.method, parts.uri.path()) {
             None => handle_here(next.clone(), rebuild(), left.min(HANDLE)).await,
+            // An owner that has not answered lately (cut off from this
+            // instance, paused, or dead): turned down at once, nothing sent,
+            // so that the gateway tries another instance, one that may
+            // reach the owner or be it.
+            Some(Ok(address)) if owners.unanswered.has(&address) => {
+                return unavailable(format!(
+                    "the owner of this book's partition, at {address}, has not answered lately"
+                ))
+            }
             Some(Ok(address)) => forward(&owners, &address, rebuild(), left).await,
             // Reads without a barrier, and no owner to ask: answered from
             // this instance's copy.
@@ -296,11 +316,21 @@ async fn forward(owners: &Owners, address: &str, request: Request, within: Durat
             outgoing = outgoing.header(name, value);
         }
     }
-    let answer = match outgoing.send().await {
+    let answer = tokio::select! {
+        answer = outgoing.send() => answer,
+        () = owners.unanswered.listed(address) => {
+            return ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("the owner at {address} stopped answering, so the outcome is unknown"),
+            )
+            .into_response()
+        }
+    };
+    let answer = match answer {
         Ok(answer) => answer,
         // Nothing reached the owner: nothing was done.
         Err(error) if error.is_connect() => {
-            // Perhaps it died: wait for the next owner.
+            owners.unanswered.add(address);
             return unavailable(format!("the owner at {address} refused the connection: {error}"));
         }
         Err(error) => {
@@ -331,4 +361,108 @@ async fn forward(owners: &Owners, address: &str, request: Request, within: Durat
         }
     }
     response
+}
+
+/// The owners that do not answer: the addresses in the partitions' claims
+/// (other than this instance's) are probed (`GET /health`) every
+/// [`PROBE_EVERY`]; one that does not answer within [`PROBE_WITHIN`], or
+/// whose connection failed on a forward, is listed here until it answers a
+/// probe again. Meanwhile [`route_to_owner`] turns down at once what would
+/// go to it, and a forward already waiting on it is answered at once
+/// (its outcome unknown) instead of waiting out its bound.
+#[derive(Clone)]
+struct Unanswered {
+    listed: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    /// Told whenever an address is listed.
+    news: tokio::sync::watch::Sender<()>,
+}
+
+/// How often the owners are probed, and how long a probe waits: an owner
+/// cut off from this instance is known within their sum.
+const PROBE_EVERY: Duration = Duration::from_millis(250);
+const PROBE_WITHIN: Duration = Duration::from_millis(1000);
+
+impl Default for Unanswered {
+    fn default() -> Self {
+        Unanswered {
+            listed: Arc::default(),
+            news: tokio::sync::watch::channel(()).0,
+        }
+    }
+}
+
+impl Unanswered {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<String>> {
+        self.listed.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn has(&self, address: &str) -> bool {
+        self.lock().contains(address)
+    }
+
+    fn add(&self, address: &str) {
+        if self.lock().insert(address.to_owned()) {
+            tracing::warn!(%address, "an owner does not answer; turning down what goes to it until it does");
+            self.news.send_replace(());
+        }
+    }
+
+    fn remove(&self, address: &str) {
+        if self.lock().remove(address) {
+            tracing::info!(%address, "an owner answers again");
+        }
+    }
+
+    /// Resolves once `address` is listed.
+    async fn listed(&self, address: &str) {
+        let mut news = self.news.subscribe();
+        while !self.has(address) {
+            if news.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
+    }
+}
+
+/// Probes the owners named in the partitions' claims, for as long as
+/// `owners` is in use.
+async fn probe_owners(owners: std::sync::Weak<Owners>) {
+    let mut ticks = tokio::time::interval(PROBE_EVERY);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut probing = tokio::task::JoinSet::new();
+    loop {
+        ticks.tick().await;
+        let Some(owners) = owners.upgrade() else { return };
+        let me = owners.store.member().address.clone();
+        let mut addresses: Vec<String> = owners
+            .store
+            .owners()
+            .into_iter()
+            .filter_map(|o| o.claim.map(|c| c.address))
+            .filter(|address| !address.is_empty() && *address != me)
+            .collect();
+        addresses.sort_unstable();
+        addresses.dedup();
+        // Those no claim names any more are not waited for.
+        owners.unanswered.lock().retain(|listed| addresses.contains(listed));
+        // One probe per address at a time: a silent owner's lasts
+        // PROBE_WITHIN, the others' a moment.
+        while probing.try_join_next().is_some() {}
+        for address in addresses {
+            let (client, unanswered) = (owners.client.clone(), owners.unanswered.clone());
+            probing.spawn(async move {
+                let answered = client
+                    .get(format!("{address}/health"))
+                    .timeout(PROBE_WITHIN)
+                    .send()
+                    .await
+                    .is_ok();
+                if answered {
+                    unanswered.remove(&address);
+                } else {
+                    unanswered.add(&address);
+                }
+            });
+        }
+    }
 }

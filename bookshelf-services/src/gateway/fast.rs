@@ -420,6 +420,22 @@ enum Failure {
     Client(u16, Picked, Duration),
 }
 
+/// Whether an answer's head turns the request down (see
+/// [`proxy::turned_down`]); a head that does not parse does not.
+fn turned_down(head: &[u8]) -> bool {
+    // The status line's code, before any parsing: `HTTP/1.1 503 …`.
+    if head.get(9..12) != Some(b"503") {
+        return false;
+    }
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut answer = httparse::Response::new(&mut slots);
+    answer.parse(head).is_ok()
+        && proxy::turned_down(
+            answer.code.unwrap_or(0),
+            answer.headers.iter().map(|header| header.name),
+        )
+}
+
 /// The request as sent to `authority`: its head and body, in `out`.
 fn write_request(
     out: &mut Vec<u8>,
@@ -475,14 +491,17 @@ async fn relay(
 ) -> Result<Relayed, Failure> {
     let service = route.balancer.service();
     let limits = &gateway.limits;
-    // Each attempt goes to the next instance; only a refused connection
-    // (nothing was sent) is tried again, whatever the method.
+    // Each attempt goes to an instance not tried yet; only a refused
+    // connection or a turn-down (nothing was done) is tried again, whatever
+    // the method.
     let attempts = route.balancer.instances().len().clamp(1, 3);
     let mut refused = Vec::new();
-    for _ in 0..attempts {
-        let Some(instance) = route.balancer.pick() else {
+    let mut tried = Vec::new();
+    for attempt in 1..=attempts {
+        let Some(instance) = route.balancer.pick_other_than(&tried) else {
             break;
         };
+        tried.push(instance.id.clone());
         let authority = instance.authority();
         if let Err(error) = axum::http::uri::Authority::try_from(authority.as_str()) {
             return Err(Failure::Answer(proxy::unusable(service, &instance, &error)));
@@ -535,6 +554,11 @@ async fn relay(
                 continue;
             }
         };
+        if attempt < attempts && turned_down(&upstream.read[..head]) {
+            // Its body unread, the connection is dropped rather than pooled.
+            tracing::debug!(%service, instance = %instance.id, "turned down; trying another instance");
+            continue;
+        }
         let took = started.elapsed();
         let answered = answer(
             client,

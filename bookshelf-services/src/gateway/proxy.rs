@@ -15,7 +15,7 @@ use bookshelf::trace::TraceParent;
 use bookshelf::{Balancer, ServiceInstance};
 use serde_json::{json, Value};
 
-use crate::api::{ApiError, CORRELATION_HEADER};
+use crate::api::{ApiError, CORRELATION_HEADER, NOT_OWNER_HEADER};
 
 /// The response header naming the instance that answered.
 pub const SERVED_BY_HEADER: &str = "x-served-by";
@@ -453,7 +453,8 @@ impl Gateway {
             return Err(too_large());
         }
         // The body is read whole (it is small, by the limit) so that it can be
-        // sent again to another instance when the first refuses the connection.
+        // sent again to another instance when the first refuses the connection
+        // or turns the request down.
         // A request that has none (most GETs) needs no timer to read it.
         let reading = async {
             if axum::body::HttpBody::is_end_stream(&body) {
@@ -504,14 +505,17 @@ impl Gateway {
         let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
 
         let service = route.balancer.service();
-        // Each attempt goes to the next instance; only a refused connection
-        // (nothing was sent) is tried again, whatever the method.
+        // Each attempt goes to an instance not tried yet; only a refused
+        // connection or a turn-down (nothing was done) is tried again,
+        // whatever the method.
         let attempts = route.balancer.instances().len().clamp(1, 3);
         let mut refused = Vec::new();
+        let mut tried = Vec::new();
         for attempt in 1..=attempts {
-            let Some(instance) = route.balancer.pick() else {
+            let Some(instance) = route.balancer.pick_other_than(&tried) else {
                 break;
             };
+            tried.push(instance.id.clone());
             let uri = axum::http::Uri::builder()
                 .scheme("http")
                 .authority(instance.authority())
@@ -532,6 +536,15 @@ impl Gateway {
             };
             let sent = tokio::time::timeout(self.limits.timeout, self.upstream.request(outgoing)).await;
             match sent {
+                Ok(Ok(upstream))
+                    if attempt < attempts
+                        && turned_down(
+                            upstream.status().as_u16(),
+                            upstream.headers().keys().map(HeaderName::as_str),
+                        ) =>
+                {
+                    tracing::debug!(%service, instance = %instance.id, "turned down; trying another instance");
+                }
                 Ok(Ok(upstream)) => return Ok(relay(upstream, &instance, self.limits.timeout)),
                 Ok(Err(error)) if error.is_connect() => {
                     refuse(route, &instance, &error, self.limits.eject_for);
@@ -555,6 +568,13 @@ impl Gateway {
 // The gateway's own answers when forwarding fails, and what it does about
 // the instance: shared by both ways of forwarding, so that they say the
 // same.
+
+/// Whether an answer turns the request down having done nothing with it
+/// (503 with [`NOT_OWNER_HEADER`]: the instance cannot take it now, and
+/// another may), so that the gateway tries another instance.
+pub(crate) fn turned_down<'a>(status: u16, mut names: impl Iterator<Item = &'a str>) -> bool {
+    status == 503 && names.any(|name| name.eq_ignore_ascii_case(NOT_OWNER_HEADER))
+}
 
 /// An instance whose address cannot be written as a URI authority.
 pub(crate) fn unusable(service: &str, instance: &ServiceInstance, error: &dyn std::fmt::Display) -> ApiError {

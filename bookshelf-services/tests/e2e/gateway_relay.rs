@@ -56,6 +56,7 @@ async fn read_request(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> Option<(S
 
 /// Answers by path, on every connection, until the gateway closes it.
 async fn answer(mut stream: TcpStream, id: usize, used: Arc<Mutex<BTreeSet<usize>>>, dropped: Arc<Mutex<Vec<String>>>) {
+    let port = stream.local_addr().map_or(0, |a| a.port()).to_string();
     let mut buffer = Vec::new();
     let mut answered = 0;
     while let Some((path, head, body)) = read_request(&mut stream, &mut buffer).await {
@@ -131,6 +132,25 @@ async fn answer(mut stream: TcpStream, id: usize, used: Arc<Mutex<BTreeSet<usize
                 let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nhello").await;
                 tokio::time::sleep(Duration::from_secs(30)).await;
                 return;
+            }
+            // Taken only by the instance on that port; the others turn it
+            // down (nothing done, another instance may take it), or, on
+            // `/raw/busy-unless`, answer a plain 503.
+            _ if route.starts_with("/raw/owned-by/") || route.starts_with("/raw/busy-unless/") => {
+                let owner = route.rsplit('/').next().unwrap_or_default();
+                if owner == port {
+                    stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nmine").await
+                } else if route.starts_with("/raw/owned-by/") {
+                    stream
+                        .write_all(
+                            b"HTTP/1.1 503 Service Unavailable\r\nx-bookshelf-not-owner: true\r\ncontent-length: 9\r\n\r\nnot mine!",
+                        )
+                        .await
+                } else {
+                    stream
+                        .write_all(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 4\r\n\r\nbusy")
+                        .await
+                }
             }
             _ => stream.write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n").await,
         };
@@ -563,6 +583,56 @@ async fn requests_left_to_hyper_are_served_whole_and_a_stalled_answer_is_cut() {
         waited >= Duration::from_millis(1900) && waited < Duration::from_secs(6),
         "cut at the timeout: {waited:?}"
     );
+    assert!(gateway.terminate(), "the gateway exits cleanly");
+}
+
+/// An instance that turns a request down (503 with
+/// `x-bookshelf-not-owner`: it did nothing with it) has it sent to another
+/// instance, on both paths and for any method, until one takes it; a plain
+/// 503 is the instance's answer and goes back to the client as it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_turned_down_goes_to_another_instance_on_both_paths() {
+    let instances = [instance().await, instance().await, instance().await];
+    let mut flags = vec!["--route".to_owned(), "/raw=raw".to_owned()];
+    for instance in &instances {
+        flags.extend(["--service".to_owned(), format!("raw={}", instance.url)]);
+    }
+    let gateway = Service::start("gateway", &flags.iter().map(String::as_str).collect::<Vec<_>>());
+    let port = |instance: &Instance| instance.url.rsplit(':').next().unwrap_or_default().to_owned();
+    let owner = port(&instances[2]);
+    let served_by_owner = format!("raw-{owner}");
+    for method in ["GET", "POST"] {
+        for via_hyper in [false, true] {
+            let extra = if via_hyper {
+                "connection: keep-alive, x-via-hyper\r\nx-via-hyper: 1\r\n"
+            } else {
+                ""
+            };
+            for n in 0..6 {
+                let answer = ask(
+                    &gateway.url,
+                    &format!("{method} /raw/owned-by/{owner} HTTP/1.1\r\nhost: a\r\ncontent-length: 0\r\n{extra}\r\n"),
+                )
+                .await;
+                assert_eq!(
+                    (answer.status, answer.body.as_slice(), answer.header("x-served-by")),
+                    (200, b"mine".as_slice(), Some(served_by_owner.as_str())),
+                    "{method} {n} (via hyper: {via_hyper}) reached the owner"
+                );
+            }
+            let mut plain = Vec::new();
+            for _ in 0..6 {
+                let request = format!(
+                    "{method} /raw/busy-unless/{owner} HTTP/1.1\r\nhost: a\r\ncontent-length: 0\r\n{extra}\r\n"
+                );
+                plain.push(ask(&gateway.url, &request).await.status);
+            }
+            assert!(
+                plain.contains(&503) && plain.contains(&200),
+                "a plain 503 is not tried elsewhere ({method}, via hyper: {via_hyper}): {plain:?}"
+            );
+        }
+    }
     assert!(gateway.terminate(), "the gateway exits cleanly");
 }
 
