@@ -6,59 +6,17 @@
 mod common;
 
 use common::counted;
-use std::net::TcpStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bookshelf_core::{EventStore, ExpectedVersion, StreamId, Version};
 use bookshelf_kafka::{KafkaConfig, KafkaStore};
-
-fn tansu() -> PathBuf {
-    let bin = std::env::var("TANSU_BIN").unwrap_or_else(|_| {
-        panic!("this test runs its own broker: run scripts/test.sh, or set TANSU_BIN to a tansu binary")
-    });
-    PathBuf::from(bin)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
-}
-
-/// Starts tansu with its records in `dir/tansu.db`. (tansu 0.6 reads a
-/// `sqlite://` path relative to its working directory, even one that looks
-/// absolute, so it runs in `dir`.)
-fn start_broker(port: u16, dir: &Path) -> Child {
-    let url = format!("tcp://127.0.0.1:{port}");
-    let child = Command::new(tansu())
-        .current_dir(dir)
-        .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
-        .args(["--storage-engine", "sqlite://tansu.db"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("tansu starts");
-    let start = Instant::now();
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "tansu did not listen on {port} within 30 s"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    child
-}
+use bookshelf_testkit::tansu::OwnBroker;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_restarted_midway_loses_nothing_it_acknowledged() {
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let mut broker = start_broker(port, dir.path());
-    let config = KafkaConfig::new(format!("127.0.0.1:{port}"), "restart")
+    let mut broker = OwnBroker::start();
+    let config = KafkaConfig::new(broker.address(), "restart")
         .partitions(2)
         .create_topic(true)
         .timeout(Duration::from_secs(20))
@@ -89,10 +47,9 @@ async fn a_broker_restarted_midway_loses_nothing_it_acknowledged() {
         assert!(start.elapsed() < Duration::from_secs(60), "the writer made no progress");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    broker.kill().unwrap(); // SIGKILL, mid-run
-    broker.wait().unwrap();
-    // With the broker away, a read barrier cannot be passed: it says so
-    // within its bound rather than waiting for the broker.
+    broker.kill(); // SIGKILL, mid-run
+                   // With the broker away, a read barrier cannot be passed: it says so
+                   // within its bound rather than waiting for the broker.
     let began = Instant::now();
     let barrier = store
         .read_barrier(&StreamId::new("counter-0"), Duration::from_millis(700))
@@ -113,7 +70,7 @@ async fn a_broker_restarted_midway_loses_nothing_it_acknowledged() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let mut broker = start_broker(port, dir.path());
+    broker.up();
     writer.await.unwrap();
     let acknowledged = acknowledged.lock().unwrap().clone();
     println!(
@@ -147,6 +104,4 @@ async fn a_broker_restarted_midway_loses_nothing_it_acknowledged() {
     }
     let missing: Vec<u64> = acknowledged.iter().copied().filter(|n| !found.contains(n)).collect();
     assert!(missing.is_empty(), "acknowledged but lost: {missing:?}");
-    broker.kill().unwrap();
-    broker.wait().unwrap();
 }

@@ -1,6 +1,7 @@
 //! What Bookshelf's own tests share (not published): a small domain of
 //! accounts, the behaviour suite every event store passes, a stateful
-//! double of Consul's HTTP API, and a fresh PostgreSQL database per test.
+//! double of Consul's HTTP API, a fresh PostgreSQL database per test, and a
+//! tansu broker a test can kill and restart.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -9,3 +10,4 @@ pub mod accounts;
 pub mod consul;
 pub mod postgres;
 pub mod store_suite;
+pub mod tansu;

@@ -230,7 +230,14 @@ pub async fn route_to_owner(State(owners): State<Arc<Owners>>, request: Request,
         let moving =
             response.status() == StatusCode::SERVICE_UNAVAILABLE && response.headers().contains_key(NOT_OWNER_HEADER);
         let now = tokio::time::Instant::now();
-        if !moving || now >= deadline {
+        if !moving {
+            return response;
+        }
+        if now >= deadline {
+            // Still refused after the whole bound: another instance would
+            // wait as long, so the answer no longer asks to be sent to one.
+            let mut response = response;
+            response.headers_mut().remove(NOT_OWNER_HEADER);
             return response;
         }
         let pause = pauses.next().unwrap_or(MOVING.max_backoff);

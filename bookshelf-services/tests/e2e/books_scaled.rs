@@ -33,6 +33,8 @@ use serde_json::{json, Value};
 
 struct Cluster {
     consul: ConsulDouble,
+    /// The broker's `bootstrap.servers`.
+    broker: String,
     topic: String,
     data: std::path::PathBuf,
     books: BTreeMap<String, Service>,
@@ -57,12 +59,18 @@ impl Cluster {
     /// `instances` instances, `books-N` running as the N-th of `users` (when
     /// given), so that firewall rules can cut each off on its own.
     async fn start_as(instances: usize, more: &[&str], users: Vec<(String, u32)>) -> Cluster {
+        Cluster::start_on(brokers(), instances, more, users).await
+    }
+
+    /// As [`Cluster::start_as`], on the broker at `broker`.
+    async fn start_on(broker: String, instances: usize, more: &[&str], users: Vec<(String, u32)>) -> Cluster {
         let consul = ConsulDouble::start().await.expect("the Consul double starts");
         let topic = format!("bookshelf-scaled-{}", uuid::Uuid::new_v4().simple());
         let data = std::env::temp_dir().join(&topic);
         let gateway = Service::start("gateway", &["--consul", &consul.url()]);
         let mut cluster = Cluster {
             consul,
+            broker,
             topic,
             data,
             books: BTreeMap::new(),
@@ -89,7 +97,7 @@ impl Cluster {
 
     fn start_books(&mut self, id: &str) {
         let more: Vec<&str> = self.more.iter().map(String::as_str).collect();
-        let args = crate::support::on_kafka(&self.topic, &self.consul.url(), id, &self.data, &more);
+        let args = crate::support::on_kafka_at(&self.broker, &self.topic, &self.consul.url(), id, &self.data, &more);
         let user = id
             .strip_prefix("books-")
             .and_then(|n| n.parse::<usize>().ok())
@@ -382,6 +390,10 @@ async fn mark_reads(
                     ledger.timed(began, outcome);
                     ledger.record(correlation, book, outcome, detail);
                     n += workers;
+                    if outcome != Outcome::Done {
+                        // As a client told to come back later would.
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
                 }
             })
         })
@@ -457,7 +469,7 @@ async fn check_against_the_log(cluster: &Cluster, ledger: &Ledger, books: &[Stri
     for (correlation, book, outcome, detail) in &commands {
         let times = in_log.get(correlation).copied().unwrap_or(0);
         if (*outcome == Outcome::Done && times != 1) || (*outcome == Outcome::Refused && times != 0) {
-            let found = find_in_topic(&cluster.topic, &format!("book-{book}")).await;
+            let found = find_in_topic(cluster, &format!("book-{book}")).await;
             println!("{correlation} ({outcome:?}, {detail}) is in the log {times} times; in the topic: {found:#?}");
         }
         match outcome {
@@ -593,7 +605,7 @@ async fn three_books_instances_share_a_topic_fence_a_paused_owner_and_survive_a_
             // that no such command counts): its callers were answered by the new
             // owner, to which the instance sent each fenced-off command on.
             check_against_the_log(&cluster, &ledger, &its_books).await;
-            let verdicts = judge_topic(&cluster.topic).await;
+            let verdicts = judge_topic(&cluster).await;
             println!("records of the topic as the rule judges them: {verdicts:?}");
             verdicts.get("stale").copied().unwrap_or(0)
         };
@@ -648,15 +660,16 @@ async fn three_books_instances_share_a_topic_fence_a_paused_owner_and_survive_a_
     }
 }
 
-/// Reads every partition of `topic` from the start to its end with a plain
-/// consumer, and hands each record to `each` with the verdict of the log's
-/// rule on it.
-async fn read_topic(topic: &str, mut each: impl FnMut(&rdkafka::message::BorrowedMessage<'_>, &Verdict)) {
+/// Reads every partition of the cluster's topic from the start to its end
+/// with a plain consumer, and hands each record to `each` with the verdict
+/// of the log's rule on it.
+async fn read_topic(cluster: &Cluster, mut each: impl FnMut(&rdkafka::message::BorrowedMessage<'_>, &Verdict)) {
+    let topic = &cluster.topic;
     use bookshelf_kafka::rule::PartitionRule;
     use rdkafka::consumer::{Consumer, StreamConsumer};
     use rdkafka::Message;
     let consumer: StreamConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", brokers())
+        .set("bootstrap.servers", &cluster.broker)
         .set("group.id", "bookshelf-test-judge")
         .set("enable.partition.eof", "true")
         .set("enable.auto.commit", "false")
@@ -686,10 +699,11 @@ async fn read_topic(topic: &str, mut each: impl FnMut(&rdkafka::message::Borrowe
     }
 }
 
-/// How many records of `topic` get each verdict of the log's rule.
-async fn judge_topic(topic: &str) -> BTreeMap<&'static str, usize> {
+/// How many records of the cluster's topic get each verdict of the log's
+/// rule.
+async fn judge_topic(cluster: &Cluster) -> BTreeMap<&'static str, usize> {
     let mut counts = BTreeMap::new();
-    read_topic(topic, |_, verdict| {
+    read_topic(cluster, |_, verdict| {
         let name = match verdict {
             Verdict::Event { .. } => "event",
             Verdict::Claimed(_) => "claim",
@@ -704,13 +718,13 @@ async fn judge_topic(topic: &str) -> BTreeMap<&'static str, usize> {
     counts
 }
 
-/// The claims of `topic`, and its records whose body contains `needle`, with
-/// where they are, their epoch and version headers and the rule's verdict,
-/// for a failing check to show.
-async fn find_in_topic(topic: &str, needle: &str) -> Vec<String> {
+/// The claims of the cluster's topic, and its records whose body contains
+/// `needle`, with where they are, their epoch and version headers and the
+/// rule's verdict, for a failing check to show.
+async fn find_in_topic(cluster: &Cluster, needle: &str) -> Vec<String> {
     use rdkafka::Message;
     let mut found = Vec::new();
-    read_topic(topic, |message, verdict| {
+    read_topic(cluster, |message, verdict| {
         let body = String::from_utf8_lossy(message.payload().unwrap_or_default()).into_owned();
         let claim = matches!(verdict, Verdict::Claimed(_) | Verdict::StaleClaim(_));
         if body.contains(needle) || claim {
@@ -1107,6 +1121,114 @@ enum Fault {
     /// The Consul double forgets every registration, as an agent restarted
     /// without its data.
     ConsulRestarted,
+    /// The broker killed (SIGKILL), then started again on its file.
+    BrokerRestarted,
+    /// Two faults at once.
+    Both(Box<Fault>, Box<Fault>),
+}
+
+impl Fault {
+    /// A fault of a kind `rng` picks: on `victim` when it is an instance's.
+    fn pick(rng: &mut impl rand::Rng, victim: &str) -> Fault {
+        let victim = victim.to_owned();
+        match rng.random_range(0..7) {
+            0 => Fault::Kill(victim),
+            1 => Fault::Pause(victim),
+            2 => Fault::CutFromBroker(victim),
+            3 => Fault::CutFromConsul(victim),
+            4 => Fault::CutFromPeers(victim),
+            5 => Fault::ConsulRestarted,
+            _ => Fault::BrokerRestarted,
+        }
+    }
+
+    /// The fault's kind, for the figures.
+    fn kind(&self) -> &'static str {
+        match self {
+            Fault::Kill(_) => "kill",
+            Fault::Pause(_) => "pause",
+            Fault::CutFromBroker(_) => "cut from the broker",
+            Fault::CutFromConsul(_) => "cut from Consul",
+            Fault::CutFromPeers(_) => "cut from the peers",
+            Fault::ConsulRestarted => "Consul restarted",
+            Fault::BrokerRestarted => "broker restarted",
+            Fault::Both(..) => "two at once",
+        }
+    }
+
+    /// Two faults on two instances, or one on an instance with the broker
+    /// or the Consul agent restarted.
+    fn two(rng: &mut impl rand::Rng, ids: &[String]) -> Fault {
+        let first = rng.random_range(0..ids.len());
+        let second = (first + rng.random_range(1..ids.len())) % ids.len();
+        let mut one = Fault::pick(rng, &ids[first]);
+        let mut other = Fault::pick(rng, &ids[second]);
+        // One restart of the same thing at a time.
+        if matches!(one, Fault::ConsulRestarted | Fault::BrokerRestarted) {
+            one = Fault::Pause(ids[first].clone());
+        }
+        if matches!(other, Fault::ConsulRestarted) {
+            other = Fault::BrokerRestarted;
+        }
+        Fault::Both(Box::new(one), Box::new(other))
+    }
+}
+
+/// What the nemesis works on: the cluster, the broker it runs on, the
+/// firewall, and which Unix user each instance runs as.
+struct Nemesis {
+    cluster: Cluster,
+    broker: bookshelf_testkit::tansu::OwnBroker,
+    firewall: Firewall,
+    ids: Vec<String>,
+    users: Vec<(String, u32)>,
+    /// Where the readers send their reads: the gateway and the instances.
+    targets: Arc<Mutex<Vec<String>>>,
+}
+
+impl Nemesis {
+    fn uid_of(&self, id: &str) -> u32 {
+        self.users[self.ids.iter().position(|i| i == id).expect("an instance")].1
+    }
+
+    fn retarget(&self) {
+        let mut urls = vec![self.cluster.gateway.url.clone()];
+        urls.extend(self.cluster.books.values().map(|s| s.url.clone()));
+        *self.targets.lock().unwrap_or_else(|p| p.into_inner()) = urls;
+    }
+
+    fn begin(&mut self, fault: &Fault) {
+        match fault {
+            Fault::Kill(id) => self.cluster.books.remove(id).expect("the victim runs").crash(),
+            Fault::Pause(id) => self.cluster.signal(id, "-STOP"),
+            Fault::CutFromBroker(id) => self.firewall.cut(self.uid_of(id), port_of(&self.cluster.broker)),
+            Fault::CutFromConsul(id) => self.firewall.cut(self.uid_of(id), port_of(&self.cluster.consul.url())),
+            Fault::CutFromPeers(id) => cut_from_peers(&self.firewall, &self.cluster, &self.ids, &self.users, id),
+            Fault::ConsulRestarted => self.cluster.consul.restart_agent(),
+            Fault::BrokerRestarted => self.broker.kill(),
+            Fault::Both(one, other) => {
+                self.begin(one);
+                self.begin(other);
+            }
+        }
+    }
+
+    fn end(&mut self, fault: &Fault) {
+        match fault {
+            Fault::Kill(id) => {
+                self.cluster.start_books(id);
+                self.retarget();
+            }
+            Fault::Pause(id) => self.cluster.signal(id, "-CONT"),
+            Fault::CutFromBroker(_) | Fault::CutFromConsul(_) | Fault::CutFromPeers(_) => self.firewall.heal(),
+            Fault::ConsulRestarted => {}
+            Fault::BrokerRestarted => tokio::task::block_in_place(|| self.broker.up()),
+            Fault::Both(one, other) => {
+                self.end(other);
+                self.end(one);
+            }
+        }
+    }
 }
 
 /// Reads books through the gateway and the instances (`targets`, which the
@@ -1201,7 +1323,9 @@ async fn the_nemesis_finds_no_anomaly() {
     let users = crate::support::fault_users();
     let uids: Vec<u32> = users.iter().map(|u| u.1).collect();
     let firewall = Firewall::new(&uids);
-    let mut cluster = Cluster::start_as(3, &more, users.clone()).await;
+    // A broker of its own, to restart.
+    let broker = bookshelf_testkit::tansu::OwnBroker::start();
+    let cluster = Cluster::start_on(broker.address(), 3, &more, users.clone()).await;
     let ids: Vec<String> = cluster.books.keys().cloned().collect();
     let mut books = Vec::new();
     for id in &ids {
@@ -1214,19 +1338,21 @@ async fn the_nemesis_finds_no_anomaly() {
         }
     }
     let gateway = cluster.gateway.url.clone();
-    let targets = Arc::new(Mutex::new(Vec::new()));
-    let current_targets = |cluster: &Cluster| {
-        let mut urls = vec![cluster.gateway.url.clone()];
-        urls.extend(cluster.books.values().map(|s| s.url.clone()));
-        urls
+    let mut nemesis = Nemesis {
+        cluster,
+        broker,
+        firewall,
+        ids: ids.clone(),
+        users,
+        targets: Arc::new(Mutex::new(Vec::new())),
     };
-    *targets.lock().unwrap() = current_targets(&cluster);
+    nemesis.retarget();
 
-    let writers = Load::start(&cluster, vec![gateway.clone()], &books, 6);
+    let writers = Load::start(&nemesis.cluster, vec![gateway.clone()], &books, 6);
     let readers: Vec<_> = (0..3)
         .map(|r| {
             tokio::spawn(read_books(
-                Arc::clone(&targets),
+                Arc::clone(&nemesis.targets),
                 books.clone(),
                 Arc::clone(&writers.ledger),
                 Arc::clone(&writers.stop),
@@ -1240,52 +1366,22 @@ async fn the_nemesis_finds_no_anomaly() {
     let mut injected = Vec::new();
     while began.elapsed() < Duration::from_secs(seconds) {
         tokio::time::sleep(Duration::from_millis(rng.random_range(1000..2500))).await;
-        let victim = ids[rng.random_range(0..ids.len())].clone();
-        let uid_of = |id: &str| users[ids.iter().position(|i| i == id).expect("an instance")].1;
         let lasting = Duration::from_millis(rng.random_range(1000..4000));
-        let fault = match rng.random_range(0..6) {
-            0 => Fault::Kill(victim.clone()),
-            1 => Fault::Pause(victim.clone()),
-            2 => Fault::CutFromBroker(victim.clone()),
-            3 => Fault::CutFromConsul(victim.clone()),
-            4 => Fault::CutFromPeers(victim.clone()),
-            _ => Fault::ConsulRestarted,
+        // One fault in four is two at once.
+        let fault = if rng.random_range(0..4) == 0 {
+            Fault::two(&mut rng, &ids)
+        } else {
+            let victim = ids[rng.random_range(0..ids.len())].clone();
+            Fault::pick(&mut rng, &victim)
         };
         println!("{:>6.1} s: {fault:?} for {lasting:?}", began.elapsed().as_secs_f64());
-        match &fault {
-            Fault::Kill(id) => {
-                cluster.books.remove(id).expect("the victim runs").crash();
-                tokio::time::sleep(lasting).await;
-                cluster.start_books(id);
-                *targets.lock().unwrap() = current_targets(&cluster);
-            }
-            Fault::Pause(id) => {
-                cluster.signal(id, "-STOP");
-                tokio::time::sleep(lasting).await;
-                cluster.signal(id, "-CONT");
-            }
-            Fault::CutFromBroker(id) => {
-                firewall.cut(uid_of(id), port_of(&brokers()));
-                tokio::time::sleep(lasting).await;
-                firewall.heal();
-            }
-            Fault::CutFromConsul(id) => {
-                firewall.cut(uid_of(id), port_of(&cluster.consul.url()));
-                tokio::time::sleep(lasting).await;
-                firewall.heal();
-            }
-            Fault::CutFromPeers(id) => {
-                cut_from_peers(&firewall, &cluster, &ids, &users, id);
-                tokio::time::sleep(lasting).await;
-                firewall.heal();
-            }
-            Fault::ConsulRestarted => {
-                cluster.consul.restart_agent();
-                tokio::time::sleep(lasting).await;
-            }
-        }
-        injected.push(fault);
+        let from = Instant::now();
+        nemesis.begin(&fault);
+        tokio::time::sleep(lasting).await;
+        nemesis.end(&fault);
+        injected.push((fault, from, Instant::now()));
     }
+    let cluster = &nemesis.cluster;
     cluster.settled().await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let ledger = writers.finish().await;
@@ -1299,6 +1395,29 @@ async fn the_nemesis_finds_no_anomaly() {
         reads.stale += seen.stale;
         reads.unavailable += seen.unavailable;
         reads.latencies.extend(seen.latencies);
+    }
+    // Commands done per second during each kind of fault, and between
+    // faults.
+    let mut rates: BTreeMap<&str, (f64, f64)> = BTreeMap::new();
+    let mut since = began;
+    for (fault, from, to) in &injected {
+        for (kind, from, to) in [("no fault", since, *from), (fault.kind(), *from, *to)] {
+            let seconds = to.saturating_duration_since(from).as_secs_f64();
+            let rate = rates.entry(kind).or_default();
+            rate.0 += ledger.done_per_second(from, to) * seconds;
+            rate.1 += seconds;
+        }
+        since = *to;
+    }
+    let quiet = rates
+        .get("no fault")
+        .map_or(0.0, |(done, seconds)| done / seconds.max(0.001));
+    for (kind, (done, seconds)) in &rates {
+        println!(
+            "  {kind}: {seconds:.1} s, {:.0} commands/s, {:.2} of without a fault",
+            done / seconds.max(0.001),
+            done / seconds.max(0.001) / quiet.max(0.001)
+        );
     }
     let (longest, p99) = ledger.waits();
     println!(
@@ -1314,7 +1433,7 @@ async fn the_nemesis_finds_no_anomaly() {
         reads.percentile(0.5),
         reads.percentile(0.99)
     );
-    check_against_the_log(&cluster, &ledger, &books).await;
+    check_against_the_log(cluster, &ledger, &books).await;
     assert_eq!(reads.stale, 0, "no read is stale (seed {seed})");
     assert!(ledger.count(Outcome::Done) > 100, "the load went on (seed {seed})");
 }

@@ -20,9 +20,21 @@ pub fn brokers() -> String {
 /// its data directory, a 2 s check TTL (so that a killed instance leaves the
 /// list quickly), and `more`.
 pub fn on_kafka(topic: &str, consul: &str, id: &str, data: &std::path::Path, more: &[&str]) -> Vec<String> {
+    on_kafka_at(&brokers(), topic, consul, id, data, more)
+}
+
+/// As [`on_kafka`], on the broker at `broker`.
+pub fn on_kafka_at(
+    broker: &str,
+    topic: &str,
+    consul: &str,
+    id: &str,
+    data: &std::path::Path,
+    more: &[&str],
+) -> Vec<String> {
     let mut args: Vec<String> = [
         "--broker",
-        &brokers(),
+        broker,
         "--topic",
         topic,
         "--consul",
