@@ -950,16 +950,6 @@ enum Cut {
     Peers,
 }
 
-/// Cuts instance `id` (run as `users[i]` for the `i`th id in `ids`) off
-/// from its peers, both ways: its connections to them and theirs to it.
-fn cut_from_peers(firewall: &Firewall, cluster: &Cluster, ids: &[String], users: &[(String, u32)], id: &str) {
-    let uid_of = |id: &str| users[ids.iter().position(|i| i == id).expect("an instance")].1;
-    for other in ids.iter().filter(|other| *other != id) {
-        firewall.cut(uid_of(id), port_of(cluster.url(other)));
-        firewall.cut(uid_of(other), port_of(cluster.url(id)));
-    }
-}
-
 /// Three instances, each as its own Unix user, a load of "mark read"
 /// through the gateway; `books-1` cut off from `cut` (nftables rules on the
 /// users) until 4 s after the others took its partitions over, or for 6 s
@@ -988,7 +978,10 @@ async fn cut_one_off(what: &str, cut: impl Fn(&Cluster) -> Cut) -> CutOff {
             true
         }
         Cut::Peers => {
-            cut_from_peers(&firewall, &cluster, &ids, &users, victim);
+            let instances: Vec<(u32, String)> = (0..ids.len())
+                .map(|n| (users[n].1, cluster.url(&ids[n]).to_owned()))
+                .collect();
+            crate::nemesis::cut_from_peers(&firewall, &instances, 0);
             false
         }
     };
@@ -1105,130 +1098,29 @@ async fn an_instance_cut_off_from_its_peers_costs_no_long_wait() {
     assert_cut_off_bounded(&seen);
 }
 
-/// One fault the nemesis injects, on one instance where it names one.
-#[derive(Clone, Debug)]
-enum Fault {
-    /// SIGKILL, then a restart on the same data.
-    Kill(String),
-    /// SIGSTOP, then SIGCONT.
-    Pause(String),
-    /// Both directions of its connections to the broker dropped.
-    CutFromBroker(String),
-    /// Both directions of its connections to Consul dropped.
-    CutFromConsul(String),
-    /// Its connections to the other instances, and theirs to it, dropped.
-    CutFromPeers(String),
-    /// The Consul double forgets every registration, as an agent restarted
-    /// without its data.
-    ConsulRestarted,
-    /// The broker killed (SIGKILL), then started again on its file.
-    BrokerRestarted,
-    /// Two faults at once.
-    Both(Box<Fault>, Box<Fault>),
-}
-
-impl Fault {
-    /// A fault of a kind `rng` picks: on `victim` when it is an instance's.
-    fn pick(rng: &mut impl rand::Rng, victim: &str) -> Fault {
-        let victim = victim.to_owned();
-        match rng.random_range(0..7) {
-            0 => Fault::Kill(victim),
-            1 => Fault::Pause(victim),
-            2 => Fault::CutFromBroker(victim),
-            3 => Fault::CutFromConsul(victim),
-            4 => Fault::CutFromPeers(victim),
-            5 => Fault::ConsulRestarted,
-            _ => Fault::BrokerRestarted,
-        }
+impl crate::nemesis::Processes for Cluster {
+    fn crash(&mut self, id: &str) {
+        self.books.remove(id).expect("the victim runs").crash();
     }
-
-    /// The fault's kind, for the figures.
-    fn kind(&self) -> &'static str {
-        match self {
-            Fault::Kill(_) => "kill",
-            Fault::Pause(_) => "pause",
-            Fault::CutFromBroker(_) => "cut from the broker",
-            Fault::CutFromConsul(_) => "cut from Consul",
-            Fault::CutFromPeers(_) => "cut from the peers",
-            Fault::ConsulRestarted => "Consul restarted",
-            Fault::BrokerRestarted => "broker restarted",
-            Fault::Both(..) => "two at once",
-        }
+    fn restart(&mut self, id: &str) {
+        self.start_books(id);
     }
-
-    /// Two faults on two instances, or one on an instance with the broker
-    /// or the Consul agent restarted.
-    fn two(rng: &mut impl rand::Rng, ids: &[String]) -> Fault {
-        let first = rng.random_range(0..ids.len());
-        let second = (first + rng.random_range(1..ids.len())) % ids.len();
-        let mut one = Fault::pick(rng, &ids[first]);
-        let mut other = Fault::pick(rng, &ids[second]);
-        // One restart of the same thing at a time.
-        if matches!(one, Fault::ConsulRestarted | Fault::BrokerRestarted) {
-            one = Fault::Pause(ids[first].clone());
-        }
-        if matches!(other, Fault::ConsulRestarted) {
-            other = Fault::BrokerRestarted;
-        }
-        Fault::Both(Box::new(one), Box::new(other))
+    fn pid(&self, id: &str) -> u32 {
+        self.books[id].pid()
+    }
+    fn url(&self, id: &str) -> String {
+        self.books[id].url.clone()
+    }
+    fn consul(&self) -> &ConsulDouble {
+        &self.consul
     }
 }
 
-/// What the nemesis works on: the cluster, the broker it runs on, the
-/// firewall, and which Unix user each instance runs as.
-struct Nemesis {
-    cluster: Cluster,
-    broker: bookshelf_testkit::tansu::OwnBroker,
-    firewall: Firewall,
-    ids: Vec<String>,
-    users: Vec<(String, u32)>,
-    /// Where the readers send their reads: the gateway and the instances.
-    targets: Arc<Mutex<Vec<String>>>,
-}
-
-impl Nemesis {
-    fn uid_of(&self, id: &str) -> u32 {
-        self.users[self.ids.iter().position(|i| i == id).expect("an instance")].1
-    }
-
-    fn retarget(&self) {
-        let mut urls = vec![self.cluster.gateway.url.clone()];
-        urls.extend(self.cluster.books.values().map(|s| s.url.clone()));
-        *self.targets.lock().unwrap_or_else(|p| p.into_inner()) = urls;
-    }
-
-    fn begin(&mut self, fault: &Fault) {
-        match fault {
-            Fault::Kill(id) => self.cluster.books.remove(id).expect("the victim runs").crash(),
-            Fault::Pause(id) => self.cluster.signal(id, "-STOP"),
-            Fault::CutFromBroker(id) => self.firewall.cut(self.uid_of(id), port_of(&self.cluster.broker)),
-            Fault::CutFromConsul(id) => self.firewall.cut(self.uid_of(id), port_of(&self.cluster.consul.url())),
-            Fault::CutFromPeers(id) => cut_from_peers(&self.firewall, &self.cluster, &self.ids, &self.users, id),
-            Fault::ConsulRestarted => self.cluster.consul.restart_agent(),
-            Fault::BrokerRestarted => self.broker.kill(),
-            Fault::Both(one, other) => {
-                self.begin(one);
-                self.begin(other);
-            }
-        }
-    }
-
-    fn end(&mut self, fault: &Fault) {
-        match fault {
-            Fault::Kill(id) => {
-                self.cluster.start_books(id);
-                self.retarget();
-            }
-            Fault::Pause(id) => self.cluster.signal(id, "-CONT"),
-            Fault::CutFromBroker(_) | Fault::CutFromConsul(_) | Fault::CutFromPeers(_) => self.firewall.heal(),
-            Fault::ConsulRestarted => {}
-            Fault::BrokerRestarted => tokio::task::block_in_place(|| self.broker.up()),
-            Fault::Both(one, other) => {
-                self.end(other);
-                self.end(one);
-            }
-        }
-    }
+/// The gateway's and the instances' addresses, where the readers read.
+fn read_targets(cluster: &Cluster) -> Vec<String> {
+    let mut urls = vec![cluster.gateway.url.clone()];
+    urls.extend(cluster.books.values().map(|s| s.url.clone()));
+    urls
 }
 
 /// Reads books through the gateway and the instances (`targets`, which the
@@ -1305,27 +1197,15 @@ async fn read_books(
 /// `scripts/faults.sh` runs it longer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_nemesis_finds_no_anomaly() {
-    use rand::{Rng, SeedableRng};
-    let seconds: u64 = std::env::var("BOOKSHELF_FAULT_SECONDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(40);
-    let seed: u64 = std::env::var("BOOKSHELF_FAULT_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| rand::rng().random());
-    println!("nemesis seed {seed}, {seconds} s (run it again with BOOKSHELF_FAULT_SEED={seed})");
+    let (seed, seconds) = crate::nemesis::seed_and_seconds(40);
     let more: Vec<&str> = match std::env::var("BOOKSHELF_FAULT_BREAK").as_deref() {
         // To see the suite find what the read barrier prevents.
         Ok("stale-reads") => vec!["--stale-reads"],
         _ => Vec::new(),
     };
-    let users = crate::support::fault_users();
-    let uids: Vec<u32> = users.iter().map(|u| u.1).collect();
-    let firewall = Firewall::new(&uids);
     // A broker of its own, to restart.
     let broker = bookshelf_testkit::tansu::OwnBroker::start();
-    let cluster = Cluster::start_on(broker.address(), 3, &more, users.clone()).await;
+    let cluster = Cluster::start_on(broker.address(), 3, &more, crate::support::fault_users()).await;
     let ids: Vec<String> = cluster.books.keys().cloned().collect();
     let mut books = Vec::new();
     for id in &ids {
@@ -1338,21 +1218,12 @@ async fn the_nemesis_finds_no_anomaly() {
         }
     }
     let gateway = cluster.gateway.url.clone();
-    let mut nemesis = Nemesis {
-        cluster,
-        broker,
-        firewall,
-        ids: ids.clone(),
-        users,
-        targets: Arc::new(Mutex::new(Vec::new())),
-    };
-    nemesis.retarget();
-
-    let writers = Load::start(&nemesis.cluster, vec![gateway.clone()], &books, 6);
+    let targets = Arc::new(Mutex::new(read_targets(&cluster)));
+    let writers = Load::start(&cluster, vec![gateway.clone()], &books, 6);
     let readers: Vec<_> = (0..3)
         .map(|r| {
             tokio::spawn(read_books(
-                Arc::clone(&nemesis.targets),
+                Arc::clone(&targets),
                 books.clone(),
                 Arc::clone(&writers.ledger),
                 Arc::clone(&writers.stop),
@@ -1361,27 +1232,14 @@ async fn the_nemesis_finds_no_anomaly() {
         })
         .collect();
 
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut nemesis = crate::nemesis::Nemesis::new(cluster, broker, ids);
     let began = Instant::now();
-    let mut injected = Vec::new();
-    while began.elapsed() < Duration::from_secs(seconds) {
-        tokio::time::sleep(Duration::from_millis(rng.random_range(1000..2500))).await;
-        let lasting = Duration::from_millis(rng.random_range(1000..4000));
-        // One fault in four is two at once.
-        let fault = if rng.random_range(0..4) == 0 {
-            Fault::two(&mut rng, &ids)
-        } else {
-            let victim = ids[rng.random_range(0..ids.len())].clone();
-            Fault::pick(&mut rng, &victim)
-        };
-        println!("{:>6.1} s: {fault:?} for {lasting:?}", began.elapsed().as_secs_f64());
-        let from = Instant::now();
-        nemesis.begin(&fault);
-        tokio::time::sleep(lasting).await;
-        nemesis.end(&fault);
-        injected.push((fault, from, Instant::now()));
-    }
-    let cluster = &nemesis.cluster;
+    let injected = nemesis
+        .run(seed, seconds, |cluster| {
+            *targets.lock().unwrap_or_else(|p| p.into_inner()) = read_targets(cluster);
+        })
+        .await;
+    let cluster = &nemesis.processes;
     cluster.settled().await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let ledger = writers.finish().await;
@@ -1396,29 +1254,8 @@ async fn the_nemesis_finds_no_anomaly() {
         reads.unavailable += seen.unavailable;
         reads.latencies.extend(seen.latencies);
     }
-    // Commands done per second during each kind of fault, and between
-    // faults.
-    let mut rates: BTreeMap<&str, (f64, f64)> = BTreeMap::new();
-    let mut since = began;
-    for (fault, from, to) in &injected {
-        for (kind, from, to) in [("no fault", since, *from), (fault.kind(), *from, *to)] {
-            let seconds = to.saturating_duration_since(from).as_secs_f64();
-            let rate = rates.entry(kind).or_default();
-            rate.0 += ledger.done_per_second(from, to) * seconds;
-            rate.1 += seconds;
-        }
-        since = *to;
-    }
-    let quiet = rates
-        .get("no fault")
-        .map_or(0.0, |(done, seconds)| done / seconds.max(0.001));
-    for (kind, (done, seconds)) in &rates {
-        println!(
-            "  {kind}: {seconds:.1} s, {:.0} commands/s, {:.2} of without a fault",
-            done / seconds.max(0.001),
-            done / seconds.max(0.001) / quiet.max(0.001)
-        );
-    }
+    println!("commands done per second by fault:");
+    crate::nemesis::print_rates(&injected, began, |from, to| ledger.done_per_second(from, to));
     let (longest, p99) = ledger.waits();
     println!(
         "nemesis seed {seed}: {} faults; commands: {} done, {} refused, {} unknown, wait p99 {p99:?}, longest \

@@ -19,6 +19,7 @@ mod last_read_on_kafka;
 mod lending;
 mod lending_processes;
 mod metrics;
+mod nemesis;
 mod openapi;
 mod otel_export;
 mod showcase;
