@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # What the network-fault tests need, made ready when missing: nftables from
-# the system's packages, and a Unix user per instance (bookshelf-fault-1..3)
+# the system's packages, and a Unix user per instance (bookshelf-fault-1..4)
 # whose traffic the tests' firewall rules match (meta skuid). Needs root.
 #
 #   scripts/fault-env.sh      prints BOOKSHELF_FAULT_USERS=bookshelf-fault-1,...
 set -euo pipefail
-users=(bookshelf-fault-1 bookshelf-fault-2 bookshelf-fault-3)
+users=(bookshelf-fault-1 bookshelf-fault-2 bookshelf-fault-3 bookshelf-fault-4)
 if [ "$(id -u)" -ne 0 ]; then
     echo "the network-fault tests need root (nftables rules, users to run instances as)" >&2
     exit 1

@@ -20,7 +20,9 @@
 //! Whatever the broker does, each partition hands out its records in offset
 //! order and each once: a record before the next offset due (read again
 //! after a step back) is dropped, and an end-of-partition that may come
-//! from the fetch before a step back is not reported.
+//! from the fetch before a step back is not reported. A broker that cannot
+//! be reached for a while (restarted, or cut off) is waited for: the read
+//! goes on from where it was once the broker answers again.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -79,6 +81,21 @@ impl rdkafka::ClientContext for Quiet {
 }
 
 impl ConsumerContext for Quiet {}
+
+/// Whether a consumer error only says that the broker cannot be reached
+/// for now (down, restarting, or cut off): the consumer keeps its position
+/// and carries on once the broker answers again.
+fn passing(error: &KafkaError) -> bool {
+    matches!(
+        error,
+        KafkaError::MessageConsumption(
+            RDKafkaErrorCode::AllBrokersDown
+                | RDKafkaErrorCode::BrokerTransportFailure
+                | RDKafkaErrorCode::OperationTimedOut
+                | RDKafkaErrorCode::RequestTimedOut
+        )
+    )
+}
 
 /// A partition whose first record has not yet shown that the read started
 /// at or before the offset wanted.
@@ -240,6 +257,11 @@ impl Reader {
                     }
                     self.starts.retain(|_, s| s.partition != partition);
                     return Ok(Read::End { partition });
+                }
+                // librdkafka reconnects by itself and goes on fetching from
+                // where it was: an outage is waited out, not an end.
+                Err(error) if passing(&error) => {
+                    tracing::debug!(%error, "the broker is away; the read waits for it");
                 }
                 Err(error) => return Err(backend(error)),
             }

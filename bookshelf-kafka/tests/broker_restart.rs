@@ -1,16 +1,16 @@
 //! A broker that dies and comes back in the middle of a run loses nothing it
-//! acknowledged. This test runs its own tansu (the binary `scripts/test.sh`
+//! acknowledged, and a view over the topic waits for it. This test runs its own tansu (the binary `scripts/test.sh`
 //! names in `TANSU_BIN`) with file storage, kills it while a writer appends,
 //! and restarts it on the same port and file.
 
 mod common;
 
-use common::counted;
+use common::{counted, CounterEvent};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bookshelf_core::{EventStore, ExpectedVersion, StreamId, Version};
-use bookshelf_kafka::{KafkaConfig, KafkaStore};
+use bookshelf_core::{Envelope, EventStore, ExpectedVersion, ProjectionRunner, StreamId, Version, View};
+use bookshelf_kafka::{KafkaConfig, KafkaLog, KafkaStore};
 use bookshelf_testkit::tansu::OwnBroker;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -104,4 +104,73 @@ async fn a_broker_restarted_midway_loses_nothing_it_acknowledged() {
     }
     let missing: Vec<u64> = acknowledged.iter().copied().filter(|n| !found.contains(n)).collect();
     assert!(missing.is_empty(), "acknowledged but lost: {missing:?}");
+}
+
+/// The `n` of every `Counted` event, in the order applied.
+#[derive(Default)]
+struct Seen(Vec<u64>);
+
+impl View for Seen {
+    type Event = CounterEvent;
+    fn apply(&mut self, event: Envelope<CounterEvent>) {
+        let CounterEvent::Counted { n } = event.payload;
+        self.0.push(n);
+    }
+}
+
+/// A view over the topic waits out a broker that goes away (here killed and
+/// started again): it neither ends nor skips, and applies what comes after
+/// the restart, each event once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_view_waits_out_the_broker_restart_and_takes_up_where_it_was() {
+    let mut broker = OwnBroker::start();
+    let config = KafkaConfig::new(broker.address(), "restart-view")
+        .partitions(2)
+        .create_topic(true)
+        .timeout(Duration::from_secs(20))
+        .set("message.timeout.ms", "8000");
+    let store = KafkaStore::open(config.clone()).await.unwrap();
+    let append = |range: std::ops::Range<u64>| {
+        let store = store.clone();
+        async move {
+            for n in range {
+                let stream = StreamId::new(format!("counter-{}", n % 5));
+                store
+                    .append(&stream, ExpectedVersion::Any, vec![counted(n)])
+                    .await
+                    .expect("appended");
+            }
+        }
+    };
+    append(0..50).await;
+    let view = ProjectionRunner::<Seen, _>::new("seen", KafkaLog::new(config)).start();
+    let seen = |n: usize| {
+        let view = &view;
+        async move {
+            let start = Instant::now();
+            while view.read(|v| v.0.len()) < n {
+                assert!(start.elapsed() < Duration::from_secs(30), "the view took {n} events");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    seen(50).await;
+
+    broker.kill();
+    // Long enough for the client to find every broker down.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        tokio::time::timeout(Duration::from_millis(10), view.ended())
+            .await
+            .is_err(),
+        "the view ended while the broker was away"
+    );
+    broker.up();
+    append(50..100).await;
+    seen(100).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut applied = view.read(|v| v.0.clone());
+    applied.sort_unstable();
+    assert_eq!(applied, (0..100).collect::<Vec<_>>(), "each event once");
+    view.stop().await.expect("the view stops cleanly");
 }

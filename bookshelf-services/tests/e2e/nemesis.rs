@@ -128,32 +128,42 @@ pub fn cut_from_peers(firewall: &Firewall, instances: &[(u32, String)], victim: 
 pub type Injected = (Fault, Instant, Instant);
 
 /// The nemesis: the processes, the broker they run on, the firewall, and
-/// the Unix user each instance runs as (the `i`th id as the `i`th user of
-/// [`fault_users`]).
+/// the Unix user each instance runs as.
 pub struct Nemesis<P> {
     pub processes: P,
     broker: OwnBroker,
     firewall: Firewall,
     ids: Vec<String>,
-    users: Vec<(String, u32)>,
+    uids: Vec<u32>,
 }
 
 impl<P: Processes> Nemesis<P> {
-    /// A nemesis over `processes` (instances `ids`), which run on `broker`.
+    /// A nemesis over `processes`, which run on `broker`: the instances
+    /// `ids`, the `i`th run as the `i`th user of [`fault_users`].
     pub fn new(processes: P, broker: OwnBroker, ids: Vec<String>) -> Nemesis<P> {
         let users = fault_users();
-        let firewall = Firewall::new(&users.iter().map(|u| u.1).collect::<Vec<_>>());
+        let ids = ids.into_iter().zip(users.iter().map(|u| u.1)).collect();
+        Nemesis::with_users(processes, broker, ids)
+    }
+
+    /// As [`Nemesis::new`], each instance with the uid it runs as (several
+    /// may share one: a cut then takes them all).
+    pub fn with_users(processes: P, broker: OwnBroker, ids: Vec<(String, u32)>) -> Nemesis<P> {
+        let (ids, uids): (Vec<String>, Vec<u32>) = ids.into_iter().unzip();
+        let mut distinct = uids.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
         Nemesis {
             processes,
             broker,
-            firewall,
+            firewall: Firewall::new(&distinct),
             ids,
-            users,
+            uids,
         }
     }
 
     fn uid_of(&self, id: &str) -> u32 {
-        self.users[self.ids.iter().position(|i| i == id).expect("an instance")].1
+        self.uids[self.ids.iter().position(|i| i == id).expect("an instance")]
     }
 
     fn signal(&self, id: &str, signal: &str) {
