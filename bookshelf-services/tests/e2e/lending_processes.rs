@@ -383,8 +383,9 @@ async fn every_loan_ends_right_under_the_nemesis() {
             .await;
     }
     lending.command("/members", json!({"id": "poor", "balance": 1})).await;
-    const COPIES: usize = 400;
-    for n in 0..COPIES {
+    // Enough copies for a reservation every 70 ms or so all along.
+    let copies = (seconds as usize * 14).max(400);
+    for n in 0..copies {
         lending.command("/copies", json!({"id": format!("copy-{n}")})).await;
     }
 
@@ -396,7 +397,7 @@ async fn every_loan_ends_right_under_the_nemesis() {
         let (http, urls, stop) = (lending.http.clone(), Arc::clone(&urls), Arc::clone(&stop));
         tokio::spawn(async move {
             let mut sent = Vec::new();
-            for n in 0..COPIES {
+            for n in 0..copies {
                 if stop.load(std::sync::atomic::Ordering::Relaxed) {
                     break;
                 }
