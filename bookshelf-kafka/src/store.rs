@@ -665,8 +665,13 @@ impl KafkaStore {
         };
         match tokio::time::timeout(within, reached).await {
             Ok(reached) => reached.map_err(|e| {
+                // The cause's own words, not its "backend failed" prefix again.
+                let cause = match &e {
+                    StoreError::Backend(cause) => cause.to_string(),
+                    other => other.to_string(),
+                };
                 backend_msg(format!(
-                    "cannot tell where partition {}/{partition} ends: {e}",
+                    "cannot tell where partition {}/{partition} ends: {cause}",
                     inner.topic
                 ))
             }),

@@ -1,6 +1,8 @@
 //! Any instance serves any book: a request about a book whose partition
 //! another instance owns goes to that instance, found in the partition's
-//! last claim in the log.
+//! last claim in the log. An owner that does not answer this instance's
+//! probes is not waited for: what would go to it is turned down at once
+//! (nothing stored), for the gateway to send to another instance.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -21,7 +21,6 @@
 //! command may be in the log at most once; every other error must not be.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -185,7 +184,7 @@ impl Cluster {
 
     fn signal(&self, id: &str, signal: &str) {
         let pid = self.books[id].pid().to_string();
-        let sent = Command::new("kill").args([signal, &pid]).status();
+        let sent = std::process::Command::new("kill").args([signal, &pid]).status();
         assert!(sent.is_ok_and(|s| s.success()), "kill {signal} {pid}");
     }
 
@@ -244,10 +243,22 @@ enum Outcome {
     Unknown,
 }
 
+/// A command sent in a load, and how it ended.
+#[derive(Clone)]
+struct Command {
+    correlation: String,
+    book: String,
+    outcome: Outcome,
+    /// The answer's status and text, or the client's error.
+    detail: String,
+    sent: Instant,
+    answered: Instant,
+}
+
 /// Every command sent in a load: its correlation id, book and outcome.
 #[derive(Default)]
 struct Ledger {
-    commands: Mutex<Vec<(String, String, Outcome, String)>>,
+    commands: Mutex<Vec<Command>>,
     /// When each command was sent, how long its answer took, and whether
     /// it was done.
     timings: Mutex<Vec<(Instant, Duration, bool)>>,
@@ -300,28 +311,25 @@ impl Ledger {
         (at(1.0).unwrap_or_default(), at(0.99).unwrap_or_default())
     }
 
-    fn record(&self, correlation: String, book: String, outcome: Outcome, detail: String) {
-        if outcome == Outcome::Done {
+    fn record(&self, command: Command) {
+        if command.outcome == Outcome::Done {
             *self
                 .done
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .entry(book.clone())
+                .entry(command.book.clone())
                 .or_default() += 1;
         }
-        self.commands
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push((correlation, book, outcome, detail));
+        self.commands.lock().unwrap_or_else(|p| p.into_inner()).push(command);
     }
 
     /// How many answers of `outcome` began with each text (status and the
     /// first words of the error).
     fn reasons(&self, outcome: Outcome) -> BTreeMap<String, usize> {
         let mut reasons = BTreeMap::new();
-        for (_, _, o, detail) in self.commands.lock().unwrap_or_else(|p| p.into_inner()).iter() {
-            if *o == outcome {
-                let short: String = detail.chars().take(60).collect();
+        for command in self.commands.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            if command.outcome == outcome {
+                let short: String = command.detail.chars().take(60).collect();
                 *reasons.entry(short).or_default() += 1;
             }
         }
@@ -333,7 +341,7 @@ impl Ledger {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
-            .filter(|c| c.2 == outcome)
+            .filter(|c| c.outcome == outcome)
             .count()
     }
 }
@@ -388,7 +396,14 @@ async fn mark_reads(
                         }
                     };
                     ledger.timed(began, outcome);
-                    ledger.record(correlation, book, outcome, detail);
+                    ledger.record(Command {
+                        correlation,
+                        book,
+                        outcome,
+                        detail,
+                        sent: began,
+                        answered: Instant::now(),
+                    });
                     n += workers;
                     if outcome != Outcome::Done {
                         // As a client told to come back later would.
@@ -442,6 +457,8 @@ impl Load {
 async fn check_against_the_log(cluster: &Cluster, ledger: &Ledger, books: &[String]) {
     let commands = ledger.commands.lock().unwrap_or_else(|p| p.into_inner()).clone();
     let mut in_log: BTreeMap<String, usize> = BTreeMap::new();
+    // The version each command's event has in its book's log.
+    let mut version_of: BTreeMap<String, u64> = BTreeMap::new();
     let first = cluster.books.keys().next().expect("an instance").clone();
     for book in books {
         let (status, events) = cluster.get(cluster.url(&first), &format!("/books/{book}/events")).await;
@@ -454,6 +471,7 @@ async fn check_against_the_log(cluster: &Cluster, ledger: &Ledger, books: &[Stri
         for event in &events {
             if let Some(c) = event["metadata"]["correlation_id"].as_str() {
                 *in_log.entry(c.to_owned()).or_default() += 1;
+                version_of.insert(c.to_owned(), event["version"].as_u64().unwrap_or(0));
             }
         }
         for id in cluster.books.keys() {
@@ -466,7 +484,14 @@ async fn check_against_the_log(cluster: &Cluster, ledger: &Ledger, books: &[Stri
             );
         }
     }
-    for (correlation, book, outcome, detail) in &commands {
+    for Command {
+        correlation,
+        book,
+        outcome,
+        detail,
+        ..
+    } in &commands
+    {
         let times = in_log.get(correlation).copied().unwrap_or(0);
         if (*outcome == Outcome::Done && times != 1) || (*outcome == Outcome::Refused && times != 0) {
             let found = find_in_topic(cluster, &format!("book-{book}")).await;
@@ -479,6 +504,35 @@ async fn check_against_the_log(cluster: &Cluster, ledger: &Ledger, books: &[Stri
                 times <= 1,
                 "{correlation} on {book} ({detail}) is in the log at most once"
             ),
+        }
+    }
+    // Real-time order: a command acknowledged before another was sent has
+    // the lower version in their book's log.
+    for book in books {
+        let mut done: Vec<&Command> = commands
+            .iter()
+            .filter(|c| &c.book == book && c.outcome == Outcome::Done)
+            .collect();
+        let mut by_answer = done.clone();
+        by_answer.sort_by_key(|c| c.answered);
+        done.sort_by_key(|c| c.sent);
+        let (mut before, mut highest) = (by_answer.iter().peekable(), None::<(u64, &str)>);
+        for later in done {
+            while let Some(earlier) = before.next_if(|c| c.answered < later.sent) {
+                let version = version_of.get(&earlier.correlation).copied().unwrap_or(0);
+                if highest.is_none_or(|(v, _)| version > v) {
+                    highest = Some((version, &earlier.correlation));
+                }
+            }
+            let version = version_of.get(&later.correlation).copied().unwrap_or(0);
+            if let Some((earlier_version, earlier)) = highest {
+                assert!(
+                    earlier_version < version,
+                    "{earlier} was acknowledged before {} was sent, yet has version {earlier_version} against {version} \
+                     in {book}'s log",
+                    later.correlation
+                );
+            }
         }
     }
 }
@@ -1108,8 +1162,8 @@ impl crate::nemesis::Processes for Cluster {
     fn pid(&self, id: &str) -> u32 {
         self.books[id].pid()
     }
-    fn url(&self, id: &str) -> String {
-        self.books[id].url.clone()
+    fn url(&self, id: &str) -> Option<String> {
+        self.books.get(id).map(|s| s.url.clone())
     }
     fn consul(&self) -> &ConsulDouble {
         &self.consul
@@ -1158,6 +1212,13 @@ async fn read_books(
                 seen.latencies.push(sent.elapsed().as_micros() as u64);
                 let body: Value = answer.json().await.unwrap_or(Value::Null);
                 let reads = body["reads"].as_u64().unwrap_or(0);
+                // A state of the log: after the book was added (version 1),
+                // each event is one read.
+                assert_eq!(
+                    body["version"].as_u64(),
+                    Some(reads + 1),
+                    "{target} answered a state no prefix of {book}'s log has: {body}"
+                );
                 if reads < before {
                     println!("stale: {target} answered {reads} reads of {book}; {before} were acknowledged before");
                     seen.stale += 1;

@@ -363,9 +363,9 @@ impl crate::nemesis::Processes for System {
             .expect("an instance")
             .pid()
     }
-    fn url(&self, id: &str) -> String {
+    fn url(&self, id: &str) -> Option<String> {
         let service = self.feeds.get(id).or_else(|| self.others.get(id));
-        service.expect("an instance").url.clone()
+        service.map(|s| s.url.clone())
     }
     fn consul(&self) -> &ConsulDouble {
         &self.consul

@@ -295,8 +295,8 @@ impl crate::nemesis::Processes for Lending {
     fn pid(&self, id: &str) -> u32 {
         self.instances[id].pid()
     }
-    fn url(&self, id: &str) -> String {
-        self.instances[id].url.clone()
+    fn url(&self, id: &str) -> Option<String> {
+        self.instances.get(id).map(|s| s.url.clone())
     }
     fn consul(&self) -> &ConsulDouble {
         &self.consul

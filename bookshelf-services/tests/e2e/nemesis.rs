@@ -89,8 +89,8 @@ pub trait Processes {
     fn restart(&mut self, id: &str);
     /// The process id of instance `id`.
     fn pid(&self, id: &str) -> u32;
-    /// Where instance `id` listens.
-    fn url(&self, id: &str) -> String;
+    /// Where instance `id` listens, while it runs.
+    fn url(&self, id: &str) -> Option<String>;
     /// Their Consul agent.
     fn consul(&self) -> &ConsulDouble;
 }
@@ -172,14 +172,18 @@ impl<P: Processes> Nemesis<P> {
         assert!(sent.is_ok_and(|s| s.success()), "kill {signal} {pid}");
     }
 
+    /// Cuts `id` off from the peers that run (one killed by the other fault
+    /// of two has no port to cut).
     fn cut_from_peers(&self, id: &str) {
-        let instances: Vec<(u32, String)> = self
+        let running: Vec<(&String, (u32, String))> = self
             .ids
             .iter()
-            .map(|id| (self.uid_of(id), self.processes.url(id)))
+            .filter_map(|id| Some((id, (self.uid_of(id), self.processes.url(id)?))))
             .collect();
-        let victim = self.ids.iter().position(|i| i == id).expect("an instance");
-        cut_from_peers(&self.firewall, &instances, victim);
+        if let Some(victim) = running.iter().position(|(i, _)| *i == id) {
+            let instances: Vec<(u32, String)> = running.into_iter().map(|(_, instance)| instance).collect();
+            cut_from_peers(&self.firewall, &instances, victim);
+        }
     }
 
     fn begin(&mut self, fault: &Fault) {
