@@ -1317,6 +1317,23 @@ async fn the_nemesis_finds_no_anomaly() {
     }
     println!("commands done per second by fault:");
     crate::nemesis::print_rates(&injected, began, |from, to| ledger.done_per_second(from, to));
+    // What took longest, and how it ended, beside the faults under way.
+    let mut slow: Vec<Command> = ledger.commands.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    slow.sort_by_key(|c| std::cmp::Reverse(c.answered - c.sent));
+    for command in slow.iter().take(5) {
+        let at = command.sent.saturating_duration_since(began).as_secs_f64();
+        let during: Vec<String> = injected
+            .iter()
+            .filter(|(_, from, to)| *from <= command.answered && *to >= command.sent)
+            .map(|(fault, _, _)| format!("{fault:?}"))
+            .collect();
+        println!(
+            "  slow: {:?} sent at {at:.1} s, {:?}: {} (during {during:?})",
+            command.answered - command.sent,
+            command.outcome,
+            command.detail.chars().take(120).collect::<String>()
+        );
+    }
     let (longest, p99) = ledger.waits();
     println!(
         "nemesis seed {seed}: {} faults; commands: {} done, {} refused, {} unknown, wait p99 {p99:?}, longest \
