@@ -9,24 +9,48 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// A tansu process of its own (`TANSU_BIN`, which `scripts/test.sh` sets),
-/// storing in `tansu.db` in a directory of its own; killed when dropped.
+/// storing in `tansu.db` in a directory of its own (or in memory); killed
+/// when dropped.
 pub struct OwnBroker {
     port: u16,
     dir: PathBuf,
     child: Option<Child>,
+    /// tansu's `--storage-engine`.
+    storage: &'static str,
 }
 
 impl OwnBroker {
-    /// Starts one on a free 127.0.0.1 port; panics, saying what is
-    /// missing, without `TANSU_BIN`.
+    /// Starts one on a free 127.0.0.1 port, storing in a file; panics,
+    /// saying what is missing, without `TANSU_BIN`.
     pub fn start() -> OwnBroker {
+        OwnBroker::start_with("sqlite://tansu.db")
+    }
+
+    /// Starts one that keeps its records in memory: a restart loses them,
+    /// but it does not slow down as its log grows (tansu 0.6's file
+    /// storage does, until it stops answering), for long runs.
+    pub fn start_in_memory() -> OwnBroker {
+        OwnBroker::start_with("memory://tansu/")
+    }
+
+    /// Whether a restart keeps the records.
+    pub fn keeps_records(&self) -> bool {
+        self.storage.starts_with("sqlite:")
+    }
+
+    fn start_with(storage: &'static str) -> OwnBroker {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|listener| listener.local_addr())
             .map(|address| address.port())
             .expect("a free loopback port");
         let dir = std::env::temp_dir().join(format!("bookshelf-tansu-{port}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("the broker's directory");
-        let mut broker = OwnBroker { port, dir, child: None };
+        let mut broker = OwnBroker {
+            port,
+            dir,
+            child: None,
+            storage,
+        };
         broker.up();
         broker
     }
@@ -57,7 +81,7 @@ impl OwnBroker {
         let child = Command::new(bin)
             .current_dir(&self.dir)
             .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
-            .args(["--storage-engine", "sqlite://tansu.db"])
+            .args(["--storage-engine", self.storage])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

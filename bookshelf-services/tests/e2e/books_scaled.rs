@@ -1265,7 +1265,7 @@ async fn the_nemesis_finds_no_anomaly() {
         _ => Vec::new(),
     };
     // A broker of its own, to restart.
-    let broker = bookshelf_testkit::tansu::OwnBroker::start();
+    let broker = crate::nemesis::broker();
     let cluster = Cluster::start_on(broker.address(), 3, &more, crate::support::fault_users()).await;
     let ids: Vec<String> = cluster.books.keys().cloned().collect();
     let mut books = Vec::new();

@@ -385,7 +385,7 @@ impl crate::nemesis::Processes for System {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_changes_are_published_once_under_the_nemesis() {
     let (seed, seconds) = crate::nemesis::seed_and_seconds(30);
-    let broker = bookshelf_testkit::tansu::OwnBroker::start();
+    let broker = crate::nemesis::broker();
     let users = crate::support::fault_users();
     assert!(users.len() >= 4, "four fault users: run scripts/fault-env.sh");
     let placed: Vec<(String, u32)> = [

@@ -368,7 +368,7 @@ async fn reserve_once(http: &reqwest::Client, urls: &std::sync::Mutex<Vec<String
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_loan_ends_right_under_the_nemesis() {
     let (seed, seconds) = crate::nemesis::seed_and_seconds(30);
-    let broker = bookshelf_testkit::tansu::OwnBroker::start();
+    let broker = crate::nemesis::broker();
     let mut lending = Lending::new(broker.address(), crate::support::fault_users()).await;
     lending.http = reqwest::Client::builder()
         .timeout(Duration::from_secs(5))

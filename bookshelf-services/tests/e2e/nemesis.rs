@@ -35,10 +35,11 @@ pub enum Fault {
 }
 
 impl Fault {
-    /// A fault of a kind `rng` picks: on `victim` when it is an instance's.
-    fn pick(rng: &mut impl Rng, victim: &str) -> Fault {
+    /// A fault of a kind `rng` picks: on `victim` when it is an instance's;
+    /// the broker restarted only when `broker_restarts`.
+    fn pick(rng: &mut impl Rng, victim: &str, broker_restarts: bool) -> Fault {
         let victim = victim.to_owned();
-        match rng.random_range(0..7) {
+        match rng.random_range(0..if broker_restarts { 7 } else { 6 }) {
             0 => Fault::Kill(victim),
             1 => Fault::Pause(victim),
             2 => Fault::CutFromBroker(victim),
@@ -51,16 +52,16 @@ impl Fault {
 
     /// Two faults on two instances, or one on an instance with the broker
     /// or the Consul agent restarted.
-    fn two(rng: &mut impl Rng, ids: &[String]) -> Fault {
+    fn two(rng: &mut impl Rng, ids: &[String], broker_restarts: bool) -> Fault {
         let first = rng.random_range(0..ids.len());
         let second = (first + rng.random_range(1..ids.len())) % ids.len();
-        let mut one = Fault::pick(rng, &ids[first]);
-        let mut other = Fault::pick(rng, &ids[second]);
+        let mut one = Fault::pick(rng, &ids[first], broker_restarts);
+        let mut other = Fault::pick(rng, &ids[second], broker_restarts);
         // One restart of the same thing at a time.
         if matches!(one, Fault::ConsulRestarted | Fault::BrokerRestarted) {
             one = Fault::Pause(ids[first].clone());
         }
-        if matches!(other, Fault::ConsulRestarted) {
+        if matches!(other, Fault::ConsulRestarted) && broker_restarts {
             other = Fault::BrokerRestarted;
         }
         Fault::Both(Box::new(one), Box::new(other))
@@ -121,6 +122,16 @@ pub fn cut_from_peers(firewall: &Firewall, instances: &[(u32, String)], victim: 
             firewall.cut(*uid, port_of(other_url));
             firewall.cut(*other_uid, port_of(url));
         }
+    }
+}
+
+/// The broker a suite runs on: one on file storage, which the nemesis
+/// restarts; or, with `BOOKSHELF_FAULT_BROKER=memory` (for long runs), one
+/// in memory, which it leaves running.
+pub fn broker() -> OwnBroker {
+    match std::env::var("BOOKSHELF_FAULT_BROKER").as_deref() {
+        Ok("memory") => OwnBroker::start_in_memory(),
+        _ => OwnBroker::start(),
     }
 }
 
@@ -219,7 +230,8 @@ impl<P: Processes> Nemesis<P> {
     }
 
     /// Injects seeded faults for `seconds`: each for 1 to 4 s, 1 to 2.5 s
-    /// apart, one in four two at once; `after` is called after each ends.
+    /// apart, one in four two at once (the broker restarted only when it
+    /// keeps its records); `after` is called after each ends.
     pub async fn run(&mut self, seed: u64, seconds: u64, mut after: impl FnMut(&P)) -> Vec<Injected> {
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let began = Instant::now();
@@ -227,11 +239,12 @@ impl<P: Processes> Nemesis<P> {
         while began.elapsed() < Duration::from_secs(seconds) {
             tokio::time::sleep(Duration::from_millis(rng.random_range(1000..2500))).await;
             let lasting = Duration::from_millis(rng.random_range(1000..4000));
+            let restarts = self.broker.keeps_records();
             let fault = if rng.random_range(0..4) == 0 {
-                Fault::two(&mut rng, &self.ids)
+                Fault::two(&mut rng, &self.ids, restarts)
             } else {
                 let victim = self.ids[rng.random_range(0..self.ids.len())].clone();
-                Fault::pick(&mut rng, &victim)
+                Fault::pick(&mut rng, &victim, restarts)
             };
             println!("{:>6.1} s: {fault:?} for {lasting:?}", began.elapsed().as_secs_f64());
             let from = Instant::now();
