@@ -19,9 +19,11 @@
 #                     [--break stale-reads]
 #
 # --broker memory runs the suites on brokers that keep their records in
-# memory, and so without broker restarts: tansu 0.6's file storage slows
-# down as its log grows, until (after some 2,000 records a partition under
-# the books suite's load) it stops answering for tens of seconds.
+# memory, and so without broker restarts: under the books suite's load,
+# tansu 0.6 on file storage stopped answering every client for 20 s and
+# more after 4 to 5 minutes (twice, at about 2,000 records a partition, the
+# broker near a full core), and the run failed on an instance that could
+# not start.
 # --break stale-reads runs the books instances without read barriers, to
 # see the suite find stale reads.
 set -euo pipefail

@@ -27,8 +27,9 @@ impl OwnBroker {
     }
 
     /// Starts one that keeps its records in memory: a restart loses them,
-    /// but it does not slow down as its log grows (tansu 0.6's file
-    /// storage does, until it stops answering), for long runs.
+    /// but it keeps answering through long runs (tansu 0.6 on file storage
+    /// stopped answering for tens of seconds after minutes of the fault
+    /// suite's load).
     pub fn start_in_memory() -> OwnBroker {
         OwnBroker::start_with("memory://tansu/")
     }

@@ -214,14 +214,19 @@ async fn a_killed_writer_leaves_every_loan_finished_by_the_other_with_no_step_ta
         killed_at.elapsed().as_secs_f64()
     );
 
-    check_loans(&lending, &survivor, &(0..LOANS).collect::<Vec<_>>()).await;
+    check_loans(&lending, &survivor, &(0..LOANS).collect::<Vec<_>>(), false).await;
     let _ = std::fs::remove_dir_all(&lending.data);
 }
 
 /// Every loan in `loans` ends, as `survivor` reads them: lent, or released
 /// after a declined or refused charge; each step once, and every member
 /// charged once per loan lent.
-async fn check_loans(lending: &Lending, survivor: &str, loans: &[usize]) {
+///
+/// With `timeouts_allowed`, a loan the plan would lend may instead have been
+/// called off because its charge did not happen in time (the process's
+/// deadline, which a long outage can pass): then its copy is released and
+/// its member must not have been charged.
+async fn check_loans(lending: &Lending, survivor: &str, loans: &[usize], timeouts_allowed: bool) {
     let start = Instant::now();
     let mut copies = BTreeMap::new();
     while copies.len() < loans.len() {
@@ -248,13 +253,20 @@ async fn check_loans(lending: &Lending, survivor: &str, loans: &[usize]) {
     let mut charged: BTreeMap<String, u64> = BTreeMap::new();
     for (n, copy) in &copies {
         let loan = format!("loan-{n}");
-        let (member, lent) = plan(*n);
+        let (member, planned) = plan(*n);
+        let steps = about(copy, &loan);
+        let lent = steps.last().is_some_and(|t| t == "CopyLent");
+        assert!(
+            lent == planned || (timeouts_allowed && planned && !lent),
+            "copy-{n}: {steps:?}, though the plan says {}",
+            if planned { "lent" } else { "released" }
+        );
         let expected = if lent {
             ["CopyReserved", "CopyLent"]
         } else {
             ["CopyReserved", "CopyReleased"]
         };
-        assert_eq!(about(copy, &loan), expected, "copy-{n}: each step once");
+        assert_eq!(steps, expected, "copy-{n}: each step once");
         let keys: Vec<&str> = copy["events"]
             .as_array()
             .into_iter()
@@ -268,8 +280,16 @@ async fn check_loans(lending: &Lending, survivor: &str, loans: &[usize]) {
         if member != "ghost" {
             let stream = lending.get(survivor, &format!("/members/{member}")).await;
             let steps = about(&stream, &loan);
-            let want = if lent { "MemberCharged" } else { "ChargeDeclined" };
-            assert_eq!(steps, [want], "{member}, {loan}: charged once");
+            if lent {
+                assert_eq!(steps, ["MemberCharged"], "{member}, {loan}: charged once");
+            } else if planned {
+                // Called off in time: never charged.
+                assert!(steps.is_empty(), "{member}, {loan}: released, yet {steps:?}");
+            } else if timeouts_allowed && steps.is_empty() {
+                // Called off before the charge was even tried.
+            } else {
+                assert_eq!(steps, ["ChargeDeclined"], "{member}, {loan}: declined once");
+            }
             if lent {
                 *charged.entry(member).or_default() += FEE;
             }
@@ -450,6 +470,6 @@ async fn every_loan_ends_right_under_the_nemesis() {
         }
     }
     assert!(count(Sent::Done) >= 20, "the loans went on under the faults");
-    check_loans(lending, &writer, &loans).await;
+    check_loans(lending, &writer, &loans, true).await;
     let _ = std::fs::remove_dir_all(&lending.data);
 }
