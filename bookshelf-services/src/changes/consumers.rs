@@ -146,12 +146,16 @@ impl CommandBus<Message> for Mailbox {
         let _ = std::fs::remove_file(&draft);
         match linked {
             Ok(()) => {
-                // The sending log: one line per message actually sent.
+                // The sending log: one line per message actually sent,
+                // written in one call, so that the lines of notifiers
+                // sharing the mailbox do not mix (`writeln!` writes the
+                // key and its newline apart).
+                let line = format!("{}\n", dispatch.key);
                 std::fs::OpenOptions::new()
                     .create(true)
                     .append(true)
                     .open(self.dir.join("sent.log"))
-                    .and_then(|mut log| writeln!(log, "{}", dispatch.key))
+                    .and_then(|mut log| log.write_all(line.as_bytes()))
                     .map_err(unavailable)?;
                 tracing::info!(key = %dispatch.key, text = %dispatch.command.text, "notified");
                 Ok(())

@@ -15,6 +15,8 @@ use serde_json::{json, Value};
 
 const LOANS: usize = 24;
 const FEE: u64 = 3;
+/// What a rich member has to begin with.
+const RICH: u64 = 1000;
 
 struct Lending {
     consul: ConsulDouble,
@@ -161,7 +163,7 @@ async fn a_killed_writer_leaves_every_loan_finished_by_the_other_with_no_step_ta
 
     for n in 0..3 {
         lending
-            .command("/members", json!({"id": format!("rich-{n}"), "balance": 1000}))
+            .command("/members", json!({"id": format!("rich-{n}"), "balance": RICH}))
             .await;
     }
     lending.command("/members", json!({"id": "poor", "balance": 1})).await;
@@ -214,19 +216,19 @@ async fn a_killed_writer_leaves_every_loan_finished_by_the_other_with_no_step_ta
         killed_at.elapsed().as_secs_f64()
     );
 
-    check_loans(&lending, &survivor, &(0..LOANS).collect::<Vec<_>>(), false).await;
+    check_loans(&lending, &survivor, &(0..LOANS).collect::<Vec<_>>(), RICH, false).await;
     let _ = std::fs::remove_dir_all(&lending.data);
 }
 
 /// Every loan in `loans` ends, as `survivor` reads them: lent, or released
 /// after a declined or refused charge; each step once, and every member
-/// charged once per loan lent.
+/// charged once per loan lent; a rich member began with `rich`.
 ///
 /// With `timeouts_allowed`, a loan the plan would lend may instead have been
 /// called off because its charge did not happen in time (the process's
 /// deadline, which a long outage can pass): then its copy is released and
 /// its member must not have been charged.
-async fn check_loans(lending: &Lending, survivor: &str, loans: &[usize], timeouts_allowed: bool) {
+async fn check_loans(lending: &Lending, survivor: &str, loans: &[usize], rich: u64, timeouts_allowed: bool) {
     let start = Instant::now();
     let mut copies = BTreeMap::new();
     while copies.len() < loans.len() {
@@ -299,7 +301,7 @@ async fn check_loans(lending: &Lending, survivor: &str, loans: &[usize], timeout
         let stream = lending.get(survivor, &format!("/members/{member}")).await;
         assert_eq!(
             stream["state"]["Active"]["balance"].as_u64(),
-            Some(1000 - paid),
+            Some(rich - paid),
             "{member}'s balance"
         );
     }
@@ -397,14 +399,16 @@ async fn every_loan_ends_right_under_the_nemesis() {
     lending.start_instance("lending-1");
     lending.start_instance("lending-2");
     lending.writer().await;
+    // Enough copies for a reservation every 70 ms or so all along, and
+    // enough money for the rich to pay for every one.
+    let copies = (seconds as usize * 14).max(400);
+    let rich = RICH.max(FEE * copies as u64);
     for n in 0..3 {
         lending
-            .command("/members", json!({"id": format!("rich-{n}"), "balance": 1000}))
+            .command("/members", json!({"id": format!("rich-{n}"), "balance": rich}))
             .await;
     }
     lending.command("/members", json!({"id": "poor", "balance": 1})).await;
-    // Enough copies for a reservation every 70 ms or so all along.
-    let copies = (seconds as usize * 14).max(400);
     for n in 0..copies {
         lending.command("/copies", json!({"id": format!("copy-{n}")})).await;
     }
@@ -470,6 +474,6 @@ async fn every_loan_ends_right_under_the_nemesis() {
         }
     }
     assert!(count(Sent::Done) >= 20, "the loans went on under the faults");
-    check_loans(lending, &writer, &loans, true).await;
+    check_loans(lending, &writer, &loans, rich, true).await;
     let _ = std::fs::remove_dir_all(&lending.data);
 }
