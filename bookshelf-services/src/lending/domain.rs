@@ -153,8 +153,18 @@ impl Aggregate for Copy {
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub enum MemberCommand {
-    Join { balance: u32 },
-    Charge { loan: String, amount: u32 },
+    Join {
+        balance: u32,
+    },
+    Charge {
+        loan: String,
+        amount: u32,
+    },
+    /// Gives back what a loan that was called off charged.
+    Refund {
+        loan: String,
+        amount: u32,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -171,6 +181,11 @@ pub enum MemberEvent {
         loan: String,
         amount: u32,
         balance: u32,
+    },
+    /// A charge given back: its loan was called off.
+    MemberRefunded {
+        loan: String,
+        amount: u32,
     },
 }
 
@@ -199,7 +214,13 @@ impl Aggregate for Member {
                 Ok(vec![MemberEvent::MemberJoined { balance: *balance }])
             }
             (MemberCommand::Join { .. }, _) => Err(LendingError::Exists("the member")),
-            (MemberCommand::Charge { .. }, Member::Unknown) => Err(LendingError::Unknown("the member")),
+            (MemberCommand::Charge { .. } | MemberCommand::Refund { .. }, Member::Unknown) => {
+                Err(LendingError::Unknown("the member"))
+            }
+            (MemberCommand::Refund { loan, amount }, Member::Active { .. }) => Ok(vec![MemberEvent::MemberRefunded {
+                loan: loan.clone(),
+                amount: *amount,
+            }]),
             (MemberCommand::Charge { loan, amount }, Member::Active { balance }) => Ok(vec![if amount <= balance {
                 MemberEvent::MemberCharged {
                     loan: loan.clone(),
@@ -220,6 +241,9 @@ impl Aggregate for Member {
             (MemberEvent::MemberJoined { balance }, state) => *state = Member::Active { balance: *balance },
             (MemberEvent::MemberCharged { amount, .. }, Member::Active { balance }) => {
                 *balance = balance.saturating_sub(*amount)
+            }
+            (MemberEvent::MemberRefunded { amount, .. }, Member::Active { balance }) => {
+                *balance = balance.saturating_add(*amount)
             }
             _ => {}
         }
@@ -276,7 +300,7 @@ pub struct Loan {
 }
 
 /// Reserve, charge, lend; release the copy when the charge fails or times
-/// out. Idempotency keys are `LOAN/charge`, `LOAN/lend` and `LOAN/release`:
+/// out, and refund a charge that lands after the loan was called off. Idempotency keys are `LOAN/charge`, `LOAN/lend` and `LOAN/release`:
 /// the same for a step however often it is taken, so a replay after a crash
 /// sends nothing twice, and a timeout and a declined charge release once.
 ///
@@ -371,6 +395,18 @@ impl ProcessManager for LoanProcess {
             }
             LoanEvent::MemberCharged { loan: id } => match self.loans.get_mut(id) {
                 Some(loan) if loan.step == Step::Charging => vec![Self::lend(id, loan)],
+                // The charge landed after the loan was called off (its
+                // deadline passed): the member gets it back.
+                Some(loan) if matches!(loan.step, Step::Releasing | Step::Released) => vec![Dispatch::new(
+                    format!("{id}/refund"),
+                    LoanCommand::Member {
+                        id: loan.member.clone(),
+                        command: MemberCommand::Refund {
+                            loan: id.clone(),
+                            amount: loan.fee,
+                        },
+                    },
+                )],
                 Some(_) => Vec::new(),
                 None => {
                     self.charged_early.insert(id.clone(), true);

@@ -380,3 +380,50 @@ fn a_charge_read_before_its_reservation_still_lends_or_releases_the_copy() {
     assert_eq!(process.loans["l2"].step, Step::Releasing);
     assert!(process.charged_early.is_empty());
 }
+
+#[test]
+fn a_charge_that_lands_after_the_loan_was_called_off_is_refunded() {
+    use bookshelf::process::ProcessManager;
+    use domain::LoanEvent;
+    let mut process = LoanProcess::with_timeout(Duration::from_millis(100));
+    let reserved = loan_event(
+        "copy-c1",
+        2,
+        LoanEvent::CopyReserved {
+            loan: "l1".into(),
+            member: "ada".into(),
+            fee: 3,
+        },
+    );
+    let charge = process.react(&reserved);
+    assert_eq!(charge.iter().map(|d| d.key.as_str()).collect::<Vec<_>>(), ["l1/charge"]);
+    // The deadline passes before the charge is read: the loan is called off.
+    let release = process.tick(reserved.recorded_at + chrono::Duration::seconds(1));
+    assert_eq!(
+        release.iter().map(|d| d.key.as_str()).collect::<Vec<_>>(),
+        ["l1/release"]
+    );
+    // Then the charge lands: the member gets it back, under one key.
+    let refund = process.react(&loan_event(
+        "member-ada",
+        3,
+        LoanEvent::MemberCharged { loan: "l1".into() },
+    ));
+    let keys: Vec<&str> = refund.iter().map(|d| d.key.as_str()).collect();
+    assert_eq!(keys, ["l1/refund"]);
+    assert!(matches!(
+        &refund[0].command,
+        LoanCommand::Member { id, command: MemberCommand::Refund { loan, amount: 3 } } if id == "ada" && loan == "l1"
+    ));
+    process.react(&loan_event("copy-c1", 3, LoanEvent::CopyReleased { loan: "l1".into() }));
+    let again = process.react(&loan_event(
+        "member-ada",
+        3,
+        LoanEvent::MemberCharged { loan: "l1".into() },
+    ));
+    assert_eq!(
+        again.iter().map(|d| d.key.as_str()).collect::<Vec<_>>(),
+        ["l1/refund"],
+        "read again (a replay): the same key, so refunded once"
+    );
+}
