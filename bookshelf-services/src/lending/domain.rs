@@ -297,6 +297,9 @@ pub struct Loan {
     pub deadline: DateTime<Utc>,
     /// Why it was called off.
     pub reason: Option<String>,
+    /// Whether the member's charge has been read.
+    #[serde(default)]
+    pub charged: bool,
 }
 
 /// Reserve, charge, lend; release the copy when the charge fails or times
@@ -340,6 +343,21 @@ impl LoanProcess {
         )
     }
 
+    /// Gives the member back a charge whose loan was called off: only once
+    /// both the charge and the release are in the log.
+    fn refund(loan_id: &str, loan: &Loan) -> Dispatch<LoanCommand> {
+        Dispatch::new(
+            format!("{loan_id}/refund"),
+            LoanCommand::Member {
+                id: loan.member.clone(),
+                command: MemberCommand::Refund {
+                    loan: loan_id.to_owned(),
+                    amount: loan.fee,
+                },
+            },
+        )
+    }
+
     fn release(loan_id: &str, loan: &mut Loan, reason: String) -> Dispatch<LoanCommand> {
         loan.step = Step::Releasing;
         loan.reason = Some(reason.clone());
@@ -376,6 +394,7 @@ impl ProcessManager for LoanProcess {
                     step: Step::Charging,
                     deadline,
                     reason: None,
+                    charged: false,
                 });
                 match self.charged_early.remove(loan) {
                     Some(true) => return vec![Self::lend(loan, entry)],
@@ -394,20 +413,22 @@ impl ProcessManager for LoanProcess {
                 )]
             }
             LoanEvent::MemberCharged { loan: id } => match self.loans.get_mut(id) {
-                Some(loan) if loan.step == Step::Charging => vec![Self::lend(id, loan)],
+                Some(loan) if loan.step == Step::Charging => {
+                    loan.charged = true;
+                    vec![Self::lend(id, loan)]
+                }
                 // The charge landed after the loan was called off (its
-                // deadline passed): the member gets it back.
-                Some(loan) if matches!(loan.step, Step::Releasing | Step::Released) => vec![Dispatch::new(
-                    format!("{id}/refund"),
-                    LoanCommand::Member {
-                        id: loan.member.clone(),
-                        command: MemberCommand::Refund {
-                            loan: id.clone(),
-                            amount: loan.fee,
-                        },
-                    },
-                )],
-                Some(_) => Vec::new(),
+                // deadline passed) and the copy is back: the member gets it
+                // back. While the release is under way, its outcome decides
+                // (it is refused when the copy was lent after all).
+                Some(loan) => {
+                    loan.charged = true;
+                    if loan.step == Step::Released {
+                        vec![Self::refund(id, loan)]
+                    } else {
+                        Vec::new()
+                    }
+                }
                 None => {
                     self.charged_early.insert(id.clone(), true);
                     Vec::new()
@@ -429,12 +450,17 @@ impl ProcessManager for LoanProcess {
                 }
                 Vec::new()
             }
-            LoanEvent::CopyReleased { loan } => {
-                if let Some(loan) = self.loans.get_mut(loan) {
+            LoanEvent::CopyReleased { loan: id } => match self.loans.get_mut(id) {
+                Some(loan) => {
                     loan.step = Step::Released;
+                    if loan.charged {
+                        vec![Self::refund(id, loan)]
+                    } else {
+                        Vec::new()
+                    }
                 }
-                Vec::new()
-            }
+                None => Vec::new(),
+            },
         }
     }
 

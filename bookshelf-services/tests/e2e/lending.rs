@@ -403,27 +403,49 @@ fn a_charge_that_lands_after_the_loan_was_called_off_is_refunded() {
         release.iter().map(|d| d.key.as_str()).collect::<Vec<_>>(),
         ["l1/release"]
     );
-    // Then the charge lands: the member gets it back, under one key.
-    let refund = process.react(&loan_event(
-        "member-ada",
-        3,
-        LoanEvent::MemberCharged { loan: "l1".into() },
-    ));
+    // Then the charge lands: nothing until the release is in the log (it
+    // is refused if the copy was lent after all, by a run that read the
+    // charge in time)...
+    let charged = loan_event("member-ada", 3, LoanEvent::MemberCharged { loan: "l1".into() });
+    assert!(process.react(&charged).is_empty());
+    // ...then the member gets it back, under one key.
+    let refund = process.react(&loan_event("copy-c1", 3, LoanEvent::CopyReleased { loan: "l1".into() }));
     let keys: Vec<&str> = refund.iter().map(|d| d.key.as_str()).collect();
     assert_eq!(keys, ["l1/refund"]);
     assert!(matches!(
         &refund[0].command,
         LoanCommand::Member { id, command: MemberCommand::Refund { loan, amount: 3 } } if id == "ada" && loan == "l1"
     ));
-    process.react(&loan_event("copy-c1", 3, LoanEvent::CopyReleased { loan: "l1".into() }));
-    let again = process.react(&loan_event(
-        "member-ada",
-        3,
-        LoanEvent::MemberCharged { loan: "l1".into() },
-    ));
+    let again = process.react(&charged);
     assert_eq!(
         again.iter().map(|d| d.key.as_str()).collect::<Vec<_>>(),
         ["l1/refund"],
         "read again (a replay): the same key, so refunded once"
     );
+
+    // A loan called off here but lent by an earlier run: the release is
+    // refused, the copy's lending read, no refund.
+    let mut process = LoanProcess::with_timeout(Duration::from_millis(100));
+    let reserved = loan_event(
+        "copy-c2",
+        2,
+        LoanEvent::CopyReserved {
+            loan: "l2".into(),
+            member: "ada".into(),
+            fee: 3,
+        },
+    );
+    process.react(&reserved);
+    process.tick(reserved.recorded_at + chrono::Duration::seconds(1));
+    assert!(process
+        .react(&loan_event(
+            "member-ada",
+            4,
+            LoanEvent::MemberCharged { loan: "l2".into() }
+        ))
+        .is_empty());
+    assert!(process
+        .react(&loan_event("copy-c2", 3, LoanEvent::CopyLent { loan: "l2".into() }))
+        .is_empty());
+    assert_eq!(process.loans["l2"].step, Step::Lent);
 }
