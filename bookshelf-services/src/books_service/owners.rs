@@ -37,8 +37,8 @@ pub struct Owners {
 }
 
 impl Owners {
-    /// Routes for `store`, and probes the other owners (see
-    /// [`Unanswered`]) for as long as the answer is in use.
+    /// Routes for `store`, and probes the other owners (those that do
+    /// not answer are not waited for) for as long as the answer is in use.
     pub fn start(store: KafkaStore, barrier: bool) -> Result<Arc<Owners>, reqwest::Error> {
         let client = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(1))
