@@ -454,8 +454,8 @@ async fn probe_owners(owners: std::sync::Weak<Owners>) {
         addresses.dedup();
         // Those no claim names any more are not waited for.
         owners.unanswered.lock().retain(|listed| addresses.contains(listed));
-        // One probe per address at a time: a silent owner's lasts
-        // PROBE_WITHIN, the others' a moment.
+        // Probes that ended are reaped; a silent owner's last up to
+        // PROBE_WITHIN, so a few of them may be out at once.
         while probing.try_join_next().is_some() {}
         for address in addresses {
             let (client, unanswered) = (owners.client.clone(), owners.unanswered.clone());

@@ -81,12 +81,7 @@ impl Cluster {
             more: more.iter().map(|s| s.to_string()).collect(),
             users,
         };
-        if !cluster.users.is_empty() {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::create_dir_all(&cluster.data).expect("the data directory");
-            std::fs::set_permissions(&cluster.data, std::fs::Permissions::from_mode(0o1777))
-                .expect("the data directory open to the instances' users");
-        }
+        crate::support::open_to(!cluster.users.is_empty(), &cluster.data);
         for n in 1..=instances {
             cluster.start_books(&format!("books-{n}"));
         }
@@ -97,14 +92,7 @@ impl Cluster {
     fn start_books(&mut self, id: &str) {
         let more: Vec<&str> = self.more.iter().map(String::as_str).collect();
         let args = crate::support::on_kafka_at(&self.broker, &self.topic, &self.consul.url(), id, &self.data, &more);
-        let user = id
-            .strip_prefix("books-")
-            .and_then(|n| n.parse::<usize>().ok())
-            .and_then(|n| self.users.get(n.wrapping_sub(1)));
-        let service = match user {
-            Some((_, uid)) => Service::start_as(*uid, "books", &args),
-            None => Service::start("books", &args),
-        };
+        let service = Service::start_as_any(crate::support::nth_user(id, &self.users), "books", &args);
         self.books.insert(id.to_owned(), service);
     }
 

@@ -56,10 +56,7 @@ impl System {
             &self.data.join(id),
             &more,
         );
-        match self.users.get(id) {
-            Some(&uid) => Service::start_as(uid, "changes", &args),
-            None => Service::start("changes", &args),
-        }
+        Service::start_as_any(self.users.get(id).copied(), "changes", &args)
     }
 
     async fn json(&self, url: &str) -> Option<Value> {
@@ -127,12 +124,7 @@ impl System {
     async fn start(broker: String, users: BTreeMap<String, u32>) -> System {
         let suffix = uuid::Uuid::new_v4().simple().to_string();
         let data = std::env::temp_dir().join(format!("bookshelf-changes-{suffix}"));
-        if !users.is_empty() {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::create_dir_all(&data).expect("the data directory");
-            std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o1777))
-                .expect("the data directory open to the instances' users");
-        }
+        crate::support::open_to(!users.is_empty(), &data);
         let books_topic = format!("bookshelf-books-{suffix}");
         let books = Service::start(
             "books",

@@ -36,12 +36,7 @@ impl Lending {
     async fn new(broker: String, users: Vec<(String, u32)>) -> Lending {
         let topic = format!("bookshelf-lending-{}", uuid::Uuid::new_v4().simple());
         let data = std::env::temp_dir().join(&topic);
-        if !users.is_empty() {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::create_dir_all(&data).expect("the data directory");
-            std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o1777))
-                .expect("the data directory open to the instances' users");
-        }
+        crate::support::open_to(!users.is_empty(), &data);
         Lending {
             consul: ConsulDouble::start().await.expect("the Consul double starts"),
             broker,
@@ -58,14 +53,7 @@ impl Lending {
 
     fn start_instance(&mut self, id: &str) {
         let args = crate::support::on_kafka_at(&self.broker, &self.topic, &self.consul.url(), id, &self.data, &[]);
-        let user = id
-            .strip_prefix("lending-")
-            .and_then(|n| n.parse::<usize>().ok())
-            .and_then(|n| self.users.get(n.wrapping_sub(1)));
-        let service = match user {
-            Some((_, uid)) => Service::start_as(*uid, "lending", &args),
-            None => Service::start("lending", &args),
-        };
+        let service = Service::start_as_any(crate::support::nth_user(id, &self.users), "lending", &args);
         self.instances.insert(id.to_owned(), service);
     }
 

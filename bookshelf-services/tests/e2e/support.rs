@@ -91,6 +91,15 @@ impl Service {
         service
     }
 
+    /// [`Service::start_as`] when `uid` names a user, [`Service::start`]
+    /// otherwise.
+    pub fn start_as_any<S: AsRef<std::ffi::OsStr>>(uid: Option<u32>, name: &str, args: &[S]) -> Service {
+        match uid {
+            Some(uid) => Service::start_as(uid, name, args),
+            None => Service::start(name, args),
+        }
+    }
+
     /// Starts example `name` with `args` on a free port as the Unix user
     /// `uid` (one of [`fault_users`]), so that firewall rules can single
     /// its traffic out: from a copy of the binary that user can run, in a
@@ -315,6 +324,23 @@ pub async fn read_book(http: &reqwest::Client, url: &str, id: &str) {
         .await
         .expect("an answer");
     assert_eq!(read.status(), 200);
+}
+
+/// Makes `dir` (when `users` is not empty) a directory every one of those
+/// users can write in, for the data of instances run as them.
+pub fn open_to(users: bool, dir: &std::path::Path) {
+    if users {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::create_dir_all(dir).expect("the data directory");
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o1777))
+            .expect("the data directory open to the instances' users");
+    }
+}
+
+/// The uid of the `N`th of `users` for instance `PREFIX-N`, if any.
+pub fn nth_user(id: &str, users: &[(String, u32)]) -> Option<u32> {
+    let n: usize = id.rsplit('-').next()?.parse().ok()?;
+    users.get(n.checked_sub(1)?).map(|user| user.1)
 }
 
 /// The Unix users network-fault tests run instances as, with their uids:
