@@ -13,18 +13,23 @@ use bookshelf_core::{Envelope, EventStore, ExpectedVersion, ProjectionRunner, St
 use bookshelf_kafka::{KafkaConfig, KafkaLog, KafkaStore};
 use bookshelf_testkit::tansu::OwnBroker;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_broker_restarted_midway_loses_nothing_it_acknowledged() {
-    let mut broker = OwnBroker::start();
-    let config = KafkaConfig::new(broker.address(), "restart")
+/// Two partitions of `topic` on `broker`, with a delivery timeout longer
+/// than the outages here: librdkafka holds and retries what it could not
+/// send. (An outage longer than this makes tansu 0.6.0 with sqlite storage
+/// panic after the restart, "more or less than one row" in tansu-storage's
+/// lite.rs, and stop serving: see the README.)
+fn outlasting(broker: &OwnBroker, topic: &str) -> KafkaConfig {
+    KafkaConfig::new(broker.address(), topic)
         .partitions(2)
         .create_topic(true)
         .timeout(Duration::from_secs(20))
-        // Longer than the outage below: librdkafka holds and retries what it
-        // could not send. (An outage longer than this makes tansu 0.6.0 with
-        // sqlite storage panic after the restart, "more or less than one
-        // row" in tansu-storage's lite.rs, and stop serving: see the README.)
-        .set("message.timeout.ms", "8000");
+        .set("message.timeout.ms", "8000")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_restarted_midway_loses_nothing_it_acknowledged() {
+    let mut broker = OwnBroker::start();
+    let config = outlasting(&broker, "restart");
     let store = KafkaStore::open(config.clone()).await.unwrap();
 
     let acknowledged = Arc::new(Mutex::new(Vec::new()));
@@ -124,11 +129,7 @@ impl View for Seen {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_view_waits_out_the_broker_restart_and_takes_up_where_it_was() {
     let mut broker = OwnBroker::start();
-    let config = KafkaConfig::new(broker.address(), "restart-view")
-        .partitions(2)
-        .create_topic(true)
-        .timeout(Duration::from_secs(20))
-        .set("message.timeout.ms", "8000");
+    let config = outlasting(&broker, "restart-view");
     let store = KafkaStore::open(config.clone()).await.unwrap();
     let append = |range: std::ops::Range<u64>| {
         let store = store.clone();

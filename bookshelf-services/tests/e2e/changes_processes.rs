@@ -154,6 +154,22 @@ impl System {
         }
     }
 
+    /// Starts role instance `id` (`ROLE-N`) as a feed or among the others.
+    fn start_role(&mut self, id: &str) {
+        let role = id.split('-').next().expect("a role");
+        let service = self.role(role, id);
+        if role == "feed" {
+            self.feeds.insert(id.to_owned(), service);
+        } else {
+            self.others.insert(id.to_owned(), service);
+        }
+    }
+
+    /// Role instance `id`, while it runs.
+    fn running(&self, id: &str) -> Option<&Service> {
+        self.feeds.get(id).or_else(|| self.others.get(id))
+    }
+
     /// Adds `BOOKS` books; their ids.
     async fn add_books(&self) -> Vec<String> {
         let mut ids = Vec::new();
@@ -340,24 +356,13 @@ impl crate::nemesis::Processes for System {
         killed.crash();
     }
     fn restart(&mut self, id: &str) {
-        let role = id.split('-').next().expect("a role");
-        let service = self.role(role, id);
-        if role == "feed" {
-            self.feeds.insert(id.to_owned(), service);
-        } else {
-            self.others.insert(id.to_owned(), service);
-        }
+        self.start_role(id);
     }
     fn pid(&self, id: &str) -> u32 {
-        self.feeds
-            .get(id)
-            .or_else(|| self.others.get(id))
-            .expect("an instance")
-            .pid()
+        self.running(id).expect("an instance").pid()
     }
     fn url(&self, id: &str) -> Option<String> {
-        let service = self.feeds.get(id).or_else(|| self.others.get(id));
-        service.map(|s| s.url.clone())
+        self.running(id).map(|s| s.url.clone())
     }
     fn consul(&self) -> &ConsulDouble {
         &self.consul
@@ -397,13 +402,7 @@ async fn the_changes_are_published_once_under_the_nemesis() {
         .expect("an HTTP client");
     let ids = system.add_books().await;
     for (id, _) in &placed {
-        let role = id.split('-').next().expect("a role");
-        let service = system.role(role, id);
-        if role == "feed" {
-            system.feeds.insert(id.clone(), service);
-        } else {
-            system.others.insert(id.clone(), service);
-        }
+        system.start_role(id);
     }
     system.feed_writer().await;
 
