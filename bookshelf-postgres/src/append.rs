@@ -2,20 +2,22 @@
 //! gathers the appends of concurrent callers into one transaction.
 //!
 //! **The rule**, kept by the database function `bookshelf_append` (see
-//! `schema.rs`), and for one event appended alone by [`ONE_EVENT`]: an
-//! append locks the log's head row (`SELECT … FROM bookshelf_head FOR
-//! UPDATE`, or the head's `UPDATE` itself) before it inserts anything,
-//! checks the expected versions, inserts its events at the positions that
-//! follow the head, moves the head, and notifies the live readers. The lock is
-//! held until the commit, so appends take positions one transaction after
-//! another: a transaction commits before the next one can take a position,
-//! positions become visible in their order, and a transaction that rolls
-//! back gives its positions back (the head moves with it or not at all).
-//! Readers of the log therefore never see a hole, and never see a later
-//! position while an earlier one could still commit. The whole append is
-//! one statement: one round trip.
+//! `schema.rs`), and for one event appended alone by [`ONE_EVENT`] and
+//! [`ONE_EVENT_AT`]: an append takes the log's lock (an advisory lock held
+//! until its transaction ends: `lock_the_log!`) before it takes a position
+//! from the sequence `bookshelf_positions`, checks the expected versions,
+//! inserts its events at the positions it took, and notifies the live
+//! readers. So appends take positions one transaction after another: a
+//! transaction ends before the next one can take a position, and positions
+//! become visible in their order. A transaction that rolls back leaves its
+//! positions unused, below every position taken after it: a reader that has
+//! seen a later position knows the hole for what it is. Readers of the log
+//! therefore never see a later position while an earlier one could still
+//! commit. One event appended alone is one statement: one round trip.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use bookshelf_core::store::{AppendOutcome, ExpectedVersion, StoreError};
 use bookshelf_core::{NewEvent, Position, StreamId, Version, IDEMPOTENCY_KEY};
@@ -39,18 +41,21 @@ pub(crate) struct Writer {
     queue: mpsc::Sender<Pending>,
     /// Appends begun and not answered.
     in_flight: AtomicUsize,
+    known: Arc<KnownVersions>,
 }
 
 impl Writer {
     /// The writer of a store on `pool`, its writer task started.
     pub(crate) fn start(server: Server, pool: Pool) -> Writer {
         let (queue, received) = mpsc::channel(1024);
-        tokio::spawn(write(server.clone(), pool.clone(), received));
+        let known = Arc::new(KnownVersions::default());
+        tokio::spawn(write(server.clone(), pool.clone(), Arc::clone(&known), received));
         Writer {
             server,
             pool,
             queue,
             in_flight: AtomicUsize::new(0),
+            known,
         }
     }
 
@@ -58,7 +63,7 @@ impl Writer {
     pub(crate) async fn append(&self, append: Append) -> Result<AppendOutcome, StoreError> {
         let begun = InFlight::begin(&self.in_flight);
         if begun.alone {
-            let outcomes = commit(&self.server, &self.pool, vec![append]).await?;
+            let outcomes = commit(&self.server, &self.pool, &self.known, vec![append]).await?;
             return only(&self.server, outcomes);
         }
         let (answer, outcome) = oneshot::channel();
@@ -102,6 +107,56 @@ impl<'a> InFlight<'a> {
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.count.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The versions this store's own committed appends left streams at. A
+/// version once written stays (nothing deletes events), so the stream is
+/// known to have reached it, and an append of one event after it can name
+/// its version instead of looking the stream up ([`ONE_EVENT_AT`]): the
+/// stream's unique version refuses it if another writer got there first,
+/// and then the entry is forgotten and [`bookshelf_append`](append_all)
+/// decides. Appends inside a caller's transaction ([`append_all`] called by
+/// `append_in`) are never noted: that transaction may still roll back.
+#[derive(Default)]
+pub(crate) struct KnownVersions(Mutex<HashMap<StreamId, u64>>);
+
+impl KnownVersions {
+    /// The most streams remembered: past it the memory starts over empty
+    /// (the next append to each stream looks it up once), so what it holds
+    /// stays flat however many streams the log has.
+    const MOST: usize = 4096;
+
+    fn get(&self, stream: &StreamId) -> Option<u64> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).get(stream).copied()
+    }
+
+    /// Notes that `stream` reached `version`.
+    fn note(&self, stream: &StreamId, version: u64) {
+        let mut known = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if known.len() >= Self::MOST && !known.contains_key(stream) {
+            known.clear();
+        }
+        let entry = known.entry(stream.clone()).or_insert(version);
+        *entry = (*entry).max(version);
+    }
+
+    fn forget(&self, stream: &StreamId) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(stream);
+    }
+
+    /// The version an append of one event to `stream` at `expected` will
+    /// write, when it is known without looking the stream up: 1 for a new
+    /// stream; one past a version the stream is known to have reached.
+    fn next_for(&self, stream: &StreamId, expected: ExpectedVersion) -> Option<u64> {
+        match expected {
+            ExpectedVersion::NoStream => Some(1),
+            ExpectedVersion::Exact(version) => self
+                .get(stream)
+                .filter(|&known| known >= version.0)
+                .map(|_| version.0 + 1),
+            ExpectedVersion::Any => self.get(stream).map(|known| known + 1),
+        }
     }
 }
 
@@ -236,46 +291,65 @@ pub(crate) async fn append_all<C: GenericClient + Sync>(
 }
 
 /// One event appended to one stream in one plain statement, under the same
-/// rule (the head row locked first, held to the commit) but without the
-/// function's arrays and loop: the common append, about 25% faster on the
-/// server (pgbench, 2026-12-06). Its version is read in the statement's
-/// snapshot, before the head's lock is had, so it may be stale when another
-/// append to the stream commits meanwhile: then the insert breaks the
-/// stream's unique version and the statement writes nothing (nor moves the
-/// head). It also writes nothing when the stream is not at the expected
-/// version. In both cases [`bookshelf_append`](append_all) decides.
-const ONE_EVENT: &str = "WITH found AS (\
-        SELECT coalesce((SELECT e.version FROM bookshelf_events e WHERE e.stream = $1 \
-        ORDER BY e.version DESC LIMIT 1), 0) AS version), \
-    head AS (\
-        UPDATE bookshelf_head SET next = next + 1 \
-        WHERE id = 1 AND ($2::bigint = -1 OR $2::bigint = (SELECT version FROM found)) \
-        RETURNING next - 1 AS position), \
-    told AS (SELECT pg_notify($9, (position + 1)::text) FROM head) \
-    INSERT INTO bookshelf_events (position, stream, version, event_id, event_type, schema_version, \
+/// rule as the function (the log locked before a position is taken, held
+/// to the commit) but without its arrays and loop: the common append. The
+/// lock is in the filter that gates the one row (evaluated before the row
+/// and its `nextval`), so a conflict takes no position. The stream's
+/// version is read in the statement's snapshot, from before the lock, so
+/// it may be stale when another append to the stream commits meanwhile:
+/// then the insert breaks the stream's unique version and the statement
+/// writes nothing (the position it took stays unused). It also writes
+/// nothing when the stream is not at the expected version. In both cases
+/// [`bookshelf_append`](append_all) decides. The notification's payload is
+/// empty: listeners only wake.
+const ONE_EVENT: &str = concat!(
+    "INSERT INTO bookshelf_events (position, stream, version, event_id, event_type, schema_version, \
         recorded_at, idempotency_key, metadata, payload) \
-    SELECT head.position, $1, found.version + 1, $3, $4, $5, now(), $6, $7::text::json, $8::text::json \
-    FROM head, found, told \
-    RETURNING position, version";
+    SELECT nextval('bookshelf_positions'), $1, found.version + 1, $3, $4, $5, now(), $6, \
+        $7::text::json, $8::text::json \
+    FROM (SELECT coalesce(max(version), 0) AS version FROM bookshelf_events WHERE stream = $1) AS found \
+    WHERE ($2::bigint = -1 OR $2::bigint = found.version) AND ",
+    crate::schema::lock_the_log!(),
+    " IS NOT NULL AND pg_notify($9, '') IS NOT NULL \
+    RETURNING position, version"
+);
 
-/// [`ONE_EVENT`] for `append` (of one event): its outcome when the
-/// statement wrote it, `None` when it wrote nothing and the function must
-/// decide.
+/// [`ONE_EVENT`] with the version to write given (`$2`), not looked up:
+/// for an append whose version [`KnownVersions`] knows. The stream's
+/// unique version refuses it when the stream is already past it.
+const ONE_EVENT_AT: &str = concat!(
+    "INSERT INTO bookshelf_events (position, stream, version, event_id, event_type, schema_version, \
+        recorded_at, idempotency_key, metadata, payload) \
+    SELECT nextval('bookshelf_positions'), $1, $2::bigint, $3, $4, $5, now(), $6, $7::text::json, $8::text::json \
+    WHERE ",
+    crate::schema::lock_the_log!(),
+    " IS NOT NULL AND pg_notify($9, '') IS NOT NULL \
+    RETURNING position, version"
+);
+
+/// [`ONE_EVENT_AT`] when the version to write is known, else [`ONE_EVENT`],
+/// for `append` (of one event): its outcome when the statement wrote it,
+/// `None` when it wrote nothing and the function must decide.
 async fn one_event<C: GenericClient + Sync>(
     client: &C,
+    known: &KnownVersions,
     append: &Append,
     channel: &str,
 ) -> Result<Option<AppendOutcome>, Failure> {
     let Some(event) = append.events.first() else {
         return Ok(None);
     };
-    let statement = client.prepare_cached(ONE_EVENT).await.map_err(Failure::Nothing)?;
-    let expected = expected_code(append.expected);
+    let named = known.next_for(&append.stream, append.expected);
+    let (sql, version) = match named {
+        Some(version) => (ONE_EVENT_AT, version as i64),
+        None => (ONE_EVENT, expected_code(append.expected)),
+    };
+    let statement = client.prepare_cached(sql).await.map_err(Failure::Nothing)?;
     let metadata = metadata_json(&event.metadata);
     let key = event.metadata.extra.get(IDEMPOTENCY_KEY);
     let parameters: [&(dyn ToSql + Sync); 9] = [
         &append.stream.as_str(),
-        &expected,
+        &version,
         &event.event_id.0,
         &event.event_type.as_str(),
         &(event.schema_version as i32),
@@ -294,21 +368,118 @@ async fn one_event<C: GenericClient + Sync>(
             }))
         }
         Ok(None) => Ok(None),
-        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) => Ok(None),
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) => {
+            if named.is_some() {
+                // Another writer moved the stream: what was known is stale.
+                known.forget(&append.stream);
+            }
+            Ok(None)
+        }
         Err(e) if crate::server::lost_connection(&e) => Err(Failure::Unknown(e)),
         Err(e) => Err(Failure::Nothing(e)),
     }
 }
 
+/// [`ONE_EVENT_AT`] for several appends at once: one event each, to
+/// distinct streams, each version given (`$2`).
+const KNOWN_EVENTS: &str = concat!(
+    "INSERT INTO bookshelf_events (position, stream, version, event_id, event_type, schema_version, \
+        recorded_at, idempotency_key, metadata, payload) \
+    SELECT nextval('bookshelf_positions'), a.stream, a.version, a.event_id, a.event_type, a.schema_version, \
+        now(), a.key, a.metadata::json, a.payload::json \
+    FROM unnest($1::text[], $2::bigint[], $3::uuid[], $4::text[], $5::int[], $6::text[], $7::text[], $8::text[]) \
+        AS a(stream, version, event_id, event_type, schema_version, key, metadata, payload) \
+    WHERE ",
+    crate::schema::lock_the_log!(),
+    " IS NOT NULL AND pg_notify($9, '') IS NOT NULL \
+    RETURNING stream, position, version"
+);
+
+/// [`KNOWN_EVENTS`] for `batch`, when it is such a batch and `known` knows
+/// every version: the outcome of each append, in order. `None` when it is
+/// not, or when a stream had moved (the statement wrote nothing, and what
+/// was known of the batch's streams is forgotten): the function decides.
+async fn known_events<C: GenericClient + Sync>(
+    client: &C,
+    known: &KnownVersions,
+    batch: &[Append],
+    channel: &str,
+) -> Result<Option<Vec<Result<AppendOutcome, StoreError>>>, Failure> {
+    let mut streams = std::collections::HashSet::with_capacity(batch.len());
+    if batch.len() < 2 || batch.iter().any(|a| a.events.len() != 1 || !streams.insert(&a.stream)) {
+        return Ok(None);
+    }
+    let mut arguments = Arguments::default();
+    let mut versions = Vec::with_capacity(batch.len());
+    for append in batch {
+        let Some(version) = known.next_for(&append.stream, append.expected) else {
+            return Ok(None);
+        };
+        versions.push(version as i64);
+        arguments.streams.push(append.stream.as_str().to_owned());
+        for event in &append.events {
+            arguments.event_ids.push(event.event_id.0);
+            arguments.keys.push(event.metadata.extra.get(IDEMPOTENCY_KEY).cloned());
+            arguments.metadata.push(metadata_json(&event.metadata));
+            arguments.event_types.push(event.event_type.as_str().to_owned());
+            arguments.schema_versions.push(event.schema_version as i32);
+            arguments.payloads.push(event.payload.get().to_owned());
+        }
+    }
+    let statement = client.prepare_cached(KNOWN_EVENTS).await.map_err(Failure::Nothing)?;
+    let parameters: [&(dyn ToSql + Sync); 9] = [
+        &arguments.streams,
+        &versions,
+        &arguments.event_ids,
+        &arguments.event_types,
+        &arguments.schema_versions,
+        &arguments.keys,
+        &arguments.metadata,
+        &arguments.payloads,
+        &channel,
+    ];
+    let rows = match client.query(&statement, &parameters).await {
+        Ok(rows) => rows,
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) => {
+            for append in batch {
+                known.forget(&append.stream);
+            }
+            return Ok(None);
+        }
+        Err(e) if crate::server::lost_connection(&e) => return Err(Failure::Unknown(e)),
+        Err(e) => return Err(Failure::Nothing(e)),
+    };
+    let written: HashMap<&str, (i64, i64)> = rows
+        .iter()
+        .map(|row| (row.get::<_, &str>(0), (row.get::<_, i64>(1), row.get::<_, i64>(2))))
+        .collect();
+    Ok(Some(
+        batch
+            .iter()
+            .map(|append| match written.get(append.stream.as_str()) {
+                Some(&(position, version)) => Ok(AppendOutcome {
+                    version: Version(version as u64),
+                    first_position: Position(position as u64),
+                    last_position: Position(position as u64),
+                }),
+                // One statement writes all its rows or none.
+                None => Err(StoreError::Backend(
+                    format!("an append to {} was not answered by its statement", append.stream).into(),
+                )),
+            })
+            .collect(),
+    ))
+}
+
 /// The writer task of a store: takes the appends sent to it, as many as are
 /// waiting (up to [`MOST_APPENDS`]), appends them in one transaction and
 /// answers each. Ends when every sender is gone.
-async fn write(server: Server, pool: Pool, mut appends: mpsc::Receiver<Pending>) {
+async fn write(server: Server, pool: Pool, known: Arc<KnownVersions>, mut appends: mpsc::Receiver<Pending>) {
     let mut gathered = Vec::new();
     while appends.recv_many(&mut gathered, MOST_APPENDS).await > 0 {
         let count: usize = gathered.iter().map(|p| p.append.events.len()).sum();
         let (answers, batch): (Vec<_>, Vec<_>) = gathered.drain(..).map(|p| (p.answer, p.append)).unzip();
-        match commit(&server, &pool, batch).await {
+        match commit(&server, &pool, &known, batch).await {
             Ok(outcomes) => {
                 for (answer, outcome) in answers.into_iter().zip(outcomes) {
                     let _ = answer.send(outcome);
@@ -333,15 +504,19 @@ async fn write(server: Server, pool: Pool, mut appends: mpsc::Receiver<Pending>)
 async fn commit(
     server: &Server,
     pool: &Pool,
+    known: &KnownVersions,
     batch: Vec<Append>,
 ) -> Result<Vec<Result<AppendOutcome, StoreError>>, StoreError> {
     let client = server.get(pool).await?;
     let attempt = match batch.as_slice() {
-        [append] if append.events.len() == 1 => one_event(&client, append, server.channel()).await,
-        _ => Ok(None),
+        [append] if append.events.len() == 1 => one_event(&client, known, append, server.channel())
+            .await
+            .map(|done| done.map(|done| vec![Ok(done)])),
+        _ => known_events(&client, known, &batch, server.channel()).await,
     };
+    let streams: Vec<StreamId> = batch.iter().map(|append| append.stream.clone()).collect();
     let result = match attempt {
-        Ok(Some(done)) => Ok(vec![Ok(done)]),
+        Ok(Some(outcomes)) => Ok(outcomes),
         Ok(None) => append_all(&client, batch, server.channel()).await,
         Err(failure) => Err(failure),
     };
@@ -354,6 +529,11 @@ async fn commit(
                 .sum();
             if written > 0 {
                 bookshelf_core::telemetry::appended("postgres", written as usize);
+            }
+            for (stream, outcome) in streams.iter().zip(&outcomes) {
+                if let Ok(done) = outcome {
+                    known.note(stream, done.version.0);
+                }
             }
             Ok(outcomes)
         }

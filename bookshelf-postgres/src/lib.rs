@@ -46,12 +46,15 @@
 //! Besides those of every [`EventStore`](bookshelf_core::EventStore) (atomic
 //! appends, optimistic concurrency, per-stream order):
 //!
-//! * **One global log, no skip, no stall.** Every event has a position;
-//!   positions run 0, 1, 2, … with no hole, and a reader (a subscription,
-//!   any runner) that has seen position `p` will never be shown an event
-//!   below `p` later: it sees every committed event exactly once, in
-//!   position order. A transaction that rolls back, or is abandoned,
-//!   leaves no hole and never holds a reader up.
+//! * **One global log, no skip, no stall.** Every event has a position,
+//!   and a reader (a subscription, any runner) that has seen position `p`
+//!   will never be shown an event below `p` later: it sees every committed
+//!   event exactly once, in position order. A transaction that rolls back,
+//!   or is abandoned, never holds a reader up. Positions rise in commit
+//!   order but can have holes: a rolled-back append leaves its positions
+//!   unused, and after a server crash the next positions may start up to 32
+//!   further on (what a PostgreSQL sequence has logged ahead). A hole is
+//!   never filled later.
 //! * **Exactly one winner** among appends racing on a stream with the same
 //!   expected version, whatever process or machine they come from.
 //! * **Durable when answered.** An append is answered once its transaction
@@ -73,40 +76,47 @@
 //! appends fail with [`StoreError::Backend`](bookshelf_core::StoreError)
 //! naming the server, and succeed again once it is back).
 //!
-//! ## How: positions assigned one transaction at a time
+//! ## How: positions taken one transaction at a time
 //!
 //! The field's most reported bug in logs kept by a database is the reader
 //! that skips: with positions from a sequence, a transaction that took
 //! position 7 may commit after another that took 8, and a reader that read
 //! 8 moves on past 7 for good (or, guarding against that, waits forever
-//! for a 7 that was rolled back). Here every append takes its positions
-//! from the one row of `bookshelf_head`, which it updates (and so locks)
-//! before it inserts anything, and holds until the commit: in the database
-//! function `bookshelf_append`, or, for one event appended alone, in one
-//! plain statement (which leaves the decision to the function when it
-//! finds the stream moved meanwhile). So positions are taken in commit
-//! order: position `p + 1` cannot commit before position
-//! `p`, and a rolled-back transaction gives its positions back. Readers
-//! need no horizon or gap detection: `WHERE position >= $1 ORDER BY
-//! position` is exact. `tests/postgres.rs` tortures it (writers holding
-//! their transactions open a random while, a quarter of them rolled back,
-//! readers restarted mid-run) and finds skipped events within seconds when
-//! positions come from a sequence instead.
+//! for a 7 that was rolled back). Here every append first takes the log's
+//! lock (a transaction-scoped advisory lock, keyed by the schema's position
+//! sequence), then takes its positions from the sequence, and holds the
+//! lock until its transaction ends: in the database function
+//! `bookshelf_append`, or, for one event appended alone, in one plain
+//! statement whose row is gated on the lock (which leaves the decision to
+//! the function when it finds the stream moved meanwhile). So positions
+//! are taken in commit order: once a transaction has taken position `p`,
+//! no other can take a position until it has committed or rolled back. A
+//! reader that sees position `q` therefore knows every transaction that
+//! took a position below `q` has ended, and a hole below `q` stays a hole:
+//! readers need no horizon and no gap detection, and never wait on a
+//! hole. `WHERE position >= $1 ORDER BY position` is exact.
+//! `tests/postgres.rs` tortures it (writers holding their transactions open
+//! a random while, a quarter of them rolled back, readers restarted
+//! mid-run); without the lock its appends collide and it fails.
 //!
 //! **The cost** is that appends to one log go one transaction at a time,
-//! each holding the head through its commit. While appends of a process
+//! each holding the lock through its commit. While appends of a process
 //! overlap, it gathers them into one statement and one commit (up to 256
 //! appends), so the log's throughput grows with concurrency; an append
 //! with no other in flight is sent at once from its caller's task, as one
 //! plain statement when it is of one event. A lone writer pays on every
-//! append for what a plain `INSERT` does not do: the head's lock and
-//! update and the stream's version looked up (a few tens of microseconds
-//! of server time on the machine `BENCHMARKS.md` was measured on, against
-//! a commit of about 0.25 ms): about 0.8 of a plain `INSERT`'s rate with
-//! one client, and more than the plain inserts from 64 clients (`BENCHMARKS.md` has the figures). A transaction of yours that appends with
-//! [`PostgresStore::append_in`] holds every other writer until it ends;
-//! one left idle is ended by the server after [`IDLE_IN_TRANSACTION`]
-//! (every connection of the store sets
+//! append for what a plain `INSERT` does not do: the lock, the
+//! notification, and, unless the store already knows the stream's version
+//! (its own last append to it reached the version the append expects), a
+//! look-up of the stream's version. The store remembers the versions its
+//! appends reached for up to 4,096 streams; another writer's append makes
+//! that stale, and then the stream's unique version refuses the insert and
+//! the function decides, one round trip more. With one client that is about
+//! 0.87 of a plain `INSERT`'s rate, and more than the plain inserts from 64
+//! clients (`BENCHMARKS.md` has the figures). A transaction of yours that
+//! appends with [`PostgresStore::append_in`] holds every other writer until
+//! it ends; one left idle is ended by the server after
+//! [`IDLE_IN_TRANSACTION`] (every connection of the store sets
 //! `idle_in_transaction_session_timeout`), which bounds how long a stalled
 //! or abandoned writer can hold the others up. Readers are never held up.
 //!
@@ -117,12 +127,12 @@
 //!
 //! What grows with the log is the database; the process holds a batch and
 //! at most 2,560 events read ahead per subscription (eight chunks of 256
-//! waiting, one being filled, one being handed out), whatever the log's
-//! length.
+//! waiting, one being filled, one being handed out), and the versions of
+//! at most 4,096 streams, whatever the log's length.
 //!
 //! ## Schema
 //!
-//! The tables are `bookshelf_events`, `bookshelf_head`, `bookshelf_snapshots`,
+//! The tables are `bookshelf_events` (with the sequence `bookshelf_positions`), `bookshelf_snapshots`,
 //! `bookshelf_views`, `bookshelf_checkpoints` and `bookshelf_schema` (the
 //! version). [`PostgresStore::connect`] applies the migrations this build
 //! has and the database lacks, in one transaction under an advisory lock,

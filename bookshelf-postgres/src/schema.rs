@@ -14,6 +14,18 @@ use bookshelf_core::StoreError;
 /// The advisory lock taken while migrating ("BkSh").
 const MIGRATION_LOCK: i64 = 0x426b_5368;
 
+/// The call that locks the log for an append until its transaction ends:
+/// an advisory lock in the two-key space ("BkSh", the position sequence's
+/// oid), so stores in separate schemas of one database do not wait for
+/// each other. Every append takes it before it takes a position (see the
+/// `append` module).
+macro_rules! lock_the_log {
+    () => {
+        "pg_advisory_xact_lock(1114330984, 'bookshelf_positions'::regclass::oid::int)"
+    };
+}
+pub(crate) use lock_the_log;
+
 /// The migrations, in order: the schema's version is how many were applied.
 const MIGRATIONS: &[&str] = &[
     // 1: events with one global order, the append function, snapshots,
@@ -115,6 +127,73 @@ const MIGRATIONS: &[&str] = &[
         offsets text NOT NULL
     );
     "#,
+    // 2: positions from a sequence, taken under the log's lock, instead of
+    // the head row (no row written per append: see the `append` module).
+    concat!(
+        r#"
+    CREATE SEQUENCE bookshelf_positions MINVALUE 0 START WITH 0;
+    SELECT setval('bookshelf_positions', next, false) FROM bookshelf_head WHERE id = 1;
+    DROP TABLE bookshelf_head;
+    CREATE OR REPLACE FUNCTION bookshelf_append(
+        streams text[], expected bigint[], counts int[],
+        event_ids uuid[], event_types text[], schema_versions int[],
+        keys text[], metadata json[], payloads json[], channel text,
+        OUT o_versions bigint[], OUT o_firsts bigint[], OUT o_found bigint[]
+    ) LANGUAGE plpgsql AS $$
+    DECLARE
+        next_position bigint;
+        current bigint;
+        taken int := 0;
+        n int;
+    BEGIN
+        -- Held until the commit: positions are taken in commit order.
+        PERFORM "#,
+        lock_the_log!(),
+        r#";
+        -- One entry per append, from 1: NULL until set.
+        o_versions := array_fill(NULL::bigint, ARRAY[coalesce(array_length(streams, 1), 0)]);
+        o_firsts := o_versions;
+        o_found := o_versions;
+        FOR i IN 1 .. coalesce(array_length(streams, 1), 0) LOOP
+            n := counts[i];
+            SELECT e.version INTO current FROM bookshelf_events e
+                WHERE e.stream = streams[i] ORDER BY e.version DESC LIMIT 1;
+            current := coalesce(current, 0);
+            o_found[i] := current;
+            IF expected[i] = -1 OR expected[i] = current THEN
+                -- The first position is taken only once something is written.
+                IF next_position IS NULL THEN
+                    next_position := nextval('bookshelf_positions');
+                END IF;
+                IF n = 1 THEN
+                    INSERT INTO bookshelf_events (position, stream, version, event_id, event_type,
+                        schema_version, recorded_at, idempotency_key, metadata, payload)
+                    VALUES (next_position, streams[i], current + 1, event_ids[taken + 1],
+                        event_types[taken + 1], schema_versions[taken + 1], now(), keys[taken + 1],
+                        metadata[taken + 1], payloads[taken + 1]);
+                ELSE
+                    INSERT INTO bookshelf_events (position, stream, version, event_id, event_type,
+                        schema_version, recorded_at, idempotency_key, metadata, payload)
+                    SELECT next_position + k - 1, streams[i], current + k, event_ids[taken + k],
+                        event_types[taken + k], schema_versions[taken + k], now(), keys[taken + k],
+                        metadata[taken + k], payloads[taken + k]
+                    FROM generate_series(1, n) AS k;
+                END IF;
+                o_versions[i] := current + n;
+                o_firsts[i] := next_position;
+                next_position := next_position + n;
+            END IF;
+            taken := taken + n;
+        END LOOP;
+        IF next_position IS NOT NULL THEN
+            -- The positions written are taken: the next append starts after them.
+            PERFORM setval('bookshelf_positions', next_position - 1);
+            PERFORM pg_notify(channel, next_position::text);
+        END IF;
+    END
+    $$;
+    "#
+    ),
 ];
 
 /// The schema version this build writes and reads.

@@ -443,7 +443,7 @@ impl EventStore for PostgresStore {
 
     async fn head(&self) -> Result<Position, StoreError> {
         let head = self
-            .query_i64("SELECT next FROM bookshelf_head WHERE id = 1", &[])
+            .query_i64("SELECT max(position) + 1 FROM bookshelf_events", &[])
             .await?;
         Ok(Position(head.unwrap_or(0) as u64))
     }

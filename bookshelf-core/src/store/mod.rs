@@ -190,7 +190,10 @@ pub trait EventStore: Send + Sync + 'static {
     /// Backend failures.
     async fn stream_version(&self, stream: &StreamId) -> Result<Version, StoreError>;
 
-    /// The position the next appended event will get: the end of the log.
+    /// The end of the log: one past the last event's position, so that a
+    /// reader whose checkpoint is the head has read everything. On a store
+    /// whose positions can have holes (PostgreSQL's, where a rolled-back
+    /// append leaves its positions unused) the next event may land past it.
     ///
     /// # Errors
     /// Backend failures.
