@@ -141,6 +141,7 @@ pub mod discovery;
 pub mod envelope;
 pub mod process;
 pub mod projection;
+pub mod report;
 pub mod repository;
 pub mod retry;
 pub mod runner;
@@ -164,6 +165,7 @@ pub use projection::{
     FileViewStore, InMemoryViewStore, ProjectionError, ProjectionRunner, RestoredView, StoredView, ViewFold,
     ViewPersistence, ViewStore, ViewStoreError,
 };
+pub use report::{reports, PartitionReport, RunnerReport, RunnerState};
 pub use repository::{CommandError, Committed, Loaded, Repository, IDEMPOTENCY_KEY};
 pub use retry::RetryPolicy;
 pub use runner::{Batch, Decoded, Ended, Fold, Handle, Runner, Running, UnknownEvents, Until, ViewState};

@@ -225,6 +225,13 @@ impl<F: Fold, S: EventSource> Runner<F, S> {
     pub fn start(self) -> Running<F::Reads> {
         let (progress, watched) = watch::channel(Status::default());
         let (stop, stopped) = watch::channel(false);
+        let (status, name) = (watched.clone(), self.rules.name.clone());
+        crate::report::register(Box::new(move || {
+            // A runner whose task has ended leaves the list, unless it failed.
+            let ended = status.has_changed().is_err();
+            let status = status.borrow();
+            (!ended || matches!(status.state, State::Failed(_))).then(|| status.report(&name))
+        }));
         let handle = Handle {
             reads: self.fold.reads(),
             status: watched,
@@ -296,14 +303,19 @@ impl<F: Fold, S: EventSource> Runner<F, S> {
                             mark: followed.mark,
                         }),
                         Ok(None) => {}
-                        Err(error) => self.rules.set_aside_event(&followed.partition, record, error).await?,
+                        Err(error) => {
+                            let reason = error.to_string();
+                            self.rules.set_aside_event(&followed.partition, record, error).await?;
+                            Self::set_aside(progress, reason);
+                        }
                     },
                     Record::Skip => {}
                     Record::Unreadable { raw, reason } => {
                         tracing::warn!(runner = %self.rules.name, at = %raw.location, %reason, "unreadable record set aside");
                         self.rules
-                            .set_aside(raw.location.clone(), Poison::Raw(raw), reason)
+                            .set_aside(raw.location.clone(), Poison::Raw(raw), reason.clone())
                             .await?;
+                        Self::set_aside(progress, reason);
                     }
                 }
             }
@@ -326,13 +338,26 @@ impl<F: Fold, S: EventSource> Runner<F, S> {
     }
 
     fn report(&self, to: &watch::Sender<Status>, checkpoint: &Checkpoint, ends: BTreeMap<String, u64>) {
-        let status = Status {
-            checkpoint: checkpoint.clone(),
-            ends,
-            state: State::Running,
-        };
-        crate::telemetry::progress(&self.rules.name, &status.partitions());
-        to.send_replace(status);
+        to.send_modify(|status| {
+            if status.checkpoint != *checkpoint {
+                // Restored at the start is not moving.
+                if status.state != State::Starting {
+                    status.moved_at = Some(chrono::Utc::now());
+                }
+                status.checkpoint = checkpoint.clone();
+            }
+            status.ends = ends;
+            status.state = State::Running;
+            crate::telemetry::progress(&self.rules.name, &status.partitions());
+        });
+    }
+
+    /// Counts a record set aside, for [`Status`].
+    fn set_aside(to: &watch::Sender<Status>, reason: String) {
+        to.send_modify(|status| {
+            status.set_aside += 1;
+            status.last_set_aside = Some(reason);
+        });
     }
 }
 
@@ -469,6 +494,11 @@ struct Status {
     checkpoint: Checkpoint,
     ends: BTreeMap<String, u64>,
     state: State,
+    /// When the checkpoint last moved.
+    moved_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// How many records were set aside, and why the last one was.
+    set_aside: u64,
+    last_set_aside: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -494,6 +524,37 @@ impl Status {
             }
         }
         self.checkpoint.reached(ends)
+    }
+
+    /// The runner `name`, as [`reports`](crate::report::reports) lists it.
+    fn report(&self, name: &str) -> crate::report::RunnerReport {
+        use crate::report::{PartitionReport, RunnerState};
+        let (state, failure) = match &self.state {
+            State::Starting => (RunnerState::Starting, None),
+            State::Running => (RunnerState::Running, None),
+            State::Stopped => (RunnerState::Stopped, None),
+            State::Failed(why) => (RunnerState::Failed, Some(why.clone())),
+        };
+        crate::report::RunnerReport {
+            name: name.to_owned(),
+            state,
+            failure,
+            last_set_aside: self.last_set_aside.clone(),
+            set_aside: self.set_aside,
+            moved_at: self.moved_at,
+            partitions: self
+                .partitions()
+                .into_iter()
+                .map(|(partition, p)| {
+                    let report = PartitionReport {
+                        position: p.position,
+                        end: p.end,
+                        lag: p.lag(),
+                    };
+                    (partition, report)
+                })
+                .collect(),
+        }
     }
 
     /// Each partition's position and end as last seen.
@@ -728,8 +789,8 @@ mod tests {
         }
         Status {
             checkpoint,
-            ends: BTreeMap::new(),
             state: State::Running,
+            ..Status::default()
         }
     }
 

@@ -113,3 +113,75 @@ async fn a_record_delivered_again_is_applied_once_and_what_is_not_an_event_only_
     assert_eq!(letters[0].location, "p/0@3");
     running.stop().await.unwrap();
 }
+
+/// Every runner of the process is listed by `reports()` from its start:
+/// where it stands, when it last moved, what it set aside and why; it
+/// leaves the list once stopped.
+#[tokio::test]
+async fn a_runner_reports_where_it_stands_what_it_set_aside_and_leaves_the_list_once_stopped() {
+    let report = |name: &str| bookshelf_core::reports().into_iter().find(|r| r.name == name);
+    let poison = Record::Event(Arc::new(RecordedEvent {
+        event_type: "Exploded".into(),
+        ..match event(2) {
+            Record::Event(event) => (*event).clone(),
+            _ => unreachable!("event() makes events"),
+        }
+    }));
+    let source = Script(vec![vec![(0, event(0)), (1, event(1)), (2, poison)]]);
+    let before = chrono::Utc::now();
+    let running = ProjectionRunner::<Seen, _>::new("reported", source)
+        .unknown_events(bookshelf_core::UnknownEvents::DeadLetter)
+        .start();
+    running
+        .wait_for(BTreeMap::from([("p/0".to_owned(), 3)]))
+        .await
+        .expect("the runner reads to the end");
+    let seen = report("reported").expect("a running runner is listed");
+    assert_eq!(seen.state, bookshelf_core::RunnerState::Running);
+    assert_eq!(
+        seen.partitions["p/0"],
+        bookshelf_core::PartitionReport {
+            position: 3,
+            end: Some(6),
+            lag: Some(3)
+        }
+    );
+    assert!(seen.moved_at.is_some_and(|at| at >= before), "{:?}", seen.moved_at);
+    assert_eq!(seen.set_aside, 1);
+    assert!(
+        seen.last_set_aside
+            .as_deref()
+            .is_some_and(|why| why.contains("Exploded")),
+        "{:?}",
+        seen.last_set_aside
+    );
+    assert_eq!(seen.failure, None);
+    running.stop().await.expect("stopped");
+    assert_eq!(report("reported"), None, "a runner stopped on purpose leaves the list");
+}
+
+struct Unreachable;
+
+#[async_trait]
+impl EventSource for Unreachable {
+    async fn follow(&self, _: &Checkpoint) -> Result<Box<dyn Follower>, StoreError> {
+        Err(StoreError::Backend("the log at nowhere:1 cannot be reached".into()))
+    }
+}
+
+/// A runner that failed stays listed, with why.
+#[tokio::test]
+async fn a_failed_runner_stays_listed_with_its_failure() {
+    let running = ProjectionRunner::<Seen, _>::new("doomed", Unreachable).start();
+    running.ended().await;
+    let report = bookshelf_core::reports()
+        .into_iter()
+        .find(|r| r.name == "doomed")
+        .expect("a failed runner is listed");
+    assert_eq!(report.state, bookshelf_core::RunnerState::Failed);
+    assert!(
+        report.failure.as_deref().is_some_and(|why| why.contains("nowhere:1")),
+        "{:?}",
+        report.failure
+    );
+}

@@ -8,6 +8,7 @@
 //! bookshelf --postgres postgres://… streams --category book --json
 //! bookshelf --data bookshelf-data projections
 //! bookshelf --broker 127.0.0.1:9092 --topic books events book-6f1c… --follow
+//! bookshelf --service http://127.0.0.1:8080 runners
 //! ```
 //!
 //! Output is for people by default and one JSON document per line with
@@ -49,7 +50,7 @@ pub struct Cli {
     command: Command,
 }
 
-/// Which store to open: exactly one.
+/// Which store to read, or which service to ask: exactly one.
 #[derive(Args, Debug)]
 #[group(required = true, multiple = false)]
 struct StoreArgs {
@@ -65,6 +66,10 @@ struct StoreArgs {
     /// read as any reader reads it
     #[arg(long, value_name = "SERVERS")]
     broker: Option<String>,
+    /// A running service (its base URL, such as http://127.0.0.1:8080),
+    /// for `runners`
+    #[arg(long, value_name = "URL")]
+    service: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -83,6 +88,15 @@ enum Command {
     /// how far behind its end
     Projections {
         /// One JSON object per reader and partition
+        #[arg(long)]
+        json: bool,
+    },
+    /// With `--service`: the service's runners as they run: state,
+    /// position, end and lag per partition, when each last moved, what it
+    /// set aside and why it failed
+    Runners {
+        /// One JSON object per runner, as the service's `GET /runners`
+        /// gives it
         #[arg(long)]
         json: bool,
     },
@@ -177,6 +191,21 @@ pub fn main() -> ExitCode {
 
 /// Runs `cli`, writing what it shows to `out`.
 async fn run(cli: Cli, out: &mut impl Write) -> Result<(), Failure> {
+    if let Some(url) = &cli.store.service {
+        let Command::Runners { json } = cli.command else {
+            return Err(Failure {
+                message: "--service names a running service: its command is `runners`".to_owned(),
+                code: 2,
+            });
+        };
+        return runners(url, json, out).await;
+    }
+    if let Command::Runners { .. } = cli.command {
+        return Err(Failure {
+            message: "`runners` asks a running service: name it with --service URL".to_owned(),
+            code: 2,
+        });
+    }
     if let Some(dir) = &cli.store.data {
         let path = dir.join("bookshelf.sqlite");
         // Opening would make an empty store: a typo must not look like one.
@@ -231,6 +260,81 @@ async fn run(cli: Cli, out: &mut impl Write) -> Result<(), Failure> {
     })
 }
 
+/// Shows the runners of the service at `url`, as its `GET /runners` gives
+/// them.
+async fn runners(url: &str, json: bool, out: &mut impl Write) -> Result<(), Failure> {
+    let address = format!("{}/runners", url.trim_end_matches('/'));
+    let asked = |e: reqwest::Error| Failure::store(format!("{address}: {e}"));
+    let response = reqwest::Client::new()
+        .get(&address)
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .map_err(asked)?;
+    if !response.status().is_success() {
+        return Err(Failure::store(format!("{address} answered {}", response.status())));
+    }
+    let runners: Vec<serde_json::Value> = response.json().await.map_err(asked)?;
+    if json {
+        for runner in &runners {
+            writeln!(out, "{runner}").map_err(written)?;
+        }
+        return out.flush().map_err(written);
+    }
+    let text = |value: &serde_json::Value| match value {
+        serde_json::Value::Null => "-".to_owned(),
+        serde_json::Value::String(text) => text.clone(),
+        other => other.to_string(),
+    };
+    let mut rows = vec![[
+        "NAME",
+        "STATE",
+        "PARTITION",
+        "POSITION",
+        "END",
+        "LAG",
+        "MOVED",
+        "SET ASIDE",
+        "LAST ERROR",
+    ]
+    .map(str::to_owned)];
+    for runner in &runners {
+        let error = match (&runner["failure"], &runner["last_set_aside"]) {
+            (serde_json::Value::String(failure), _) => format!("failed: {failure}"),
+            (_, serde_json::Value::String(why)) => format!("set aside: {why}"),
+            _ => "-".to_owned(),
+        };
+        let partitions = runner["partitions"].as_object().cloned().unwrap_or_default();
+        // A runner that has read nothing yet still gets its line.
+        let partitions: Vec<(String, serde_json::Value)> = if partitions.is_empty() {
+            vec![("-".to_owned(), serde_json::Value::Null)]
+        } else {
+            partitions.into_iter().collect()
+        };
+        for (partition, at) in partitions {
+            // The one partition of a log with one global order has no name.
+            let partition = if partition.is_empty() {
+                "global".to_owned()
+            } else {
+                partition
+            };
+            rows.push([
+                text(&runner["name"]),
+                text(&runner["state"]),
+                partition,
+                text(&at["position"]),
+                text(&at["end"]),
+                text(&at["lag"]),
+                text(&runner["moved_at"]),
+                text(&runner["set_aside"]),
+                error.clone(),
+            ]);
+        }
+    }
+    print_table(&rows, out).map_err(written)?;
+    out.flush().map_err(written)
+}
+
 /// Carries out `command` on `store`.
 async fn browse<S: EventStore>(store: &S, command: Command, out: &mut impl Write) -> Result<(), Failure> {
     match command {
@@ -241,6 +345,7 @@ async fn browse<S: EventStore>(store: &S, command: Command, out: &mut impl Write
         Command::Projections { .. } => {
             return Err(Failure::store("this store keeps no projections"));
         }
+        Command::Runners { .. } => unreachable!("`runners` is answered before a store is opened"),
         Command::Events { stream, json, follow } => {
             let stream = StreamId::new(stream);
             // Where the log stands before the stream is read: following
@@ -321,6 +426,7 @@ async fn on_kafka(config: KafkaConfig, command: Command, out: &mut impl Write) -
                  (name a service's --data directory, or its database)"
             )));
         }
+        Command::Runners { .. } => unreachable!("`runners` is answered before a store is opened"),
         Command::Events { stream, json, follow } => {
             let stream = StreamId::new(stream);
             let mut follower = log.follow(&Checkpoint::new()).await.map_err(Failure::store)?;
@@ -493,6 +599,29 @@ fn show(event: &RecordedEvent, json: bool, out: &mut impl Write) -> std::io::Res
     let metadata = serde_json::to_string(&event.metadata).unwrap_or_default();
     if metadata != "{}" {
         writeln!(out, "    metadata {metadata}")?;
+    }
+    Ok(())
+}
+
+/// Writes `rows` (the first the header) as columns two spaces apart, each as
+/// wide as its widest cell; the last column is not padded.
+fn print_table<const N: usize>(rows: &[[String; N]], out: &mut impl Write) -> std::io::Result<()> {
+    let mut widths = [0; N];
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    for row in rows {
+        let mut line = String::new();
+        for (i, (cell, width)) in row.iter().zip(widths).enumerate() {
+            if i + 1 == N {
+                line.push_str(cell);
+            } else {
+                line.push_str(&format!("{cell:<width$}  "));
+            }
+        }
+        writeln!(out, "{}", line.trim_end())?;
     }
     Ok(())
 }

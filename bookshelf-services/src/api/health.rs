@@ -23,10 +23,14 @@ use crate::docs::Api;
 
 use super::*;
 
-/// `GET /health`, and `GET /metrics`: the process's metrics in Prometheus's
-/// text format (see `bookshelf::telemetry` for the library's own).
+/// `GET /health`; `GET /metrics`, the process's metrics in Prometheus's
+/// text format (see `bookshelf::telemetry` for the library's own); and
+/// `GET /runners` (see [`runner_routes`](super::runner_routes)).
 pub fn health_routes() -> Api {
-    Api::new().route(__path_health, health).route(__path_metrics, metrics)
+    Api::new()
+        .route(__path_health, health)
+        .route(__path_metrics, metrics)
+        .merge(super::runner_routes())
 }
 
 /// What `GET /health` answers.

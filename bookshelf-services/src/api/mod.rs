@@ -8,6 +8,7 @@ mod extract;
 mod health;
 mod kafka;
 mod queries;
+mod runners;
 mod service;
 mod telemetry;
 
@@ -16,5 +17,6 @@ pub use error::*;
 pub use extract::*;
 pub use health::*;
 pub use queries::*;
+pub use runners::*;
 pub use service::*;
 pub use telemetry::*;

@@ -21,6 +21,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::api::PartitionBody;
 use axum::extract::State;
 use axum::http::StatusCode;
 use bookshelf::change::ChangeFeed;
@@ -56,17 +57,6 @@ type Progress = Arc<Mutex<BTreeMap<String, PartitionProgress>>>;
 struct ProgressBody {
     /// By partition (`topic/partition`).
     partitions: BTreeMap<String, PartitionBody>,
-}
-
-/// Where a role stands in one partition.
-#[derive(serde::Serialize, utoipa::ToSchema)]
-struct PartitionBody {
-    /// The next offset it reads.
-    position: u64,
-    /// The partition's end, as last seen.
-    end: Option<u64>,
-    /// Records between the two.
-    lag: Option<u64>,
 }
 
 /// Where this process stands.

@@ -178,6 +178,60 @@ async fn the_command_line_shows_a_running_services_streams_and_follows_one() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// `runners` asks a running service how its runners stand: the last-read
+/// view and the authors view of a `last_read`, caught up after a write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_command_line_shows_a_running_services_runners() {
+    let dir = std::env::temp_dir().join(format!("bookshelf-cli-{}", uuid::Uuid::new_v4().simple()));
+    let shelf = Service::start_in(&dir, "last_read", &["--data", "data"]);
+    let http = reqwest::Client::new();
+    let dune = add_book(&http, &shelf.url, "Dune").await;
+    read_book(&http, &shelf.url, &dune).await;
+
+    // Both views caught up with the two events: position 2, lag 0.
+    let caught_up = |runners: &[Value]| {
+        ["last-read", "authors"].iter().all(|name| {
+            runners.iter().any(|r| {
+                r["name"] == *name
+                    && r["state"] == "running"
+                    && r["partitions"][""]["position"] == 2
+                    && r["partitions"][""]["lag"] == 0
+                    && r["moved_at"].is_string()
+            })
+        })
+    };
+    let mut runners = Vec::new();
+    for _ in 0..50 {
+        let (code, out, err) = bookshelf(&["--service", &shelf.url, "runners", "--json"]);
+        assert_eq!(code, 0, "{err}");
+        runners = json_lines(&out);
+        if caught_up(&runners) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(caught_up(&runners), "{runners:#?}");
+    let (code, out, _) = bookshelf(&["--service", &shelf.url, "runners"]);
+    assert_eq!(code, 0);
+    assert!(out.starts_with("NAME"), "{out}");
+    let line = out
+        .lines()
+        .find(|line| line.starts_with("last-read "))
+        .unwrap_or_else(|| panic!("a line for last-read in {out}"));
+    let cells: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(&cells[1..6], ["running", "global", "2", "2", "0"], "{out}");
+
+    // The wrong target says so.
+    let (code, _, err) = bookshelf(&["--data", "somewhere", "runners"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--service"), "{err}");
+    let (code, _, err) = bookshelf(&["--service", "http://127.0.0.1:9", "runners"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("127.0.0.1:9/runners"), "{err}");
+    drop(shelf);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_command_line_reads_a_postgres_store_without_changing_it() {
     let url = bookshelf_testkit::postgres::fresh_database("cli").await;

@@ -1,0 +1,102 @@
+//! What the runners of this process say of themselves, for operators'
+//! tools: every [`Runner`](crate::Runner) started in the process is listed
+//! by [`reports`] from its start on, with its state, where it stands in
+//! each partition, when it last moved and what last went wrong. The
+//! services serve it as `GET /runners`, and the `bookshelf` command line
+//! and the web console read it there.
+//!
+//! A runner stays listed while it runs, and after it failed (so that its
+//! failure can be seen); one stopped on purpose leaves the list once its
+//! task has ended.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+/// One runner, as [`reports`] lists it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RunnerReport {
+    /// The runner's name.
+    pub name: String,
+    /// What it is doing.
+    pub state: RunnerState,
+    /// Why it failed, when it did.
+    pub failure: Option<String>,
+    /// Why it last set a record aside as a dead letter, if it ever did.
+    pub last_set_aside: Option<String>,
+    /// How many records it has set aside since it started.
+    pub set_aside: u64,
+    /// When its checkpoint last moved; `None` before it first did.
+    pub moved_at: Option<DateTime<Utc>>,
+    /// Where it stands in each partition, by name (`""`, as in the metrics,
+    /// for the one partition of a log with one global order).
+    pub partitions: BTreeMap<String, PartitionReport>,
+}
+
+/// What a runner is doing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunnerState {
+    /// Restoring its state; nothing read yet.
+    Starting,
+    /// Reading and applying.
+    Running,
+    /// Stopped on purpose.
+    Stopped,
+    /// Ended by an error (see [`RunnerReport::failure`]).
+    Failed,
+}
+
+/// Where a runner stands in one partition.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct PartitionReport {
+    /// The next offset it takes.
+    pub position: u64,
+    /// The partition's end as last seen, if seen.
+    pub end: Option<u64>,
+    /// How many records it is behind that end.
+    pub lag: Option<u64>,
+}
+
+/// A runner's way of reporting: `None` once it should leave the list.
+pub(crate) type Reporter = Box<dyn Fn() -> Option<RunnerReport> + Send + Sync>;
+
+fn registry() -> &'static Mutex<Vec<Arc<Reporter>>> {
+    static RUNNERS: OnceLock<Mutex<Vec<Arc<Reporter>>>> = OnceLock::new();
+    RUNNERS.get_or_init(Default::default)
+}
+
+/// Lists a runner from now on.
+pub(crate) fn register(reporter: Reporter) {
+    registry()
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(Arc::new(reporter));
+}
+
+/// Every runner of this process, in the order they started (those stopped
+/// on purpose and ended left out).
+pub fn reports() -> Vec<RunnerReport> {
+    // Reported outside the lock: a runner's report takes its own.
+    let reporters = registry().lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let mut gone = Vec::new();
+    let reports = reporters
+        .iter()
+        .filter_map(|reporter| {
+            let report = reporter();
+            if report.is_none() {
+                gone.push(Arc::as_ptr(reporter));
+            }
+            report
+        })
+        .collect();
+    if !gone.is_empty() {
+        registry()
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|reporter| !gone.contains(&Arc::as_ptr(reporter)));
+    }
+    reports
+}
