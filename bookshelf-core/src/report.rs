@@ -6,8 +6,10 @@
 //! and the web console read it there.
 //!
 //! A runner stays listed while it runs, and after it failed (so that its
-//! failure can be seen); one stopped on purpose leaves the list once its
-//! task has ended.
+//! failure can be seen) until another runner of its name starts; one
+//! stopped on purpose leaves the list once its task has ended. So the list
+//! stays as long as the runners a process runs, however often it restarts
+//! them.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -63,17 +65,21 @@ pub struct PartitionReport {
 /// A runner's way of reporting: `None` once it should leave the list.
 pub(crate) type Reporter = Box<dyn Fn() -> Option<RunnerReport> + Send + Sync>;
 
-fn registry() -> &'static Mutex<Vec<Arc<Reporter>>> {
-    static RUNNERS: OnceLock<Mutex<Vec<Arc<Reporter>>>> = OnceLock::new();
+/// The runners listed: each with its name.
+type Registry = Mutex<Vec<(String, Arc<Reporter>)>>;
+
+fn registry() -> &'static Registry {
+    static RUNNERS: OnceLock<Registry> = OnceLock::new();
     RUNNERS.get_or_init(Default::default)
 }
 
-/// Lists a runner from now on.
-pub(crate) fn register(reporter: Reporter) {
-    registry()
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .push(Arc::new(reporter));
+/// Lists runner `name` from now on, in place of an ended one of that name.
+pub(crate) fn register(name: &str, reporter: Reporter) {
+    let mut runners = registry().lock().unwrap_or_else(|p| p.into_inner());
+    runners.retain(|(listed, reporter)| {
+        listed != name || reporter().is_some_and(|report| report.state != RunnerState::Failed)
+    });
+    runners.push((name.to_owned(), Arc::new(reporter)));
 }
 
 /// Every runner of this process, in the order they started (those stopped
@@ -84,7 +90,7 @@ pub fn reports() -> Vec<RunnerReport> {
     let mut gone = Vec::new();
     let reports = reporters
         .iter()
-        .filter_map(|reporter| {
+        .filter_map(|(_, reporter)| {
             let report = reporter();
             if report.is_none() {
                 gone.push(Arc::as_ptr(reporter));
@@ -96,7 +102,7 @@ pub fn reports() -> Vec<RunnerReport> {
         registry()
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .retain(|reporter| !gone.contains(&Arc::as_ptr(reporter)));
+            .retain(|(_, reporter)| !gone.contains(&Arc::as_ptr(reporter)));
     }
     reports
 }

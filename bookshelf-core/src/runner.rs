@@ -226,12 +226,15 @@ impl<F: Fold, S: EventSource> Runner<F, S> {
         let (progress, watched) = watch::channel(Status::default());
         let (stop, stopped) = watch::channel(false);
         let (status, name) = (watched.clone(), self.rules.name.clone());
-        crate::report::register(Box::new(move || {
-            // A runner whose task has ended leaves the list, unless it failed.
-            let ended = status.has_changed().is_err();
-            let status = status.borrow();
-            (!ended || matches!(status.state, State::Failed(_))).then(|| status.report(&name))
-        }));
+        crate::report::register(
+            &self.rules.name,
+            Box::new(move || {
+                // A runner whose task has ended leaves the list, unless it failed.
+                let ended = status.has_changed().is_err();
+                let status = status.borrow();
+                (!ended || matches!(status.state, State::Failed(_))).then(|| status.report(&name))
+            }),
+        );
         let handle = Handle {
             reads: self.fold.reads(),
             status: watched,

@@ -185,3 +185,20 @@ async fn a_failed_runner_stays_listed_with_its_failure() {
         report.failure
     );
 }
+
+/// A failed runner leaves the list once another of its name starts: a
+/// process that restarts a failing runner lists it once.
+#[tokio::test]
+async fn a_failed_runner_leaves_the_list_when_another_of_its_name_starts() {
+    let listed = || {
+        bookshelf_core::reports()
+            .iter()
+            .filter(|r| r.name == "restarted")
+            .count()
+    };
+    for _ in 0..3 {
+        let running = ProjectionRunner::<Seen, _>::new("restarted", Unreachable).start();
+        running.ended().await;
+    }
+    assert_eq!(listed(), 1);
+}
