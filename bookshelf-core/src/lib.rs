@@ -157,7 +157,7 @@ pub mod view;
 pub use aggregate::Aggregate;
 pub use async_trait::async_trait;
 pub use codec::{DecodeError, DomainEvent, EncodeError, EventCodec, Upcasters};
-pub use dead_letter::{DeadLetter, DeadLetters, InMemoryDeadLetters, Poison};
+pub use dead_letter::{DeadLetter, DeadLetters, InMemoryDeadLetters, KeptDeadLetter, Poison, RecordColumns};
 pub use discovery::{Balancer, Discovery, DiscoveryError, Health, InMemoryDiscovery, Picked, ServiceInstance, Watch};
 pub use envelope::{Envelope, EventId, EventType, Metadata, NewEvent, Position, RecordedEvent, StreamId, Version};
 pub use process::{CommandBus, Dispatch, DispatchError, ProcessFold, ProcessManager, ProcessRunner};

@@ -38,6 +38,7 @@
 //! |---|---|
 //! | [`PostgresStore`] | the event store: one global log, concurrent appends gathered into one statement |
 //! | [`PostgresSnapshots`], [`PostgresViewStore`] | snapshots and saved views in the same database |
+//! | [`PostgresDeadLetters`] | dead letters in the same database, numbered in the order set aside, listed by runner |
 //! | [`table::TableFold`] | a view kept as SQL tables, its rows moved in the transaction of its checkpoint |
 //! | [`migrate`], [`SCHEMA_VERSION`] | the versioned schema, brought up to date on connect or on its own |
 //!
@@ -133,7 +134,7 @@
 //! ## Schema
 //!
 //! The tables are `bookshelf_events` (with the sequence `bookshelf_positions`), `bookshelf_snapshots`,
-//! `bookshelf_views`, `bookshelf_checkpoints` and `bookshelf_schema` (the
+//! `bookshelf_views`, `bookshelf_checkpoints`, `bookshelf_dead_letters` and `bookshelf_schema` (the
 //! version). [`PostgresStore::connect`] applies the migrations this build
 //! has and the database lacks, in one transaction under an advisory lock,
 //! so several instances can start at once; a database whose schema is
@@ -144,12 +145,14 @@
 #![deny(missing_docs)]
 
 mod append;
+mod dead_letters;
 mod saved;
 mod schema;
 mod server;
 mod store;
 pub mod table;
 
+pub use dead_letters::PostgresDeadLetters;
 pub use saved::{PostgresSnapshots, PostgresViewStore};
 pub use schema::SCHEMA_VERSION;
 pub use server::IDLE_IN_TRANSACTION;

@@ -194,6 +194,23 @@ const MIGRATIONS: &[&str] = &[
     $$;
     "#
     ),
+    // 3: dead letters, kept where the views are.
+    r#"
+    CREATE TABLE bookshelf_dead_letters (
+        id bigserial PRIMARY KEY,
+        projection text NOT NULL,
+        location text NOT NULL,
+        reason text NOT NULL,
+        set_aside_at timestamptz NOT NULL DEFAULT now(),
+        -- The event's envelope as Bookshelf writes it, when it was an event;
+        event json,
+        -- else the record as its log held it (headers: [name, hex] pairs).
+        raw_key bytea,
+        raw_body bytea,
+        raw_headers json
+    );
+    CREATE INDEX bookshelf_dead_letters_by_projection ON bookshelf_dead_letters (projection, id);
+    "#,
 ];
 
 /// The schema version this build writes and reads.

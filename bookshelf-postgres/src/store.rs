@@ -186,6 +186,12 @@ impl PostgresStore {
         PostgresSnapshots::new(self.clone())
     }
 
+    /// The dead letters kept in this database: a runner's sink, and their
+    /// list.
+    pub fn dead_letters(&self) -> crate::PostgresDeadLetters {
+        crate::PostgresDeadLetters::new(self.clone())
+    }
+
     /// The saved state and checkpoint of view `name`, in this database.
     pub fn view_store(&self, name: impl Into<String>) -> PostgresViewStore {
         PostgresViewStore::new(self.clone(), name.into())

@@ -304,6 +304,19 @@ async fn gathered_appends_at_known_versions_land_right_when_some_are_stale() {
     }
 }
 
+/// A runner's dead letters kept in the database, listed (the check every
+/// store that keeps letters passes).
+#[tokio::test]
+async fn dead_letters_are_kept_in_the_database_and_listed_by_runner() {
+    let store = store("dead_letters").await;
+    let letters = store.dead_letters();
+    bookshelf_testkit::dead_letters::kept_and_listed(store, letters.clone(), move |projection| {
+        let letters = letters.clone();
+        Box::pin(async move { letters.list(projection.as_deref()).await })
+    })
+    .await;
+}
+
 /// What the torture test's writers committed: each event's position and
 /// amount (unique, so that a reader's view can be checked event by event).
 #[derive(Default)]

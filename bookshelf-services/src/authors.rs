@@ -59,8 +59,9 @@ pub async fn main() -> Result<(), Box<dyn std::error::Error>> {
         // Built in memory from the database's log at start, then followed.
         Backend::Postgres(url) => {
             let store = PostgresStore::connect(url).await?;
-            let view = ProjectionRunner::<Authors, _>::new("authors", store)
+            let view = ProjectionRunner::<Authors, _>::new("authors", store.clone())
                 .only_category("book")
+                .dead_letters(store.dead_letters())
                 .start();
             (view, "projecting the book events from PostgreSQL".to_owned())
         }

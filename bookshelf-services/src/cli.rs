@@ -8,6 +8,7 @@
 //! bookshelf --postgres postgres://… streams --category book --json
 //! bookshelf --data bookshelf-data projections
 //! bookshelf --broker 127.0.0.1:9092 --topic books events book-6f1c… --follow
+//! bookshelf --data bookshelf-data dead-letters [last-read] [--json]
 //! bookshelf --service http://127.0.0.1:8080 runners
 //! ```
 //!
@@ -97,6 +98,15 @@ enum Command {
     Runners {
         /// One JSON object per runner, as the service's `GET /runners`
         /// gives it
+        #[arg(long)]
+        json: bool,
+    },
+    /// The dead letters the store keeps (what runners set aside), in the
+    /// order set aside: each with its runner, where it was, and why
+    DeadLetters {
+        /// Only this runner's
+        runner: Option<String>,
+        /// One JSON object per letter, its event as stored
         #[arg(long)]
         json: bool,
     },
@@ -233,6 +243,10 @@ async fn run(cli: Cli, out: &mut impl Write) -> Result<(), Failure> {
             }
             return projections(&store, saved, json, out).await;
         }
+        if let Command::DeadLetters { runner, json } = cli.command {
+            let kept = store.dead_letters().list(runner.as_deref()).map_err(Failure::store)?;
+            return print_dead_letters(&kept, json, out);
+        }
         return browse(&store, cli.command, out).await;
     }
     if let Some(url) = &cli.store.postgres {
@@ -249,6 +263,14 @@ async fn run(cli: Cli, out: &mut impl Write) -> Result<(), Failure> {
             let saved = saved.into_iter().map(|c| (place.clone(), c)).collect();
             return projections(&store, saved, json, out).await;
         }
+        if let Command::DeadLetters { runner, json } = cli.command {
+            let kept = store
+                .dead_letters()
+                .list(runner.as_deref())
+                .await
+                .map_err(Failure::store)?;
+            return print_dead_letters(&kept, json, out);
+        }
         return browse(&store, cli.command, out).await;
     }
     if let Some(broker) = &cli.store.broker {
@@ -258,6 +280,53 @@ async fn run(cli: Cli, out: &mut impl Write) -> Result<(), Failure> {
         message: "name a store: --data DIR, --postgres URL or --broker SERVERS".to_owned(),
         code: 2,
     })
+}
+
+/// Shows `kept` dead letters: a table, or one JSON object each.
+fn print_dead_letters(kept: &[bookshelf::KeptDeadLetter], json: bool, out: &mut impl Write) -> Result<(), Failure> {
+    let hex = |bytes: &Option<Vec<u8>>| {
+        bytes
+            .as_ref()
+            .map(|bytes| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>())
+    };
+    let mut rows = vec![["ID", "SET ASIDE", "RUNNER", "WHERE", "REASON"].map(str::to_owned)];
+    for kept in kept {
+        let at = kept.set_aside_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let letter = &kept.letter;
+        if json {
+            let record = match &letter.record {
+                bookshelf::Poison::Event(event) => serde_json::json!({ "event": event }),
+                bookshelf::Poison::Raw(raw) => serde_json::json!({
+                    "raw": {
+                        "key": hex(&raw.key),
+                        "body": hex(&raw.body),
+                        "headers": raw.headers.iter().map(|(name, value)| (name, hex(&Some(value.clone())))).collect::<Vec<_>>(),
+                    }
+                }),
+            };
+            let line = serde_json::json!({
+                "id": kept.id,
+                "set_aside_at": at,
+                "runner": letter.projection,
+                "location": letter.location,
+                "reason": letter.reason,
+                "record": record,
+            });
+            writeln!(out, "{line}").map_err(written)?;
+        } else {
+            rows.push([
+                kept.id.to_string(),
+                at,
+                letter.projection.clone(),
+                letter.location.clone(),
+                letter.reason.clone(),
+            ]);
+        }
+    }
+    if !json {
+        print_table(&rows, out).map_err(written)?;
+    }
+    out.flush().map_err(written)
 }
 
 /// Shows the runners of the service at `url`, as its `GET /runners` gives
@@ -346,6 +415,7 @@ async fn browse<S: EventStore>(store: &S, command: Command, out: &mut impl Write
             return Err(Failure::store("this store keeps no projections"));
         }
         Command::Runners { .. } => unreachable!("`runners` is answered before a store is opened"),
+        Command::DeadLetters { .. } => unreachable!("a store that keeps dead letters lists them"),
         Command::Events { stream, json, follow } => {
             let stream = StreamId::new(stream);
             // Where the log stands before the stream is read: following
@@ -424,6 +494,12 @@ async fn on_kafka(config: KafkaConfig, command: Command, out: &mut impl Write) -
             return Err(Failure::store(format!(
                 "topic {topic} keeps no checkpoints: its readers save theirs where they run \
                  (name a service's --data directory, or its database)"
+            )));
+        }
+        Command::DeadLetters { .. } => {
+            return Err(Failure::store(format!(
+                "the letters set aside by readers of topic {topic} are records of topic {topic}.dead-letters \
+                 (the reason, the source and the runner in their headers): read them with any Kafka client"
             )));
         }
         Command::Runners { .. } => unreachable!("`runners` is answered before a store is opened"),

@@ -143,6 +143,9 @@ where
     if let Some(saved) = store.saved_view("last-read") {
         view = view.persist_to(saved).save_every(100);
     }
+    if let Some(dead_letters) = store.dead_letters() {
+        view = view.dead_letters(dead_letters);
+    }
     if rebuild {
         view = view.rebuild();
     }
@@ -163,9 +166,11 @@ where
             )
         }
         None => {
-            let authors = ProjectionRunner::<Authors, _>::new("authors", store.clone())
-                .only_category("book")
-                .start();
+            let mut authors = ProjectionRunner::<Authors, _>::new("authors", store.clone()).only_category("book");
+            if let Some(dead_letters) = store.dead_letters() {
+                authors = authors.dead_letters(dead_letters);
+            }
+            let authors = authors.start();
             settle.push(api::settle_on(authors.handle()));
             (
                 api::authors_routes(api::AuthorsView(authors.reads().clone())),

@@ -39,6 +39,7 @@
 //! |---|---|
 //! | [`SqliteStore`] | the event store: one global order, appends in write transactions |
 //! | [`SqliteSnapshots`], [`SqliteViewStore`] | snapshots and saved views in the same file |
+//! | [`SqliteDeadLetters`] | dead letters in the same file, numbered in the order set aside, listed by runner |
 //! | [`table::TableFold`] | a view kept as SQL tables, its rows moved in the transaction of its checkpoint |
 
 #![forbid(unsafe_code)]
@@ -49,4 +50,4 @@ mod store;
 pub mod table;
 
 pub use saved::saved_checkpoints;
-pub use store::{Durability, SqliteSnapshots, SqliteStore, SqliteSubscription, SqliteViewStore};
+pub use store::{Durability, SqliteDeadLetters, SqliteSnapshots, SqliteStore, SqliteSubscription, SqliteViewStore};

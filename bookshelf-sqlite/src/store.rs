@@ -44,6 +44,17 @@ CREATE TABLE IF NOT EXISTS views (
     offsets TEXT NOT NULL,
     state TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    projection TEXT NOT NULL,
+    location TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    set_aside_at TEXT NOT NULL,
+    event TEXT,
+    raw_key BLOB,
+    raw_body BLOB,
+    raw_headers TEXT
+);
 ";
 
 /// How far a commit is made durable: SQLite's `synchronous` setting, in
@@ -190,6 +201,11 @@ impl SqliteStore {
             store: self.clone(),
             name: name.into(),
         }
+    }
+
+    /// The dead letters kept in this file: a runner's sink, and their list.
+    pub fn dead_letters(&self) -> SqliteDeadLetters {
+        SqliteDeadLetters { store: self.clone() }
     }
 
     fn error(&self, what: &str, error: impl std::fmt::Display) -> StoreError {
@@ -573,6 +589,99 @@ impl ViewStore for SqliteViewStore {
             )
             .and_then(|mut s| s.execute(params![self.name, view.checkpoint.0 as i64, offsets, view.state.get()]))
             .map_err(|e| ViewStoreError(Box::new(self.store.error("cannot save a view", e))))?;
+        Ok(())
+    }
+}
+
+/// The dead letters of a [`SqliteStore`]'s file (table `dead_letters`):
+/// each letter a row, numbered in the order set aside, with the runner's
+/// name, where it was and why (the record in the columns of
+/// [`RecordColumns`](bookshelf_core::RecordColumns)).
+#[derive(Clone, Debug)]
+pub struct SqliteDeadLetters {
+    store: SqliteStore,
+}
+
+impl SqliteDeadLetters {
+    /// The letters kept, in the order they were set aside: every runner's,
+    /// or `projection`'s only.
+    ///
+    /// # Errors
+    /// A [`StoreError::Backend`] naming the file when it cannot be read, or
+    /// holds a letter that does not read.
+    pub fn list(&self, projection: Option<&str>) -> Result<Vec<bookshelf_core::KeptDeadLetter>, StoreError> {
+        let connection = lock(&self.store.shared.reader);
+        let failed = |e: rusqlite::Error| self.store.error("cannot read the dead letters", e);
+        let mut statement = connection
+            .prepare_cached(
+                "SELECT id, set_aside_at, projection, location, reason, event, raw_key, raw_body, raw_headers \
+                 FROM dead_letters WHERE ?1 IS NULL OR projection = ?1 ORDER BY id",
+            )
+            .map_err(failed)?;
+        let rows = statement
+            .query_map([projection], |row| {
+                Ok((
+                    row.get::<_, i64>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, String>(2)?,
+                    row.get::<_, String>(3)?,
+                    row.get::<_, String>(4)?,
+                    bookshelf_core::RecordColumns {
+                        event: row.get(5)?,
+                        key: row.get(6)?,
+                        body: row.get(7)?,
+                        headers: row.get(8)?,
+                    },
+                ))
+            })
+            .map_err(failed)?;
+        let mut kept = Vec::new();
+        for row in rows {
+            let (id, at, projection, location, reason, columns) = row.map_err(failed)?;
+            let broken = |why: String| self.store.error(&format!("dead letter {id}"), why);
+            let record = columns.into_record(&location).map_err(broken)?;
+            let set_aside_at = bookshelf_core::timestamp::parse(&at)
+                .ok_or_else(|| broken(format!("its time does not parse: {at}")))?;
+            kept.push(bookshelf_core::KeptDeadLetter {
+                id: id as u64,
+                set_aside_at,
+                letter: bookshelf_core::DeadLetter {
+                    projection,
+                    location,
+                    record,
+                    reason,
+                },
+            });
+        }
+        Ok(kept)
+    }
+}
+
+#[async_trait]
+impl bookshelf_core::DeadLetters for SqliteDeadLetters {
+    async fn put(&self, letter: bookshelf_core::DeadLetter) -> Result<(), StoreError> {
+        let columns = bookshelf_core::RecordColumns::of(&letter.record);
+        let at = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        let connection = lock(&self.store.shared.writer);
+        connection
+            .prepare_cached(
+                "INSERT INTO dead_letters \
+                 (projection, location, reason, set_aside_at, event, raw_key, raw_body, raw_headers) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    letter.projection,
+                    letter.location,
+                    letter.reason,
+                    at,
+                    columns.event,
+                    columns.key,
+                    columns.body,
+                    columns.headers
+                ])
+            })
+            .map_err(|e| self.store.error("cannot set a dead letter aside", e))?;
         Ok(())
     }
 }

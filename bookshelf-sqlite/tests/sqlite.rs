@@ -282,3 +282,17 @@ async fn saved_checkpoints_are_listed_by_kind_and_name() {
     assert!(error.contains("nowhere.sqlite"), "{error}");
     assert!(!missing.exists(), "nothing was made");
 }
+
+/// A runner's dead letters kept in the file, listed (the check every store
+/// that keeps letters passes).
+#[tokio::test]
+async fn dead_letters_are_kept_in_the_file_and_listed_by_runner() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path().join("bookshelf.sqlite")).unwrap();
+    let letters = store.dead_letters();
+    bookshelf_testkit::dead_letters::kept_and_listed(store, letters.clone(), move |projection| {
+        let letters = letters.clone();
+        Box::pin(async move { letters.list(projection.as_deref()) })
+    })
+    .await;
+}

@@ -8,6 +8,7 @@
 
 pub mod accounts;
 pub mod consul;
+pub mod dead_letters;
 pub mod postgres;
 pub mod store_suite;
 pub mod tansu;

@@ -66,6 +66,12 @@ pub enum Backend<'a> {
 pub trait KeepsViews {
     /// Where view `name` is saved, if the store keeps views.
     fn saved_view(&self, name: &str) -> Option<Box<dyn bookshelf::ViewStore>>;
+
+    /// Where runners on the store keep their dead letters, if it keeps
+    /// them (else in memory, the runner's default).
+    fn dead_letters(&self) -> Option<std::sync::Arc<dyn bookshelf::DeadLetters>> {
+        None
+    }
 }
 
 impl KeepsViews for bookshelf::InMemoryStore {
@@ -78,11 +84,21 @@ impl KeepsViews for bookshelf::sqlite::SqliteStore {
     fn saved_view(&self, name: &str) -> Option<Box<dyn bookshelf::ViewStore>> {
         Some(Box::new(self.view_store(name)))
     }
+
+    fn dead_letters(&self) -> Option<std::sync::Arc<dyn bookshelf::DeadLetters>> {
+        Some(std::sync::Arc::new(bookshelf::sqlite::SqliteStore::dead_letters(self)))
+    }
 }
 
 impl KeepsViews for bookshelf::postgres::PostgresStore {
     fn saved_view(&self, name: &str) -> Option<Box<dyn bookshelf::ViewStore>> {
         Some(Box::new(self.view_store(name)))
+    }
+
+    fn dead_letters(&self) -> Option<std::sync::Arc<dyn bookshelf::DeadLetters>> {
+        Some(std::sync::Arc::new(bookshelf::postgres::PostgresStore::dead_letters(
+            self,
+        )))
     }
 }
 

@@ -232,6 +232,49 @@ async fn the_command_line_shows_a_running_services_runners() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// `dead-letters` lists what a runner set aside in the store, by runner,
+/// for people and for scripts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_command_line_lists_the_dead_letters_a_store_keeps() {
+    use bookshelf::{NewEvent, Position, ProjectionRunner};
+    let dir = tempfile::tempdir().expect("a directory");
+    let store = bookshelf::sqlite::SqliteStore::open(dir.path().join("bookshelf.sqlite")).expect("a store");
+    let broken = NewEvent {
+        payload: serde_json::value::RawValue::from_string(r#"{"amount":"lots"}"#.to_owned()).expect("JSON"),
+        ..bookshelf_testkit::accounts::deposit(1)
+    };
+    let deposits = vec![bookshelf_testkit::accounts::deposit(5), broken];
+    store
+        .append(&StreamId::new("account-1"), ExpectedVersion::NoStream, deposits)
+        .await
+        .expect("appended");
+    let ledger = ProjectionRunner::<bookshelf_testkit::accounts::Ledger, _>::new("ledger", store.clone())
+        .dead_letters(store.dead_letters())
+        .start();
+    ledger.wait_for(Position(2)).await.expect("caught up");
+    ledger.stop().await.expect("stopped");
+    let data = dir.path().to_str().expect("a UTF-8 path");
+
+    let (code, out, err) = bookshelf(&["--data", data, "dead-letters"]);
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    assert!(lines[0].starts_with("ID  SET ASIDE"), "{out}");
+    assert!(
+        lines[1].starts_with("1 ") && lines[1].contains("  ledger  position 1  ") && lines[1].contains("Deposited"),
+        "{out}"
+    );
+    let (code, out, _) = bookshelf(&["--data", data, "dead-letters", "ledger", "--json"]);
+    assert_eq!(code, 0);
+    let letters = json_lines(&out);
+    assert_eq!(letters.len(), 1, "{out}");
+    assert_eq!(letters[0]["runner"], "ledger");
+    assert_eq!(letters[0]["record"]["event"]["position"], 1);
+    assert_eq!(letters[0]["record"]["event"]["payload"], json!({"amount": "lots"}));
+    let (code, out, _) = bookshelf(&["--data", data, "dead-letters", "another", "--json"]);
+    assert_eq!((code, out.as_str()), (0, ""), "another runner's: none");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_command_line_reads_a_postgres_store_without_changing_it() {
     let url = bookshelf_testkit::postgres::fresh_database("cli").await;
