@@ -142,6 +142,9 @@ where
     if let Some(saved) = store.saved_view("loans") {
         loans = loans.persist_to(saved);
     }
+    if let Some(dead_letters) = store.dead_letters() {
+        loans = loans.dead_letters(dead_letters);
+    }
     let loans = loans.start();
     for (loan, copy, member) in [
         ("loan-1", "dune-1", "ada"),
