@@ -56,6 +56,33 @@ pub struct KeptDeadLetter {
     pub letter: DeadLetter,
 }
 
+impl KeptDeadLetter {
+    /// The letter a row of a store's table holds: numbered `id`, set aside
+    /// at `set_aside_at` by runner `projection`, found at `location`, for
+    /// `reason`, its record in `columns`. Why not, when the columns do not
+    /// read.
+    pub fn from_row(
+        id: u64,
+        set_aside_at: chrono::DateTime<chrono::Utc>,
+        projection: String,
+        location: String,
+        reason: String,
+        columns: RecordColumns,
+    ) -> Result<Self, String> {
+        let record = columns.into_record(&location)?;
+        Ok(KeptDeadLetter {
+            id,
+            set_aside_at,
+            letter: DeadLetter {
+                projection,
+                location,
+                record,
+                reason,
+            },
+        })
+    }
+}
+
 /// A dead letter's record as a table keeps it, the one form every store
 /// that keeps letters in columns writes and reads: an event as its
 /// envelope's JSON; a record that was no event as its key, body and headers

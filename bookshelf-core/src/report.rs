@@ -17,6 +17,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+use crate::source::PartitionProgress;
+
 /// One runner, as [`reports`] lists it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct RunnerReport {
@@ -37,9 +39,8 @@ pub struct RunnerReport {
     pub partitions: BTreeMap<String, PartitionReport>,
 }
 
-/// What a runner is doing.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
+/// What a runner is doing; serialized as its [name](RunnerState::as_str).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RunnerState {
     /// Restoring its state; nothing read yet.
     Starting,
@@ -51,6 +52,24 @@ pub enum RunnerState {
     Failed,
 }
 
+impl RunnerState {
+    /// Its name: `starting`, `running`, `stopped`, `failed`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunnerState::Starting => "starting",
+            RunnerState::Running => "running",
+            RunnerState::Stopped => "stopped",
+            RunnerState::Failed => "failed",
+        }
+    }
+}
+
+impl Serialize for RunnerState {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
 /// Where a runner stands in one partition.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct PartitionReport {
@@ -60,6 +79,16 @@ pub struct PartitionReport {
     pub end: Option<u64>,
     /// How many records it is behind that end.
     pub lag: Option<u64>,
+}
+
+impl From<PartitionProgress> for PartitionReport {
+    fn from(progress: PartitionProgress) -> Self {
+        PartitionReport {
+            position: progress.position,
+            end: progress.end,
+            lag: progress.lag(),
+        }
+    }
 }
 
 /// A runner's way of reporting: `None` once it should leave the list.

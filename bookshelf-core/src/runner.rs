@@ -548,14 +548,7 @@ impl Status {
             partitions: self
                 .partitions()
                 .into_iter()
-                .map(|(partition, p)| {
-                    let report = PartitionReport {
-                        position: p.position,
-                        end: p.end,
-                        lag: p.lag(),
-                    };
-                    (partition, report)
-                })
+                .map(|(partition, progress)| (partition, PartitionReport::from(progress)))
                 .collect(),
         }
     }

@@ -182,6 +182,28 @@ pub(crate) enum Failure {
     Unknown(tokio_postgres::Error),
 }
 
+impl Failure {
+    /// `error` of a statement run outside a transaction of the caller's:
+    /// the outcome is unknown when the connection failed on the way.
+    fn of(error: tokio_postgres::Error) -> Failure {
+        if crate::server::lost_connection(&error) {
+            Failure::Unknown(error)
+        } else {
+            Failure::Nothing(error)
+        }
+    }
+}
+
+/// The outcome of an append of one event, written at `position` as
+/// `version`.
+fn one_written(position: i64, version: i64) -> AppendOutcome {
+    AppendOutcome {
+        version: Version(version as u64),
+        first_position: Position(position as u64),
+        last_position: Position(position as u64),
+    }
+}
+
 /// An expected version as both append statements take it: -1 for any, else
 /// the version the stream must be at (0: no stream).
 fn expected_code(expected: ExpectedVersion) -> i64 {
@@ -212,6 +234,20 @@ struct Arguments {
     payloads: Vec<String>,
 }
 
+impl Arguments {
+    /// The columns of `events`, one entry each.
+    fn push_events(&mut self, events: &[NewEvent]) {
+        for event in events {
+            self.event_ids.push(event.event_id.0);
+            self.keys.push(event.metadata.extra.get(IDEMPOTENCY_KEY).cloned());
+            self.metadata.push(metadata_json(&event.metadata));
+            self.event_types.push(event.event_type.as_str().to_owned());
+            self.schema_versions.push(event.schema_version as i32);
+            self.payloads.push(event.payload.get().to_owned());
+        }
+    }
+}
+
 /// Appends each of `appends`, in order, under the rule of the
 /// [module docs](self), in one statement: in a transaction of its own when
 /// `client` is outside one, else in the caller's. An append whose stream is
@@ -235,14 +271,7 @@ pub(crate) async fn append_all<C: GenericClient + Sync>(
         arguments.streams.push(append.stream.as_str().to_owned());
         arguments.expected.push(expected_code(append.expected));
         arguments.counts.push(append.events.len() as i32);
-        for event in append.events {
-            arguments.event_ids.push(event.event_id.0);
-            arguments.keys.push(event.metadata.extra.get(IDEMPOTENCY_KEY).cloned());
-            arguments.metadata.push(metadata_json(&event.metadata));
-            arguments.event_types.push(event.event_type.as_str().to_owned());
-            arguments.schema_versions.push(event.schema_version as i32);
-            arguments.payloads.push(event.payload.get().to_owned());
-        }
+        arguments.push_events(&append.events);
         asked.push((append.stream, append.expected));
     }
     let parameters: [&(dyn ToSql + Sync); 10] = [
@@ -257,13 +286,7 @@ pub(crate) async fn append_all<C: GenericClient + Sync>(
         &arguments.payloads,
         &channel,
     ];
-    let row = client.query_one(&statement, &parameters).await.map_err(|e| {
-        if crate::server::lost_connection(&e) {
-            Failure::Unknown(e)
-        } else {
-            Failure::Nothing(e)
-        }
-    })?;
+    let row = client.query_one(&statement, &parameters).await.map_err(Failure::of)?;
     // One entry per append.
     let versions: Vec<Option<i64>> = row.get(0);
     let firsts: Vec<Option<i64>> = row.get(1);
@@ -359,14 +382,7 @@ async fn one_event<C: GenericClient + Sync>(
         &channel,
     ];
     match client.query_opt(&statement, &parameters).await {
-        Ok(Some(row)) => {
-            let (position, version): (i64, i64) = (row.get(0), row.get(1));
-            Ok(Some(AppendOutcome {
-                version: Version(version as u64),
-                first_position: Position(position as u64),
-                last_position: Position(position as u64),
-            }))
-        }
+        Ok(Some(row)) => Ok(Some(one_written(row.get(0), row.get(1)))),
         Ok(None) => Ok(None),
         Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) => {
             if named.is_some() {
@@ -375,8 +391,7 @@ async fn one_event<C: GenericClient + Sync>(
             }
             Ok(None)
         }
-        Err(e) if crate::server::lost_connection(&e) => Err(Failure::Unknown(e)),
-        Err(e) => Err(Failure::Nothing(e)),
+        Err(e) => Err(Failure::of(e)),
     }
 }
 
@@ -417,14 +432,7 @@ async fn known_events<C: GenericClient + Sync>(
         };
         versions.push(version as i64);
         arguments.streams.push(append.stream.as_str().to_owned());
-        for event in &append.events {
-            arguments.event_ids.push(event.event_id.0);
-            arguments.keys.push(event.metadata.extra.get(IDEMPOTENCY_KEY).cloned());
-            arguments.metadata.push(metadata_json(&event.metadata));
-            arguments.event_types.push(event.event_type.as_str().to_owned());
-            arguments.schema_versions.push(event.schema_version as i32);
-            arguments.payloads.push(event.payload.get().to_owned());
-        }
+        arguments.push_events(&append.events);
     }
     let statement = client.prepare_cached(KNOWN_EVENTS).await.map_err(Failure::Nothing)?;
     let parameters: [&(dyn ToSql + Sync); 9] = [
@@ -446,8 +454,7 @@ async fn known_events<C: GenericClient + Sync>(
             }
             return Ok(None);
         }
-        Err(e) if crate::server::lost_connection(&e) => return Err(Failure::Unknown(e)),
-        Err(e) => return Err(Failure::Nothing(e)),
+        Err(e) => return Err(Failure::of(e)),
     };
     let written: HashMap<&str, (i64, i64)> = rows
         .iter()
@@ -457,11 +464,7 @@ async fn known_events<C: GenericClient + Sync>(
         batch
             .iter()
             .map(|append| match written.get(append.stream.as_str()) {
-                Some(&(position, version)) => Ok(AppendOutcome {
-                    version: Version(version as u64),
-                    first_position: Position(position as u64),
-                    last_position: Position(position as u64),
-                }),
+                Some(&(position, version)) => Ok(one_written(position, version)),
                 // One statement writes all its rows or none.
                 None => Err(StoreError::Backend(
                     format!("an append to {} was not answered by its statement", append.stream).into(),

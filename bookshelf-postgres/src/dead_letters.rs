@@ -64,26 +64,14 @@ impl PostgresDeadLetters {
         rows.iter()
             .map(|row| {
                 let id: i64 = row.get(0);
-                let location: String = row.get(3);
                 let columns = RecordColumns {
                     event: row.get(5),
                     key: row.get(6),
                     body: row.get(7),
                     headers: row.get(8),
                 };
-                let record = columns
-                    .into_record(&location)
-                    .map_err(|why| server.refused(format!("dead letter {id}: {why}")))?;
-                Ok(KeptDeadLetter {
-                    id: id as u64,
-                    set_aside_at: row.get(1),
-                    letter: DeadLetter {
-                        projection: row.get(2),
-                        location,
-                        record,
-                        reason: row.get(4),
-                    },
-                })
+                KeptDeadLetter::from_row(id as u64, row.get(1), row.get(2), row.get(3), row.get(4), columns)
+                    .map_err(|why| server.refused(format!("dead letter {id}: {why}")))
             })
             .collect()
     }

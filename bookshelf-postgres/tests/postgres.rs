@@ -25,6 +25,21 @@ mod behaviour {
     });
 }
 
+/// The amount of a deposit's payload.
+fn amount_of(payload: &str) -> i64 {
+    let payload: serde_json::Value = serde_json::from_str(payload).expect("a deposit");
+    payload["amount"].as_i64().expect("an amount")
+}
+
+/// `(version, amount)` of each deposit of `stream`, in order.
+async fn deposits_in(store: &PostgresStore, stream: &StreamId) -> Vec<(u64, i64)> {
+    let events = store.read_stream(stream, Version(1)).await.expect("the stream");
+    events
+        .iter()
+        .map(|e| (e.version.0, amount_of(e.payload.get())))
+        .collect()
+}
+
 fn message(error: impl std::fmt::Display) -> String {
     error.to_string()
 }
@@ -238,16 +253,7 @@ async fn a_store_that_knows_a_stale_version_still_appends_at_the_right_one() {
     );
     assert_eq!(version(a.append(&stream, ExpectedVersion::Any, one(7)).await), Ok(7));
 
-    let stored: Vec<(u64, i64)> = a
-        .read_stream(&stream, Version(1))
-        .await
-        .expect("the stream")
-        .iter()
-        .map(|event| {
-            let payload: serde_json::Value = serde_json::from_str(event.payload.get()).expect("a deposit");
-            (event.version.0, payload["amount"].as_i64().expect("an amount"))
-        })
-        .collect();
+    let stored = deposits_in(&a, &stream).await;
     assert_eq!(stored, (1..=7).map(|v| (v, v as i64)).collect::<Vec<_>>());
 }
 
@@ -284,16 +290,7 @@ async fn gathered_appends_at_known_versions_land_right_when_some_are_stale() {
         }
     }
     for stream in &streams {
-        let stored: Vec<(u64, i64)> = a
-            .read_stream(stream, Version(1))
-            .await
-            .expect("the stream")
-            .iter()
-            .map(|event| {
-                let payload: serde_json::Value = serde_json::from_str(event.payload.get()).expect("a deposit");
-                (event.version.0, payload["amount"].as_i64().expect("an amount"))
-            })
-            .collect();
+        let stored = deposits_in(&a, stream).await;
         let mut amounts: Vec<i64> = stored.iter().map(|e| e.1).collect();
         amounts.sort();
         assert_eq!(amounts, expected[&stream.to_string()], "{stream}: each append once");
@@ -360,8 +357,7 @@ async fn the_global_log_never_skips_under_slow_transactions_and_rollbacks() {
                         Err(_) => return seen, // quiet for 3 s: the writers are done
                     }
                     for event in &batch {
-                        let amount: serde_json::Value = serde_json::from_str(event.payload.get()).expect("a deposit");
-                        seen.push((event.position.0, amount["amount"].as_i64().expect("an amount")));
+                        seen.push((event.position.0, amount_of(event.payload.get())));
                     }
                 }
             })
@@ -631,11 +627,7 @@ async fn a_database_that_crashes_and_returns_loses_no_acknowledged_append_and_no
             .await
             .expect("the events");
         rows.iter()
-            .map(|row| {
-                let payload: serde_json::Value = serde_json::from_str(row.get::<_, &str>(1)).expect("a payload");
-                let amount = payload["amount"].as_i64().expect("an amount");
-                (row.get::<_, i64>(0) as u64, amount)
-            })
+            .map(|row| (row.get::<_, i64>(0) as u64, amount_of(row.get(1))))
             .collect()
     };
     assert_eq!(stored.last().map(|e| e.0 + 1), Some(head));

@@ -639,19 +639,19 @@ impl SqliteDeadLetters {
         for row in rows {
             let (id, at, projection, location, reason, columns) = row.map_err(failed)?;
             let broken = |why: String| self.store.error(&format!("dead letter {id}"), why);
-            let record = columns.into_record(&location).map_err(broken)?;
             let set_aside_at = bookshelf_core::timestamp::parse(&at)
                 .ok_or_else(|| broken(format!("its time does not parse: {at}")))?;
-            kept.push(bookshelf_core::KeptDeadLetter {
-                id: id as u64,
-                set_aside_at,
-                letter: bookshelf_core::DeadLetter {
+            kept.push(
+                bookshelf_core::KeptDeadLetter::from_row(
+                    id as u64,
+                    set_aside_at,
                     projection,
                     location,
-                    record,
                     reason,
-                },
-            });
+                    columns,
+                )
+                .map_err(broken)?,
+            );
         }
         Ok(kept)
     }

@@ -58,13 +58,9 @@ impl From<bookshelf::PartitionReport> for PartitionBody {
 
 impl From<bookshelf::RunnerReport> for RunnerBody {
     fn from(report: bookshelf::RunnerReport) -> Self {
-        let state = serde_json::to_value(report.state)
-            .ok()
-            .and_then(|state| state.as_str().map(str::to_owned))
-            .unwrap_or_default();
         RunnerBody {
             name: report.name,
-            state,
+            state: report.state.as_str().to_owned(),
             failure: report.failure,
             last_set_aside: report.last_set_aside,
             set_aside: report.set_aside,

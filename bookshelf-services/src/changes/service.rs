@@ -68,14 +68,7 @@ async fn progress(State(progress): State<Progress>) -> axum::Json<ProgressBody> 
     let progress = progress.lock().unwrap_or_else(|p| p.into_inner());
     let partitions = progress
         .iter()
-        .map(|(partition, p)| {
-            let body = PartitionBody {
-                position: p.position,
-                end: p.end,
-                lag: p.lag(),
-            };
-            (partition.clone(), body)
-        })
+        .map(|(partition, &p)| (partition.clone(), bookshelf::PartitionReport::from(p).into()))
         .collect();
     axum::Json(ProgressBody { partitions })
 }
