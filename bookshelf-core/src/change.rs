@@ -229,7 +229,7 @@ where
             tracing::Instrument::instrument(self.change(record, &decoded.event.payload), span).await?;
             self.unsaved += 1;
         }
-        if self.unsaved >= self.save_every || (batch.caught_up && self.unsaved > 0) {
+        if batch.save || self.unsaved >= self.save_every || (batch.caught_up && self.unsaved > 0) {
             self.save(batch.to).await?;
             self.unsaved = 0;
         }

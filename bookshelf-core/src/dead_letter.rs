@@ -50,20 +50,24 @@ pub struct DeadLetter {
 pub struct KeptDeadLetter {
     /// Its number in the store, in the order letters were set aside.
     pub id: u64,
-    /// When it was set aside.
+    /// When it was set aside (or last put back, when a re-drive failed).
     pub set_aside_at: chrono::DateTime<chrono::Utc>,
+    /// Its re-drive ticket, while it waits for its runner to take it: see
+    /// [`DeadLetters::redrive`].
+    pub ticket: Option<u64>,
     /// The letter.
     pub letter: DeadLetter,
 }
 
 impl KeptDeadLetter {
     /// The letter a row of a store's table holds: numbered `id`, set aside
-    /// at `set_aside_at` by runner `projection`, found at `location`, for
+    /// at `set_aside_at`, queued for re-drive with `ticket`, by runner `projection`, found at `location`, for
     /// `reason`, its record in `columns`. Why not, when the columns do not
     /// read.
     pub fn from_row(
         id: u64,
         set_aside_at: chrono::DateTime<chrono::Utc>,
+        ticket: Option<u64>,
         projection: String,
         location: String,
         reason: String,
@@ -73,6 +77,7 @@ impl KeptDeadLetter {
         Ok(KeptDeadLetter {
             id,
             set_aside_at,
+            ticket,
             letter: DeadLetter {
                 projection,
                 location,
@@ -160,7 +165,43 @@ fn from_hex(text: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
-/// Where a runner sets aside what it cannot apply.
+/// Which of a runner's dead letters to re-drive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Redrive {
+    /// The letter with this number.
+    Letter(u64),
+    /// Every letter of the runner not already waiting to be re-driven.
+    All,
+}
+
+/// A dead letter its runner takes to apply again.
+#[derive(Clone, Debug)]
+pub struct Redriven {
+    /// Its place in the re-drive order.
+    pub ticket: u64,
+    /// Its number in the store.
+    pub id: u64,
+    /// The letter.
+    pub letter: DeadLetter,
+}
+
+/// Where a runner sets aside what it cannot apply, and, for a sink that
+/// keeps a re-drive queue, where it takes back the letters an operator
+/// re-drives once the fix is deployed.
+///
+/// **Re-drive.** [`redrive`](Self::redrive) gives letters a ticket, in
+/// increasing order: the order the re-drives were asked, and within one
+/// request the order the letters were set aside. The runner polls its
+/// letters with tickets above the one its checkpoint has reached
+/// ([`queued`](Self::queued)), decodes each with the code now running,
+/// applies those that decode, in ticket order, after every event it had
+/// applied before, and saves its state with a checkpoint that carries the
+/// last ticket ([`crate::Checkpoint::redriven`]); then it
+/// [`forget`](Self::forget)s them. So a re-driven event is applied exactly
+/// once: a crash before the save applies it again from the queue onto the
+/// state saved without it; after the save, the checkpoint passes over it.
+/// A letter that still fails is [`put_back`](Self::put_back) with the new
+/// reason, out of the queue.
 #[async_trait]
 pub trait DeadLetters: Send + Sync + 'static {
     /// Takes one dead letter.
@@ -169,6 +210,57 @@ pub trait DeadLetters: Send + Sync + 'static {
     /// When it cannot keep the letter; the runner then stops rather than
     /// lose it (a restart reads it again).
     async fn put(&self, letter: DeadLetter) -> Result<(), StoreError>;
+
+    /// Whether the sink keeps a re-drive queue (false by default): runners
+    /// poll only those that do.
+    fn redrives(&self) -> bool {
+        false
+    }
+
+    /// Queues `which` of `runner`'s letters for re-drive and returns how
+    /// many it queued (a letter already queued keeps its ticket).
+    ///
+    /// # Errors
+    /// When the sink keeps no queue (the default), when there is no such
+    /// letter of the runner, or when the sink fails.
+    async fn redrive(&self, runner: &str, which: Redrive) -> Result<usize, StoreError> {
+        let _ = which;
+        Err(StoreError::Backend(
+            format!("the dead letters of {runner} are kept where they cannot be re-driven").into(),
+        ))
+    }
+
+    /// `runner`'s letters queued with a ticket above `after`, in ticket
+    /// order (none by default).
+    ///
+    /// # Errors
+    /// When the sink fails; the runner then stops.
+    async fn queued(&self, runner: &str, after: u64) -> Result<Vec<Redriven>, StoreError> {
+        let _ = (runner, after);
+        Ok(Vec::new())
+    }
+
+    /// Letter `id`, re-driven, failed again: it leaves the queue and is
+    /// kept with the new `reason`.
+    ///
+    /// # Errors
+    /// When the sink fails; the runner then stops.
+    async fn put_back(&self, id: u64, reason: &str) -> Result<(), StoreError> {
+        let _ = (id, reason);
+        Ok(())
+    }
+
+    /// What `runner` no longer needs: with `Some(ticket)`, its letters
+    /// re-driven with tickets up to `ticket` (its saved state holds them);
+    /// with `None`, all its letters (it starts from the start of the log,
+    /// and sets aside again what it still cannot apply).
+    ///
+    /// # Errors
+    /// When the sink fails; the runner then stops.
+    async fn forget(&self, runner: &str, through: Option<u64>) -> Result<(), StoreError> {
+        let _ = (runner, through);
+        Ok(())
+    }
 }
 
 /// A shared sink is a sink: a store's letters behind an `Arc<dyn
@@ -178,13 +270,41 @@ impl<T: DeadLetters + ?Sized> DeadLetters for Arc<T> {
     async fn put(&self, letter: DeadLetter) -> Result<(), StoreError> {
         (**self).put(letter).await
     }
+
+    fn redrives(&self) -> bool {
+        (**self).redrives()
+    }
+
+    async fn redrive(&self, runner: &str, which: Redrive) -> Result<usize, StoreError> {
+        (**self).redrive(runner, which).await
+    }
+
+    async fn queued(&self, runner: &str, after: u64) -> Result<Vec<Redriven>, StoreError> {
+        (**self).queued(runner, after).await
+    }
+
+    async fn put_back(&self, id: u64, reason: &str) -> Result<(), StoreError> {
+        (**self).put_back(id, reason).await
+    }
+
+    async fn forget(&self, runner: &str, through: Option<u64>) -> Result<(), StoreError> {
+        (**self).forget(runner, through).await
+    }
 }
 
-/// Dead letters kept in memory, for tests and the embedded default. Cloning
-/// gives another handle to the same letters.
+/// Dead letters kept in memory, for tests and the embedded default, with a
+/// re-drive queue. Cloning gives another handle to the same letters.
 #[derive(Clone, Debug, Default)]
 pub struct InMemoryDeadLetters {
-    letters: Arc<Mutex<Vec<DeadLetter>>>,
+    kept: Arc<Mutex<Kept>>,
+}
+
+#[derive(Debug, Default)]
+struct Kept {
+    letters: Vec<KeptDeadLetter>,
+    /// The last number and the last ticket given.
+    last_id: u64,
+    last_ticket: u64,
 }
 
 impl InMemoryDeadLetters {
@@ -193,16 +313,101 @@ impl InMemoryDeadLetters {
         InMemoryDeadLetters::default()
     }
 
-    /// The letters so far.
+    /// The letters kept, in the order set aside.
     pub fn letters(&self) -> Vec<DeadLetter> {
-        self.letters.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.kept().into_iter().map(|kept| kept.letter).collect()
+    }
+
+    /// The letters kept, numbered, in the order set aside.
+    pub fn kept(&self) -> Vec<KeptDeadLetter> {
+        self.lock().letters.clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Kept> {
+        self.kept.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
 #[async_trait]
 impl DeadLetters for InMemoryDeadLetters {
     async fn put(&self, letter: DeadLetter) -> Result<(), StoreError> {
-        self.letters.lock().unwrap_or_else(|p| p.into_inner()).push(letter);
+        let mut kept = self.lock();
+        kept.last_id += 1;
+        let id = kept.last_id;
+        kept.letters.push(KeptDeadLetter {
+            id,
+            set_aside_at: chrono::Utc::now(),
+            ticket: None,
+            letter,
+        });
+        Ok(())
+    }
+
+    fn redrives(&self) -> bool {
+        true
+    }
+
+    async fn redrive(&self, runner: &str, which: Redrive) -> Result<usize, StoreError> {
+        let mut kept = self.lock();
+        let Kept {
+            letters, last_ticket, ..
+        } = &mut *kept;
+        let mut queued = 0;
+        for letter in letters.iter_mut() {
+            let chosen = match which {
+                Redrive::Letter(id) => letter.id == id,
+                Redrive::All => true,
+            };
+            if chosen && letter.letter.projection == runner && letter.ticket.is_none() {
+                *last_ticket += 1;
+                letter.ticket = Some(*last_ticket);
+                queued += 1;
+            }
+        }
+        if let Redrive::Letter(id) = which {
+            if !letters.iter().any(|l| l.id == id && l.letter.projection == runner) {
+                return Err(StoreError::Backend(format!("no dead letter {id} of {runner}").into()));
+            }
+        }
+        Ok(queued)
+    }
+
+    async fn queued(&self, runner: &str, after: u64) -> Result<Vec<Redriven>, StoreError> {
+        let mut queued: Vec<Redriven> = self
+            .lock()
+            .letters
+            .iter()
+            .filter(|kept| kept.letter.projection == runner)
+            .filter_map(|kept| {
+                let ticket = kept.ticket.filter(|&ticket| ticket > after)?;
+                Some(Redriven {
+                    ticket,
+                    id: kept.id,
+                    letter: kept.letter.clone(),
+                })
+            })
+            .collect();
+        queued.sort_by_key(|redriven| redriven.ticket);
+        Ok(queued)
+    }
+
+    async fn put_back(&self, id: u64, reason: &str) -> Result<(), StoreError> {
+        if let Some(kept) = self.lock().letters.iter_mut().find(|kept| kept.id == id) {
+            kept.ticket = None;
+            kept.set_aside_at = chrono::Utc::now();
+            reason.clone_into(&mut kept.letter.reason);
+        }
+        Ok(())
+    }
+
+    async fn forget(&self, runner: &str, through: Option<u64>) -> Result<(), StoreError> {
+        self.lock().letters.retain(|kept| {
+            let forgotten = match through {
+                Some(through) => kept.ticket.is_some_and(|ticket| ticket <= through),
+                None => true,
+            };
+            !(kept.letter.projection == runner && forgotten)
+        });
         Ok(())
     }
 }

@@ -103,7 +103,7 @@
 //! | the read side: views in memory, saved with their checkpoint | [`view`], [`projection`] | [`View`], [`ProjectionRunner`], [`ViewStore`] |
 //! | following a log of one or many partitions from a checkpoint | [`source`] | [`EventSource`], [`Checkpoint`], [`Follower`] |
 //! | the one follow loop of every reader, and its handle | [`runner`] | [`Runner`], [`Fold`], [`Handle`], [`Running`] |
-//! | what readers set aside | [`dead_letter`] | [`DeadLetters`], [`DeadLetter`], [`InMemoryDeadLetters`] |
+//! | what readers set aside, and re-driving it once fixed | [`dead_letter`] | [`DeadLetters`], [`DeadLetter`], [`Redrive`], [`InMemoryDeadLetters`] |
 //! | the one backoff of every retry loop | [`retry`] | [`RetryPolicy`] |
 //! | long-running processes (sagas), compensation, idempotency keys | [`process`] | [`ProcessManager`], [`ProcessRunner`], [`CommandBus`], [`Repository::execute_once`] |
 //! | change events with the state before and after | [`change`] | [`change::ChangeFeed`], [`change::Change`] |
@@ -157,7 +157,9 @@ pub mod view;
 pub use aggregate::Aggregate;
 pub use async_trait::async_trait;
 pub use codec::{DecodeError, DomainEvent, EncodeError, EventCodec, Upcasters};
-pub use dead_letter::{DeadLetter, DeadLetters, InMemoryDeadLetters, KeptDeadLetter, Poison, RecordColumns};
+pub use dead_letter::{
+    DeadLetter, DeadLetters, InMemoryDeadLetters, KeptDeadLetter, Poison, RecordColumns, Redrive, Redriven,
+};
 pub use discovery::{Balancer, Discovery, DiscoveryError, Health, InMemoryDiscovery, Picked, ServiceInstance, Watch};
 pub use envelope::{Envelope, EventId, EventType, Metadata, NewEvent, Position, RecordedEvent, StreamId, Version};
 pub use process::{CommandBus, Dispatch, DispatchError, ProcessFold, ProcessManager, ProcessRunner};

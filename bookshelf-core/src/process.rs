@@ -246,7 +246,7 @@ where
 
     async fn apply(&mut self, batch: Batch<'_, P::Event>) -> Result<(), ProjectionError> {
         for decoded in batch.events.drain(..) {
-            self.at.set(&decoded.partition, decoded.mark);
+            decoded.advance(&mut self.at);
             let event = decoded.event;
             let span = crate::trace::event_span(&self.name, &event.event_type, &event.metadata);
             tracing::Instrument::instrument(self.react(&event), span).await?;

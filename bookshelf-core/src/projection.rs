@@ -414,7 +414,10 @@ impl<V: View> Fold for ViewFold<V> {
         });
         self.unsaved += batch.records as u64;
         let due = self.unsaved >= self.save_every || (self.save_when_caught_up && batch.caught_up);
-        if self.unsaved > 0 && due {
+        if batch.save {
+            self.save(batch.to).await?;
+            self.unsaved = 0;
+        } else if self.unsaved > 0 && due {
             match self.save(batch.to).await {
                 Ok(()) => self.unsaved = 0,
                 // The older saved checkpoint still matches its state:

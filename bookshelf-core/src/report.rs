@@ -30,8 +30,11 @@ pub struct RunnerReport {
     pub failure: Option<String>,
     /// Why it last set a record aside as a dead letter, if it ever did.
     pub last_set_aside: Option<String>,
-    /// How many records it has set aside since it started.
+    /// How many records it has set aside since it started (a re-driven
+    /// dead letter that failed again counts again).
     pub set_aside: u64,
+    /// How many re-driven dead letters it has applied since it started.
+    pub redriven: u64,
     /// When its checkpoint last moved; `None` before it first did.
     pub moved_at: Option<DateTime<Utc>>,
     /// Where it stands in each partition, by name (`""`, as in the metrics,

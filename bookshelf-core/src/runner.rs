@@ -22,6 +22,15 @@
 //! * **The checkpoint goes with the state.** A fold saves its state together
 //!   with the checkpoint it reflects, so that after a crash every event is
 //!   reflected exactly once.
+//! * **Dead letters come back once.** Letters an operator re-drives (see
+//!   [`DeadLetters`]) are taken between batches, polled every second (see
+//!   [`Runner::redrive_every`]), decoded with the code now running, and
+//!   handed to the fold as one batch after every event it had applied, in
+//!   the order the re-drives were asked; the fold saves that batch at once,
+//!   with a checkpoint that carries the last ticket, so each is applied
+//!   exactly once. One that still does not decode is put back with the new
+//!   reason. A runner that starts from the start of the log forgets its
+//!   letters first: it reads, and sets aside again, what they held.
 //! * **Progress and waiting.** The runner reports its position and each
 //!   partition's end after every batch, to its [`Handle`] and to the
 //!   metrics ([`crate::telemetry`]).
@@ -39,7 +48,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::codec::{DecodeError, DomainEvent, EventCodec};
-use crate::dead_letter::{DeadLetter, DeadLetters, InMemoryDeadLetters, Poison};
+use crate::dead_letter::{DeadLetter, DeadLetters, InMemoryDeadLetters, Poison, Redriven};
 use crate::envelope::{Envelope, Position, RecordedEvent};
 use crate::projection::ProjectionError;
 use crate::source::{Checkpoint, EventSource, Mark, PartitionProgress, Record, GLOBAL};
@@ -52,11 +61,27 @@ pub struct Decoded<E> {
     pub event: Envelope<E>,
     /// The event as stored (its payload as JSON).
     pub record: Arc<RecordedEvent>,
-    /// The partition it was read from.
+    /// The partition it was read from (for a re-driven dead letter, the
+    /// log's global partition, whatever it was read from).
     pub partition: Arc<str>,
-    /// The partition's mark after it: a checkpoint that reflects this event
-    /// sets `partition` to it.
+    /// The partition's mark after it (for a re-driven dead letter, the
+    /// default: it moves no partition). Move a checkpoint past the event
+    /// with [`advance`](Self::advance), which knows both kinds.
     pub mark: Mark,
+    /// The re-drive ticket of a dead letter re-driven; `None` for an event
+    /// read from the log.
+    pub ticket: Option<u64>,
+}
+
+impl<E> Decoded<E> {
+    /// Moves `at` past this event: its partition to its mark, or, for a
+    /// re-driven dead letter, the re-drive queue past its ticket.
+    pub fn advance(&self, at: &mut Checkpoint) {
+        match self.ticket {
+            Some(ticket) => at.set_redriven(ticket),
+            None => at.set(&self.partition, self.mark),
+        }
+    }
 }
 
 /// One batch for a [`Fold`].
@@ -72,6 +97,10 @@ pub struct Batch<'a, E> {
     pub records: usize,
     /// Whether the runner has read every partition to its end as last seen.
     pub caught_up: bool,
+    /// Whether the fold must save its state with `to` before it returns
+    /// (and fail if it cannot): set for a batch of re-driven dead letters,
+    /// which leave their queue once it returns.
+    pub save: bool,
 }
 
 /// What a [`Runner`] folds a log into, and how it saves what it folded
@@ -139,6 +168,7 @@ pub struct Runner<F: Fold, S> {
     rules: Rules<F::Event>,
     batch_size: usize,
     tick: Option<Duration>,
+    redrive_every: Duration,
 }
 
 /// Which records a runner hands its fold, and where it sets the others
@@ -169,6 +199,7 @@ impl<F: Fold, S: EventSource> Runner<F, S> {
             },
             batch_size: 512,
             tick: None,
+            redrive_every: Duration::from_secs(1),
         }
     }
 
@@ -217,6 +248,14 @@ impl<F: Fold, S: EventSource> Runner<F, S> {
     #[must_use]
     pub fn tick_every(mut self, every: Duration) -> Self {
         self.tick = Some(every);
+        self
+    }
+
+    /// Looks for re-driven dead letters this often (default every second),
+    /// when its dead letters keep a re-drive queue.
+    #[must_use]
+    pub fn redrive_every(mut self, every: Duration) -> Self {
+        self.redrive_every = every.max(Duration::from_millis(1));
         self
     }
 
@@ -271,12 +310,16 @@ impl<F: Fold, S: EventSource> Runner<F, S> {
         let mut follower = self.source.follow(&checkpoint).await?;
         tracing::info!(runner = %self.rules.name, checkpoint = ?checkpoint, "runner started");
         crate::telemetry::dead_letters_known(&self.rules.name);
+        let redrives = self.rules.dead_letters.redrives();
+        if redrives {
+            // From the start, every letter is read again; else those
+            // re-driven into the saved state are done with.
+            let through = (!checkpoint.is_start()).then(|| checkpoint.redriven());
+            self.rules.dead_letters.forget(&self.rules.name, through).await?;
+        }
         self.report(progress, &checkpoint, follower.ends());
-        let mut ticks = self.tick.map(|every| {
-            let mut ticks = tokio::time::interval(every);
-            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            ticks
-        });
+        let mut ticks = self.tick.map(interval);
+        let mut redrive_polls = redrives.then(|| interval(self.redrive_every));
         let mut batch = Vec::with_capacity(self.batch_size);
         let mut decoded = Vec::with_capacity(self.batch_size);
         loop {
@@ -285,6 +328,15 @@ impl<F: Fold, S: EventSource> Runner<F, S> {
                 _ = stop.changed() => break,
                 () = tick(&mut ticks) => {
                     self.fold.tick(&checkpoint).await?;
+                    continue;
+                }
+                () = tick(&mut redrive_polls) => {
+                    self.redrive(progress, &mut checkpoint, follower.ends()).await?;
+                    // A whole period for the log before the next look, however
+                    // long this one took.
+                    if let Some(polls) = &mut redrive_polls {
+                        polls.reset();
+                    }
                     continue;
                 }
                 next = follower.next_batch(&mut batch, self.batch_size) => next?,
@@ -304,6 +356,7 @@ impl<F: Fold, S: EventSource> Runner<F, S> {
                             record,
                             partition: followed.partition,
                             mark: followed.mark,
+                            ticket: None,
                         }),
                         Ok(None) => {}
                         Err(error) => {
@@ -331,6 +384,7 @@ impl<F: Fold, S: EventSource> Runner<F, S> {
                     to: &to,
                     records,
                     caught_up,
+                    save: false,
                 })
                 .await?;
             decoded.clear();
@@ -338,6 +392,65 @@ impl<F: Fold, S: EventSource> Runner<F, S> {
             self.report(progress, &checkpoint, ends);
         }
         self.fold.stop(&checkpoint).await
+    }
+
+    /// Applies the letters re-driven since the checkpoint, if any, as one
+    /// batch saved at once; puts back those that still fail.
+    async fn redrive(
+        &mut self,
+        progress: &watch::Sender<Status>,
+        checkpoint: &mut Checkpoint,
+        ends: BTreeMap<String, u64>,
+    ) -> Result<(), ProjectionError> {
+        let sink = Arc::clone(&self.rules.dead_letters);
+        let queued = sink.queued(&self.rules.name, checkpoint.redriven()).await?;
+        let Some(last) = queued.last().map(|redriven| redriven.ticket) else {
+            return Ok(());
+        };
+        let mut decoded = Vec::with_capacity(queued.len());
+        for Redriven { ticket, id, letter } in queued {
+            let reason = match letter.record {
+                Poison::Event(record) => match self.rules.decode(&record) {
+                    Ok(Some(event)) => {
+                        decoded.push(Decoded {
+                            event,
+                            record,
+                            partition: Arc::from(GLOBAL),
+                            mark: Mark::default(),
+                            ticket: Some(ticket),
+                        });
+                        continue;
+                    }
+                    // No longer for the fold (its codec skips the type now).
+                    Ok(None) => continue,
+                    Err(error) => error.to_string(),
+                },
+                Poison::Raw(_) => format!("a record that is not an event is not re-driven; {}", letter.reason),
+            };
+            tracing::warn!(runner = %self.rules.name, letter = id, %reason, "re-driven dead letter put back");
+            crate::telemetry::dead_letter(&self.rules.name);
+            sink.put_back(id, &reason).await?;
+            Self::set_aside(progress, reason);
+        }
+        let applied = decoded.len() as u64;
+        let mut to = checkpoint.clone();
+        to.set_redriven(last);
+        self.fold
+            .apply(Batch {
+                events: &mut decoded,
+                to: &to,
+                records: 0,
+                caught_up: to.reached(&ends),
+                save: true,
+            })
+            .await?;
+        // Saved with the state: the queue is done with them.
+        sink.forget(&self.rules.name, Some(last)).await?;
+        tracing::info!(runner = %self.rules.name, applied, through = last, "dead letters re-driven");
+        *checkpoint = to;
+        progress.send_modify(|status| status.redriven += applied);
+        self.report(progress, checkpoint, ends);
+        Ok(())
     }
 
     fn report(&self, to: &watch::Sender<Status>, checkpoint: &Checkpoint, ends: BTreeMap<String, u64>) {
@@ -481,6 +594,13 @@ fn location(partition: &str, position: Position) -> String {
     }
 }
 
+/// Ticks every `every`, later when a tick is late.
+fn interval(every: Duration) -> tokio::time::Interval {
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks
+}
+
 /// The next tick, or never without ticks.
 async fn tick(ticks: &mut Option<tokio::time::Interval>) {
     match ticks {
@@ -502,6 +622,8 @@ struct Status {
     /// How many records were set aside, and why the last one was.
     set_aside: u64,
     last_set_aside: Option<String>,
+    /// How many re-driven dead letters it applied.
+    redriven: u64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -544,6 +666,7 @@ impl Status {
             failure,
             last_set_aside: self.last_set_aside.clone(),
             set_aside: self.set_aside,
+            redriven: self.redriven,
             moved_at: self.moved_at,
             partitions: self
                 .partitions()

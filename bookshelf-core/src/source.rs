@@ -33,6 +33,10 @@ const TOKEN_SUFFIX: &str = ":token";
 /// them (`NAME:epoch`): still read, never written.
 const LEGACY_TOKEN_SUFFIX: &str = ":epoch";
 
+/// The key under which a saved checkpoint keeps the last re-drive ticket
+/// applied (no partition's name starts with `@`).
+const REDRIVEN_KEY: &str = "@redriven";
+
 /// Where a reader stands in one partition.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Mark {
@@ -58,11 +62,12 @@ pub struct SavedCheckpoint {
     pub checkpoint: Checkpoint,
 }
 
-/// Where a reader stands in every partition of a log. Partitions not named
-/// are read from their start.
+/// Where a reader stands in every partition of a log, and in its queue of
+/// re-driven dead letters. Partitions not named are read from their start.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Checkpoint {
     marks: BTreeMap<String, Mark>,
+    redriven: u64,
 }
 
 impl Checkpoint {
@@ -99,6 +104,23 @@ impl Checkpoint {
         }
     }
 
+    /// The last re-drive ticket the reader has applied (0 for none): see
+    /// [`DeadLetters`](crate::DeadLetters).
+    pub fn redriven(&self) -> u64 {
+        self.redriven
+    }
+
+    /// Moves the reader past re-drive ticket `ticket`.
+    pub fn set_redriven(&mut self, ticket: u64) {
+        self.redriven = ticket;
+    }
+
+    /// Whether the checkpoint is at the start of everything: no partition
+    /// read, no dead letter re-driven.
+    pub fn is_start(&self) -> bool {
+        self.redriven == 0 && self.marks.values().all(|mark| mark.next == 0)
+    }
+
     /// The partitions named, with their marks.
     pub fn iter(&self) -> impl Iterator<Item = (&str, Mark)> {
         self.marks.iter().map(|(partition, mark)| (partition.as_str(), *mark))
@@ -112,9 +134,13 @@ impl Checkpoint {
 
     /// The checkpoint as saved in a [`StoredView`](crate::StoredView): the
     /// global position in `checkpoint`, or each partition's offset under its
-    /// name in `offsets` with its token, when not 0, under `NAME:token`.
+    /// name in `offsets` with its token, when not 0, under `NAME:token`,
+    /// and the last re-drive ticket, when not 0, under `@redriven`.
     pub fn to_saved(&self) -> (Position, BTreeMap<String, u64>) {
         let mut offsets = BTreeMap::new();
+        if self.redriven > 0 {
+            offsets.insert(REDRIVEN_KEY.to_owned(), self.redriven);
+        }
         let mut position = Position(0);
         for (partition, mark) in &self.marks {
             if partition == GLOBAL {
@@ -132,11 +158,16 @@ impl Checkpoint {
     /// The checkpoint saved by [`to_saved`](Self::to_saved), or by earlier
     /// versions (which named tokens `NAME:epoch`).
     pub fn from_saved(position: Position, offsets: &BTreeMap<String, u64>) -> Self {
-        if offsets.is_empty() {
-            return Checkpoint::global(position);
+        let redriven = offsets.get(REDRIVEN_KEY).copied().unwrap_or(0);
+        let mut partitions = offsets.iter().filter(|(key, _)| *key != REDRIVEN_KEY).peekable();
+        if partitions.peek().is_none() {
+            let mut checkpoint = Checkpoint::global(position);
+            checkpoint.redriven = redriven;
+            return checkpoint;
         }
         let mut checkpoint = Checkpoint::new();
-        for (key, &value) in offsets {
+        checkpoint.redriven = redriven;
+        for (key, &value) in partitions {
             let token = key
                 .strip_suffix(TOKEN_SUFFIX)
                 .or_else(|| key.strip_suffix(LEGACY_TOKEN_SUFFIX));
@@ -372,5 +403,21 @@ mod tests {
         );
         assert!(checkpoint.reached(&BTreeMap::from([(GLOBAL.to_owned(), 42)])));
         assert!(!checkpoint.reached(&BTreeMap::from([(GLOBAL.to_owned(), 43)])));
+    }
+
+    #[test]
+    fn the_last_redrive_ticket_is_saved_beside_the_partitions() {
+        let mut global = Checkpoint::global(Position(42));
+        global.set_redriven(7);
+        let (position, offsets) = global.to_saved();
+        assert_eq!(offsets, BTreeMap::from([("@redriven".to_owned(), 7)]));
+        assert_eq!(Checkpoint::from_saved(position, &offsets), global);
+        let mut topic = Checkpoint::new();
+        topic.set("books/0", Mark { next: 12, token: 3 });
+        topic.set_redriven(2);
+        let (position, offsets) = topic.to_saved();
+        assert_eq!(Checkpoint::from_saved(position, &offsets), topic);
+        assert!(!topic.is_start());
+        assert!(Checkpoint::new().is_start() && !global.is_start());
     }
 }

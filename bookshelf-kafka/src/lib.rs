@@ -129,7 +129,7 @@ mod source;
 mod store;
 
 pub use config::KafkaConfig;
-pub use dead_letters::{dead_letter_headers, KafkaDeadLetters};
+pub use dead_letters::{dead_letter_headers, redrive_headers, KafkaDeadLetters};
 pub use ownership::{members_from_discovery, rendezvous_owner};
 pub use partition::partition_for;
 pub use source::KafkaLog;

@@ -211,6 +211,14 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX bookshelf_dead_letters_by_projection ON bookshelf_dead_letters (projection, id);
     "#,
+    // 4: the re-drive queue: a letter's ticket while it waits for its
+    // runner, handed out in order under the queue's advisory lock.
+    r#"
+    ALTER TABLE bookshelf_dead_letters ADD COLUMN ticket bigint;
+    CREATE SEQUENCE bookshelf_redrive_tickets;
+    CREATE INDEX bookshelf_dead_letters_queued ON bookshelf_dead_letters (projection, ticket)
+        WHERE ticket IS NOT NULL;
+    "#,
 ];
 
 /// The schema version this build writes and reads.

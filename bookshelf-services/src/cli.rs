@@ -9,13 +9,15 @@
 //! bookshelf --data bookshelf-data projections
 //! bookshelf --broker 127.0.0.1:9092 --topic books events book-6f1c… --follow
 //! bookshelf --data bookshelf-data dead-letters [last-read] [--json]
+//! bookshelf --data bookshelf-data redrive last-read --id 3 | --all [--wait]
 //! bookshelf --service http://127.0.0.1:8080 runners
 //! ```
 //!
 //! Output is for people by default and one JSON document per line with
 //! `--json`, for scripts. Exit codes: 0 done, 1 the store failed (the
-//! message names the file or server), 2 the command line is wrong, 3 no
-//! such stream.
+//! message names the file or server) or, with `redrive --wait`, a letter
+//! was put back or not taken in time, 2 the command line is wrong, 3 no
+//! such stream or letter.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -109,6 +111,23 @@ enum Command {
         /// One JSON object per letter, its event as stored
         #[arg(long)]
         json: bool,
+    },
+    /// Queues dead letters of a runner for re-drive: the runner, running
+    /// the code now deployed, applies each once (in the order queued,
+    /// after what it had applied) or puts it back with the new reason
+    Redrive {
+        /// The runner whose letters to re-drive
+        runner: String,
+        /// The letter with this number (`dead-letters` shows them)
+        #[arg(long, conflicts_with = "all", required_unless_present = "all")]
+        id: Option<u64>,
+        /// Every letter of the runner not already queued
+        #[arg(long)]
+        all: bool,
+        /// Then wait (up to SECONDS, 60 by default) for the runner to take
+        /// them, and say which it applied and which it put back
+        #[arg(long, value_name = "SECONDS", num_args = 0..=1, default_missing_value = "60")]
+        wait: Option<u64>,
     },
     /// A stream's events, in order
     Events {
@@ -243,9 +262,8 @@ async fn run(cli: Cli, out: &mut impl Write) -> Result<(), Failure> {
             }
             return projections(&store, saved, json, out).await;
         }
-        if let Command::DeadLetters { runner, json } = cli.command {
-            let kept = store.dead_letters().list(runner.as_deref()).map_err(Failure::store)?;
-            return print_dead_letters(&kept, json, out);
+        if let Command::DeadLetters { .. } | Command::Redrive { .. } = cli.command {
+            return letters(&Kept::Sqlite(store.dead_letters()), cli.command, out).await;
         }
         return browse(&store, cli.command, out).await;
     }
@@ -263,13 +281,8 @@ async fn run(cli: Cli, out: &mut impl Write) -> Result<(), Failure> {
             let saved = saved.into_iter().map(|c| (place.clone(), c)).collect();
             return projections(&store, saved, json, out).await;
         }
-        if let Command::DeadLetters { runner, json } = cli.command {
-            let kept = store
-                .dead_letters()
-                .list(runner.as_deref())
-                .await
-                .map_err(Failure::store)?;
-            return print_dead_letters(&kept, json, out);
+        if let Command::DeadLetters { .. } | Command::Redrive { .. } = cli.command {
+            return letters(&Kept::Postgres(store.dead_letters()), cli.command, out).await;
         }
         return browse(&store, cli.command, out).await;
     }
@@ -282,6 +295,109 @@ async fn run(cli: Cli, out: &mut impl Write) -> Result<(), Failure> {
     })
 }
 
+/// Where a store keeps its dead letters.
+enum Kept {
+    Sqlite(bookshelf::sqlite::SqliteDeadLetters),
+    Postgres(bookshelf::postgres::PostgresDeadLetters),
+    Kafka(bookshelf_kafka::KafkaDeadLetters),
+}
+
+impl Kept {
+    async fn list(&self, runner: Option<&str>) -> Result<Vec<bookshelf::KeptDeadLetter>, Failure> {
+        match self {
+            Kept::Sqlite(letters) => letters.list(runner),
+            Kept::Postgres(letters) => letters.list(runner).await,
+            Kept::Kafka(letters) => letters.list(runner).await.map_err(|e| {
+                let topic = letters.topic();
+                bookshelf::StoreError::Backend(format!("topic {topic}: {e}").into())
+            }),
+        }
+        .map_err(Failure::store)
+    }
+
+    fn sink(&self) -> &dyn bookshelf::DeadLetters {
+        match self {
+            Kept::Sqlite(letters) => letters,
+            Kept::Postgres(letters) => letters,
+            Kept::Kafka(letters) => letters,
+        }
+    }
+}
+
+/// Carries out `dead-letters` or `redrive` on `kept`.
+async fn letters(kept: &Kept, command: Command, out: &mut impl Write) -> Result<(), Failure> {
+    let (runner, id, wait) = match command {
+        Command::DeadLetters { runner, json } => {
+            return print_dead_letters(&kept.list(runner.as_deref()).await?, json, out);
+        }
+        Command::Redrive { runner, id, wait, .. } => (runner, id, wait),
+        _ => unreachable!("only the dead letters' commands come here"),
+    };
+    let before = kept.list(Some(&runner)).await?;
+    // Without `--id`, clap has made sure of `--all`.
+    let which = match id {
+        Some(id) if !before.iter().any(|k| k.id == id) => {
+            return Err(Failure {
+                message: format!("no dead letter {id} of runner {runner}"),
+                code: NOT_FOUND,
+            });
+        }
+        Some(id) => bookshelf::Redrive::Letter(id),
+        None => bookshelf::Redrive::All,
+    };
+    let queued = kept.sink().redrive(&runner, which).await.map_err(Failure::store)?;
+    let waiting: Vec<u64> = kept
+        .list(Some(&runner))
+        .await?
+        .into_iter()
+        .filter(|k| k.ticket.is_some() && id.is_none_or(|id| id == k.id))
+        .map(|k| k.id)
+        .collect();
+    writeln!(
+        out,
+        "queued {queued} dead letter{} of {runner} for re-drive ({} waiting)",
+        if queued == 1 { "" } else { "s" },
+        waiting.len()
+    )
+    .map_err(written)?;
+    let Some(patience) = wait else {
+        return out.flush().map_err(written);
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(patience);
+    loop {
+        let now = kept.list(Some(&runner)).await?;
+        let pending: Vec<&bookshelf::KeptDeadLetter> = now
+            .iter()
+            .filter(|k| waiting.contains(&k.id) && k.ticket.is_some())
+            .collect();
+        if pending.is_empty() {
+            let mut put_back = 0;
+            for id in &waiting {
+                match now.iter().find(|k| k.id == *id) {
+                    None => writeln!(out, "letter {id}: applied"),
+                    Some(back) => {
+                        put_back += 1;
+                        writeln!(out, "letter {id}: put back: {}", back.letter.reason)
+                    }
+                }
+                .map_err(written)?;
+            }
+            out.flush().map_err(written)?;
+            return match put_back {
+                0 => Ok(()),
+                n => Err(Failure::store(format!("{n} of {} still failed", waiting.len()))),
+            };
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(Failure::store(format!(
+                "runner {runner} has not taken {} letters in {patience} s: is it running?",
+                pending.len()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// Shows `kept` dead letters: a table, or one JSON object each.
 fn print_dead_letters(kept: &[bookshelf::KeptDeadLetter], json: bool, out: &mut impl Write) -> Result<(), Failure> {
     let hex = |bytes: &Option<Vec<u8>>| {
@@ -289,7 +405,7 @@ fn print_dead_letters(kept: &[bookshelf::KeptDeadLetter], json: bool, out: &mut 
             .as_ref()
             .map(|bytes| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>())
     };
-    let mut rows = vec![["ID", "SET ASIDE", "RUNNER", "WHERE", "REASON"].map(str::to_owned)];
+    let mut rows = vec![["ID", "SET ASIDE", "RUNNER", "WHERE", "RE-DRIVE", "REASON"].map(str::to_owned)];
     for kept in kept {
         let at = kept.set_aside_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
         let letter = &kept.letter;
@@ -310,6 +426,7 @@ fn print_dead_letters(kept: &[bookshelf::KeptDeadLetter], json: bool, out: &mut 
                 "runner": letter.projection,
                 "location": letter.location,
                 "reason": letter.reason,
+                "ticket": kept.ticket,
                 "record": record,
             });
             writeln!(out, "{line}").map_err(written)?;
@@ -319,6 +436,7 @@ fn print_dead_letters(kept: &[bookshelf::KeptDeadLetter], json: bool, out: &mut 
                 at,
                 letter.projection.clone(),
                 letter.location.clone(),
+                kept.ticket.map_or_else(|| "-".to_owned(), |t| format!("queued #{t}")),
                 letter.reason.clone(),
             ]);
         }
@@ -415,7 +533,9 @@ async fn browse<S: EventStore>(store: &S, command: Command, out: &mut impl Write
             return Err(Failure::store("this store keeps no projections"));
         }
         Command::Runners { .. } => unreachable!("`runners` is answered before a store is opened"),
-        Command::DeadLetters { .. } => unreachable!("a store that keeps dead letters lists them"),
+        Command::DeadLetters { .. } | Command::Redrive { .. } => {
+            unreachable!("a store that keeps dead letters answers for them")
+        }
         Command::Events { stream, json, follow } => {
             let stream = StreamId::new(stream);
             // Where the log stands before the stream is read: following
@@ -474,6 +594,12 @@ fn print_streams(
 /// the ends its partitions had when the command began.
 async fn on_kafka(config: KafkaConfig, command: Command, out: &mut impl Write) -> Result<(), Failure> {
     let topic = config.topic().to_owned();
+    if let Command::DeadLetters { .. } | Command::Redrive { .. } = command {
+        let letters = bookshelf_kafka::KafkaDeadLetters::open(&config)
+            .await
+            .map_err(Failure::store)?;
+        return self::letters(&Kept::Kafka(letters), command, out).await;
+    }
     let ends = bookshelf_kafka::high_watermarks(&config, &[&topic])
         .await
         .map_err(Failure::store)?;
@@ -496,11 +622,8 @@ async fn on_kafka(config: KafkaConfig, command: Command, out: &mut impl Write) -
                  (name a service's --data directory, or its database)"
             )));
         }
-        Command::DeadLetters { .. } => {
-            return Err(Failure::store(format!(
-                "the letters set aside by readers of topic {topic} are records of topic {topic}.dead-letters \
-                 (the reason, the source and the runner in their headers): read them with any Kafka client"
-            )));
+        Command::DeadLetters { .. } | Command::Redrive { .. } => {
+            unreachable!("the dead letters' topics answer for them")
         }
         Command::Runners { .. } => unreachable!("`runners` is answered before a store is opened"),
         Command::Events { stream, json, follow } => {

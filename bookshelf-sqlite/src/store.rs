@@ -55,7 +55,14 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     raw_body BLOB,
     raw_headers TEXT
 );
+CREATE TABLE IF NOT EXISTS redrive_tickets (
+    last INTEGER NOT NULL
+);
 ";
+
+/// What files made before the re-drive queue lack: added once, in place
+/// (older code names its columns, so it still reads and writes the file).
+const REDRIVE_COLUMN: &str = "ALTER TABLE dead_letters ADD COLUMN ticket INTEGER";
 
 /// How far a commit is made durable: SQLite's `synchronous` setting, in
 /// write-ahead-log mode.
@@ -288,7 +295,20 @@ fn prepare(connection: &Connection, path: &Path) -> Result<(), StoreError> {
     }
     connection
         .execute_batch(SCHEMA)
-        .map_err(|e| failed(path, "cannot create the tables", e))
+        .map_err(|e| failed(path, "cannot create the tables", e))?;
+    let has_tickets: bool = connection
+        .query_row(
+            "SELECT EXISTS (SELECT 1 FROM pragma_table_info('dead_letters') WHERE name = 'ticket')",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(|e| failed(path, "cannot read the tables", e))?;
+    if !has_tickets {
+        connection
+            .execute_batch(REDRIVE_COLUMN)
+            .map_err(|e| failed(path, "cannot add the re-drive queue", e))?;
+    }
+    Ok(())
 }
 
 #[async_trait]
@@ -614,30 +634,41 @@ impl SqliteDeadLetters {
         let failed = |e: rusqlite::Error| self.store.error("cannot read the dead letters", e);
         let mut statement = connection
             .prepare_cached(
-                "SELECT id, set_aside_at, projection, location, reason, event, raw_key, raw_body, raw_headers \
-                 FROM dead_letters WHERE ?1 IS NULL OR projection = ?1 ORDER BY id",
+                "SELECT id, set_aside_at, ticket, projection, location, reason, event, raw_key, raw_body, \
+                 raw_headers FROM dead_letters WHERE ?1 IS NULL OR projection = ?1 ORDER BY id",
             )
             .map_err(failed)?;
+        self.read(&mut statement, [projection])
+    }
+
+    /// The letters `statement` selects (the columns of [`list`](Self::list)).
+    fn read(
+        &self,
+        statement: &mut rusqlite::CachedStatement<'_>,
+        args: impl rusqlite::Params,
+    ) -> Result<Vec<bookshelf_core::KeptDeadLetter>, StoreError> {
+        let failed = |e: rusqlite::Error| self.store.error("cannot read the dead letters", e);
         let rows = statement
-            .query_map([projection], |row| {
+            .query_map(args, |row| {
                 Ok((
                     row.get::<_, i64>(0)?,
                     row.get::<_, String>(1)?,
-                    row.get::<_, String>(2)?,
+                    row.get::<_, Option<i64>>(2)?,
                     row.get::<_, String>(3)?,
                     row.get::<_, String>(4)?,
+                    row.get::<_, String>(5)?,
                     bookshelf_core::RecordColumns {
-                        event: row.get(5)?,
-                        key: row.get(6)?,
-                        body: row.get(7)?,
-                        headers: row.get(8)?,
+                        event: row.get(6)?,
+                        key: row.get(7)?,
+                        body: row.get(8)?,
+                        headers: row.get(9)?,
                     },
                 ))
             })
             .map_err(failed)?;
         let mut kept = Vec::new();
         for row in rows {
-            let (id, at, projection, location, reason, columns) = row.map_err(failed)?;
+            let (id, at, ticket, projection, location, reason, columns) = row.map_err(failed)?;
             let broken = |why: String| self.store.error(&format!("dead letter {id}"), why);
             let set_aside_at = bookshelf_core::timestamp::parse(&at)
                 .ok_or_else(|| broken(format!("its time does not parse: {at}")))?;
@@ -645,6 +676,7 @@ impl SqliteDeadLetters {
                 bookshelf_core::KeptDeadLetter::from_row(
                     id as u64,
                     set_aside_at,
+                    ticket.map(|t| t as u64),
                     projection,
                     location,
                     reason,
@@ -655,13 +687,17 @@ impl SqliteDeadLetters {
         }
         Ok(kept)
     }
+
+    fn now() -> String {
+        Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+    }
 }
 
 #[async_trait]
 impl bookshelf_core::DeadLetters for SqliteDeadLetters {
     async fn put(&self, letter: bookshelf_core::DeadLetter) -> Result<(), StoreError> {
         let columns = bookshelf_core::RecordColumns::of(&letter.record);
-        let at = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        let at = Self::now();
         let connection = lock(&self.store.shared.writer);
         connection
             .prepare_cached(
@@ -682,6 +718,96 @@ impl bookshelf_core::DeadLetters for SqliteDeadLetters {
                 ])
             })
             .map_err(|e| self.store.error("cannot set a dead letter aside", e))?;
+        Ok(())
+    }
+
+    fn redrives(&self) -> bool {
+        true
+    }
+
+    async fn redrive(&self, runner: &str, which: bookshelf_core::Redrive) -> Result<usize, StoreError> {
+        let letter = match which {
+            bookshelf_core::Redrive::Letter(id) => Some(id as i64),
+            bookshelf_core::Redrive::All => None,
+        };
+        let mut connection = lock(&self.store.shared.writer);
+        let failed = |e: rusqlite::Error| {
+            self.store
+                .error(&format!("cannot re-drive the dead letters of {runner}"), e)
+        };
+        // Immediate: another process (the command line, a service) cannot
+        // hand out the same tickets in between.
+        let tx = connection
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(failed)?;
+        let chosen: Vec<(i64, Option<i64>)> = tx
+            .prepare_cached(
+                "SELECT id, ticket FROM dead_letters WHERE projection = ?1 AND (?2 IS NULL OR id = ?2) ORDER BY id",
+            )
+            .and_then(|mut s| {
+                s.query_map(params![runner, letter], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect()
+            })
+            .map_err(failed)?;
+        if let (Some(id), true) = (letter, chosen.is_empty()) {
+            return Err(self
+                .store
+                .error("cannot re-drive", format!("no dead letter {id} of {runner}")));
+        }
+        let mut last: i64 = tx
+            .query_row("SELECT COALESCE(MAX(last), 0) FROM redrive_tickets", [], |r| r.get(0))
+            .map_err(failed)?;
+        let mut queued = 0;
+        for (id, _) in chosen.iter().filter(|(_, ticket)| ticket.is_none()) {
+            last += 1;
+            tx.execute("UPDATE dead_letters SET ticket = ?1 WHERE id = ?2", params![last, id])
+                .map_err(failed)?;
+            queued += 1;
+        }
+        tx.execute_batch("DELETE FROM redrive_tickets")
+            .and_then(|()| tx.execute("INSERT INTO redrive_tickets (last) VALUES (?1)", [last]))
+            .and_then(|_| tx.commit())
+            .map_err(failed)?;
+        Ok(queued)
+    }
+
+    async fn queued(&self, runner: &str, after: u64) -> Result<Vec<bookshelf_core::Redriven>, StoreError> {
+        let connection = lock(&self.store.shared.reader);
+        let mut statement = connection
+            .prepare_cached(
+                "SELECT id, set_aside_at, ticket, projection, location, reason, event, raw_key, raw_body, \
+                 raw_headers FROM dead_letters WHERE projection = ?1 AND ticket > ?2 ORDER BY ticket",
+            )
+            .map_err(|e| self.store.error("cannot read the dead letters", e))?;
+        let kept = self.read(&mut statement, params![runner, after as i64])?;
+        Ok(kept
+            .into_iter()
+            .map(|kept| bookshelf_core::Redriven {
+                ticket: kept.ticket.unwrap_or_default(),
+                id: kept.id,
+                letter: kept.letter,
+            })
+            .collect())
+    }
+
+    async fn put_back(&self, id: u64, reason: &str) -> Result<(), StoreError> {
+        lock(&self.store.shared.writer)
+            .execute(
+                "UPDATE dead_letters SET ticket = NULL, reason = ?2, set_aside_at = ?3 WHERE id = ?1",
+                params![id as i64, reason, Self::now()],
+            )
+            .map_err(|e| self.store.error("cannot put a dead letter back", e))?;
+        Ok(())
+    }
+
+    async fn forget(&self, runner: &str, through: Option<u64>) -> Result<(), StoreError> {
+        let through = through.map(|t| t as i64);
+        lock(&self.store.shared.writer)
+            .execute(
+                "DELETE FROM dead_letters WHERE projection = ?1 AND (?2 IS NULL OR ticket <= ?2)",
+                params![runner, through],
+            )
+            .map_err(|e| self.store.error("cannot forget dead letters", e))?;
         Ok(())
     }
 }

@@ -106,6 +106,52 @@ impl Ledger {
     }
 }
 
+/// [`AccountEvent`] as a fixed release reads it: an amount written as text
+/// (`"7"`), which [`AccountEvent`] refuses, reads as the number. For
+/// re-driving the dead letters the old code set aside.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum LenientAccountEvent {
+    /// It was opened.
+    Opened,
+    /// An amount was deposited.
+    Deposited {
+        /// The amount.
+        #[serde(deserialize_with = "number_or_text")]
+        amount: i64,
+    },
+}
+
+impl DomainEvent for LenientAccountEvent {}
+
+fn number_or_text<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<i64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Amount {
+        Number(i64),
+        Text(String),
+    }
+    match Amount::deserialize(deserializer)? {
+        Amount::Number(amount) => Ok(amount),
+        Amount::Text(text) => text.trim().parse().map_err(serde::de::Error::custom),
+    }
+}
+
+/// The [`Ledger`] of the fixed release: the same state, saved the same way,
+/// reading [`LenientAccountEvent`]s.
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct FixedLedger(pub Ledger);
+
+impl View for FixedLedger {
+    type Event = LenientAccountEvent;
+    fn apply(&mut self, event: Envelope<LenientAccountEvent>) {
+        self.0.applied.push(event.position.0);
+        if let LenientAccountEvent::Deposited { amount } = event.payload {
+            self.0.total += amount;
+        }
+    }
+}
+
 /// A `Deposited` event of `amount`, ready to append.
 pub fn deposit(amount: i64) -> NewEvent {
     raw_event("Deposited", 1, &format!(r#"{{"amount":{amount}}}"#))

@@ -26,8 +26,11 @@ pub struct RunnerBody {
     pub failure: Option<String>,
     /// Why it last set a record aside as a dead letter.
     pub last_set_aside: Option<String>,
-    /// Records set aside since it started.
+    /// Records set aside since it started (a re-driven dead letter that
+    /// failed again counts again).
     pub set_aside: u64,
+    /// Re-driven dead letters it applied since it started.
+    pub redriven: u64,
     /// When its checkpoint last moved (RFC 3339).
     pub moved_at: Option<String>,
     /// By partition (`""` for the one partition of a log with one global
@@ -64,6 +67,7 @@ impl From<bookshelf::RunnerReport> for RunnerBody {
             failure: report.failure,
             last_set_aside: report.last_set_aside,
             set_aside: report.set_aside,
+            redriven: report.redriven,
             moved_at: report
                 .moved_at
                 .map(|at| at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),

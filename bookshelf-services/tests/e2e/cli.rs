@@ -233,9 +233,10 @@ async fn the_command_line_shows_a_running_services_runners() {
 }
 
 /// `dead-letters` lists what a runner set aside in the store, by runner,
-/// for people and for scripts.
+/// for people and for scripts; `redrive` hands them back to the runner,
+/// which applies those the code now running reads and puts back the others.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_command_line_lists_the_dead_letters_a_store_keeps() {
+async fn the_command_line_lists_and_redrives_the_dead_letters_a_store_keeps() {
     use bookshelf::{NewEvent, Position, ProjectionRunner};
     let dir = tempfile::tempdir().expect("a directory");
     let store = bookshelf::sqlite::SqliteStore::open(dir.path().join("bookshelf.sqlite")).expect("a store");
@@ -243,36 +244,80 @@ async fn the_command_line_lists_the_dead_letters_a_store_keeps() {
         payload: serde_json::value::RawValue::from_string(r#"{"amount":"lots"}"#.to_owned()).expect("JSON"),
         ..bookshelf_testkit::accounts::deposit(1)
     };
-    let deposits = vec![bookshelf_testkit::accounts::deposit(5), broken];
+    let seven = bookshelf_testkit::accounts::raw_event("Deposited", 1, r#"{"amount":"7"}"#);
+    let deposits = vec![bookshelf_testkit::accounts::deposit(5), broken, seven];
     store
         .append(&StreamId::new("account-1"), ExpectedVersion::NoStream, deposits)
         .await
         .expect("appended");
     let ledger = ProjectionRunner::<bookshelf_testkit::accounts::Ledger, _>::new("ledger", store.clone())
+        .persist_to(store.view_store("ledger"))
         .dead_letters(store.dead_letters())
         .start();
-    ledger.wait_for(Position(2)).await.expect("caught up");
+    ledger.wait_for(Position(3)).await.expect("caught up");
     ledger.stop().await.expect("stopped");
     let data = dir.path().to_str().expect("a UTF-8 path");
 
     let (code, out, err) = bookshelf(&["--data", data, "dead-letters"]);
     assert_eq!(code, 0, "{err}");
     let lines: Vec<&str> = out.lines().collect();
-    assert_eq!(lines.len(), 2, "{out}");
+    assert_eq!(lines.len(), 3, "{out}");
     assert!(lines[0].starts_with("ID  SET ASIDE"), "{out}");
     assert!(
-        lines[1].starts_with("1 ") && lines[1].contains("  ledger  position 1  ") && lines[1].contains("Deposited"),
+        lines[1].starts_with("1 ") && lines[1].contains("  ledger  position 1  -  ") && lines[1].contains("Deposited"),
         "{out}"
     );
     let (code, out, _) = bookshelf(&["--data", data, "dead-letters", "ledger", "--json"]);
     assert_eq!(code, 0);
     let letters = json_lines(&out);
-    assert_eq!(letters.len(), 1, "{out}");
+    assert_eq!(letters.len(), 2, "{out}");
     assert_eq!(letters[0]["runner"], "ledger");
     assert_eq!(letters[0]["record"]["event"]["position"], 1);
     assert_eq!(letters[0]["record"]["event"]["payload"], json!({"amount": "lots"}));
+    assert_eq!(letters[0]["ticket"], Value::Null);
     let (code, out, _) = bookshelf(&["--data", data, "dead-letters", "another", "--json"]);
     assert_eq!((code, out.as_str()), (0, ""), "another runner's: none");
+
+    // Re-driven to the fixed code, which reads "7" and not "lots".
+    let (code, _, err) = bookshelf(&["--data", data, "redrive", "ledger"]);
+    assert_eq!(code, 2, "--id or --all: {err}");
+    let (code, _, err) = bookshelf(&["--data", data, "redrive", "ledger", "--id", "99"]);
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("no dead letter 99 of runner ledger"), "{err}");
+    let fixed = ProjectionRunner::<bookshelf_testkit::accounts::FixedLedger, _>::new("ledger", store.clone())
+        .persist_to(store.view_store("ledger"))
+        .dead_letters(store.dead_letters())
+        .redrive_every(Duration::from_millis(50))
+        .start();
+    fixed.wait_for(Position(3)).await.expect("caught up");
+    assert_eq!(fixed.read(|l| l.0.total), 5);
+    let redrive = |args: &'static [&'static str]| {
+        let mut all = vec!["--data", data, "redrive", "ledger"];
+        all.extend_from_slice(args);
+        let all: Vec<String> = all.into_iter().map(str::to_owned).collect();
+        tokio::task::spawn_blocking(move || bookshelf(&all.iter().map(String::as_str).collect::<Vec<_>>()))
+    };
+    let (code, out, err) = redrive(&["--id", "2", "--wait"]).await.expect("ran");
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(
+        out,
+        "queued 1 dead letter of ledger for re-drive (1 waiting)\nletter 2: applied\n"
+    );
+    assert_eq!(fixed.read(|l| l.0.total), 12, "applied once");
+    let (code, out, err) = redrive(&["--all", "--wait"]).await.expect("ran");
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("letter 1: put back: ") && out.contains("Deposited"),
+        "{out}"
+    );
+    assert!(err.contains("1 of 1 still failed"), "{err}");
+    let (_, out, _) = bookshelf(&["--data", data, "dead-letters", "ledger", "--json"]);
+    let letters = json_lines(&out);
+    assert_eq!((letters.len(), &letters[0]["ticket"]), (1, &Value::Null), "{out}");
+    fixed.stop().await.expect("stopped");
+    let (code, _, err) = bookshelf(&["--data", data, "redrive", "ledger", "--all", "--wait=1"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("is it running?"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -348,6 +393,42 @@ async fn the_command_line_reads_a_kafka_topic_as_a_reader() {
     let (code, _, err) = on_topic(&["projections"]);
     assert_eq!(code, 1);
     assert!(err.contains("keeps no checkpoints"), "{err}");
+
+    // Its dead letters, in `<topic>.dead-letters`, listed and queued.
+    let letters = bookshelf_kafka::KafkaDeadLetters::open(
+        &bookshelf_kafka::KafkaConfig::new(brokers.clone(), topic.clone()).create_topic(true),
+    )
+    .await
+    .expect("the letters' topics");
+    let read = store
+        .read_stream(&StreamId::new("book-1"), bookshelf::Version(0))
+        .await
+        .expect("read");
+    bookshelf::DeadLetters::put(
+        &letters,
+        bookshelf::DeadLetter {
+            projection: "ledger".into(),
+            location: format!("{topic}/0@7"),
+            record: bookshelf::Poison::Event(std::sync::Arc::clone(&read[0])),
+            reason: "a payload from the future".into(),
+        },
+    )
+    .await
+    .expect("set aside");
+    let (code, out, err) = on_topic(&["dead-letters", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let listed = json_lines(&out);
+    assert_eq!(listed.len(), 1, "{out}");
+    assert_eq!(
+        (&listed[0]["runner"], &listed[0]["reason"], &listed[0]["ticket"]),
+        (&json!("ledger"), &json!("a payload from the future"), &Value::Null)
+    );
+    assert_eq!(listed[0]["record"]["event"]["stream_id"], "book-1");
+    let (code, out, err) = on_topic(&["redrive", "ledger", "--all"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("queued 1 dead letter of ledger"), "{out}");
+    let (_, out, _) = on_topic(&["dead-letters", "ledger", "--json"]);
+    assert_eq!(json_lines(&out)[0]["ticket"], 1, "{out}");
 
     // Read as a reader: the store that writes the topic still owns it.
     store
