@@ -37,6 +37,12 @@ export BOOKSHELF_PYTHON
 faults=$(scripts/fault-env.sh)
 export "${faults?}"
 
+# The web console is tested in headless Chromium through WebDriver: both
+# from the system's packages, installed when missing.
+browser=$(scripts/browser.sh)
+# shellcheck disable=SC2086 # two NAME=VALUE words
+export ${browser?}
+
 # The Consul adapter's contract runs against the Consul double always, and
 # against a real agent only when CONSUL_HTTP_ADDR names one.
 if [ -n "${CONSUL_HTTP_ADDR:-}" ]; then

@@ -211,6 +211,19 @@ pub trait DeadLetters: Send + Sync + 'static {
     /// lose it (a restart reads it again).
     async fn put(&self, letter: DeadLetter) -> Result<(), StoreError>;
 
+    /// The letters kept, in the order set aside: every runner's, or
+    /// `runner`'s only.
+    ///
+    /// # Errors
+    /// When the sink cannot list them (the default: a sink that only takes
+    /// letters), or fails.
+    async fn kept_letters(&self, runner: Option<&str>) -> Result<Vec<KeptDeadLetter>, StoreError> {
+        let _ = runner;
+        Err(StoreError::Backend(
+            "these dead letters are kept where they cannot be listed".into(),
+        ))
+    }
+
     /// Whether the sink keeps a re-drive queue (false by default): runners
     /// poll only those that do.
     fn redrives(&self) -> bool {
@@ -269,6 +282,10 @@ pub trait DeadLetters: Send + Sync + 'static {
 impl<T: DeadLetters + ?Sized> DeadLetters for Arc<T> {
     async fn put(&self, letter: DeadLetter) -> Result<(), StoreError> {
         (**self).put(letter).await
+    }
+
+    async fn kept_letters(&self, runner: Option<&str>) -> Result<Vec<KeptDeadLetter>, StoreError> {
+        (**self).kept_letters(runner).await
     }
 
     fn redrives(&self) -> bool {
@@ -341,6 +358,12 @@ impl DeadLetters for InMemoryDeadLetters {
             letter,
         });
         Ok(())
+    }
+
+    async fn kept_letters(&self, runner: Option<&str>) -> Result<Vec<KeptDeadLetter>, StoreError> {
+        let mut kept = self.kept();
+        kept.retain(|k| runner.is_none_or(|r| r == k.letter.projection));
+        Ok(kept)
     }
 
     fn redrives(&self) -> bool {

@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+use crate::dead_letter::DeadLetters;
 use crate::source::PartitionProgress;
 
 /// One runner, as [`reports`] lists it.
@@ -97,21 +98,34 @@ impl From<PartitionProgress> for PartitionReport {
 /// A runner's way of reporting: `None` once it should leave the list.
 pub(crate) type Reporter = Box<dyn Fn() -> Option<RunnerReport> + Send + Sync>;
 
-/// The runners listed: each with its name.
-type Registry = Mutex<Vec<(String, Arc<Reporter>)>>;
+/// The runners listed: each with its name and where it sets letters aside.
+type Registry = Mutex<Vec<(String, Arc<Reporter>, Arc<dyn DeadLetters>)>>;
 
 fn registry() -> &'static Registry {
     static RUNNERS: OnceLock<Registry> = OnceLock::new();
     RUNNERS.get_or_init(Default::default)
 }
 
-/// Lists runner `name` from now on, in place of an ended one of that name.
-pub(crate) fn register(name: &str, reporter: Reporter) {
+/// Lists runner `name`, which sets letters aside in `dead_letters`, from
+/// now on, in place of an ended one of that name.
+pub(crate) fn register(name: &str, reporter: Reporter, dead_letters: Arc<dyn DeadLetters>) {
     let mut runners = registry().lock().unwrap_or_else(|p| p.into_inner());
-    runners.retain(|(listed, reporter)| {
+    runners.retain(|(listed, reporter, _)| {
         listed != name || reporter().is_some_and(|report| report.state != RunnerState::Failed)
     });
-    runners.push((name.to_owned(), Arc::new(reporter)));
+    runners.push((name.to_owned(), Arc::new(reporter), dead_letters));
+}
+
+/// Where runner `name` of this process (the one started last, among those
+/// [`reports`] lists) sets aside what it cannot apply: to list its letters
+/// and re-drive them.
+pub fn dead_letters_of(name: &str) -> Option<Arc<dyn DeadLetters>> {
+    let runners = registry().lock().unwrap_or_else(|p| p.into_inner());
+    runners
+        .iter()
+        .rev()
+        .find(|(listed, _, _)| listed == name)
+        .map(|(_, _, sink)| Arc::clone(sink))
 }
 
 /// Every runner of this process, in the order they started (those stopped
@@ -122,7 +136,7 @@ pub fn reports() -> Vec<RunnerReport> {
     let mut gone = Vec::new();
     let reports = reporters
         .iter()
-        .filter_map(|(_, reporter)| {
+        .filter_map(|(_, reporter, _)| {
             let report = reporter();
             if report.is_none() {
                 gone.push(Arc::as_ptr(reporter));
@@ -134,7 +148,7 @@ pub fn reports() -> Vec<RunnerReport> {
         registry()
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .retain(|(_, reporter)| !gone.contains(&Arc::as_ptr(reporter)));
+            .retain(|(_, reporter, _)| !gone.contains(&Arc::as_ptr(reporter)));
     }
     reports
 }

@@ -273,6 +273,7 @@ impl<F: Fold, S: EventSource> Runner<F, S> {
                 let status = status.borrow();
                 (!ended || matches!(status.state, State::Failed(_))).then(|| status.report(&name))
             }),
+            Arc::clone(&self.rules.dead_letters),
         );
         let handle = Handle {
             reads: self.fold.reads(),
@@ -403,7 +404,14 @@ impl<F: Fold, S: EventSource> Runner<F, S> {
         ends: BTreeMap<String, u64>,
     ) -> Result<(), ProjectionError> {
         let sink = Arc::clone(&self.rules.dead_letters);
-        let queued = sink.queued(&self.rules.name, checkpoint.redriven()).await?;
+        let queued = match sink.queued(&self.rules.name, checkpoint.redriven()).await {
+            Ok(queued) => queued,
+            // Nothing taken, nothing lost: the next look asks again.
+            Err(error) => {
+                tracing::warn!(runner = %self.rules.name, %error, "cannot look at the re-drive queue now");
+                return Ok(());
+            }
+        };
         let Some(last) = queued.last().map(|redriven| redriven.ticket) else {
             return Ok(());
         };

@@ -20,6 +20,7 @@ use bookshelf_core::{
     async_trait, DeadLetter, DeadLetters, KeptDeadLetter, Poison, RawRecord, RecordedEvent, Redrive, Redriven,
     StoreError,
 };
+use rdkafka::consumer::Consumer;
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
@@ -94,6 +95,11 @@ pub struct KafkaDeadLetters {
     /// The letters handed out by [`queued`](DeadLetters::queued), for
     /// putting one back without reading the topic again.
     handed_out: Mutex<BTreeMap<u64, DeadLetter>>,
+    /// For the runner's look at its queue every second: the queue topic's
+    /// end when a look last found nothing, and a consumer to ask it with.
+    /// While the end stays there, nothing was queued since.
+    quiet_at: Mutex<Option<i64>>,
+    watermarks: Arc<rdkafka::consumer::StreamConsumer>,
 }
 
 impl KafkaDeadLetters {
@@ -129,6 +135,8 @@ impl KafkaDeadLetters {
             topic: topic.to_owned(),
             queue,
             handed_out: Mutex::new(BTreeMap::new()),
+            quiet_at: Mutex::new(None),
+            watermarks: Arc::new(crate::reader::plain_consumer(config)?),
         })
     }
 
@@ -158,15 +166,18 @@ impl KafkaDeadLetters {
     }
 
     async fn fates(&self) -> Result<Fates, StoreError> {
-        let queue = async {
-            match partition_count(&self.config, &self.queue).await {
-                Ok(_) => read_all(&self.config, &self.queue).await,
-                // No queue topic yet: nothing was ever re-driven.
-                Err(_) => Ok(Vec::new()),
+        // A topic not made yet holds nothing: no letter set aside, or none
+        // re-driven. Each read waits for its end: both at once.
+        let read = |topic: &str| {
+            let topic = topic.to_owned();
+            async move {
+                match partition_count(&self.config, &topic).await {
+                    Ok(_) => read_all(&self.config, &topic).await,
+                    Err(_) => Ok(Vec::new()),
+                }
             }
         };
-        // Each read waits for its end: both at once.
-        let (letters, queue) = tokio::try_join!(read_all(&self.config, &self.topic), queue)?;
+        let (letters, queue) = tokio::try_join!(read(&self.topic), read(&self.queue))?;
         Ok(Fates::read(&letters, &queue))
     }
 
@@ -216,6 +227,33 @@ impl KafkaDeadLetters {
             .await
             .map_err(|(error, _)| backend(error))?;
         Ok(delivered.offset.max(0) as u64)
+    }
+
+    /// The queue topic's end (the broker's high watermark: exact here, as
+    /// every record of the topic is sent, and so batched, alone); `None`
+    /// when the topic does not exist yet.
+    async fn queue_end(&self) -> Result<Option<i64>, StoreError> {
+        let (consumer, topic, timeout) = (Arc::clone(&self.watermarks), self.queue.clone(), self.config.timeout);
+        let asked = tokio::task::spawn_blocking(move || consumer.fetch_watermarks(&topic, 0, timeout))
+            .await
+            .map_err(backend)?;
+        match asked {
+            Ok((_, high)) => Ok(Some(high)),
+            Err(rdkafka::error::KafkaError::MetadataFetch(_)) => Ok(None),
+            Err(error)
+                if error.rdkafka_error_code().is_some_and(|code| {
+                    matches!(
+                        code,
+                        rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition
+                            | rdkafka::types::RDKafkaErrorCode::UnknownTopic
+                            | rdkafka::types::RDKafkaErrorCode::UnknownPartition
+                    )
+                }) =>
+            {
+                Ok(None)
+            }
+            Err(error) => Err(backend(error)),
+        }
     }
 
     /// Appends a record of `runner`'s fate to the queue topic.
@@ -404,6 +442,13 @@ impl DeadLetters for KafkaDeadLetters {
         self.publish(&letter, &[]).await.map(|_| ())
     }
 
+    async fn kept_letters(&self, runner: Option<&str>) -> Result<Vec<KeptDeadLetter>, StoreError> {
+        self.list(runner).await.map_err(|e| {
+            let topic = &self.topic;
+            StoreError::Backend(format!("topic {topic}: {e}").into())
+        })
+    }
+
     fn redrives(&self) -> bool {
         true
     }
@@ -431,6 +476,15 @@ impl DeadLetters for KafkaDeadLetters {
     }
 
     async fn queued(&self, runner: &str, after: u64) -> Result<Vec<Redriven>, StoreError> {
+        // Asked every second by a runner: the topics are read only when the
+        // queue has grown since a look that found nothing.
+        let end = self.queue_end().await?;
+        let Some(end) = end else {
+            return Ok(Vec::new());
+        };
+        if *self.quiet_at.lock().unwrap_or_else(|p| p.into_inner()) == Some(end) {
+            return Ok(Vec::new());
+        }
         let mut queued: Vec<Redriven> = self
             .list(Some(runner))
             .await?
@@ -445,6 +499,9 @@ impl DeadLetters for KafkaDeadLetters {
             })
             .collect();
         queued.sort_by_key(|r| r.ticket);
+        if queued.is_empty() {
+            *self.quiet_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(end);
+        }
         let mut handed_out = self.handed_out.lock().unwrap_or_else(|p| p.into_inner());
         handed_out.clear();
         handed_out.extend(queued.iter().map(|r| (r.id, r.letter.clone())));

@@ -138,6 +138,10 @@ impl DeadLetters for PostgresDeadLetters {
         .map(|_| ())
     }
 
+    async fn kept_letters(&self, runner: Option<&str>) -> Result<Vec<KeptDeadLetter>, StoreError> {
+        self.list(runner).await
+    }
+
     fn redrives(&self) -> bool {
         true
     }

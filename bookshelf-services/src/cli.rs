@@ -263,7 +263,7 @@ async fn run(cli: Cli, out: &mut impl Write) -> Result<(), Failure> {
             return projections(&store, saved, json, out).await;
         }
         if let Command::DeadLetters { .. } | Command::Redrive { .. } = cli.command {
-            return letters(&Kept::Sqlite(store.dead_letters()), cli.command, out).await;
+            return letters(&store.dead_letters(), cli.command, out).await;
         }
         return browse(&store, cli.command, out).await;
     }
@@ -282,7 +282,7 @@ async fn run(cli: Cli, out: &mut impl Write) -> Result<(), Failure> {
             return projections(&store, saved, json, out).await;
         }
         if let Command::DeadLetters { .. } | Command::Redrive { .. } = cli.command {
-            return letters(&Kept::Postgres(store.dead_letters()), cli.command, out).await;
+            return letters(&store.dead_letters(), cli.command, out).await;
         }
         return browse(&store, cli.command, out).await;
     }
@@ -295,45 +295,18 @@ async fn run(cli: Cli, out: &mut impl Write) -> Result<(), Failure> {
     })
 }
 
-/// Where a store keeps its dead letters.
-enum Kept {
-    Sqlite(bookshelf::sqlite::SqliteDeadLetters),
-    Postgres(bookshelf::postgres::PostgresDeadLetters),
-    Kafka(bookshelf_kafka::KafkaDeadLetters),
-}
-
-impl Kept {
-    async fn list(&self, runner: Option<&str>) -> Result<Vec<bookshelf::KeptDeadLetter>, Failure> {
-        match self {
-            Kept::Sqlite(letters) => letters.list(runner),
-            Kept::Postgres(letters) => letters.list(runner).await,
-            Kept::Kafka(letters) => letters.list(runner).await.map_err(|e| {
-                let topic = letters.topic();
-                bookshelf::StoreError::Backend(format!("topic {topic}: {e}").into())
-            }),
-        }
-        .map_err(Failure::store)
-    }
-
-    fn sink(&self) -> &dyn bookshelf::DeadLetters {
-        match self {
-            Kept::Sqlite(letters) => letters,
-            Kept::Postgres(letters) => letters,
-            Kept::Kafka(letters) => letters,
-        }
-    }
-}
-
-/// Carries out `dead-letters` or `redrive` on `kept`.
-async fn letters(kept: &Kept, command: Command, out: &mut impl Write) -> Result<(), Failure> {
+/// Carries out `dead-letters` or `redrive` on the letters `kept`.
+async fn letters(kept: &dyn bookshelf::DeadLetters, command: Command, out: &mut impl Write) -> Result<(), Failure> {
+    let list =
+        |runner: Option<String>| async move { kept.kept_letters(runner.as_deref()).await.map_err(Failure::store) };
     let (runner, id, wait) = match command {
         Command::DeadLetters { runner, json } => {
-            return print_dead_letters(&kept.list(runner.as_deref()).await?, json, out);
+            return print_dead_letters(&list(runner).await?, json, out);
         }
         Command::Redrive { runner, id, wait, .. } => (runner, id, wait),
         _ => unreachable!("only the dead letters' commands come here"),
     };
-    let before = kept.list(Some(&runner)).await?;
+    let before = list(Some(runner.clone())).await?;
     // Without `--id`, clap has made sure of `--all`.
     let which = match id {
         Some(id) if !before.iter().any(|k| k.id == id) => {
@@ -345,9 +318,8 @@ async fn letters(kept: &Kept, command: Command, out: &mut impl Write) -> Result<
         Some(id) => bookshelf::Redrive::Letter(id),
         None => bookshelf::Redrive::All,
     };
-    let queued = kept.sink().redrive(&runner, which).await.map_err(Failure::store)?;
-    let waiting: Vec<u64> = kept
-        .list(Some(&runner))
+    let queued = kept.redrive(&runner, which).await.map_err(Failure::store)?;
+    let waiting: Vec<u64> = list(Some(runner.clone()))
         .await?
         .into_iter()
         .filter(|k| k.ticket.is_some() && id.is_none_or(|id| id == k.id))
@@ -365,7 +337,7 @@ async fn letters(kept: &Kept, command: Command, out: &mut impl Write) -> Result<
     };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(patience);
     loop {
-        let now = kept.list(Some(&runner)).await?;
+        let now = list(Some(runner.clone())).await?;
         let pending: Vec<&bookshelf::KeptDeadLetter> = now
             .iter()
             .filter(|k| waiting.contains(&k.id) && k.ticket.is_some())
@@ -398,46 +370,24 @@ async fn letters(kept: &Kept, command: Command, out: &mut impl Write) -> Result<
     }
 }
 
-/// Shows `kept` dead letters: a table, or one JSON object each.
+/// Shows `kept` dead letters: a table, or one JSON object each (as the
+/// services' `GET /dead-letters` gives them).
 fn print_dead_letters(kept: &[bookshelf::KeptDeadLetter], json: bool, out: &mut impl Write) -> Result<(), Failure> {
-    let hex = |bytes: &Option<Vec<u8>>| {
-        bytes
-            .as_ref()
-            .map(|bytes| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>())
-    };
     let mut rows = vec![["ID", "SET ASIDE", "RUNNER", "WHERE", "RE-DRIVE", "REASON"].map(str::to_owned)];
     for kept in kept {
-        let at = kept.set_aside_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-        let letter = &kept.letter;
+        let body = crate::api::LetterBody::from(kept);
         if json {
-            let record = match &letter.record {
-                bookshelf::Poison::Event(event) => serde_json::json!({ "event": event }),
-                bookshelf::Poison::Raw(raw) => serde_json::json!({
-                    "raw": {
-                        "key": hex(&raw.key),
-                        "body": hex(&raw.body),
-                        "headers": raw.headers.iter().map(|(name, value)| (name, hex(&Some(value.clone())))).collect::<Vec<_>>(),
-                    }
-                }),
-            };
-            let line = serde_json::json!({
-                "id": kept.id,
-                "set_aside_at": at,
-                "runner": letter.projection,
-                "location": letter.location,
-                "reason": letter.reason,
-                "ticket": kept.ticket,
-                "record": record,
-            });
+            let line =
+                serde_json::to_string(&body).map_err(|e| Failure::store(format!("cannot show a letter: {e}")))?;
             writeln!(out, "{line}").map_err(written)?;
         } else {
             rows.push([
-                kept.id.to_string(),
-                at,
-                letter.projection.clone(),
-                letter.location.clone(),
-                kept.ticket.map_or_else(|| "-".to_owned(), |t| format!("queued #{t}")),
-                letter.reason.clone(),
+                body.id.to_string(),
+                body.set_aside_at,
+                body.runner,
+                body.location,
+                body.ticket.map_or_else(|| "-".to_owned(), |t| format!("queued #{t}")),
+                body.reason,
             ]);
         }
     }
@@ -598,7 +548,7 @@ async fn on_kafka(config: KafkaConfig, command: Command, out: &mut impl Write) -
         let letters = bookshelf_kafka::KafkaDeadLetters::open(&config)
             .await
             .map_err(Failure::store)?;
-        return self::letters(&Kept::Kafka(letters), command, out).await;
+        return self::letters(&letters, command, out).await;
     }
     let ends = bookshelf_kafka::high_watermarks(&config, &[&topic])
         .await

@@ -721,6 +721,10 @@ impl bookshelf_core::DeadLetters for SqliteDeadLetters {
         Ok(())
     }
 
+    async fn kept_letters(&self, runner: Option<&str>) -> Result<Vec<bookshelf_core::KeptDeadLetter>, StoreError> {
+        self.list(runner)
+    }
+
     fn redrives(&self) -> bool {
         true
     }

@@ -24,13 +24,15 @@ use crate::docs::Api;
 use super::*;
 
 /// `GET /health`; `GET /metrics`, the process's metrics in Prometheus's
-/// text format (see `bookshelf::telemetry` for the library's own); and
-/// `GET /runners` (see [`runner_routes`](super::runner_routes)).
+/// text format (see `bookshelf::telemetry` for the library's own);
+/// `GET /runners` (see [`runner_routes`](super::runner_routes)); and the
+/// dead letters (see [`dead_letter_routes`](super::dead_letter_routes)).
 pub fn health_routes() -> Api {
     Api::new()
         .route(__path_health, health)
         .route(__path_metrics, metrics)
         .merge(super::runner_routes())
+        .merge(super::dead_letter_routes())
 }
 
 /// What `GET /health` answers.

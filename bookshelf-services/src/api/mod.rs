@@ -3,6 +3,7 @@
 //! `api::books_routes`, and so on.
 
 mod books;
+mod dead_letters;
 mod error;
 mod extract;
 mod health;
@@ -13,6 +14,7 @@ mod service;
 mod telemetry;
 
 pub use books::*;
+pub use dead_letters::*;
 pub use error::*;
 pub use extract::*;
 pub use health::*;

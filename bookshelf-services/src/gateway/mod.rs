@@ -18,12 +18,14 @@
 //! NAME=URL` (by default the embedded `last_read` on port 8087 for every
 //! service), which the gateway checks itself on `GET /health` every second.
 //!
-//! Answers of its own: `GET /health`; 404 for a path no route takes; 503 when
+//! Answers of its own: `GET /health`; the web console at `/console` (see
+//! [`console`]); 404 for a path no route takes; 503 when
 //! a service has no healthy instance; 502 when every instance tried refused
 //! the connection or an upstream failed; 504 when one did not answer within
 //! `--timeout-ms`; 413 for a body over `--max-body-bytes`, 408 for one that
 //! does not arrive within `--timeout-ms`. All with a JSON `{"error": …}` body.
 
+pub mod console;
 pub mod fast;
 pub mod proxy;
 
@@ -165,6 +167,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             let gateway = Arc::clone(&combined);
             async move { gateway.combined_document(own).await }
         })
+        .merge(console::routes(Arc::clone(&gateway)))
         .fallback(move |peer, request| proxy::forward(axum::extract::State(Arc::clone(&forwarding)), peer, request));
     let listener = tokio::net::TcpListener::bind(SocketAddr::new(args.addr, args.port)).await?;
     let local = listener.local_addr()?;

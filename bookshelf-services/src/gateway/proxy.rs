@@ -132,6 +132,18 @@ impl Gateway {
     }
 
     /// The services and how many healthy instances each has, by name.
+    /// Each routed service and the instances discovery lists for it now.
+    pub fn instances(&self) -> Vec<(String, Arc<[ServiceInstance]>)> {
+        let mut seen = Vec::new();
+        for route in &self.routes {
+            let service = route.balancer.service().to_owned();
+            if !seen.iter().any(|(name, _)| *name == service) {
+                seen.push((service, route.balancer.instances()));
+            }
+        }
+        seen
+    }
+
     pub fn services(&self) -> BTreeMap<&str, usize> {
         self.routes
             .iter()

@@ -11,6 +11,7 @@ mod changes;
 mod changes_on_kafka;
 mod changes_processes;
 mod cli;
+mod console;
 mod embedded_durability;
 mod gateway;
 mod gateway_relay;
