@@ -101,6 +101,7 @@
 //! | the write side | [`aggregate`], [`repository`], [`snapshot`] | [`Aggregate`], [`Repository`], [`RetryPolicy`], [`SnapshotStore`] |
 //! | the event store | [`store`] | [`EventStore`], [`ExpectedVersion`], [`Subscription`], [`InMemoryStore`] |
 //! | the read side: views in memory, saved with their checkpoint | [`view`], [`projection`] | [`View`], [`ProjectionRunner`], [`ViewStore`] |
+//! | a new version of a view built beside the one answering, swapped in one step | [`versions`] | [`versions::Versions`] |
 //! | following a log of one or many partitions from a checkpoint | [`source`] | [`EventSource`], [`Checkpoint`], [`Follower`] |
 //! | the one follow loop of every reader, and its handle | [`runner`] | [`Runner`], [`Fold`], [`Handle`], [`Running`] |
 //! | what readers set aside, and re-driving it once fixed | [`dead_letter`] | [`DeadLetters`], [`DeadLetter`], [`Redrive`], [`InMemoryDeadLetters`] |
@@ -152,6 +153,7 @@ pub mod telemetry;
 pub mod testing;
 pub mod timestamp;
 pub mod trace;
+pub mod versions;
 pub mod view;
 
 pub use aggregate::Aggregate;

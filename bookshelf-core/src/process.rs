@@ -16,6 +16,13 @@
 //! several aggregates must take a step's cause and its effect in either
 //! order (keep what comes early until what it belongs to comes).
 //!
+//! **Replays send nothing again.** With
+//! [`effects_in`](Runner::effects_in), the runner keeps, apart from the
+//! state, how far in the log it has sent commands. A replay (the state
+//! rebuilt from the start, a new version of the process under a new name,
+//! a state lost) folds the events up to there again without sending their
+//! commands: it goes on sending from the first event past it.
+//!
 //! Delivery is at least once: after a crash between sending a command and
 //! saving the checkpoint, the event is read again and its commands sent
 //! again. Each command therefore carries an idempotency key, the same each
@@ -173,6 +180,12 @@ pub struct ProcessFold<P, B> {
     state: P,
     shared: ViewState<P>,
     at: Checkpoint,
+    /// Where the mark of the commands sent is kept, and the mark: every
+    /// event before it had its commands sent.
+    effects: Option<Arc<dyn ViewStore>>,
+    sent_through: Checkpoint,
+    /// The commands of a replay not sent again, for the logs.
+    not_sent_again: u64,
 }
 
 impl<P, S, B> Runner<ProcessFold<P, B>, S>
@@ -197,6 +210,9 @@ where
             state: P::default(),
             shared: ViewState::new(P::default()),
             at: Checkpoint::new(),
+            effects: None,
+            sent_through: Checkpoint::new(),
+            not_sent_again: 0,
         };
         Runner::folding(name, source, fold)
             .batch_size(256)
@@ -207,6 +223,17 @@ where
     #[must_use]
     pub fn persist_to(mut self, saved: impl ViewStore) -> Self {
         self.fold.saved = Arc::new(saved);
+        self
+    }
+
+    /// Keeps in `effects`, apart from the state, how far the process has
+    /// sent its commands, so that a replay from before there (the state
+    /// rebuilt, a new version of the process, a state lost) does not send
+    /// them again (see the [module docs](crate::process)). Share it between
+    /// the versions of a process; give it to no other process.
+    #[must_use]
+    pub fn effects_in(mut self, effects: impl ViewStore) -> Self {
+        self.fold.effects = Some(Arc::new(effects));
         self
     }
 
@@ -240,16 +267,33 @@ where
             })?;
             self.at = saved.reflects();
         }
+        if let Some(effects) = &self.effects {
+            if let Some(mark) = effects.load().await? {
+                self.sent_through = mark.reflects();
+            }
+        }
         self.publish();
         Ok(self.at.clone())
     }
 
     async fn apply(&mut self, batch: Batch<'_, P::Event>) -> Result<(), ProjectionError> {
         for decoded in batch.events.drain(..) {
+            let replayed = decoded.is_before(&self.sent_through);
             decoded.advance(&mut self.at);
             let event = decoded.event;
+            if replayed {
+                // Its commands went out before: folded, not sent again.
+                let commands = self.state.react(&event);
+                self.not_sent_again += commands.len() as u64;
+                continue;
+            }
             let span = crate::trace::event_span(&self.name, &event.event_type, &event.metadata);
             tracing::Instrument::instrument(self.react(&event), span).await?;
+        }
+        // The replay has come past what was sent before.
+        if self.not_sent_again > 0 && self.at.furthest(&self.sent_through) == self.at {
+            tracing::info!(process = %self.name, commands = self.not_sent_again, "replayed past the commands sent before; sending again from here");
+            self.not_sent_again = 0;
         }
         self.at = batch.to.clone();
         self.save().await?;
@@ -327,11 +371,26 @@ where
         Ok(())
     }
 
-    async fn save(&self) -> Result<(), ProjectionError> {
+    async fn save(&mut self) -> Result<(), ProjectionError> {
         let state = serde_json::value::to_raw_value(&self.state).map_err(|source| ProjectionError::Serialize {
             projection: self.name.clone(),
             source,
         })?;
+        // The mark first: the commands up to `at` went out, whatever
+        // happens to the state's save.
+        if let Some(effects) = &self.effects {
+            let through = self.sent_through.furthest(&self.at);
+            if through != self.sent_through {
+                let nothing = serde_json::value::RawValue::from_string("null".to_owned()).map_err(|source| {
+                    ProjectionError::Serialize {
+                        projection: self.name.clone(),
+                        source,
+                    }
+                })?;
+                effects.save(&StoredView::new(&through, nothing)).await?;
+                self.sent_through = through;
+            }
+        }
         self.saved.save(&StoredView::new(&self.at, state)).await?;
         Ok(())
     }

@@ -82,6 +82,15 @@ impl<E> Decoded<E> {
             None => at.set(&self.partition, self.mark),
         }
     }
+
+    /// Whether `at` is already past this event (the rule
+    /// [`advance`](Self::advance) moves by).
+    pub fn is_before(&self, at: &Checkpoint) -> bool {
+        match self.ticket {
+            Some(ticket) => ticket <= at.redriven(),
+            None => self.mark.next <= at.get(&self.partition).next,
+        }
+    }
 }
 
 /// One batch for a [`Fold`].

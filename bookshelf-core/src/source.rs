@@ -115,6 +115,19 @@ impl Checkpoint {
         self.redriven = ticket;
     }
 
+    /// The furthest of the two in each partition, and in the re-drive
+    /// queue.
+    pub fn furthest(&self, other: &Checkpoint) -> Checkpoint {
+        let mut furthest = self.clone();
+        for (partition, mark) in other.iter() {
+            if mark.next > furthest.get(partition).next {
+                furthest.set(partition, mark);
+            }
+        }
+        furthest.redriven = self.redriven.max(other.redriven);
+        furthest
+    }
+
     /// Whether the checkpoint is at the start of everything: no partition
     /// read, no dead letter re-driven.
     pub fn is_start(&self) -> bool {

@@ -235,12 +235,16 @@ pub async fn start(
                 dir: settings.mailbox.clone(),
             };
             let notifiers = KafkaLog::new(changes);
+            // How far it has sent, apart from its state: a notifier whose
+            // state is lost or rebuilt sends nothing again.
+            let sent = saved("notifier-sent");
             let saved = saved("notifier");
             let task = tokio::spawn(async move {
                 let mut restarts = RESTARTS.delays();
                 loop {
                     let notifier = ProcessRunner::<Notifier, _, _>::new("notifier", notifiers.clone(), mailbox.clone())
                         .persist_to(saved.clone())
+                        .effects_in(sent.clone())
                         .retry(RetryPolicy::attempts(20).with_backoff(Duration::from_millis(50)))
                         .start();
                     let stopping = loop {

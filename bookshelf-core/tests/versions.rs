@@ -1,0 +1,184 @@
+//! Side-by-side rebuilds: a new version of a view built from the start of a
+//! log of 100,000 events beside the version answering, swapped in one step;
+//! queries asked all along see one version's whole view, never a partial
+//! one.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bookshelf_core::versions::{versioned, RebuildError, Versions};
+use bookshelf_core::{
+    Envelope, EventStore, ExpectedVersion, InMemoryStore, Position, ProjectionRunner, StreamId, View,
+};
+use bookshelf_testkit::accounts::{deposit, AccountEvent};
+use serde::{Deserialize, Serialize};
+
+/// What queries are answered with.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct Totals {
+    deposits: u64,
+    sum: i64,
+}
+
+/// Version 1: sums the deposits.
+#[derive(Default)]
+struct Summed(Totals);
+
+impl View for Summed {
+    type Event = AccountEvent;
+    fn apply(&mut self, event: Envelope<AccountEvent>) {
+        if let AccountEvent::Deposited { amount } = event.payload {
+            self.0.deposits += 1;
+            self.0.sum += amount;
+        }
+    }
+}
+
+/// Version 2, the code changed: sums them in cents.
+#[derive(Default, Serialize, Deserialize)]
+struct InCents(Totals);
+
+/// Where version 2's saved state cannot be read: it fails as it starts.
+struct Unreadable;
+
+#[bookshelf_core::async_trait]
+impl bookshelf_core::ViewStore for Unreadable {
+    async fn load(&self) -> Result<Option<bookshelf_core::StoredView>, bookshelf_core::ViewStoreError> {
+        Err(bookshelf_core::ViewStoreError("the disk went away".into()))
+    }
+    async fn save(&self, _: &bookshelf_core::StoredView) -> Result<(), bookshelf_core::ViewStoreError> {
+        Ok(())
+    }
+}
+
+impl View for InCents {
+    type Event = AccountEvent;
+    fn apply(&mut self, event: Envelope<AccountEvent>) {
+        if let AccountEvent::Deposited { amount } = event.payload {
+            self.0.deposits += 1;
+            self.0.sum += amount * 100;
+        }
+    }
+}
+
+fn summed(view: &Summed) -> &Totals {
+    &view.0
+}
+
+fn in_cents(view: &InCents) -> &Totals {
+    &view.0
+}
+
+const EVENTS: u64 = 100_000;
+
+/// A log of [`EVENTS`] deposits; their sum.
+async fn log() -> (InMemoryStore, i64) {
+    let store = InMemoryStore::new();
+    let mut sum = 0;
+    for account in 0..EVENTS / 1_000 {
+        let deposits: Vec<_> = (0..1_000)
+            .map(|i| {
+                let amount = (account * 1_000 + i) as i64 % 97 + 1;
+                sum += amount;
+                deposit(amount)
+            })
+            .collect();
+        store
+            .append(
+                &StreamId::new(format!("account-{account}")),
+                ExpectedVersion::NoStream,
+                deposits,
+            )
+            .await
+            .unwrap();
+    }
+    (store, sum)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queries_during_a_rebuild_of_100_000_events_never_see_a_partial_view() {
+    let (store, sum) = log().await;
+    let v1 = ProjectionRunner::<Summed, _>::new(versioned("totals", 1), store.clone()).start();
+    v1.wait_for(Position(EVENTS)).await.unwrap();
+    let totals = Versions::new(1, v1, summed);
+    let (old, new) = (
+        Totals { deposits: EVENTS, sum },
+        Totals {
+            deposits: EVENTS,
+            sum: sum * 100,
+        },
+    );
+
+    // Queries all along, each checked: one whole version or the other.
+    let done = Arc::new(AtomicBool::new(false));
+    let (seen_old, seen_new) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let asking = {
+        let (totals, done) = (totals.clone(), Arc::clone(&done));
+        let (seen_old, seen_new) = (Arc::clone(&seen_old), Arc::clone(&seen_new));
+        tokio::spawn(async move {
+            while !done.load(Ordering::SeqCst) {
+                let (version, answer) = (totals.serving(), totals.read(|t| *t));
+                match answer {
+                    a if a == old => seen_old.fetch_add(1, Ordering::SeqCst),
+                    a if a == new => seen_new.fetch_add(1, Ordering::SeqCst),
+                    partial => panic!("a query saw a partial view: {partial:?} (version {version} served)"),
+                };
+                tokio::task::yield_now().await;
+            }
+        })
+    };
+
+    let v2 = ProjectionRunner::<InCents, _>::new(versioned("totals", 2), store.clone()).start();
+    let building = v2.handle();
+    totals.rebuild(2, v2, in_cents).await.unwrap();
+    assert!(building.read(|v| v.0) == new, "swapped once whole");
+    assert_eq!(totals.serving(), 2);
+    assert_eq!(totals.previous().await, Some(1), "the old version kept");
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    done.store(true, Ordering::SeqCst);
+    asking.await.expect("every answer whole");
+    assert!(
+        seen_old.load(Ordering::SeqCst) > 0,
+        "the old version answered during the rebuild"
+    );
+    assert!(seen_new.load(Ordering::SeqCst) > 0, "the new one after");
+
+    // Both follow the log; the old one until dropped.
+    store
+        .append(
+            &StreamId::new("account-late"),
+            ExpectedVersion::NoStream,
+            vec![deposit(5)],
+        )
+        .await
+        .unwrap();
+    let end = Position(EVENTS + 1);
+    totals.wait_for(end).await.unwrap();
+    assert_eq!(totals.read(|t| t.sum), (sum + 5) * 100);
+    totals.drop_previous().await.unwrap();
+    assert_eq!(totals.previous().await, None);
+    totals.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_version_that_fails_while_it_builds_never_serves() {
+    let (store, sum) = log().await;
+    let v1 = ProjectionRunner::<Summed, _>::new(versioned("totals", 1), store.clone()).start();
+    v1.wait_for(Position(EVENTS)).await.unwrap();
+    let totals = Versions::new(1, v1, summed);
+    let v2 = ProjectionRunner::<InCents, _>::new(versioned("totals", 2), store.clone())
+        .persist_to(Unreadable)
+        .start();
+    let refused = totals.rebuild(2, v2, in_cents).await;
+    assert!(
+        matches!(refused, Err(RebuildError::Ended { version: 2, .. })),
+        "{refused:?}"
+    );
+    assert_eq!((totals.serving(), totals.read(|t| t.sum)), (1, sum));
+    let again = ProjectionRunner::<Summed, _>::new(versioned("totals", 1), store.clone()).start();
+    assert!(matches!(
+        totals.rebuild(1, again, summed).await,
+        Err(RebuildError::Served(1))
+    ));
+    totals.stop().await.unwrap();
+}
