@@ -40,16 +40,21 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use crate::projection::ProjectionError;
 use crate::runner::{Ended, Running, Until, ViewState};
 use crate::source::Checkpoint;
 
-/// The name of version `version` of view `name`: `NAME@vVERSION`.
+/// The name of version `version` of view `name`: `NAME@vVERSION`, and for
+/// version 1 `NAME` itself, so that a view that never had another version
+/// keeps its name (and its saved state).
 pub fn versioned(name: &str, version: u32) -> String {
-    format!("{name}@v{version}")
+    match version {
+        1 => name.to_owned(),
+        _ => format!("{name}@v{version}"),
+    }
 }
 
 /// The whole view as the answer to queries: for versions of one view type.
@@ -105,7 +110,7 @@ struct Runners {
 pub struct Versions<T: ?Sized> {
     /// Swapped in one step.
     serving: Arc<RwLock<Serving<T>>>,
-    runners: Arc<tokio::sync::Mutex<Runners>>,
+    runners: Arc<Mutex<Runners>>,
 }
 
 impl<T: ?Sized> Clone for Versions<T> {
@@ -158,7 +163,7 @@ impl<T: ?Sized + 'static> Versions<T> {
     pub fn new<V: Send + Sync + 'static>(number: u32, running: Running<ViewState<V>>, answer: fn(&V) -> &T) -> Self {
         Versions {
             serving: Arc::new(RwLock::new(serving(number, &running, answer))),
-            runners: Arc::new(tokio::sync::Mutex::new(Runners {
+            runners: Arc::new(Mutex::new(Runners {
                 current: Box::new(running),
                 previous: None,
             })),
@@ -230,11 +235,15 @@ impl<T: ?Sized + 'static> Versions<T> {
                 return Err(RebuildError::Ended { version: number, ended });
             }
         }
-        let mut runners = self.runners.lock().await;
-        let new = serving(number, &running, answer);
-        let replaced = std::mem::replace(&mut *self.serving.write().unwrap_or_else(|p| p.into_inner()), new).number;
-        let old = std::mem::replace(&mut runners.current, Box::new(running));
-        if let Some((dropped, version)) = runners.previous.replace((replaced, old)) {
+        let (replaced, dropped) = {
+            // The version served and the runners swap together.
+            let mut runners = self.runners();
+            let new = serving(number, &running, answer);
+            let replaced = std::mem::replace(&mut *self.serving.write().unwrap_or_else(|p| p.into_inner()), new).number;
+            let old = std::mem::replace(&mut runners.current, Box::new(running));
+            (replaced, runners.previous.replace((replaced, old)))
+        };
+        if let Some((dropped, version)) = dropped {
             if let Err(error) = version.stop().await {
                 tracing::warn!(version = dropped, %error, "a version no longer kept did not stop cleanly");
             }
@@ -243,9 +252,13 @@ impl<T: ?Sized + 'static> Versions<T> {
         Ok(())
     }
 
+    fn runners(&self) -> std::sync::MutexGuard<'_, Runners> {
+        self.runners.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// The version served before the last swap, if it still runs.
-    pub async fn previous(&self) -> Option<u32> {
-        self.runners.lock().await.previous.as_ref().map(|(number, _)| *number)
+    pub fn previous(&self) -> Option<u32> {
+        self.runners().previous.as_ref().map(|(number, _)| *number)
     }
 
     /// Stops the version served before the last swap, if it still runs.
@@ -253,7 +266,7 @@ impl<T: ?Sized + 'static> Versions<T> {
     /// # Errors
     /// What its runner's last save failed with.
     pub async fn drop_previous(&self) -> Result<(), ProjectionError> {
-        let previous = self.runners.lock().await.previous.take();
+        let previous = self.runners().previous.take();
         match previous {
             Some((_, version)) => version.stop().await,
             None => Ok(()),
@@ -266,8 +279,7 @@ impl<T: ?Sized + 'static> Versions<T> {
     /// What the last save of the version served failed with.
     pub async fn stop(self) -> Result<(), ProjectionError> {
         self.drop_previous().await?;
-        let mut runners = self.runners.lock().await;
-        let current = std::mem::replace(&mut runners.current, Box::new(Stopped));
+        let current = std::mem::replace(&mut self.runners().current, Box::new(Stopped));
         current.stop().await
     }
 }

@@ -11,6 +11,7 @@
 //! bookshelf --data bookshelf-data dead-letters [last-read] [--json]
 //! bookshelf --data bookshelf-data redrive last-read --id 3 | --all [--wait]
 //! bookshelf --service http://127.0.0.1:8080 runners
+//! bookshelf --service http://127.0.0.1:8087 rebuild last-read --wait
 //! ```
 //!
 //! Output is for people by default and one JSON document per line with
@@ -111,6 +112,17 @@ enum Command {
         /// One JSON object per letter, its event as stored
         #[arg(long)]
         json: bool,
+    },
+    /// With `--service`: builds the next version of a view beside the one
+    /// serving, from the start of the log; it takes over once caught up
+    Rebuild {
+        /// The view (`GET /views` on the service lists them)
+        view: String,
+        /// Then show its progress (a bar with rate and time left on a
+        /// terminal, a line a second otherwise) until it serves, for up to
+        /// SECONDS (600 by default)
+        #[arg(long, value_name = "SECONDS", num_args = 0..=1, default_missing_value = "600")]
+        wait: Option<u64>,
     },
     /// Queues dead letters of a runner for re-drive: the runner, running
     /// the code now deployed, applies each once (in the order queued,
@@ -221,17 +233,18 @@ pub fn main() -> ExitCode {
 /// Runs `cli`, writing what it shows to `out`.
 async fn run(cli: Cli, out: &mut impl Write) -> Result<(), Failure> {
     if let Some(url) = &cli.store.service {
-        let Command::Runners { json } = cli.command else {
-            return Err(Failure {
-                message: "--service names a running service: its command is `runners`".to_owned(),
+        return match cli.command {
+            Command::Runners { json } => runners(url, json, out).await,
+            Command::Rebuild { view, wait } => rebuild(url, &view, wait, out).await,
+            _ => Err(Failure {
+                message: "--service names a running service: its commands are `runners` and `rebuild`".to_owned(),
                 code: 2,
-            });
+            }),
         };
-        return runners(url, json, out).await;
     }
-    if let Command::Runners { .. } = cli.command {
+    if let Command::Runners { .. } | Command::Rebuild { .. } = cli.command {
         return Err(Failure {
-            message: "`runners` asks a running service: name it with --service URL".to_owned(),
+            message: "`runners` and `rebuild` ask a running service: name it with --service URL".to_owned(),
             code: 2,
         });
     }
@@ -472,6 +485,124 @@ async fn runners(url: &str, json: bool, out: &mut impl Write) -> Result<(), Fail
     out.flush().map_err(written)
 }
 
+/// Builds the next version of `view` in the service at `url`, and with
+/// `wait` shows its progress until it serves.
+async fn rebuild(url: &str, view: &str, wait: Option<u64>, out: &mut impl Write) -> Result<(), Failure> {
+    let base = url.trim_end_matches('/');
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .map_err(Failure::store)?;
+    let asked = |address: &str, e: reqwest::Error| Failure::store(format!("{address}: {e}"));
+    let get = |path: &'static str| {
+        let (client, address) = (client.clone(), format!("{base}{path}"));
+        async move {
+            let response = client.get(&address).send().await.map_err(|e| asked(&address, e))?;
+            response
+                .json::<serde_json::Value>()
+                .await
+                .map_err(|e| asked(&address, e))
+        }
+    };
+    let address = format!("{base}/views/{view}/rebuild");
+    let response = client.post(&address).send().await.map_err(|e| asked(&address, e))?;
+    let status = response.status();
+    let body: serde_json::Value = response.json().await.map_err(|e| asked(&address, e))?;
+    if !status.is_success() {
+        let why = body["error"].as_str().unwrap_or("refused").to_owned();
+        let code = if status == reqwest::StatusCode::NOT_FOUND {
+            NOT_FOUND
+        } else {
+            1
+        };
+        return Err(Failure {
+            message: format!("{address} answered {status}: {why}"),
+            code,
+        });
+    }
+    let (version, runner) = (
+        body["version"].as_u64().unwrap_or_default(),
+        body["runner"].as_str().unwrap_or_default().to_owned(),
+    );
+    writeln!(
+        out,
+        "building version {version} of {view} beside the one serving (runner {runner})"
+    )
+    .map_err(written)?;
+    out.flush().map_err(written)?;
+    let Some(patience) = wait else {
+        return Ok(());
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(patience);
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let bar = terminal.then(|| {
+        let bar = indicatif::ProgressBar::new(0);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{prefix} [{bar:40}] {pos}/{len} events, {per_sec}, {eta} left")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar.set_prefix(runner.clone());
+        bar
+    });
+    loop {
+        let views = get("/views").await?;
+        let this = views
+            .as_array()
+            .and_then(|all| all.iter().find(|v| v["name"] == view))
+            .cloned()
+            .unwrap_or_default();
+        if this["serving"].as_u64() == Some(version) {
+            if let Some(bar) = &bar {
+                bar.finish_and_clear();
+            }
+            let kept = this["previous"]
+                .as_u64()
+                .map_or_else(String::new, |p| format!("; version {p} kept until dropped"));
+            writeln!(out, "version {version} of {view} serves{kept}").map_err(written)?;
+            return out.flush().map_err(written);
+        }
+        if this["building"].is_null() {
+            let why = this["failure"].as_str().unwrap_or("it stopped").to_owned();
+            return Err(Failure::store(format!(
+                "version {version} of {view} did not take over: {why}"
+            )));
+        }
+        let runners = get("/runners").await?;
+        let (mut position, mut end, mut seen) = (0, 0, false);
+        if let Some(found) = runners
+            .as_array()
+            .and_then(|all| all.iter().find(|r| r["name"] == runner.as_str()))
+        {
+            for at in found["partitions"].as_object().into_iter().flat_map(|p| p.values()) {
+                position += at["position"].as_u64().unwrap_or(0);
+                end += at["end"].as_u64().unwrap_or(0);
+                seen = true;
+            }
+        }
+        match &bar {
+            Some(bar) => {
+                bar.set_length(end.max(position));
+                bar.set_position(position);
+            }
+            None if seen && end > 0 => {
+                writeln!(out, "{runner}: {position} of {end} events").map_err(written)?;
+                out.flush().map_err(written)?;
+            }
+            // Restoring its state: no partition read, no end seen yet.
+            None => {
+                writeln!(out, "{runner}: starting").map_err(written)?;
+                out.flush().map_err(written)?;
+            }
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(Failure::store(format!(
+                "version {version} of {view} has not caught up in {patience} s (at {position} of {end})"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(if bar.is_some() { 200 } else { 1000 })).await;
+    }
+}
+
 /// Carries out `command` on `store`.
 async fn browse<S: EventStore>(store: &S, command: Command, out: &mut impl Write) -> Result<(), Failure> {
     match command {
@@ -482,7 +613,9 @@ async fn browse<S: EventStore>(store: &S, command: Command, out: &mut impl Write
         Command::Projections { .. } => {
             return Err(Failure::store("this store keeps no projections"));
         }
-        Command::Runners { .. } => unreachable!("`runners` is answered before a store is opened"),
+        Command::Runners { .. } | Command::Rebuild { .. } => {
+            unreachable!("`runners` and `rebuild` are answered before a store is opened")
+        }
         Command::DeadLetters { .. } | Command::Redrive { .. } => {
             unreachable!("a store that keeps dead letters answers for them")
         }
@@ -575,7 +708,9 @@ async fn on_kafka(config: KafkaConfig, command: Command, out: &mut impl Write) -
         Command::DeadLetters { .. } | Command::Redrive { .. } => {
             unreachable!("the dead letters' topics answer for them")
         }
-        Command::Runners { .. } => unreachable!("`runners` is answered before a store is opened"),
+        Command::Runners { .. } | Command::Rebuild { .. } => {
+            unreachable!("`runners` and `rebuild` are answered before a store is opened")
+        }
         Command::Events { stream, json, follow } => {
             let stream = StreamId::new(stream);
             let mut follower = log.follow(&Checkpoint::new()).await.map_err(Failure::store)?;

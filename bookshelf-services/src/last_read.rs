@@ -29,6 +29,7 @@ use api::{Backend, KeepsViews};
 use bookshelf::postgres::PostgresStore;
 use bookshelf::sqlite::table::TableFold;
 use bookshelf::sqlite::SqliteStore;
+use bookshelf::versions::{versioned, whole, Versions};
 use bookshelf::{EventSource, EventStore, InMemoryStore, ProjectionRunner, Repository, RetryPolicy};
 use bookshelf_kafka::{KafkaConfig, KafkaDeadLetters, KafkaLog};
 use clap::Parser;
@@ -139,18 +140,29 @@ fn embedded<S>(
 where
     S: EventStore + EventSource + Clone + KeepsViews,
 {
-    let mut view = ProjectionRunner::<LastRead, _>::new("last-read", store.clone()).only_category("book");
-    if let Some(saved) = store.saved_view("last-read") {
-        view = view.persist_to(saved).save_every(100);
-    }
-    if let Some(dead_letters) = store.dead_letters() {
-        view = view.dead_letters(dead_letters);
-    }
-    if rebuild {
-        view = view.rebuild();
-    }
-    let view = view.start();
-    let mut settle = vec![api::settle_on(view.handle())];
+    // Each version of the view (the first named `last-read`, the next
+    // `last-read@v2`, …) saved and setting letters aside apart.
+    let version = {
+        let store = store.clone();
+        move |version: u32, rebuild: bool| {
+            let name = versioned("last-read", version);
+            let mut view = ProjectionRunner::<LastRead, _>::new(name.clone(), store.clone()).only_category("book");
+            if let Some(saved) = store.saved_view(&name) {
+                view = view.persist_to(saved).save_every(100);
+            }
+            if let Some(dead_letters) = store.dead_letters() {
+                view = view.dead_letters(dead_letters);
+            }
+            if rebuild {
+                view = view.rebuild();
+            }
+            view.start()
+        }
+    };
+    let view = Versions::new(1, version(1, rebuild), whole);
+    // A version built beside the one serving starts from the start of the log.
+    api::rebuildable("last-read", view.clone(), whole, move |number| version(number, true));
+    let mut settle = vec![api::settle_on_versions(view.clone())];
     let (authors, stop_authors): (docs::Api, StopView) = match tables {
         Some(path) => {
             if rebuild && path.exists() {
@@ -187,7 +199,7 @@ where
         read_your_writes: settle,
         new_id: None,
     });
-    let app = api::last_read_routes(view.reads().clone())
+    let app = api::last_read_routes(view.clone())
         .merge(authors)
         .merge(api::books_routes(books));
     let stop = async move {
@@ -206,6 +218,7 @@ async fn from_kafka(broker: &str, topic: &str) -> Result<(docs::Api, StopView), 
     let view = ProjectionRunner::<LastRead, _>::new("last-read", KafkaLog::new(config))
         .dead_letters(dead_letters)
         .start();
-    let app = api::last_read_routes(view.reads().clone());
+    let view = Versions::new(1, view, whole);
+    let app = api::last_read_routes(view.clone());
     Ok((app, Box::pin(view.stop())))
 }

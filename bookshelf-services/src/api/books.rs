@@ -41,6 +41,14 @@ pub fn settle_on<R: Clone + Send + Sync + 'static>(view: bookshelf::Handle<R>) -
     })
 }
 
+/// [`settle_on`] the version of a view serving when a command is answered.
+pub fn settle_on_versions<T: ?Sized + Send + Sync + 'static>(view: bookshelf::versions::Versions<T>) -> Settle {
+    Arc::new(move |position| {
+        let view = view.clone();
+        Box::pin(async move { view.wait_for(position).await.is_ok() })
+    })
+}
+
 /// A book to put on the shelf.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]

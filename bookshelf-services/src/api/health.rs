@@ -33,6 +33,7 @@ pub fn health_routes() -> Api {
         .route(__path_metrics, metrics)
         .merge(super::runner_routes())
         .merge(super::dead_letter_routes())
+        .merge(super::view_routes())
 }
 
 /// What `GET /health` answers.

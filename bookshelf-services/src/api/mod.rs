@@ -12,6 +12,7 @@ mod queries;
 mod runners;
 mod service;
 mod telemetry;
+mod views;
 
 pub use books::*;
 pub use dead_letters::*;
@@ -22,3 +23,4 @@ pub use queries::*;
 pub use runners::*;
 pub use service::*;
 pub use telemetry::*;
+pub use views::*;

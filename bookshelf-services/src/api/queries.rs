@@ -14,7 +14,7 @@ use super::*;
 
 /// `GET /` and `GET /last-read`: the last read books as a JSON list, most
 /// recent first.
-pub fn last_read_routes(view: ViewState<LastRead>) -> Api {
+pub fn last_read_routes(view: bookshelf::versions::Versions<LastRead>) -> Api {
     Api::new()
         .route(__path_last_read_root, last_read_root)
         .route(__path_last_read, last_read)
@@ -26,7 +26,7 @@ pub fn last_read_routes(view: ViewState<LastRead>) -> Api {
     get, path = "/", tag = "last-read",
     responses((status = 200, description = "Up to five books, most recently read first", body = Vec<ReadBook>))
 )]
-async fn last_read_root(view: State<ViewState<LastRead>>) -> Response {
+async fn last_read_root(view: State<bookshelf::versions::Versions<LastRead>>) -> Response {
     last_read(view).await
 }
 
@@ -35,7 +35,7 @@ async fn last_read_root(view: State<ViewState<LastRead>>) -> Response {
     get, path = "/last-read", tag = "last-read",
     responses((status = 200, description = "Up to five books, most recently read first", body = Vec<ReadBook>))
 )]
-async fn last_read(State(view): State<ViewState<LastRead>>) -> Response {
+async fn last_read(State(view): State<bookshelf::versions::Versions<LastRead>>) -> Response {
     axum::Json(view.read(LastRead::books)).into_response()
 }
 

@@ -232,6 +232,82 @@ async fn the_command_line_shows_a_running_services_runners() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// `rebuild` builds the next version of a view beside the one serving, and
+/// with `--wait` shows its progress (plain lines, not on a terminal) until
+/// it serves; the view answers the same all along.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_command_line_rebuilds_a_view_beside_the_one_serving() {
+    let dir = tempfile::tempdir().expect("a directory");
+    let shelf = Service::start_in(dir.path(), "last_read", &["--data", "data"]);
+    let http = reqwest::Client::new();
+    for n in 0..30 {
+        let id = add_book(&http, &shelf.url, &format!("Book {n}")).await;
+        read_book(&http, &shelf.url, &id).await;
+    }
+    let before = crate::support::get_json(&http, &format!("{}/last-read", shelf.url)).await;
+    assert_eq!(before.as_array().map(Vec::len), Some(5));
+    let url = shelf.url.clone();
+    let rebuild = move |view: &'static str| {
+        let url = url.clone();
+        tokio::task::spawn_blocking(move || bookshelf(&["--service", &url, "rebuild", view, "--wait=60"]))
+    };
+
+    let (code, out, err) = rebuild("last-read").await.expect("ran");
+    assert_eq!(code, 0, "{out}{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines.first().copied(),
+        Some("building version 2 of last-read beside the one serving (runner last-read@v2)")
+    );
+    assert_eq!(
+        lines.last().copied(),
+        Some("version 2 of last-read serves; version 1 kept until dropped"),
+        "{out}"
+    );
+    let after = crate::support::get_json(&http, &format!("{}/last-read", shelf.url)).await;
+    assert_eq!(after, before, "the rebuilt version answers the same");
+    let views = crate::support::get_json(&http, &format!("{}/views", shelf.url)).await;
+    assert_eq!(views[0]["serving"], 2);
+    assert_eq!(views[0]["previous"], 1);
+    let runners = crate::support::get_json(&http, &format!("{}/runners", shelf.url)).await;
+    let names: Vec<&str> = runners
+        .as_array()
+        .expect("a list")
+        .iter()
+        .filter_map(|r| r["name"].as_str())
+        .collect();
+    assert!(
+        names.contains(&"last-read") && names.contains(&"last-read@v2"),
+        "{names:?}"
+    );
+
+    // Once more: version 3 serves, 2 is kept and 1 stopped.
+    let (code, out, _) = rebuild("last-read").await.expect("ran");
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.ends_with("version 3 of last-read serves; version 2 kept until dropped\n"),
+        "{out}"
+    );
+    let runners = crate::support::get_json(&http, &format!("{}/runners", shelf.url)).await;
+    let names: Vec<&str> = runners
+        .as_array()
+        .expect("a list")
+        .iter()
+        .filter_map(|r| r["name"].as_str())
+        .collect();
+    assert!(!names.contains(&"last-read"), "version 1 stopped: {names:?}");
+    // A write after the swap reaches the version serving.
+    let id = add_book(&http, &shelf.url, "After").await;
+    read_book(&http, &shelf.url, &id).await;
+    let now = crate::support::get_json(&http, &format!("{}/last-read", shelf.url)).await;
+    assert_eq!(now[0]["title"], "After", "{now}");
+
+    let (code, _, err) = rebuild("nothing").await.expect("ran");
+    assert_eq!(code, 3, "{err}");
+    let (code, _, err) = bookshelf(&["--data", "somewhere", "rebuild", "last-read"]);
+    assert_eq!(code, 2, "{err}");
+}
+
 /// `dead-letters` lists what a runner set aside in the store, by runner,
 /// for people and for scripts; `redrive` hands them back to the runner,
 /// which applies those the code now running reads and puts back the others.
