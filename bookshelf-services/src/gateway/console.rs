@@ -5,12 +5,15 @@
 //! * `GET /console`: the page.
 //! * `GET /console/api/instances`: every instance discovery lists for the
 //!   gateway's services, and from each (asked at once, a second and a half
-//!   each at most) its health, its runners (`GET /runners`) and its dead
-//!   letters (`GET /dead-letters`). An instance serving several services
-//!   (the embedded `last_read`) is asked once.
+//!   each at most) its health, its runners (`GET /runners`), its dead
+//!   letters (`GET /dead-letters`) and its rebuildable views with their
+//!   versions (`GET /views`). An instance serving several services (the
+//!   embedded `last_read`) is asked once.
 //! * `POST /console/api/redrive`: `{"address", "runner", "id"}` or
 //!   `{"address", "runner", "all": true}`, relayed to that instance's
 //!   `POST /runners/{runner}/redrive`; only to an address discovery lists.
+//! * `POST /console/api/rebuild`: `{"address", "view"}`, relayed to that
+//!   instance's `POST /views/{view}/rebuild`, likewise.
 //!
 //! The page reads the books' streams through the gateway's own routes
 //! (`/last-read` for the books last read, `/books/{id}/events` for a
@@ -44,6 +47,7 @@ pub fn routes(gateway: Arc<Gateway>) -> Router {
         .route("/console", get(page))
         .route("/console/api/instances", get(instances))
         .route("/console/api/redrive", post(redrive))
+        .route("/console/api/rebuild", post(rebuild))
         .with_state(Console { gateway, client })
 }
 
@@ -71,6 +75,8 @@ struct InstanceBody {
     runners: Option<Value>,
     /// Its `GET /dead-letters`, if it answered.
     dead_letters: Option<Value>,
+    /// Its `GET /views`, if it answered.
+    views: Option<Value>,
 }
 
 /// Every instance of every routed service, and what each says.
@@ -101,7 +107,8 @@ async fn instances(State(console): State<Console>) -> axum::Json<Vec<InstanceBod
                     response.json::<Value>().await.map_err(|e| e.to_string())
                 }
             };
-            let (health, runners, dead_letters) = tokio::join!(get("/health"), get("/runners"), get("/dead-letters"));
+            let (health, runners, dead_letters, views) =
+                tokio::join!(get("/health"), get("/runners"), get("/dead-letters"), get("/views"));
             InstanceBody {
                 health: match health {
                     Ok(_) => "passing".to_owned(),
@@ -109,6 +116,7 @@ async fn instances(State(console): State<Console>) -> axum::Json<Vec<InstanceBod
                 },
                 runners: runners.ok(),
                 dead_letters: dead_letters.ok(),
+                views: views.ok(),
                 address,
                 ids,
                 services,
@@ -133,34 +141,58 @@ struct RedriveAsked {
 
 /// Relays a re-drive to the instance named, if discovery lists it.
 async fn redrive(State(console): State<Console>, Json(asked): Json<RedriveAsked>) -> Result<Response, ApiError> {
-    let known = console
-        .gateway
-        .instances()
-        .iter()
-        .any(|(_, instances)| instances.iter().any(|i| i.authority() == asked.address));
-    if !known {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            format!("no instance at {} in discovery", asked.address),
-        ));
-    }
     let body = match asked.id {
         Some(id) => serde_json::json!({ "id": id }),
         None => serde_json::json!({ "all": asked.all }),
     };
-    let runner: String = asked
-        .runner
-        .bytes()
+    let path = format!("/runners/{}/redrive", in_path(&asked.runner));
+    relay(&console, &asked.address, &path, body).await
+}
+
+/// What the page asks to rebuild.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RebuildAsked {
+    address: String,
+    view: String,
+}
+
+/// Relays a rebuild to the instance named, if discovery lists it.
+async fn rebuild(State(console): State<Console>, Json(asked): Json<RebuildAsked>) -> Result<Response, ApiError> {
+    let path = format!("/views/{}/rebuild", in_path(&asked.view));
+    relay(&console, &asked.address, &path, Value::Null).await
+}
+
+/// `name` as one segment of a path.
+fn in_path(name: &str) -> String {
+    name.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
             other => format!("%{other:02X}"),
         })
-        .collect();
-    let url = format!("http://{}/runners/{runner}/redrive", asked.address);
-    let answer = console
-        .client
-        .post(&url)
-        .json(&body)
+        .collect()
+}
+
+/// POSTs `body` (none when null) to `path` of the instance at `address`,
+/// if discovery lists it, and answers what it answered.
+async fn relay(console: &Console, address: &str, path: &str, body: Value) -> Result<Response, ApiError> {
+    let known = console
+        .gateway
+        .instances()
+        .iter()
+        .any(|(_, instances)| instances.iter().any(|i| i.authority() == address));
+    if !known {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no instance at {address} in discovery"),
+        ));
+    }
+    let url = format!("http://{address}{path}");
+    let mut request = console.client.post(&url);
+    if !body.is_null() {
+        request = request.json(&body);
+    }
+    let answer = request
         .send()
         .await
         .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, format!("{url}: {e}")))?;

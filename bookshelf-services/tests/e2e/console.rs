@@ -277,6 +277,24 @@ async fn the_console_shows_streams_lag_and_dead_letters_and_redrives_one() {
         .expect("the view");
     assert_eq!(last_read["set_aside"], 2, "set aside, then put back: {last_read}");
     screenshot(&browser, "letters").await;
+
+    // A rebuild started from the console: version 2 serves once caught up.
+    browser
+        .goto(&format!("{console}#views"))
+        .await
+        .expect("the rebuilds page");
+    let view = "#views tr[data-view='last-read']";
+    assert_eq!(text_of(&browser, &format!("{view} td.serving")).await, "v1");
+    click(&browser, &format!("{view} button.rebuild")).await;
+    eventually("version 2 serving, version 1 kept", Duration::from_secs(30), || async {
+        let serving = text_of(&browser, &format!("{view} td.serving")).await;
+        let kept = text_of(&browser, &format!("{view} td.kept")).await;
+        (serving == "v2" && kept == "v1").then_some(())
+    })
+    .await;
+    let said = text_of(&browser, "#message").await;
+    assert!(said.contains("building version 2 of last-read"), "{said}");
+    screenshot(&browser, "views").await;
     browser.close().await.expect("closed");
 
     // Wrong asks get typed answers, and reach nothing.
