@@ -88,6 +88,19 @@ impl KeptDeadLetter {
     }
 }
 
+impl KeptDeadLetter {
+    /// The letter as its runner takes it back, if it waits in the re-drive
+    /// queue with a ticket above `after`.
+    pub fn queued_after(self, after: u64) -> Option<Redriven> {
+        let ticket = self.ticket.filter(|&ticket| ticket > after)?;
+        Some(Redriven {
+            ticket,
+            id: self.id,
+            letter: self.letter,
+        })
+    }
+}
+
 /// A dead letter's record as a table keeps it, the one form every store
 /// that keeps letters in columns writes and reads: an event as its
 /// envelope's JSON; a record that was no event as its key, body and headers
@@ -401,14 +414,7 @@ impl DeadLetters for InMemoryDeadLetters {
             .letters
             .iter()
             .filter(|kept| kept.letter.projection == runner)
-            .filter_map(|kept| {
-                let ticket = kept.ticket.filter(|&ticket| ticket > after)?;
-                Some(Redriven {
-                    ticket,
-                    id: kept.id,
-                    letter: kept.letter.clone(),
-                })
-            })
+            .filter_map(|kept| kept.clone().queued_after(after))
             .collect();
         queued.sort_by_key(|redriven| redriven.ticket);
         Ok(queued)

@@ -221,6 +221,11 @@ impl KafkaDeadLetters {
         if let Some(body) = &body {
             record = record.payload(body.as_slice());
         }
+        self.send(record).await
+    }
+
+    /// Sends `record`; its offset once acknowledged.
+    async fn send(&self, record: FutureRecord<'_, [u8], [u8]>) -> Result<u64, StoreError> {
         let delivered = self
             .producer
             .send(record, self.config.timeout)
@@ -271,12 +276,7 @@ impl KafkaDeadLetters {
         let record = FutureRecord::<[u8], [u8]>::to(&self.queue)
             .key(runner.as_bytes())
             .headers(headers);
-        let delivered = self
-            .producer
-            .send(record, self.config.timeout)
-            .await
-            .map_err(|(error, _)| backend(error))?;
-        Ok(delivered.offset.max(0) as u64)
+        self.send(record).await
     }
 }
 
@@ -489,14 +489,7 @@ impl DeadLetters for KafkaDeadLetters {
             .list(Some(runner))
             .await?
             .into_iter()
-            .filter_map(|kept| {
-                let ticket = kept.ticket.filter(|&t| t > after)?;
-                Some(Redriven {
-                    ticket,
-                    id: kept.id,
-                    letter: kept.letter,
-                })
-            })
+            .filter_map(|kept| kept.queued_after(after))
             .collect();
         queued.sort_by_key(|r| r.ticket);
         if queued.is_empty() {

@@ -196,14 +196,7 @@ impl DeadLetters for PostgresDeadLetters {
                 &[&runner, &(after as i64)],
             )
             .await?;
-        Ok(kept
-            .into_iter()
-            .map(|kept| Redriven {
-                ticket: kept.ticket.unwrap_or_default(),
-                id: kept.id,
-                letter: kept.letter,
-            })
-            .collect())
+        Ok(kept.into_iter().filter_map(|kept| kept.queued_after(after)).collect())
     }
 
     async fn put_back(&self, id: u64, reason: &str) -> Result<(), StoreError> {

@@ -784,14 +784,7 @@ impl bookshelf_core::DeadLetters for SqliteDeadLetters {
             )
             .map_err(|e| self.store.error("cannot read the dead letters", e))?;
         let kept = self.read(&mut statement, params![runner, after as i64])?;
-        Ok(kept
-            .into_iter()
-            .map(|kept| bookshelf_core::Redriven {
-                ticket: kept.ticket.unwrap_or_default(),
-                id: kept.id,
-                letter: kept.letter,
-            })
-            .collect())
+        Ok(kept.into_iter().filter_map(|kept| kept.queued_after(after)).collect())
     }
 
     async fn put_back(&self, id: u64, reason: &str) -> Result<(), StoreError> {

@@ -12,7 +12,7 @@ use std::time::Duration;
 use bookshelf::{EventStore, ExpectedVersion, StreamId};
 use fantoccini::{Client, ClientBuilder, Locator};
 
-use crate::support::{add_book, eventually, read_book, Service};
+use crate::support::{add_book, eventually, get_json, read_book, Service};
 
 /// chromedriver on a free port, stopped when dropped.
 struct Driver {
@@ -263,14 +263,7 @@ async fn the_console_shows_streams_lag_and_dead_letters_and_redrives_one() {
         (again != set_aside && ticket == "-").then_some(())
     })
     .await;
-    let runners: serde_json::Value = http
-        .get(format!("{}/runners", shelf.url))
-        .send()
-        .await
-        .expect("an answer")
-        .json()
-        .await
-        .expect("JSON");
+    let runners = get_json(&http, &format!("{}/runners", shelf.url)).await;
     let last_read = runners
         .as_array()
         .and_then(|all| all.iter().find(|r| r["name"] == "last-read"))
