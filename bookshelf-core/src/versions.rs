@@ -10,8 +10,16 @@
 //! version's running runner (named apart, `NAME@vN` by convention, see
 //! [`versioned`], so that it saves its state and sets its letters aside
 //! apart from the old one), waits until it has read the log as far as the
-//! version served has, and swaps. The old version keeps running, and stays
-//! ready to serve again, until [`Versions::drop_previous`] stops it.
+//! version served has, and swaps. The old version keeps running, ready to
+//! serve again ([`Versions::serve_previous`], in one step too), until
+//! [`Versions::drop_previous`] stops it.
+//!
+//! Which version serves, which is kept and the highest number built are
+//! remembered in a [`ViewStore`] when the versions are opened with
+//! [`Versions::open`]: a restart serves the version that served before it
+//! (resumed from its own saved state) and keeps the one that was kept. A
+//! version still building when the process stopped is not remembered: its
+//! rebuild is started again.
 //!
 //! ```
 //! use bookshelf_core::versions::{versioned, whole, Versions};
@@ -43,7 +51,9 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use crate::projection::ProjectionError;
+use serde::{Deserialize, Serialize};
+
+use crate::projection::{ProjectionError, StoredView, ViewStore, ViewStoreError};
 use crate::runner::{Ended, Running, Until, ViewState};
 use crate::source::Checkpoint;
 
@@ -57,9 +67,72 @@ pub fn versioned(name: &str, version: u32) -> String {
     }
 }
 
+/// The name under which the versions of view `name` are remembered
+/// (`NAME@versions`): pass [`Versions::open`] the view store of that name.
+/// Listings of saved views leave it out by this suffix ([`is_versions`]).
+pub fn versions_of(name: &str) -> String {
+    format!("{name}{VERSIONS_SUFFIX}")
+}
+
+const VERSIONS_SUFFIX: &str = "@versions";
+
+/// Whether a saved view's name is where [`Versions::open`] remembers the
+/// versions of a view (see [`versions_of`]), rather than a view.
+pub fn is_versions(name: &str) -> bool {
+    name.ends_with(VERSIONS_SUFFIX)
+}
+
 /// The whole view as the answer to queries: for versions of one view type.
 pub fn whole<V>(view: &V) -> &V {
     view
+}
+
+/// The versions of a view, as remembered: which serves, which is kept,
+/// the highest number built.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Kept {
+    /// The version that answers queries.
+    pub serving: u32,
+    /// The version it replaced (or that replaced it, after
+    /// [`Versions::serve_previous`]), still running until dropped.
+    pub previous: Option<u32>,
+    /// The highest version number that ever served: the next rebuild builds
+    /// the one after it, so no two builds share a name.
+    pub highest: u32,
+}
+
+impl Default for Kept {
+    /// A view that never had another version: version 1 serves.
+    fn default() -> Self {
+        Kept {
+            serving: 1,
+            previous: None,
+            highest: 1,
+        }
+    }
+}
+
+impl Kept {
+    /// The number the next rebuild builds.
+    pub fn next(&self) -> u32 {
+        self.highest + 1
+    }
+
+    /// What `store` remembers, or a view that never had another version.
+    ///
+    /// # Errors
+    /// When the store fails or holds something else.
+    pub async fn load(store: &dyn ViewStore) -> Result<Kept, ViewStoreError> {
+        match store.load().await? {
+            None => Ok(Kept::default()),
+            Some(saved) => serde_json::from_str(saved.state.get()).map_err(|e| ViewStoreError(Box::new(e))),
+        }
+    }
+
+    async fn save(&self, store: &dyn ViewStore) -> Result<(), ViewStoreError> {
+        let state = serde_json::value::to_raw_value(self).map_err(|e| ViewStoreError(Box::new(e)))?;
+        store.save(&StoredView::new(&Checkpoint::new(), state)).await
+    }
 }
 
 /// How a version's state is read: the query, handed the answer type.
@@ -68,7 +141,7 @@ type Reader<T> = Arc<dyn Fn(&mut dyn FnMut(&T)) + Send + Sync>;
 /// Waits on a version's runner.
 type Waiter = Arc<dyn Fn(Until) -> Pin<Box<dyn Future<Output = Result<(), Ended>> + Send>> + Send + Sync>;
 
-/// The version served: what queries read.
+/// A version as queries see it.
 struct Serving<T: ?Sized> {
     number: u32,
     reader: Reader<T>,
@@ -98,10 +171,37 @@ impl<V: Send + Sync + 'static> Stop for Running<ViewState<V>> {
     }
 }
 
-/// The runners of the versions, owned here (queries never hold them).
-struct Runners {
+/// A version that runs: how queries see it, and its runner.
+struct Version<T: ?Sized> {
+    serving: Serving<T>,
+    runner: Box<dyn Stop>,
+}
+
+impl<T: ?Sized + 'static> Version<T> {
+    fn of<V: Send + Sync + 'static>(number: u32, running: Running<ViewState<V>>, answer: fn(&V) -> &T) -> Self {
+        let (state, handle, waiting) = (running.reads().clone(), running.handle(), running.handle());
+        let serving = Serving {
+            number,
+            reader: Arc::new(move |query: &mut dyn FnMut(&T)| state.read(|view| query(answer(view)))),
+            reached: Arc::new(move || handle.checkpoint()),
+            waiter: Arc::new(move |until| {
+                let handle = waiting.clone();
+                Box::pin(async move { handle.wait_for(until).await })
+            }),
+        };
+        Version {
+            serving,
+            runner: Box::new(running),
+        }
+    }
+}
+
+/// The versions' runners, owned here (queries never hold them), and what
+/// is remembered of them.
+struct Runners<T: ?Sized> {
     current: Box<dyn Stop>,
-    previous: Option<(u32, Box<dyn Stop>)>,
+    previous: Option<Version<T>>,
+    highest: u32,
 }
 
 /// The versions of one view, answering queries with `T`: the one served,
@@ -110,7 +210,10 @@ struct Runners {
 pub struct Versions<T: ?Sized> {
     /// Swapped in one step.
     serving: Arc<RwLock<Serving<T>>>,
-    runners: Arc<Mutex<Runners>>,
+    runners: Arc<Mutex<Runners<T>>>,
+    /// Where the versions are remembered, if anywhere; held while a change
+    /// is made and remembered, so that changes are remembered in order.
+    memory: Arc<tokio::sync::Mutex<Option<Box<dyn ViewStore>>>>,
 }
 
 impl<T: ?Sized> Clone for Versions<T> {
@@ -118,13 +221,14 @@ impl<T: ?Sized> Clone for Versions<T> {
         Versions {
             serving: Arc::clone(&self.serving),
             runners: Arc::clone(&self.runners),
+            memory: Arc::clone(&self.memory),
         }
     }
 }
 
-/// Why a rebuild did not take over.
+/// Why versions did not change as asked.
 #[derive(Debug, thiserror::Error)]
-pub enum RebuildError {
+pub enum VersionsError {
     /// The new version's runner ended before it caught up; the old version
     /// still serves.
     #[error("version {version} ended before it caught up: {ended}")]
@@ -137,37 +241,68 @@ pub enum RebuildError {
     /// A version of that number is served already.
     #[error("version {0} is the version served")]
     Served(u32),
-}
-
-/// What version `number`, run by `running`, serves through `answer`.
-fn serving<V, T>(number: u32, running: &Running<ViewState<V>>, answer: fn(&V) -> &T) -> Serving<T>
-where
-    V: Send + Sync + 'static,
-    T: ?Sized + 'static,
-{
-    let (state, handle, waiting) = (running.reads().clone(), running.handle(), running.handle());
-    Serving {
-        number,
-        reader: Arc::new(move |query: &mut dyn FnMut(&T)| state.read(|view| query(answer(view)))),
-        reached: Arc::new(move || handle.checkpoint()),
-        waiter: Arc::new(move |until| {
-            let handle = waiting.clone();
-            Box::pin(async move { handle.wait_for(until).await })
-        }),
-    }
+    /// No version is kept beside the one serving.
+    #[error("no version is kept beside version {0}")]
+    NoneKept(u32),
+    /// The change was made, but the store did not remember it: a restart
+    /// serves what it remembered before.
+    #[error("version {serving} serves, but that was not remembered: {source}")]
+    NotRemembered {
+        /// The version serving now.
+        serving: u32,
+        /// Why.
+        #[source]
+        source: ViewStoreError,
+    },
+    /// The version dropped failed its last save.
+    #[error("version {version} stopped with an error: {source}")]
+    Stopped {
+        /// The version.
+        version: u32,
+        /// Why.
+        #[source]
+        source: ProjectionError,
+    },
 }
 
 impl<T: ?Sized + 'static> Versions<T> {
     /// Serves version `number`, run by `running`, whose view gives queries
-    /// `answer(view)`.
+    /// `answer(view)`. Nothing is remembered (see [`open`](Self::open)).
     pub fn new<V: Send + Sync + 'static>(number: u32, running: Running<ViewState<V>>, answer: fn(&V) -> &T) -> Self {
+        let version = Version::of(number, running, answer);
         Versions {
-            serving: Arc::new(RwLock::new(serving(number, &running, answer))),
+            serving: Arc::new(RwLock::new(version.serving)),
             runners: Arc::new(Mutex::new(Runners {
-                current: Box::new(running),
+                current: version.runner,
                 previous: None,
+                highest: number,
             })),
+            memory: Arc::new(tokio::sync::Mutex::new(None)),
         }
+    }
+
+    /// Serves the version `memory` remembers (version 1 when it remembers
+    /// none), started by `start` (handed its number; it resumes from its
+    /// own saved state), and starts the version kept beside it, if one is;
+    /// each change after is remembered there. For versions of one view
+    /// type; the memory's name is [`versions_of`] the view's.
+    ///
+    /// # Errors
+    /// When `memory` fails or holds something else.
+    pub async fn open<V: Send + Sync + 'static>(
+        memory: impl ViewStore,
+        start: impl Fn(u32) -> Running<ViewState<V>>,
+        answer: fn(&V) -> &T,
+    ) -> Result<Self, ViewStoreError> {
+        let kept = Kept::load(&memory).await?;
+        let versions = Versions::new(kept.serving, start(kept.serving), answer);
+        {
+            let mut runners = versions.runners();
+            runners.highest = kept.highest.max(kept.serving);
+            runners.previous = kept.previous.map(|number| Version::of(number, start(number), answer));
+        }
+        *versions.memory.lock().await = Some(Box::new(memory));
+        Ok(versions)
     }
 
     fn now(&self) -> Serving<T> {
@@ -199,6 +334,16 @@ impl<T: ?Sized + 'static> Versions<T> {
         self.now().number
     }
 
+    /// What there is now: the version serving, the one kept, the highest.
+    pub fn kept(&self) -> Kept {
+        let runners = self.runners();
+        Kept {
+            serving: self.serving(),
+            previous: runners.previous.as_ref().map(|version| version.serving.number),
+            highest: runners.highest,
+        }
+    }
+
     /// Builds version `number`, run by `running` (started from the start of
     /// the log, named apart) whose view gives queries `answer(view)`,
     /// beside the version served; once it has read the log as far as the
@@ -208,18 +353,19 @@ impl<T: ?Sized + 'static> Versions<T> {
     /// dropped is stopped then.
     ///
     /// # Errors
-    /// [`RebuildError::Ended`] when the new version's runner ended first
-    /// (the version served stays); [`RebuildError::Served`] when `number`
-    /// is the version served.
+    /// [`VersionsError::Ended`] when the new version's runner ended first
+    /// (the version served stays); [`VersionsError::Served`] when `number`
+    /// is the version served; [`VersionsError::NotRemembered`] when it
+    /// serves but the memory failed.
     pub async fn rebuild<V: Send + Sync + 'static>(
         &self,
         number: u32,
         running: Running<ViewState<V>>,
         answer: fn(&V) -> &T,
-    ) -> Result<(), RebuildError> {
+    ) -> Result<(), VersionsError> {
         if self.serving() == number {
             let _ = running.stop().await;
-            return Err(RebuildError::Served(number));
+            return Err(VersionsError::Served(number));
         }
         for _ in 0..2 {
             let until = loop {
@@ -232,55 +378,116 @@ impl<T: ?Sized + 'static> Versions<T> {
             let until: BTreeMap<String, u64> = until.iter().map(|(p, mark)| (p.to_owned(), mark.next)).collect();
             if let Err(ended) = running.wait_for(Until::from(until)).await {
                 let _ = running.stop().await;
-                return Err(RebuildError::Ended { version: number, ended });
+                return Err(VersionsError::Ended { version: number, ended });
             }
         }
-        let (replaced, dropped) = {
-            // The version served and the runners swap together.
+        let memory = self.memory.lock().await;
+        let dropped = {
             let mut runners = self.runners();
-            let new = serving(number, &running, answer);
-            let replaced = std::mem::replace(&mut *self.serving.write().unwrap_or_else(|p| p.into_inner()), new).number;
-            let old = std::mem::replace(&mut runners.current, Box::new(running));
-            (replaced, runners.previous.replace((replaced, old)))
+            let new = Version::of(number, running, answer);
+            runners.highest = runners.highest.max(number);
+            let old = self.swap(&mut runners, new);
+            runners.previous.replace(old)
         };
-        if let Some((dropped, version)) = dropped {
-            if let Err(error) = version.stop().await {
-                tracing::warn!(version = dropped, %error, "a version no longer kept did not stop cleanly");
+        if let Some(dropped) = dropped {
+            if let Err(error) = dropped.runner.stop().await {
+                tracing::warn!(version = dropped.serving.number, %error, "a version no longer kept did not stop cleanly");
             }
         }
-        tracing::info!(version = number, replaced, "a rebuilt version serves");
-        Ok(())
+        tracing::info!(version = number, "a rebuilt version serves");
+        self.remember(memory.as_deref()).await
     }
 
-    fn runners(&self) -> std::sync::MutexGuard<'_, Runners> {
+    /// Serves `new` in place of the version serving, which it returns.
+    fn swap(&self, runners: &mut Runners<T>, new: Version<T>) -> Version<T> {
+        let serving = std::mem::replace(
+            &mut *self.serving.write().unwrap_or_else(|p| p.into_inner()),
+            new.serving,
+        );
+        let runner = std::mem::replace(&mut runners.current, new.runner);
+        Version { serving, runner }
+    }
+
+    async fn remember(&self, memory: Option<&dyn ViewStore>) -> Result<(), VersionsError> {
+        let Some(memory) = memory else { return Ok(()) };
+        let kept = self.kept();
+        kept.save(memory).await.map_err(|source| VersionsError::NotRemembered {
+            serving: kept.serving,
+            source,
+        })
+    }
+
+    fn runners(&self) -> std::sync::MutexGuard<'_, Runners<T>> {
         self.runners.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The version served before the last swap, if it still runs.
+    /// The version kept beside the one serving (the one it replaced), if
+    /// one still runs.
     pub fn previous(&self) -> Option<u32> {
-        self.runners().previous.as_ref().map(|(number, _)| *number)
+        self.kept().previous
     }
 
-    /// Stops the version served before the last swap, if it still runs.
+    /// Serves the version kept again, in one step (it kept reading the log
+    /// all along), and keeps the one it replaces: going back after a
+    /// rebuild that answers wrongly. Returns the version serving now.
     ///
     /// # Errors
-    /// What its runner's last save failed with.
-    pub async fn drop_previous(&self) -> Result<(), ProjectionError> {
-        let previous = self.runners().previous.take();
-        match previous {
-            Some((_, version)) => version.stop().await,
-            None => Ok(()),
-        }
+    /// [`VersionsError::NoneKept`] when no version is kept;
+    /// [`VersionsError::NotRemembered`] when it serves but the memory failed.
+    pub async fn serve_previous(&self) -> Result<u32, VersionsError> {
+        let memory = self.memory.lock().await;
+        let serving = {
+            let mut runners = self.runners();
+            let previous = runners
+                .previous
+                .take()
+                .ok_or_else(|| VersionsError::NoneKept(self.serving()))?;
+            let number = previous.serving.number;
+            let replaced = self.swap(&mut runners, previous);
+            runners.previous = Some(replaced);
+            number
+        };
+        tracing::info!(version = serving, "the version kept serves again");
+        self.remember(memory.as_deref()).await?;
+        Ok(serving)
     }
 
-    /// Stops every version (what a service does on shutdown).
+    /// Stops the version kept beside the one serving, if one runs, and
+    /// forgets it; returns its number. Its saved state stays where it was
+    /// saved.
     ///
     /// # Errors
-    /// What the last save of the version served failed with.
+    /// [`VersionsError::Stopped`] when its runner's last save failed (it is
+    /// dropped all the same); [`VersionsError::NotRemembered`].
+    pub async fn drop_previous(&self) -> Result<Option<u32>, VersionsError> {
+        let memory = self.memory.lock().await;
+        let Some(previous) = self.runners().previous.take() else {
+            return Ok(None);
+        };
+        let version = previous.serving.number;
+        let stopped = previous.runner.stop().await;
+        self.remember(memory.as_deref()).await?;
+        stopped.map_err(|source| VersionsError::Stopped { version, source })?;
+        Ok(Some(version))
+    }
+
+    /// Stops every version (what a service does on shutdown); what is
+    /// remembered stays.
+    ///
+    /// # Errors
+    /// What the last save of a version failed with.
     pub async fn stop(self) -> Result<(), ProjectionError> {
-        self.drop_previous().await?;
-        let current = std::mem::replace(&mut self.runners().current, Box::new(Stopped));
-        current.stop().await
+        let (current, previous) = {
+            let mut runners = self.runners();
+            let current = std::mem::replace(&mut runners.current, Box::new(Stopped));
+            (current, runners.previous.take())
+        };
+        let previous = match previous {
+            Some(previous) => previous.runner.stop().await,
+            None => Ok(()),
+        };
+        current.stop().await?;
+        previous
     }
 }
 

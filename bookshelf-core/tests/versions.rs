@@ -6,7 +6,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use bookshelf_core::versions::{versioned, RebuildError, Versions};
+use bookshelf_core::versions::{versioned, Kept, Versions, VersionsError};
 use bookshelf_core::{
     Envelope, EventStore, ExpectedVersion, InMemoryStore, Position, ProjectionRunner, StreamId, View,
 };
@@ -175,14 +175,71 @@ async fn a_version_that_fails_while_it_builds_never_serves() {
         .start();
     let refused = totals.rebuild(2, v2, in_cents).await;
     assert!(
-        matches!(refused, Err(RebuildError::Ended { version: 2, .. })),
+        matches!(refused, Err(VersionsError::Ended { version: 2, .. })),
         "{refused:?}"
     );
     assert_eq!((totals.serving(), totals.read(|t| t.sum)), (1, sum));
     let again = ProjectionRunner::<Summed, _>::new(versioned("totals", 1), store.clone()).start();
     assert!(matches!(
         totals.rebuild(1, again, summed).await,
-        Err(RebuildError::Served(1))
+        Err(VersionsError::Served(1))
     ));
+    totals.stop().await.unwrap();
+}
+
+/// Version `number` of the totals in cents, saved in its own store of
+/// `saved` (which outlives the runner, as a database would).
+fn in_cents_version(
+    store: &InMemoryStore,
+    saved: &[bookshelf_core::InMemoryViewStore],
+    number: u32,
+) -> bookshelf_core::Running<bookshelf_core::ViewState<InCents>> {
+    ProjectionRunner::<InCents, _>::new(versioned("totals", number), store.clone())
+        .persist_to(saved[number as usize].clone())
+        .save_every(1)
+        .start()
+}
+
+#[tokio::test]
+async fn a_restart_serves_the_version_that_served_and_keeps_the_one_kept() {
+    let (store, sum) = log().await;
+    let saved: Vec<_> = (0..4).map(|_| bookshelf_core::InMemoryViewStore::new()).collect();
+    let memory = bookshelf_core::InMemoryViewStore::new();
+    let open = || Versions::open(memory.clone(), |n| in_cents_version(&store, &saved, n), in_cents);
+    let kept = |serving, previous, highest| Kept {
+        serving,
+        previous,
+        highest,
+    };
+
+    let totals = open().await.unwrap();
+    assert_eq!(totals.kept(), kept(1, None, 1), "nothing remembered: version 1");
+    totals
+        .rebuild(2, in_cents_version(&store, &saved, 2), in_cents)
+        .await
+        .unwrap();
+    totals.stop().await.unwrap();
+
+    // Restarted: version 2 serves, from its own saved state; 1 is kept.
+    let totals = open().await.unwrap();
+    assert_eq!(totals.kept(), kept(2, Some(1), 2));
+    assert_eq!(Kept::load(&memory).await.unwrap(), kept(2, Some(1), 2));
+    totals.wait_for(Position(EVENTS)).await.unwrap();
+    assert_eq!(totals.read(|t| t.sum), sum * 100);
+
+    // Back to version 1, in one step; remembered too.
+    assert_eq!(totals.serve_previous().await.unwrap(), 1);
+    totals.stop().await.unwrap();
+    let totals = open().await.unwrap();
+    assert_eq!(totals.kept(), kept(1, Some(2), 2));
+
+    // Version 2 dropped: forgotten; the next rebuild is version 3, not 2 again.
+    assert_eq!(totals.drop_previous().await.unwrap(), Some(2));
+    assert_eq!(totals.drop_previous().await.unwrap(), None, "nothing left to drop");
+    assert!(matches!(totals.serve_previous().await, Err(VersionsError::NoneKept(1))));
+    totals.stop().await.unwrap();
+    let totals = open().await.unwrap();
+    assert_eq!(totals.kept(), kept(1, None, 2));
+    assert_eq!(totals.kept().next(), 3);
     totals.stop().await.unwrap();
 }

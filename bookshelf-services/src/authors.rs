@@ -17,7 +17,10 @@
 use crate::{api, books};
 use api::Backend;
 use bookshelf::postgres::PostgresStore;
-use bookshelf::{ProjectionRunner, UnknownEvents};
+use std::sync::Arc;
+
+use bookshelf::versions::{versioned, whole, Versions};
+use bookshelf::{DeadLetters, ProjectionRunner, Running, UnknownEvents, ViewState};
 use bookshelf_kafka::{KafkaConfig, KafkaDeadLetters, KafkaLog};
 use clap::Parser;
 
@@ -43,27 +46,33 @@ pub async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
     let listener = args.service.listen(args.port).await?;
     let local = listener.local_addr()?;
-    let (view, source) = match args.service.backend() {
+    // Each version (`authors`, then `authors@v2`, …) built in memory from
+    // the log at start, then followed; rebuilt side by side over HTTP.
+    type Start = Box<dyn Fn(u32) -> Running<ViewState<Authors>> + Send + Sync>;
+    let (start, source): (Start, String) = match args.service.backend() {
         Backend::Kafka(broker) => {
             let config = KafkaConfig::new(broker, args.service.topic.as_str())
                 .partitions(3)
                 .create_topic(true);
-            let dead_letters = KafkaDeadLetters::open(&config).await?;
-            let view = ProjectionRunner::<Authors, _>::new("authors", KafkaLog::new(config))
-                .dead_letters(dead_letters)
-                .unknown_events(UnknownEvents::Skip)
-                .start();
+            let dead_letters: Arc<dyn DeadLetters> = Arc::new(KafkaDeadLetters::open(&config).await?);
+            let start = move |number| {
+                ProjectionRunner::<Authors, _>::new(versioned("authors", number), KafkaLog::new(config.clone()))
+                    .dead_letters(dead_letters.clone())
+                    .unknown_events(UnknownEvents::Skip)
+                    .start()
+            };
             let source = format!("projecting topic {} from {broker}", args.service.topic);
-            (view, source)
+            (Box::new(start), source)
         }
-        // Built in memory from the database's log at start, then followed.
         Backend::Postgres(url) => {
             let store = PostgresStore::connect(url).await?;
-            let view = ProjectionRunner::<Authors, _>::new("authors", store.clone())
-                .only_category("book")
-                .dead_letters(store.dead_letters())
-                .start();
-            (view, "projecting the book events from PostgreSQL".to_owned())
+            let start = move |number| {
+                ProjectionRunner::<Authors, _>::new(versioned("authors", number), store.clone())
+                    .only_category("book")
+                    .dead_letters(store.dead_letters())
+                    .start()
+            };
+            (Box::new(start), "projecting the book events from PostgreSQL".to_owned())
         }
         Backend::InMemory | Backend::Embedded => {
             return Err(
@@ -74,7 +83,9 @@ pub async fn main() -> Result<(), Box<dyn std::error::Error>> {
             )
         }
     };
-    let app = api::authors_routes(api::AuthorsView(view.reads().clone()))
+    let view = Versions::new(1, start(1), whole);
+    api::rebuildable("authors", view.clone(), whole, start);
+    let app = api::authors_routes(view.clone())
         .merge(api::health_routes())
         .serve_docs("authors API")
         .fallback(api::not_found);

@@ -29,7 +29,7 @@ use api::{Backend, KeepsViews};
 use bookshelf::postgres::PostgresStore;
 use bookshelf::sqlite::table::TableFold;
 use bookshelf::sqlite::SqliteStore;
-use bookshelf::versions::{versioned, whole, Versions};
+use bookshelf::versions::{versioned, versions_of, whole, Versions};
 use bookshelf::{EventSource, EventStore, InMemoryStore, ProjectionRunner, Repository, RetryPolicy};
 use bookshelf_kafka::{KafkaConfig, KafkaDeadLetters, KafkaLog};
 use clap::Parser;
@@ -67,20 +67,20 @@ pub async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let (app, stop_view, kind): (docs::Api, StopView, String) = match args.service.backend() {
         Backend::InMemory => {
-            let (app, stop) = embedded(InMemoryStore::new(), None, false)?;
+            let (app, stop) = embedded(InMemoryStore::new(), None, false).await?;
             (app, stop, "in-memory store: nothing is kept".to_owned())
         }
         Backend::Embedded => {
             let store = SqliteStore::open(args.data.join("bookshelf.sqlite"))?;
             let views = args.data.join("views.sqlite");
-            let (app, stop) = embedded(store.clone(), Some(views), args.rebuild)?;
+            let (app, stop) = embedded(store.clone(), Some(views), args.rebuild).await?;
             (app, stop, format!("events and views kept in {}", args.data.display()))
         }
         // The books and the views on one database; the authors view is
         // built in memory from the log at start.
         Backend::Postgres(url) => {
             let store = PostgresStore::connect(url).await?;
-            let (app, stop) = embedded(store, None, args.rebuild)?;
+            let (app, stop) = embedded(store, None, args.rebuild).await?;
             (app, stop, "events and views kept in PostgreSQL".to_owned())
         }
         Backend::Kafka(broker) => {
@@ -130,9 +130,10 @@ pub async fn main() -> Result<(), Box<dyn std::error::Error>> {
 type StopView = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), bookshelf::ProjectionError>> + Send>>;
 
 /// The views and the books aggregate on one store: the last read books as
-/// a view saved in the store (when it keeps views), the authors as a SQL
-/// table in `tables` (or in memory without one).
-fn embedded<S>(
+/// a view saved in the store (when it keeps views, with which of its
+/// versions serves), the authors as a SQL table in `tables` (or in memory
+/// without one).
+async fn embedded<S>(
     store: S,
     tables: Option<PathBuf>,
     rebuild: bool,
@@ -159,7 +160,12 @@ where
             view.start()
         }
     };
-    let view = Versions::new(1, version(1, rebuild), whole);
+    // The version that served before a restart serves again.
+    let memory: Box<dyn bookshelf::ViewStore> = match store.saved_view(&versions_of("last-read")) {
+        Some(memory) => memory,
+        None => Box::new(bookshelf::InMemoryViewStore::new()),
+    };
+    let view = Versions::open(memory, |number| version(number, rebuild), whole).await?;
     // A version built beside the one serving starts from the start of the log.
     api::rebuildable("last-read", view.clone(), whole, move |number| version(number, true));
     let mut settle = vec![api::settle_on_versions(view.clone())];
@@ -177,17 +183,21 @@ where
                 Box::pin(table.stop()),
             )
         }
+        // In memory, built from the log at start: rebuilt side by side too.
         None => {
-            let mut authors = ProjectionRunner::<Authors, _>::new("authors", store.clone()).only_category("book");
-            if let Some(dead_letters) = store.dead_letters() {
-                authors = authors.dead_letters(dead_letters);
-            }
-            let authors = authors.start();
-            settle.push(api::settle_on(authors.handle()));
-            (
-                api::authors_routes(api::AuthorsView(authors.reads().clone())),
-                Box::pin(authors.stop()),
-            )
+            let store = store.clone();
+            let start = move |number: u32| {
+                let mut authors = ProjectionRunner::<Authors, _>::new(versioned("authors", number), store.clone())
+                    .only_category("book");
+                if let Some(dead_letters) = store.dead_letters() {
+                    authors = authors.dead_letters(dead_letters);
+                }
+                authors.start()
+            };
+            let authors = Versions::new(1, start(1), whole);
+            api::rebuildable("authors", authors.clone(), whole, start);
+            settle.push(api::settle_on_versions(authors.clone()));
+            (api::authors_routes(authors.clone()), Box::pin(authors.stop()))
         }
     };
     let books = Arc::new(api::BooksApi {
@@ -212,13 +222,17 @@ where
 /// The view alone, projected from the book events on Kafka.
 async fn from_kafka(broker: &str, topic: &str) -> Result<(docs::Api, StopView), Box<dyn std::error::Error>> {
     let config = KafkaConfig::new(broker, topic).partitions(3).create_topic(true);
-    let dead_letters = KafkaDeadLetters::open(&config).await?;
+    let dead_letters: Arc<dyn bookshelf::DeadLetters> = Arc::new(KafkaDeadLetters::open(&config).await?);
     // The books topic may carry other book events this view ignores (the
     // runner's default): only what does not decode is set aside.
-    let view = ProjectionRunner::<LastRead, _>::new("last-read", KafkaLog::new(config))
-        .dead_letters(dead_letters)
-        .start();
-    let view = Versions::new(1, view, whole);
+    // Each version in this process's memory, built from the topic at start.
+    let version = move |number: u32| {
+        ProjectionRunner::<LastRead, _>::new(versioned("last-read", number), KafkaLog::new(config.clone()))
+            .dead_letters(dead_letters.clone())
+            .start()
+    };
+    let view = Versions::new(1, version(1), whole);
+    api::rebuildable("last-read", view.clone(), whole, version);
     let app = api::last_read_routes(view.clone());
     Ok((app, Box::pin(view.stop())))
 }

@@ -61,6 +61,17 @@ impl AuthorsQuery for AuthorsView {
     }
 }
 
+/// The view's versions, rebuilt side by side: the version serving answers.
+impl AuthorsQuery for bookshelf::versions::Versions<Authors> {
+    fn list(&self) -> Vec<crate::books::AuthorSummary> {
+        self.read(Authors::list)
+    }
+
+    fn books_of(&self, author: &str) -> Option<Vec<crate::books::ShelvedBook>> {
+        self.read(|authors| authors.books_of(author))
+    }
+}
+
 /// `GET /authors`: every author with their number of books and reads;
 /// `GET /authors/{author}`: that author's books.
 pub fn authors_routes<Q: AuthorsQuery>(view: Q) -> Api {

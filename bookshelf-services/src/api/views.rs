@@ -2,15 +2,19 @@
 //! the process that can be rebuilt, with the version each serves, the one
 //! building and the one kept; `POST /views/{name}/rebuild` builds the next
 //! version beside the one serving (from the start of the log), which takes
-//! over once it has caught up (see `bookshelf::versions`). The building
-//! version shows in `GET /runners` as `NAME@vN`, with its lag.
+//! over once it has caught up (see `bookshelf::versions`); `POST
+//! /views/{name}/roll-back` serves the version kept again, and `DELETE
+//! /views/{name}/previous` stops the one kept. The building version shows
+//! in `GET /runners` as `NAME@vN`, with its lag.
 
 use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use bookshelf::versions::Versions;
+use bookshelf::versions::{Versions, VersionsError};
 use bookshelf::{Running, ViewState};
 use serde::Serialize;
 
@@ -18,9 +22,14 @@ use crate::docs::{Api, ErrorBody};
 
 use super::*;
 
-/// `GET /views` and `POST /views/{name}/rebuild`.
+/// `GET /views`, `POST /views/{name}/rebuild`, `POST
+/// /views/{name}/roll-back` and `DELETE /views/{name}/previous`.
 pub fn view_routes() -> Api {
-    Api::new().route(__path_views, views).route(__path_rebuild, rebuild)
+    Api::new()
+        .route(__path_views, views)
+        .route(__path_rebuild, rebuild)
+        .route(__path_roll_back, roll_back)
+        .route(__path_drop_previous, drop_previous)
 }
 
 /// A view that can be rebuilt, as `GET /views` shows it.
@@ -47,12 +56,119 @@ pub struct Building {
     pub runner: String,
 }
 
-type Starter = Box<dyn Fn() -> Result<Building, ApiError> + Send + Sync>;
-type Describer = Box<dyn Fn() -> ViewBody + Send + Sync>;
+type Later<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
-/// The views of the process that can be rebuilt, by name: how to start a
-/// rebuild, and how to describe it.
-type Registry = Mutex<BTreeMap<String, (Arc<Starter>, Arc<Describer>)>>;
+/// A view that can be rebuilt, whatever its types.
+trait Rebuildable: Send + Sync {
+    fn describe(&self) -> ViewBody;
+    fn start(&self) -> Result<Building, ApiError>;
+    fn versions(&self) -> Arc<dyn Changes>;
+}
+
+/// The changes made to the versions in place.
+trait Changes: Send + Sync {
+    fn roll_back(&self) -> Later<Result<u32, VersionsError>>;
+    fn drop_previous(&self) -> Later<Result<Option<u32>, VersionsError>>;
+}
+
+impl<T: ?Sized + Send + Sync + 'static> Changes for Versions<T> {
+    fn roll_back(&self) -> Later<Result<u32, VersionsError>> {
+        let versions = self.clone();
+        Box::pin(async move { versions.serve_previous().await })
+    }
+
+    fn drop_previous(&self) -> Later<Result<Option<u32>, VersionsError>> {
+        let versions = self.clone();
+        Box::pin(async move { versions.drop_previous().await })
+    }
+}
+
+/// The view's rebuild, if one runs, and why the last one failed.
+#[derive(Clone, Default)]
+struct Progress {
+    building: Option<u32>,
+    failure: Option<String>,
+}
+
+struct Entry<V, T: ?Sized> {
+    name: String,
+    versions: Versions<T>,
+    answer: fn(&V) -> &T,
+    start: Box<dyn Fn(u32) -> Running<ViewState<V>> + Send + Sync>,
+    progress: Arc<Mutex<Progress>>,
+}
+
+impl<V, T> Entry<V, T>
+where
+    T: ?Sized,
+{
+    fn progress(&self) -> std::sync::MutexGuard<'_, Progress> {
+        self.progress.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl<V, T> Rebuildable for Entry<V, T>
+where
+    V: Send + Sync + 'static,
+    T: ?Sized + Send + Sync + 'static,
+{
+    fn describe(&self) -> ViewBody {
+        let now = self.progress().clone();
+        let kept = self.versions.kept();
+        ViewBody {
+            name: self.name.clone(),
+            serving: kept.serving,
+            building: now.building,
+            previous: kept.previous,
+            failure: now.failure,
+        }
+    }
+
+    fn start(&self) -> Result<Building, ApiError> {
+        let version = {
+            let mut now = self.progress();
+            if let Some(building) = now.building {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    format!("version {building} of {} is being built", self.name),
+                ));
+            }
+            let version = self.versions.kept().next();
+            *now = Progress {
+                building: Some(version),
+                failure: None,
+            };
+            version
+        };
+        let running = (self.start)(version);
+        let (versions, progress, view, answer) = (
+            self.versions.clone(),
+            Arc::clone(&self.progress),
+            self.name.clone(),
+            self.answer,
+        );
+        tokio::spawn(async move {
+            let built = versions.rebuild(version, running, answer).await;
+            let mut now = progress.lock().unwrap_or_else(|p| p.into_inner());
+            now.building = None;
+            if let Err(error) = built {
+                tracing::warn!(view = %view, version, %error, "a rebuild did not take over");
+                now.failure = Some(error.to_string());
+            }
+        });
+        Ok(Building {
+            version,
+            runner: bookshelf::versions::versioned(&self.name, version),
+        })
+    }
+
+    fn versions(&self) -> Arc<dyn Changes> {
+        Arc::new(self.versions.clone())
+    }
+}
+
+/// The views of the process that can be rebuilt, by name.
+type Registry = Mutex<BTreeMap<String, Arc<dyn Rebuildable>>>;
 
 fn registry() -> &'static Registry {
     static VIEWS: OnceLock<Registry> = OnceLock::new();
@@ -72,63 +188,36 @@ pub fn rebuildable<V, T>(
     V: Send + Sync + 'static,
     T: ?Sized + Send + Sync + 'static,
 {
-    #[derive(Default)]
-    struct Progress {
-        building: Option<u32>,
-        failure: Option<String>,
-    }
-    let progress = Arc::new(Mutex::new(Progress::default()));
-    let lock = |p: &Arc<Mutex<Progress>>| -> Progress {
-        let p = p.lock().unwrap_or_else(|p| p.into_inner());
-        Progress {
-            building: p.building,
-            failure: p.failure.clone(),
-        }
+    let entry = Entry {
+        name: name.to_owned(),
+        versions,
+        answer,
+        start: Box::new(start),
+        progress: Arc::default(),
     };
-    let (view, watched, described) = (name.to_owned(), Arc::clone(&progress), versions.clone());
-    let describe: Describer = Box::new(move || {
-        let now = lock(&watched);
-        ViewBody {
-            name: view.clone(),
-            serving: described.serving(),
-            building: now.building,
-            previous: described.previous(),
-            failure: now.failure,
-        }
-    });
-    let view = name.to_owned();
-    let start: Starter = Box::new(move || {
-        let version = {
-            let mut now = progress.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(building) = now.building {
-                return Err(ApiError::new(
-                    StatusCode::CONFLICT,
-                    format!("version {building} of {view} is being built"),
-                ));
-            }
-            let version = versions.serving().max(versions.previous().unwrap_or(0)) + 1;
-            now.building = Some(version);
-            now.failure = None;
-            version
-        };
-        let running = start(version);
-        let runner = bookshelf::versions::versioned(&view, version);
-        let (versions, progress, view) = (versions.clone(), Arc::clone(&progress), view.clone());
-        tokio::spawn(async move {
-            let built = versions.rebuild(version, running, answer).await;
-            let mut now = progress.lock().unwrap_or_else(|p| p.into_inner());
-            now.building = None;
-            if let Err(error) = built {
-                tracing::warn!(view = %view, version, %error, "a rebuild did not take over");
-                now.failure = Some(error.to_string());
-            }
-        });
-        Ok(Building { version, runner })
-    });
     registry()
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .insert(name.to_owned(), (Arc::new(start), Arc::new(describe)));
+        .insert(name.to_owned(), Arc::new(entry));
+}
+
+/// The view `name` of this process.
+fn view(name: &str) -> Result<Arc<dyn Rebuildable>, ApiError> {
+    registry()
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(name)
+        .cloned()
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no view {name} to rebuild here")))
+}
+
+/// A change to the versions that failed, as an answer.
+fn refused(name: &str, error: VersionsError) -> ApiError {
+    let status = match error {
+        VersionsError::NoneKept(_) => StatusCode::CONFLICT,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    ApiError::new(status, format!("{name}: {error}"))
 }
 
 /// The views of this process that can be rebuilt.
@@ -137,13 +226,13 @@ pub fn rebuildable<V, T>(
     responses((status = 200, description = "Each view: the version serving, the one building, the one kept", body = [ViewBody]))
 )]
 async fn views() -> axum::Json<Vec<ViewBody>> {
-    let describers: Vec<Arc<Describer>> = registry()
+    let views: Vec<Arc<dyn Rebuildable>> = registry()
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .values()
-        .map(|(_, describe)| Arc::clone(describe))
+        .cloned()
         .collect();
-    axum::Json(describers.iter().map(|describe| describe()).collect())
+    axum::Json(views.iter().map(|view| view.describe()).collect())
 }
 
 /// Builds the next version of view `name` beside the one serving, from the
@@ -158,12 +247,45 @@ async fn views() -> axum::Json<Vec<ViewBody>> {
     )
 )]
 async fn rebuild(Path(name): Path<String>) -> Result<Response, ApiError> {
-    let start = registry()
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .get(&name)
-        .map(|(start, _)| Arc::clone(start))
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no view {name} to rebuild here")))?;
-    let building = start()?;
+    let building = view(&name)?.start()?;
     Ok((StatusCode::ACCEPTED, axum::Json(building)).into_response())
+}
+
+/// Serves the version of view `name` kept beside the one serving again, in
+/// one step, and keeps the one it replaces.
+#[utoipa::path(
+    post, path = "/views/{name}/roll-back", tag = "meta",
+    params(("name" = String, Path, description = "The view")),
+    responses(
+        (status = 200, description = "The kept version serves", body = ViewBody),
+        (status = 404, description = "No such view here", body = ErrorBody),
+        (status = 409, description = "No version of it is kept", body = ErrorBody),
+        (status = 500, description = "It serves, but the store did not remember it", body = ErrorBody),
+    )
+)]
+async fn roll_back(Path(name): Path<String>) -> Result<axum::Json<ViewBody>, ApiError> {
+    let view = view(&name)?;
+    view.versions().roll_back().await.map_err(|e| refused(&name, e))?;
+    Ok(axum::Json(view.describe()))
+}
+
+/// Stops the version of view `name` kept beside the one serving, and
+/// forgets it.
+#[utoipa::path(
+    delete, path = "/views/{name}/previous", tag = "meta",
+    params(("name" = String, Path, description = "The view")),
+    responses(
+        (status = 200, description = "Dropped; the view as it is now", body = ViewBody),
+        (status = 404, description = "No such view here", body = ErrorBody),
+        (status = 409, description = "No version of it is kept", body = ErrorBody),
+        (status = 500, description = "It stopped with an error, or the store did not remember it", body = ErrorBody),
+    )
+)]
+async fn drop_previous(Path(name): Path<String>) -> Result<axum::Json<ViewBody>, ApiError> {
+    let view = view(&name)?;
+    match view.versions().drop_previous().await {
+        Ok(Some(_)) => Ok(axum::Json(view.describe())),
+        Ok(None) => Err(refused(&name, VersionsError::NoneKept(view.describe().serving))),
+        Err(error) => Err(refused(&name, error)),
+    }
 }

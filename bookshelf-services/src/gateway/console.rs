@@ -13,7 +13,9 @@
 //!   `{"address", "runner", "all": true}`, relayed to that instance's
 //!   `POST /runners/{runner}/redrive`; only to an address discovery lists.
 //! * `POST /console/api/rebuild`: `{"address", "view"}`, relayed to that
-//!   instance's `POST /views/{view}/rebuild`, likewise.
+//!   instance's `POST /views/{view}/rebuild`, likewise; with `"action":
+//!   "roll-back"` to its `POST /views/{view}/roll-back`, with `"action":
+//!   "drop-previous"` to its `DELETE /views/{view}/previous`.
 //!
 //! The page reads the books' streams through the gateway's own routes
 //! (`/last-read` for the books last read, `/books/{id}/events` for a
@@ -28,6 +30,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
+use reqwest::Method;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -146,21 +149,42 @@ async fn redrive(State(console): State<Console>, Json(asked): Json<RedriveAsked>
         None => serde_json::json!({ "all": asked.all }),
     };
     let path = format!("/runners/{}/redrive", in_path(&asked.runner));
-    relay(&console, &asked.address, &path, body).await
+    relay(&console, &asked.address, Method::POST, &path, body).await
 }
 
-/// What the page asks to rebuild.
+/// What the page asks of a view's versions.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RebuildAsked {
     address: String,
     view: String,
+    #[serde(default)]
+    action: VersionAction,
 }
 
-/// Relays a rebuild to the instance named, if discovery lists it.
+/// What is done to a view's versions.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+enum VersionAction {
+    /// Build the next version beside the one serving.
+    #[default]
+    Rebuild,
+    /// Serve the version kept again.
+    RollBack,
+    /// Stop the version kept.
+    DropPrevious,
+}
+
+/// Relays a change to a view's versions to the instance named, if
+/// discovery lists it.
 async fn rebuild(State(console): State<Console>, Json(asked): Json<RebuildAsked>) -> Result<Response, ApiError> {
-    let path = format!("/views/{}/rebuild", in_path(&asked.view));
-    relay(&console, &asked.address, &path, Value::Null).await
+    let view = in_path(&asked.view);
+    let (method, path) = match asked.action {
+        VersionAction::Rebuild => (Method::POST, format!("/views/{view}/rebuild")),
+        VersionAction::RollBack => (Method::POST, format!("/views/{view}/roll-back")),
+        VersionAction::DropPrevious => (Method::DELETE, format!("/views/{view}/previous")),
+    };
+    relay(&console, &asked.address, method, &path, Value::Null).await
 }
 
 /// `name` as one segment of a path.
@@ -173,9 +197,15 @@ fn in_path(name: &str) -> String {
         .collect()
 }
 
-/// POSTs `body` (none when null) to `path` of the instance at `address`,
-/// if discovery lists it, and answers what it answered.
-async fn relay(console: &Console, address: &str, path: &str, body: Value) -> Result<Response, ApiError> {
+/// Sends `body` (none when null) to `path` of the instance at `address`
+/// with `method`, if discovery lists it, and answers what it answered.
+async fn relay(
+    console: &Console,
+    address: &str,
+    method: Method,
+    path: &str,
+    body: Value,
+) -> Result<Response, ApiError> {
     let known = console
         .gateway
         .instances()
@@ -188,7 +218,7 @@ async fn relay(console: &Console, address: &str, path: &str, body: Value) -> Res
         ));
     }
     let url = format!("http://{address}{path}");
-    let mut request = console.client.post(&url);
+    let mut request = console.client.request(method, &url);
     if !body.is_null() {
         request = request.json(&body);
     }

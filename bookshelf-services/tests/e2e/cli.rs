@@ -239,9 +239,20 @@ async fn runner_names(http: &reqwest::Client, url: &str) -> Vec<String> {
     names.filter_map(|r| r["name"].as_str().map(str::to_owned)).collect()
 }
 
+/// Runs `bookshelf --service URL ARGS…` off the test's runtime.
+async fn asking(url: &str, args: &[&str]) -> (i32, String, String) {
+    let mut all = vec!["--service".to_owned(), url.to_owned()];
+    all.extend(args.iter().map(|a| a.to_string()));
+    tokio::task::spawn_blocking(move || bookshelf(&all.iter().map(String::as_str).collect::<Vec<_>>()))
+        .await
+        .expect("ran")
+}
+
 /// `rebuild` builds the next version of a view beside the one serving, and
 /// with `--wait` shows its progress (plain lines, not on a terminal) until
-/// it serves; the view answers the same all along.
+/// it serves; the view answers the same all along. `roll-back` serves the
+/// version kept again, a restart serves the version that served, and
+/// `drop-previous` stops the one kept.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_command_line_rebuilds_a_view_beside_the_one_serving() {
     let dir = tempfile::tempdir().expect("a directory");
@@ -253,13 +264,8 @@ async fn the_command_line_rebuilds_a_view_beside_the_one_serving() {
     }
     let before = crate::support::get_json(&http, &format!("{}/last-read", shelf.url)).await;
     assert_eq!(before.as_array().map(Vec::len), Some(5));
-    let url = shelf.url.clone();
-    let rebuild = move |view: &'static str| {
-        let url = url.clone();
-        tokio::task::spawn_blocking(move || bookshelf(&["--service", &url, "rebuild", view, "--wait=60"]))
-    };
 
-    let (code, out, err) = rebuild("last-read").await.expect("ran");
+    let (code, out, err) = asking(&shelf.url, &["rebuild", "last-read", "--wait=60"]).await;
     assert_eq!(code, 0, "{out}{err}");
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(
@@ -283,7 +289,7 @@ async fn the_command_line_rebuilds_a_view_beside_the_one_serving() {
     );
 
     // Once more: version 3 serves, 2 is kept and 1 stopped.
-    let (code, out, _) = rebuild("last-read").await.expect("ran");
+    let (code, out, _) = asking(&shelf.url, &["rebuild", "last-read", "--wait=60"]).await;
     assert_eq!(code, 0, "{out}");
     assert!(
         out.ends_with("version 3 of last-read serves; version 2 kept until dropped\n"),
@@ -297,10 +303,82 @@ async fn the_command_line_rebuilds_a_view_beside_the_one_serving() {
     let now = crate::support::get_json(&http, &format!("{}/last-read", shelf.url)).await;
     assert_eq!(now[0]["title"], "After", "{now}");
 
-    let (code, _, err) = rebuild("nothing").await.expect("ran");
+    let (code, _, err) = asking(&shelf.url, &["rebuild", "nothing", "--wait=60"]).await;
     assert_eq!(code, 3, "{err}");
     let (code, _, err) = bookshelf(&["--data", "somewhere", "rebuild", "last-read"]);
     assert_eq!(code, 2, "{err}");
+
+    // Back to version 2, which kept reading: it has the book read last.
+    let (code, out, err) = asking(&shelf.url, &["views"]).await;
+    assert_eq!(
+        (code, out.as_str()),
+        (
+            0,
+            "VIEW       SERVING  BUILDING  KEPT  LAST FAILURE\nlast-read  3        -         2     -\n"
+        ),
+        "{err}"
+    );
+    let (code, out, err) = asking(&shelf.url, &["roll-back", "last-read"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        out,
+        "version 2 of last-read serves again; version 3 kept until dropped\n"
+    );
+    let now = crate::support::get_json(&http, &format!("{}/last-read", shelf.url)).await;
+    assert_eq!(now[0]["title"], "After", "{now}");
+
+    // A restart serves the version that served, and keeps the one kept.
+    assert!(shelf.terminate(), "stopped cleanly");
+    let shelf = Service::start_in(dir.path(), "last_read", &["--data", "data"]);
+    let views = crate::support::get_json(&http, &format!("{}/views", shelf.url)).await;
+    assert_eq!(
+        (views[0]["serving"].clone(), views[0]["previous"].clone()),
+        (json!(2), json!(3)),
+        "{views}"
+    );
+    let now = crate::support::get_json(&http, &format!("{}/last-read", shelf.url)).await;
+    assert_eq!(
+        now[0]["title"], "After",
+        "version 2 resumed from its saved state: {now}"
+    );
+    let names = runner_names(&http, &shelf.url).await;
+    assert!(
+        names.iter().any(|n| n == "last-read@v3"),
+        "version 3 kept running: {names:?}"
+    );
+
+    let (code, out, err) = asking(&shelf.url, &["drop-previous", "last-read"]).await;
+    assert_eq!(
+        (code, out.as_str()),
+        (0, "version 3 of last-read dropped; version 2 serves\n"),
+        "{err}"
+    );
+    let names = runner_names(&http, &shelf.url).await;
+    assert!(
+        !names.iter().any(|n| n == "last-read@v3"),
+        "version 3 stopped: {names:?}"
+    );
+    let (code, _, err) = asking(&shelf.url, &["drop-previous", "last-read"]).await;
+    assert_eq!(code, 1, "nothing left to drop");
+    assert!(err.contains("409") && err.contains("no version is kept"), "{err}");
+    let (code, _, err) = asking(&shelf.url, &["roll-back", "nothing"]).await;
+    assert_eq!(code, 3, "{err}");
+    // The next rebuild is version 4: no name is built twice.
+    let (code, out, err) = asking(&shelf.url, &["rebuild", "last-read", "--wait=60"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.ends_with("version 4 of last-read serves; version 2 kept until dropped\n"),
+        "{out}"
+    );
+
+    // Where the versions are remembered is no projection of the store.
+    assert!(shelf.terminate(), "stopped cleanly");
+    let data = dir.path().join("data");
+    let (code, out, err) = bookshelf(&["--data", data.to_str().expect("a path"), "projections", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let names: Vec<Value> = json_lines(&out).iter().map(|p| p["name"].clone()).collect();
+    assert!(names.contains(&json!("last-read@v4")), "{names:?}");
+    assert!(!names.contains(&json!("last-read@versions")), "{names:?}");
 }
 
 /// `dead-letters` lists what a runner set aside in the store, by runner,

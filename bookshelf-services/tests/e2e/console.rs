@@ -288,6 +288,37 @@ async fn the_console_shows_streams_lag_and_dead_letters_and_redrives_one() {
     let said = text_of(&browser, "#message").await;
     assert!(said.contains("building version 2 of last-read"), "{said}");
     screenshot(&browser, "views").await;
+
+    // Rolled back to version 1 (it kept reading), then version 2 dropped.
+    let shows = |serving: &'static str, kept: &'static str| {
+        let browser = browser.clone();
+        move || {
+            let browser = browser.clone();
+            async move {
+                let now = (
+                    text_of(&browser, &format!("{view} td.serving")).await,
+                    text_of(&browser, &format!("{view} td.kept")).await,
+                );
+                (now == (serving.to_owned(), kept.to_owned())).then_some(())
+            }
+        }
+    };
+    click(&browser, &format!("{view} button.roll-back")).await;
+    eventually(
+        "version 1 serving again, version 2 kept",
+        Duration::from_secs(10),
+        shows("v1", "v2"),
+    )
+    .await;
+    click(&browser, &format!("{view} button.drop-previous")).await;
+    eventually("version 2 dropped", Duration::from_secs(10), shows("v1", "-")).await;
+    let said = text_of(&browser, "#message").await;
+    assert!(said.contains("dropped; version 1 serves"), "{said}");
+    let views = get_json(&http, &format!("{}/views", shelf.url)).await;
+    assert_eq!(
+        (views[0]["serving"].clone(), views[0]["previous"].clone()),
+        (serde_json::json!(1), serde_json::Value::Null)
+    );
     browser.close().await.expect("closed");
 
     // Wrong asks get typed answers, and reach nothing.

@@ -377,6 +377,28 @@ async fn the_bookshelf_on_kafka_and_consul_through_the_gateway() {
 
     load(&gateway.url);
 
+    // The authors view rebuilt from the topic beside the one serving, once
+    // that one has read it all (its answer no longer moves): the new
+    // version answers the same.
+    let before = eventually("authors has read the whole topic", Duration::from_secs(30), || async {
+        let first = send(http.get(format!("{}/authors", gateway.url))).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let then = send(http.get(format!("{}/authors", gateway.url))).await;
+        (first.body == then.body).then_some(then)
+    })
+    .await;
+    let started = send(http.post(format!("{}/views/authors/rebuild", authors.url))).await;
+    assert_eq!(started.status, StatusCode::ACCEPTED, "{}", started.body);
+    assert_eq!(started.body["runner"], "authors@v2");
+    eventually("version 2 of authors serves", Duration::from_secs(30), || async {
+        let views = send(http.get(format!("{}/views", authors.url))).await;
+        (views.body[0]["serving"] == 2 && views.body[0]["previous"] == 1).then_some(())
+    })
+    .await;
+    let after = send(http.get(format!("{}/authors", gateway.url))).await;
+    assert_eq!(after.body, before.body, "the rebuilt version answers the same");
+    assert!(after.body.as_array().is_some_and(|a| !a.is_empty()), "{}", after.body);
+
     // One view instance stops and deregisters: the other serves everything.
     assert!(view_a.terminate(), "last_read exits cleanly on SIGTERM");
     eventually(

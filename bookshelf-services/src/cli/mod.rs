@@ -11,14 +11,17 @@
 //! bookshelf --data bookshelf-data dead-letters [last-read] [--json]
 //! bookshelf --data bookshelf-data redrive last-read --id 3 | --all [--wait]
 //! bookshelf --service http://127.0.0.1:8080 runners
+//! bookshelf --service http://127.0.0.1:8087 views
 //! bookshelf --service http://127.0.0.1:8087 rebuild last-read --wait
+//! bookshelf --service http://127.0.0.1:8087 roll-back last-read
+//! bookshelf --service http://127.0.0.1:8087 drop-previous last-read
 //! ```
 //!
 //! Output is for people by default and one JSON document per line with
 //! `--json`, for scripts. Exit codes: 0 done, 1 the store failed (the
 //! message names the file or server) or, with `redrive --wait`, a letter
 //! was put back or not taken in time, 2 the command line is wrong, 3 no
-//! such stream or letter.
+//! such stream, letter or view.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -33,6 +36,8 @@ use bookshelf::{
 };
 use bookshelf_kafka::KafkaConfig;
 use clap::{Args, Parser, Subcommand};
+
+mod service;
 
 /// The exit code for a stream that is not in the store.
 const NOT_FOUND: u8 = 3;
@@ -95,15 +100,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// With `--service`: the service's runners as they run: state,
-    /// position, end and lag per partition, when each last moved, what it
-    /// set aside and why it failed
-    Runners {
-        /// One JSON object per runner, as the service's `GET /runners`
-        /// gives it
-        #[arg(long)]
-        json: bool,
-    },
+    #[command(flatten)]
+    Service(service::Asked),
     /// The dead letters the store keeps (what runners set aside), in the
     /// order set aside: each with its runner, where it was, and why
     DeadLetters {
@@ -112,17 +110,6 @@ enum Command {
         /// One JSON object per letter, its event as stored
         #[arg(long)]
         json: bool,
-    },
-    /// With `--service`: builds the next version of a view beside the one
-    /// serving, from the start of the log; it takes over once caught up
-    Rebuild {
-        /// The view (`GET /views` on the service lists them)
-        view: String,
-        /// Then show its progress (a bar with rate and time left on a
-        /// terminal, a line a second otherwise) until it serves, for up to
-        /// SECONDS (600 by default)
-        #[arg(long, value_name = "SECONDS", num_args = 0..=1, default_missing_value = "600")]
-        wait: Option<u64>,
     },
     /// Queues dead letters of a runner for re-drive: the runner, running
     /// the code now deployed, applies each once (in the order queued,
@@ -231,22 +218,28 @@ pub fn main() -> ExitCode {
 }
 
 /// Runs `cli`, writing what it shows to `out`.
-async fn run(cli: Cli, out: &mut impl Write) -> Result<(), Failure> {
-    if let Some(url) = &cli.store.service {
-        return match cli.command {
-            Command::Runners { json } => runners(url, json, out).await,
-            Command::Rebuild { view, wait } => rebuild(url, &view, wait, out).await,
-            _ => Err(Failure {
-                message: "--service names a running service: its commands are `runners` and `rebuild`".to_owned(),
+async fn run(mut cli: Cli, out: &mut impl Write) -> Result<(), Failure> {
+    match (&cli.store.service, cli.command) {
+        (Some(url), Command::Service(asked)) => return service::ask(url, asked, out).await,
+        (Some(_), _) => {
+            return Err(Failure {
+                message: format!(
+                    "--service names a running service: its commands are {}",
+                    service::COMMANDS
+                ),
                 code: 2,
-            }),
-        };
-    }
-    if let Command::Runners { .. } | Command::Rebuild { .. } = cli.command {
-        return Err(Failure {
-            message: "`runners` and `rebuild` ask a running service: name it with --service URL".to_owned(),
-            code: 2,
-        });
+            })
+        }
+        (None, Command::Service(_)) => {
+            return Err(Failure {
+                message: format!(
+                    "{} ask a running service: name it with --service URL",
+                    service::COMMANDS
+                ),
+                code: 2,
+            })
+        }
+        (None, command) => cli.command = command,
     }
     if let Some(dir) = &cli.store.data {
         let path = dir.join("bookshelf.sqlite");
@@ -410,199 +403,6 @@ fn print_dead_letters(kept: &[bookshelf::KeptDeadLetter], json: bool, out: &mut 
     out.flush().map_err(written)
 }
 
-/// Shows the runners of the service at `url`, as its `GET /runners` gives
-/// them.
-async fn runners(url: &str, json: bool, out: &mut impl Write) -> Result<(), Failure> {
-    let address = format!("{}/runners", url.trim_end_matches('/'));
-    let asked = |e: reqwest::Error| Failure::store(format!("{address}: {e}"));
-    let response = reqwest::Client::new()
-        .get(&address)
-        .timeout(Duration::from_secs(5))
-        .send()
-        .await
-        .map_err(asked)?;
-    if !response.status().is_success() {
-        return Err(Failure::store(format!("{address} answered {}", response.status())));
-    }
-    let runners: Vec<serde_json::Value> = response.json().await.map_err(asked)?;
-    if json {
-        for runner in &runners {
-            writeln!(out, "{runner}").map_err(written)?;
-        }
-        return out.flush().map_err(written);
-    }
-    let text = |value: &serde_json::Value| match value {
-        serde_json::Value::Null => "-".to_owned(),
-        serde_json::Value::String(text) => text.clone(),
-        other => other.to_string(),
-    };
-    let mut rows = vec![[
-        "NAME",
-        "STATE",
-        "PARTITION",
-        "POSITION",
-        "END",
-        "LAG",
-        "MOVED",
-        "SET ASIDE",
-        "LAST ERROR",
-    ]
-    .map(str::to_owned)];
-    for runner in &runners {
-        let error = match (&runner["failure"], &runner["last_set_aside"]) {
-            (serde_json::Value::String(failure), _) => format!("failed: {failure}"),
-            (_, serde_json::Value::String(why)) => format!("set aside: {why}"),
-            _ => "-".to_owned(),
-        };
-        let partitions = runner["partitions"].as_object().cloned().unwrap_or_default();
-        // A runner that has read nothing yet still gets its line.
-        let partitions: Vec<(String, serde_json::Value)> = if partitions.is_empty() {
-            vec![("-".to_owned(), serde_json::Value::Null)]
-        } else {
-            partitions.into_iter().collect()
-        };
-        for (partition, at) in partitions {
-            // The one partition of a log with one global order has no name.
-            let partition = if partition.is_empty() {
-                "global".to_owned()
-            } else {
-                partition
-            };
-            rows.push([
-                text(&runner["name"]),
-                text(&runner["state"]),
-                partition,
-                text(&at["position"]),
-                text(&at["end"]),
-                text(&at["lag"]),
-                text(&runner["moved_at"]),
-                text(&runner["set_aside"]),
-                error.clone(),
-            ]);
-        }
-    }
-    print_table(&rows, out).map_err(written)?;
-    out.flush().map_err(written)
-}
-
-/// Builds the next version of `view` in the service at `url`, and with
-/// `wait` shows its progress until it serves.
-async fn rebuild(url: &str, view: &str, wait: Option<u64>, out: &mut impl Write) -> Result<(), Failure> {
-    let base = url.trim_end_matches('/');
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .build()
-        .map_err(Failure::store)?;
-    let asked = |address: &str, e: reqwest::Error| Failure::store(format!("{address}: {e}"));
-    let get = |path: &'static str| {
-        let (client, address) = (client.clone(), format!("{base}{path}"));
-        async move {
-            let response = client.get(&address).send().await.map_err(|e| asked(&address, e))?;
-            response
-                .json::<serde_json::Value>()
-                .await
-                .map_err(|e| asked(&address, e))
-        }
-    };
-    let address = format!("{base}/views/{view}/rebuild");
-    let response = client.post(&address).send().await.map_err(|e| asked(&address, e))?;
-    let status = response.status();
-    let body: serde_json::Value = response.json().await.map_err(|e| asked(&address, e))?;
-    if !status.is_success() {
-        let why = body["error"].as_str().unwrap_or("refused").to_owned();
-        let code = if status == reqwest::StatusCode::NOT_FOUND {
-            NOT_FOUND
-        } else {
-            1
-        };
-        return Err(Failure {
-            message: format!("{address} answered {status}: {why}"),
-            code,
-        });
-    }
-    let (version, runner) = (
-        body["version"].as_u64().unwrap_or_default(),
-        body["runner"].as_str().unwrap_or_default().to_owned(),
-    );
-    writeln!(
-        out,
-        "building version {version} of {view} beside the one serving (runner {runner})"
-    )
-    .map_err(written)?;
-    out.flush().map_err(written)?;
-    let Some(patience) = wait else {
-        return Ok(());
-    };
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(patience);
-    let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let bar = terminal.then(|| {
-        let bar = indicatif::ProgressBar::new(0);
-        bar.set_style(
-            indicatif::ProgressStyle::with_template("{prefix} [{bar:40}] {pos}/{len} events, {per_sec}, {eta} left")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-        bar.set_prefix(runner.clone());
-        bar
-    });
-    loop {
-        let views = get("/views").await?;
-        let this = views
-            .as_array()
-            .and_then(|all| all.iter().find(|v| v["name"] == view))
-            .cloned()
-            .unwrap_or_default();
-        if this["serving"].as_u64() == Some(version) {
-            if let Some(bar) = &bar {
-                bar.finish_and_clear();
-            }
-            let kept = this["previous"]
-                .as_u64()
-                .map_or_else(String::new, |p| format!("; version {p} kept until dropped"));
-            writeln!(out, "version {version} of {view} serves{kept}").map_err(written)?;
-            return out.flush().map_err(written);
-        }
-        if this["building"].is_null() {
-            let why = this["failure"].as_str().unwrap_or("it stopped").to_owned();
-            return Err(Failure::store(format!(
-                "version {version} of {view} did not take over: {why}"
-            )));
-        }
-        let runners = get("/runners").await?;
-        let (mut position, mut end, mut seen) = (0, 0, false);
-        if let Some(found) = runners
-            .as_array()
-            .and_then(|all| all.iter().find(|r| r["name"] == runner.as_str()))
-        {
-            for at in found["partitions"].as_object().into_iter().flat_map(|p| p.values()) {
-                position += at["position"].as_u64().unwrap_or(0);
-                end += at["end"].as_u64().unwrap_or(0);
-                seen = true;
-            }
-        }
-        match &bar {
-            Some(bar) => {
-                bar.set_length(end.max(position));
-                bar.set_position(position);
-            }
-            None if seen && end > 0 => {
-                writeln!(out, "{runner}: {position} of {end} events").map_err(written)?;
-                out.flush().map_err(written)?;
-            }
-            // Restoring its state: no partition read, no end seen yet.
-            None => {
-                writeln!(out, "{runner}: starting").map_err(written)?;
-                out.flush().map_err(written)?;
-            }
-        }
-        if tokio::time::Instant::now() > deadline {
-            return Err(Failure::store(format!(
-                "version {version} of {view} has not caught up in {patience} s (at {position} of {end})"
-            )));
-        }
-        tokio::time::sleep(Duration::from_millis(if bar.is_some() { 200 } else { 1000 })).await;
-    }
-}
-
 /// Carries out `command` on `store`.
 async fn browse<S: EventStore>(store: &S, command: Command, out: &mut impl Write) -> Result<(), Failure> {
     match command {
@@ -613,9 +413,7 @@ async fn browse<S: EventStore>(store: &S, command: Command, out: &mut impl Write
         Command::Projections { .. } => {
             return Err(Failure::store("this store keeps no projections"));
         }
-        Command::Runners { .. } | Command::Rebuild { .. } => {
-            unreachable!("`runners` and `rebuild` are answered before a store is opened")
-        }
+        Command::Service(_) => unreachable!("a service's commands are answered before a store is opened"),
         Command::DeadLetters { .. } | Command::Redrive { .. } => {
             unreachable!("a store that keeps dead letters answers for them")
         }
@@ -708,9 +506,7 @@ async fn on_kafka(config: KafkaConfig, command: Command, out: &mut impl Write) -
         Command::DeadLetters { .. } | Command::Redrive { .. } => {
             unreachable!("the dead letters' topics answer for them")
         }
-        Command::Runners { .. } | Command::Rebuild { .. } => {
-            unreachable!("`runners` and `rebuild` are answered before a store is opened")
-        }
+        Command::Service(_) => unreachable!("a service's commands are answered before a store is opened"),
         Command::Events { stream, json, follow } => {
             let stream = StreamId::new(stream);
             let mut follower = log.follow(&Checkpoint::new()).await.map_err(Failure::store)?;
@@ -793,7 +589,8 @@ async fn projections<S: EventStore>(
 ) -> Result<(), Failure> {
     let end = store.head().await.map_err(Failure::store)?.0;
     let mut rows = Vec::new();
-    for (place, saved) in &saved {
+    // Where a view's versions are remembered is no reader.
+    for (place, saved) in saved.iter().filter(|(_, s)| !bookshelf::versions::is_versions(&s.name)) {
         for (partition, mark) in saved.checkpoint.iter() {
             let end = (partition == bookshelf::source::GLOBAL).then_some(end);
             let lag = end.map(|end| end.saturating_sub(mark.next));
