@@ -200,6 +200,7 @@ where
             (api::authors_routes(authors.clone()), Box::pin(authors.stop()))
         }
     };
+    let streams = api::stream_routes(store.clone());
     let books = Arc::new(api::BooksApi {
         books: Repository::<Book, _>::new(store.clone(), Clock::system())
             .with_cache(100_000)
@@ -211,7 +212,8 @@ where
     });
     let app = api::last_read_routes(view.clone())
         .merge(authors)
-        .merge(api::books_routes(books));
+        .merge(api::books_routes(books))
+        .merge(streams);
     let stop = async move {
         view.stop().await?;
         stop_authors.await

@@ -49,6 +49,22 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned + Send> axum::extract::FromR
     }
 }
 
+/// `axum::extract::Query`, but a query string that does not parse (a
+/// limit that is not a number, a parameter not known) is a 400 with a
+/// JSON error.
+pub struct Query<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequestParts<S> for Query<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(value)) => Ok(Query(value)),
+            Err(rejection) => Err(ApiError::new(StatusCode::BAD_REQUEST, rejection.body_text())),
+        }
+    }
+}
+
 /// The metadata of the events a request causes.
 pub fn metadata_from(headers: &HeaderMap) -> Metadata {
     let correlation = headers

@@ -11,6 +11,7 @@ mod kafka;
 mod queries;
 mod runners;
 mod service;
+mod streams;
 mod telemetry;
 mod views;
 
@@ -22,5 +23,6 @@ pub use health::*;
 pub use queries::*;
 pub use runners::*;
 pub use service::*;
+pub use streams::*;
 pub use telemetry::*;
 pub use views::*;

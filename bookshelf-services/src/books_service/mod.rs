@@ -106,7 +106,7 @@ pub async fn main() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-async fn serve<S: EventStore>(
+async fn serve<S: EventStore + Clone>(
     args: &Args,
     listener: tokio::net::TcpListener,
     store: S,
@@ -116,6 +116,11 @@ async fn serve<S: EventStore>(
     let owners = kafka.as_ref().map(|(owners, _)| Arc::clone(owners));
     let local = listener.local_addr()?;
     let new_id: Option<api::NewId> = owners.clone().map(|o| Arc::new(move || o.new_id()) as api::NewId);
+    // A topic has no index of its streams to list.
+    let streams = match kafka {
+        Some(_) => api::stream_event_routes(store.clone()),
+        None => api::stream_routes(store.clone()),
+    };
     let api = Arc::new(api::BooksApi {
         books: Repository::<Book, _>::new(store, Clock::system())
             .with_cache(100_000)
@@ -137,7 +142,10 @@ async fn serve<S: EventStore>(
             })
             .merge(owners::routes(owners));
     }
+    // Any stream this instance keeps, not routed to an owner: the console
+    // asks every instance.
     let app = app
+        .merge(streams)
         .merge(api::health_routes())
         .serve_docs("books API")
         .fallback(api::not_found);

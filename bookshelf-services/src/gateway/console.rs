@@ -9,6 +9,10 @@
 //!   letters (`GET /dead-letters`) and its rebuildable views with their
 //!   versions (`GET /views`). An instance serving several services (the
 //!   embedded `last_read`) is asked once.
+//! * `GET /console/api/streams?category=C`: the streams every instance
+//!   lists (`GET /streams`), merged, each with the instances that hold it.
+//! * `GET /console/api/streams/{stream}`: the stream's events, from the
+//!   instance that holds the most of them (`GET /streams/{stream}/events`).
 //! * `POST /console/api/redrive`: `{"address", "runner", "id"}` or
 //!   `{"address", "runner", "all": true}`, relayed to that instance's
 //!   `POST /runners/{runner}/redrive`; only to an address discovery lists.
@@ -17,9 +21,8 @@
 //!   "roll-back"` to its `POST /views/{view}/roll-back`, with `"action":
 //!   "drop-previous"` to its `DELETE /views/{view}/previous`.
 //!
-//! The page reads the books' streams through the gateway's own routes
-//! (`/last-read` for the books last read, `/books/{id}/events` for a
-//! stream), so it sees what any client sees.
+//! The page finds the books read last through the gateway's own route
+//! (`/last-read`), as any client does.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -51,6 +54,8 @@ pub fn routes(gateway: Arc<Gateway>) -> Router {
         .route("/console/api/instances", get(instances))
         .route("/console/api/redrive", post(redrive))
         .route("/console/api/rebuild", post(rebuild))
+        .route("/console/api/streams", get(streams))
+        .route("/console/api/streams/{stream}", get(stream))
         .with_state(Console { gateway, client })
 }
 
@@ -58,6 +63,40 @@ pub fn routes(gateway: Arc<Gateway>) -> Router {
 struct Console {
     gateway: Arc<Gateway>,
     client: reqwest::Client,
+}
+
+impl Console {
+    /// Every instance of every routed service, by address (an instance
+    /// serving several services once): its ids and its services.
+    fn by_address(&self) -> BTreeMap<String, (Vec<String>, Vec<String>)> {
+        let mut by_address: BTreeMap<String, (Vec<String>, Vec<String>)> = BTreeMap::new();
+        for (service, instances) in self.gateway.instances() {
+            for instance in instances.iter() {
+                let (ids, services) = by_address.entry(instance.authority()).or_default();
+                if !ids.contains(&instance.id) {
+                    ids.push(instance.id.clone());
+                }
+                if !services.contains(&service) {
+                    services.push(service.clone());
+                }
+            }
+        }
+        by_address
+    }
+}
+
+/// `GET path` of the instance at `address`: its JSON answer, or why not
+/// (its status, when it answered another than 2xx, as `answered 404 …`).
+async fn get_json(client: &reqwest::Client, address: &str, path: &str) -> Result<Value, String> {
+    let response = client
+        .get(format!("http://{address}{path}"))
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    if !response.status().is_success() {
+        return Err(format!("answered {}", response.status()));
+    }
+    response.json::<Value>().await.map_err(|e| e.to_string())
 }
 
 async fn page() -> Response {
@@ -84,32 +123,11 @@ struct InstanceBody {
 
 /// Every instance of every routed service, and what each says.
 async fn instances(State(console): State<Console>) -> axum::Json<Vec<InstanceBody>> {
-    let mut by_address: BTreeMap<String, (Vec<String>, Vec<String>)> = BTreeMap::new();
-    for (service, instances) in console.gateway.instances() {
-        for instance in instances.iter() {
-            let (ids, services) = by_address.entry(instance.authority()).or_default();
-            if !ids.contains(&instance.id) {
-                ids.push(instance.id.clone());
-            }
-            if !services.contains(&service) {
-                services.push(service.clone());
-            }
-        }
-    }
     let mut asked = tokio::task::JoinSet::new();
-    for (address, (ids, services)) in by_address {
+    for (address, (ids, services)) in console.by_address() {
         let client = console.client.clone();
         asked.spawn(async move {
-            let get = |path: &str| {
-                let request = client.get(format!("http://{address}{path}"));
-                async move {
-                    let response = request.send().await.map_err(|e| e.to_string())?;
-                    if !response.status().is_success() {
-                        return Err(format!("answered {}", response.status()));
-                    }
-                    response.json::<Value>().await.map_err(|e| e.to_string())
-                }
-            };
+            let get = |path: &'static str| get_json(&client, &address, path);
             let (health, runners, dead_letters, views) =
                 tokio::join!(get("/health"), get("/runners"), get("/dead-letters"), get("/views"));
             InstanceBody {
@@ -129,6 +147,99 @@ async fn instances(State(console): State<Console>) -> axum::Json<Vec<InstanceBod
     let mut answers: Vec<InstanceBody> = asked.join_all().await;
     answers.sort_by(|a, b| a.address.cmp(&b.address));
     axum::Json(answers)
+}
+
+/// What the page asks to list.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StreamsAsked {
+    category: Option<String>,
+}
+
+/// A stream as the console lists it: its version, and the instances that
+/// hold it (a Kafka topic's streams are spread over their owners).
+#[derive(Debug, Default, Serialize)]
+struct ListedStream {
+    version: u64,
+    instances: Vec<String>,
+}
+
+/// The streams every instance lists (of `category`, if asked), merged: a
+/// stream held by several instances (one database, a replica) once, at the
+/// highest version any gives; and the instances that listed none, with why.
+async fn streams(
+    State(console): State<Console>,
+    crate::api::Query(asked): crate::api::Query<StreamsAsked>,
+) -> axum::Json<Value> {
+    let path = match &asked.category {
+        Some(category) => format!("/streams?category={}", in_path(category)),
+        None => "/streams".to_owned(),
+    };
+    let mut asking = tokio::task::JoinSet::new();
+    for (address, (ids, _)) in console.by_address() {
+        let (client, path) = (console.client.clone(), path.clone());
+        asking.spawn(async move { (ids, get_json(&client, &address, &path).await) });
+    }
+    let (mut listed, mut unlisted, mut more) = (BTreeMap::<String, ListedStream>::new(), Vec::new(), false);
+    for (ids, answer) in asking.join_all().await {
+        let instance = ids.first().cloned().unwrap_or_default();
+        match answer {
+            Ok(answer) => {
+                more |= answer["more"] == true;
+                for stream in answer["streams"].as_array().into_iter().flatten() {
+                    let (Some(id), Some(version)) = (stream["stream"].as_str(), stream["version"].as_u64()) else {
+                        continue;
+                    };
+                    let entry = listed.entry(id.to_owned()).or_default();
+                    entry.version = entry.version.max(version);
+                    entry.instances.push(instance.clone());
+                }
+            }
+            Err(why) => unlisted.push(serde_json::json!({ "instance": instance, "why": why })),
+        }
+    }
+    let streams: Vec<Value> = listed
+        .into_iter()
+        .map(|(stream, at)| serde_json::json!({ "stream": stream, "version": at.version, "instances": at.instances }))
+        .collect();
+    axum::Json(serde_json::json!({ "streams": streams, "more": more, "unlisted": unlisted }))
+}
+
+/// One stream's events, from the instance that holds the most of them
+/// (the first by address of those), named in the answer; 404 when none
+/// holds it.
+async fn stream(
+    State(console): State<Console>,
+    crate::api::Path(stream): crate::api::Path<String>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let path = format!("/streams/{}/events", in_path(&stream));
+    let mut asking = tokio::task::JoinSet::new();
+    for (address, (ids, _)) in console.by_address() {
+        let (client, path) = (console.client.clone(), path.clone());
+        asking.spawn(async move { (address.clone(), ids, get_json(&client, &address, &path).await) });
+    }
+    let mut answers: Vec<(String, Vec<String>, Value)> = asking
+        .join_all()
+        .await
+        .into_iter()
+        .filter_map(|(address, ids, answer)| answer.ok().map(|answer| (address, ids, answer)))
+        .collect();
+    // The longest: an instance that keeps a copy behind its owner's loses.
+    answers.sort_by_key(|(address, _, answer)| {
+        let events = answer["events"].as_array().map_or(0, Vec::len);
+        (std::cmp::Reverse(events), address.clone())
+    });
+    let found = answers.into_iter().next().map(|(_, ids, answer)| (ids, answer));
+    match found {
+        Some((ids, mut answer)) => {
+            answer["instance"] = Value::from(ids.first().cloned().unwrap_or_default());
+            Ok(axum::Json(answer))
+        }
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no instance holds a stream {stream}"),
+        )),
+    }
 }
 
 /// What the page asks to re-drive.

@@ -91,6 +91,7 @@ async fn serve(args: &Args, broker: &str) -> Result<(), Box<dyn std::error::Erro
         args.data.join(format!("{topic}-{id}-loans.json")),
     ));
     let app = service::routes(Arc::new(service::Lending::new(store.clone())))
+        .merge(api::stream_event_routes(store.clone()))
         .merge(api::health_routes())
         .serve_docs("lending API")
         .fallback(api::not_found);

@@ -180,6 +180,44 @@ async fn the_console_shows_streams_lag_and_dead_letters_and_redrives_one() {
     assert_eq!(marked.len(), 1, "only the event of correlation {correlation}");
     screenshot(&browser, "streams").await;
 
+    // Any stream, of any category: listed by category, and opened.
+    let store =
+        bookshelf::sqlite::SqliteStore::open(dir.path().join("data").join("bookshelf.sqlite")).expect("the store");
+    store
+        .append(
+            &StreamId::new("account-7"),
+            ExpectedVersion::NoStream,
+            vec![
+                bookshelf_testkit::accounts::deposit(5),
+                bookshelf_testkit::accounts::deposit(6),
+            ],
+        )
+        .await
+        .expect("appended");
+    let category = browser.find(Locator::Css("#category")).await.expect("the category box");
+    category.send_keys("account").await.expect("typed");
+    click(&browser, "#list-streams").await;
+    let listed = "#stream-list tr[data-stream='account-7']";
+    assert_eq!(text_of(&browser, &format!("{listed} td.version")).await, "2");
+    let rows = browser
+        .find_all(Locator::Css("#stream-list tbody tr[data-stream]"))
+        .await
+        .expect("listed rows");
+    assert_eq!(rows.len(), 1, "only the account streams");
+    click(&browser, &format!("{listed} a.stream")).await;
+    eventually("the account's events", Duration::from_secs(10), || async {
+        let types = browser.find_all(Locator::Css("#events tr.event td.type")).await.ok()?;
+        let mut seen = Vec::new();
+        for cell in types {
+            seen.push(cell.text().await.ok()?);
+        }
+        (seen == ["Deposited", "Deposited"]).then_some(())
+    })
+    .await;
+    let said = text_of(&browser, "#message").await;
+    assert!(said.starts_with("account-7: 2 events, from "), "{said}");
+    screenshot(&browser, "any-stream").await;
+
     // A burst of writes: the view's lag drops back to 0.
     browser
         .goto(&format!("{console}#runners"))

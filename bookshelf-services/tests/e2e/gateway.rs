@@ -345,6 +345,22 @@ async fn the_bookshelf_on_kafka_and_consul_through_the_gateway() {
         BTreeSet::from(["books-1".to_owned(), "books-2".to_owned()])
     );
 
+    // The book's stream, from the instance that keeps its partition; a
+    // topic of several partitions has no index of its streams to list.
+    let mut held = Vec::new();
+    for instance in [&books, &books_2] {
+        let answer = send(http.get(format!("{}/streams/book-{id}/events", instance.url))).await;
+        if answer.status == StatusCode::OK {
+            assert_eq!(answer.body["events"][0]["type"], "BookAdded", "{}", answer.body);
+            held.push(instance.url.clone());
+        } else {
+            assert_eq!(answer.status, StatusCode::NOT_FOUND, "{}", answer.body);
+        }
+    }
+    assert!(!held.is_empty(), "an instance holds the book's stream");
+    let listed = send(http.get(format!("{}/streams", books.url))).await;
+    assert_eq!(listed.status, StatusCode::NOT_FOUND, "{}", listed.body);
+
     // Balanced across both view instances, each of which catches up.
     let mut caught_up = BTreeSet::new();
     let mut served = Vec::new();
