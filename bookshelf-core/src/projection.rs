@@ -80,6 +80,17 @@ pub trait ViewStore: Send + Sync + 'static {
     /// # Errors
     /// When the backend fails.
     async fn save(&self, view: &StoredView) -> Result<(), ViewStoreError>;
+
+    /// Removes the saved view, if there is one (what becomes of a version
+    /// of a view once dropped, see [`crate::versions`]); a load after it
+    /// finds nothing.
+    ///
+    /// # Errors
+    /// When the backend fails; by default, for a store that cannot remove
+    /// what it saved (every store of this crate and the backends' can).
+    async fn remove(&self) -> Result<(), ViewStoreError> {
+        Err(ViewStoreError("this view store cannot remove what it saved".into()))
+    }
 }
 
 /// A boxed view store is one too: a program can choose its backend at run
@@ -92,6 +103,10 @@ impl ViewStore for Box<dyn ViewStore> {
 
     async fn save(&self, view: &StoredView) -> Result<(), ViewStoreError> {
         (**self).save(view).await
+    }
+
+    async fn remove(&self) -> Result<(), ViewStoreError> {
+        (**self).remove().await
     }
 }
 
@@ -121,6 +136,11 @@ impl ViewStore for InMemoryViewStore {
     async fn save(&self, view: &StoredView) -> Result<(), ViewStoreError> {
         let json = serde_json::to_string(view).map_err(|e| ViewStoreError(Box::new(e)))?;
         *self.saved.lock().unwrap_or_else(|p| p.into_inner()) = Some(json);
+        Ok(())
+    }
+
+    async fn remove(&self) -> Result<(), ViewStoreError> {
+        *self.saved.lock().unwrap_or_else(|p| p.into_inner()) = None;
         Ok(())
     }
 }
@@ -166,6 +186,13 @@ impl ViewStore for FileViewStore {
         .await
         .map_err(|e| ViewStoreError(Box::new(e)))?;
         written.map_err(|e| ViewStoreError(Box::new(e)))
+    }
+
+    async fn remove(&self) -> Result<(), ViewStoreError> {
+        match tokio::fs::remove_file(&self.path).await {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(ViewStoreError(Box::new(e))),
+            _ => Ok(()),
+        }
     }
 }
 

@@ -138,6 +138,13 @@ impl Kept {
 /// How a version's state is read: the query, handed the answer type.
 type Reader<T> = Arc<dyn Fn(&mut dyn FnMut(&T)) + Send + Sync>;
 
+/// What becomes of a version once dropped: its saved state removed, its
+/// dead letters forgotten.
+type Forget = Arc<dyn Fn(u32) -> Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send>> + Send + Sync>;
+
+/// An error from a [`Versions::forgetting`] step.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 /// Waits on a version's runner.
 type Waiter = Arc<dyn Fn(Until) -> Pin<Box<dyn Future<Output = Result<(), Ended>> + Send>> + Send + Sync>;
 
@@ -214,6 +221,8 @@ pub struct Versions<T: ?Sized> {
     /// Where the versions are remembered, if anywhere; held while a change
     /// is made and remembered, so that changes are remembered in order.
     memory: Arc<tokio::sync::Mutex<Option<Box<dyn ViewStore>>>>,
+    /// What is done with a version once dropped, if anything.
+    forget: Option<Forget>,
 }
 
 impl<T: ?Sized> Clone for Versions<T> {
@@ -222,6 +231,7 @@ impl<T: ?Sized> Clone for Versions<T> {
             serving: Arc::clone(&self.serving),
             runners: Arc::clone(&self.runners),
             memory: Arc::clone(&self.memory),
+            forget: self.forget.clone(),
         }
     }
 }
@@ -263,6 +273,16 @@ pub enum VersionsError {
         #[source]
         source: ProjectionError,
     },
+    /// The version was dropped, but what [`Versions::forgetting`] does
+    /// with it failed (its saved state may still be there).
+    #[error("version {version} was dropped, but not forgotten: {source}")]
+    NotForgotten {
+        /// The version.
+        version: u32,
+        /// Why.
+        #[source]
+        source: BoxError,
+    },
 }
 
 impl<T: ?Sized + 'static> Versions<T> {
@@ -278,7 +298,38 @@ impl<T: ?Sized + 'static> Versions<T> {
                 highest: number,
             })),
             memory: Arc::new(tokio::sync::Mutex::new(None)),
+            forget: None,
         }
+    }
+
+    /// Has `forget` done with each version once it is dropped (by
+    /// [`drop_previous`](Self::drop_previous), or replaced as the kept one
+    /// by a rebuild), after its runner's last save: remove its saved state
+    /// ([`ViewStore::remove`]) and forget its dead letters, so that what
+    /// is kept does not grow with each rebuild. Call it before cloning.
+    #[must_use]
+    pub fn forgetting<F, Fut>(mut self, forget: F) -> Self
+    where
+        F: Fn(u32) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), BoxError>> + Send + 'static,
+    {
+        self.forget = Some(Arc::new(move |version| Box::pin(forget(version))));
+        self
+    }
+
+    /// Stops `version`'s runner, then forgets it.
+    async fn finish(&self, number: u32, runner: Box<dyn Stop>) -> Result<(), VersionsError> {
+        let stopped = runner.stop().await;
+        if let Some(forget) = &self.forget {
+            forget(number).await.map_err(|source| VersionsError::NotForgotten {
+                version: number,
+                source,
+            })?;
+        }
+        stopped.map_err(|source| VersionsError::Stopped {
+            version: number,
+            source,
+        })
     }
 
     /// Serves the version `memory` remembers (version 1 when it remembers
@@ -390,8 +441,9 @@ impl<T: ?Sized + 'static> Versions<T> {
             runners.previous.replace(old)
         };
         if let Some(dropped) = dropped {
-            if let Err(error) = dropped.runner.stop().await {
-                tracing::warn!(version = dropped.serving.number, %error, "a version no longer kept did not stop cleanly");
+            let number = dropped.serving.number;
+            if let Err(error) = self.finish(number, dropped.runner).await {
+                tracing::warn!(version = number, %error, "a version no longer kept did not end cleanly");
             }
         }
         tracing::info!(version = number, "a rebuilt version serves");
@@ -453,21 +505,24 @@ impl<T: ?Sized + 'static> Versions<T> {
     }
 
     /// Stops the version kept beside the one serving, if one runs, and
-    /// forgets it; returns its number. Its saved state stays where it was
-    /// saved.
+    /// forgets it (see [`forgetting`](Self::forgetting) for its saved
+    /// state); returns its number.
     ///
     /// # Errors
-    /// [`VersionsError::Stopped`] when its runner's last save failed (it is
-    /// dropped all the same); [`VersionsError::NotRemembered`].
+    /// [`VersionsError::Stopped`] when its runner's last save failed and
+    /// [`VersionsError::NotForgotten`] (it is dropped all the same);
+    /// [`VersionsError::NotRemembered`].
     pub async fn drop_previous(&self) -> Result<Option<u32>, VersionsError> {
         let memory = self.memory.lock().await;
         let Some(previous) = self.runners().previous.take() else {
             return Ok(None);
         };
         let version = previous.serving.number;
-        let stopped = previous.runner.stop().await;
+        // Forgotten before it is no longer remembered: a crash between the
+        // two finds it kept, builds it again, and it is dropped again.
+        let finished = self.finish(version, previous.runner).await;
         self.remember(memory.as_deref()).await?;
-        stopped.map_err(|source| VersionsError::Stopped { version, source })?;
+        finished?;
         Ok(Some(version))
     }
 

@@ -217,3 +217,15 @@ async fn a_file_view_store_survives_a_restart_and_reports_a_corrupt_file() {
     assert!(running.handle().failure().unwrap().contains("rebuild"));
     assert!(matches!(running.stop().await, Err(ProjectionError::SavedState { .. })));
 }
+
+#[tokio::test]
+async fn view_stores_in_memory_and_in_files_remove_a_view() {
+    use bookshelf_testkit::view_stores::a_removed_view_is_gone_and_the_others_stay;
+    a_removed_view_is_gone_and_the_others_stay(InMemoryViewStore::new(), InMemoryViewStore::new()).await;
+    let dir = tempfile::tempdir().unwrap();
+    a_removed_view_is_gone_and_the_others_stay(
+        FileViewStore::new(dir.path().join("one.json")),
+        FileViewStore::new(dir.path().join("other.json")),
+    )
+    .await;
+}

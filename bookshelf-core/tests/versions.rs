@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use bookshelf_core::versions::{versioned, Kept, Versions, VersionsError};
 use bookshelf_core::{
-    Envelope, EventStore, ExpectedVersion, InMemoryStore, Position, ProjectionRunner, StreamId, View,
+    Envelope, EventStore, ExpectedVersion, InMemoryStore, Position, ProjectionRunner, StreamId, View, ViewStore,
 };
 use bookshelf_testkit::accounts::{deposit, AccountEvent};
 use serde::{Deserialize, Serialize};
@@ -205,7 +205,15 @@ async fn a_restart_serves_the_version_that_served_and_keeps_the_one_kept() {
     let (store, sum) = log().await;
     let saved: Vec<_> = (0..4).map(|_| bookshelf_core::InMemoryViewStore::new()).collect();
     let memory = bookshelf_core::InMemoryViewStore::new();
-    let open = || Versions::open(memory.clone(), |n| in_cents_version(&store, &saved, n), in_cents);
+    // A dropped version's saved state is removed.
+    let open = || async {
+        let totals = Versions::open(memory.clone(), |n| in_cents_version(&store, &saved, n), in_cents).await?;
+        let saved = saved.clone();
+        Ok::<_, bookshelf_core::ViewStoreError>(totals.forgetting(move |n| {
+            let saved = saved[n as usize].clone();
+            async move { saved.remove().await.map_err(Into::into) }
+        }))
+    };
     let kept = |serving, previous, highest| Kept {
         serving,
         previous,
@@ -235,6 +243,8 @@ async fn a_restart_serves_the_version_that_served_and_keeps_the_one_kept() {
 
     // Version 2 dropped: forgotten; the next rebuild is version 3, not 2 again.
     assert_eq!(totals.drop_previous().await.unwrap(), Some(2));
+    assert!(saved[2].load().await.unwrap().is_none(), "version 2's state removed");
+    assert!(saved[1].load().await.unwrap().is_some(), "version 1's kept");
     assert_eq!(totals.drop_previous().await.unwrap(), None, "nothing left to drop");
     assert!(matches!(totals.serve_previous().await, Err(VersionsError::NoneKept(1))));
     totals.stop().await.unwrap();

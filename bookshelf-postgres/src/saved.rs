@@ -123,6 +123,16 @@ impl PostgresViewStore {
             .map_err(|e| server.failed("cannot save a view", e))?;
         Ok(())
     }
+
+    async fn try_remove(&self) -> Result<(), Failed> {
+        let server = self.store.server();
+        let client = server.connection(self.store.pool()).await?;
+        client
+            .execute("DELETE FROM bookshelf_views WHERE name = $1", &[&self.name])
+            .await
+            .map_err(|e| server.failed("cannot remove a view", e))?;
+        Ok(())
+    }
 }
 
 /// How long a view's load or save waits for a database that is away
@@ -163,5 +173,14 @@ impl ViewStore for PostgresViewStore {
         })
         .await
         .map_err(view_error)
+    }
+
+    /// Removes the view; while the database is away, waits for it (up to a
+    /// minute) and tries again.
+    async fn remove(&self) -> Result<(), ViewStoreError> {
+        let what = format!("view {:?}", self.name);
+        retrying(&what, VIEW_PATIENCE, || self.try_remove())
+            .await
+            .map_err(view_error)
     }
 }

@@ -724,3 +724,13 @@ async fn a_reader_catching_up_across_streamed_reads_gets_each_event_once_in_orde
     let positions: Vec<_> = batch.iter().map(|e| e.position).collect();
     assert_eq!(positions, vec![Position(total)]);
 }
+
+#[tokio::test]
+async fn a_view_removed_from_the_database_is_gone_and_the_others_stay() {
+    let store = store("views-removed").await;
+    bookshelf_testkit::view_stores::a_removed_view_is_gone_and_the_others_stay(
+        store.view_store("last-read@v2"),
+        store.view_store("last-read"),
+    )
+    .await;
+}

@@ -166,6 +166,8 @@ where
         None => Box::new(bookshelf::InMemoryViewStore::new()),
     };
     let view = Versions::open(memory, |number| version(number, rebuild), whole).await?;
+    // A dropped version's saved state and letters are removed with it.
+    let view = api::forgotten_when_dropped(view, "last-read", store.clone());
     // A version built beside the one serving starts from the start of the log.
     api::rebuildable("last-read", view.clone(), whole, move |number| version(number, true));
     let mut settle = vec![api::settle_on_versions(view.clone())];

@@ -611,6 +611,15 @@ impl ViewStore for SqliteViewStore {
             .map_err(|e| ViewStoreError(Box::new(self.store.error("cannot save a view", e))))?;
         Ok(())
     }
+
+    async fn remove(&self) -> Result<(), ViewStoreError> {
+        let connection = lock(&self.store.shared.writer);
+        connection
+            .prepare_cached("DELETE FROM views WHERE name = ?1")
+            .and_then(|mut s| s.execute([&self.name]))
+            .map_err(|e| ViewStoreError(Box::new(self.store.error("cannot remove a view", e))))?;
+        Ok(())
+    }
 }
 
 /// The dead letters of a [`SqliteStore`]'s file (table `dead_letters`):

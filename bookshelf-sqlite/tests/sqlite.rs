@@ -336,3 +336,14 @@ async fn a_file_from_before_the_redrive_queue_gains_it() {
     assert_eq!(queued.await.unwrap(), 1);
     assert_eq!(store.dead_letters().list(None).unwrap()[0].ticket, Some(1));
 }
+
+#[tokio::test]
+async fn a_view_removed_from_the_file_is_gone_and_the_others_stay() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path().join("views.sqlite")).unwrap();
+    bookshelf_testkit::view_stores::a_removed_view_is_gone_and_the_others_stay(
+        store.view_store("last-read@v2"),
+        store.view_store("last-read"),
+    )
+    .await;
+}

@@ -12,3 +12,4 @@ pub mod dead_letters;
 pub mod postgres;
 pub mod store_suite;
 pub mod tansu;
+pub mod view_stores;

@@ -201,6 +201,36 @@ pub fn rebuildable<V, T>(
         .insert(name.to_owned(), Arc::new(entry));
 }
 
+/// Has a dropped version of view `name` forgotten where `keeps` keeps it:
+/// its saved state removed (when the store keeps views) and its dead
+/// letters forgotten (when it keeps letters), once its runner has stopped.
+/// For a view whose versions are saved in the store; a view kept in each
+/// instance's memory shares its letters with the other instances under
+/// its name, so they are left alone.
+pub fn forgotten_when_dropped<T>(
+    versions: Versions<T>,
+    name: &str,
+    keeps: impl KeepsViews + Send + Sync + 'static,
+) -> Versions<T>
+where
+    T: ?Sized + 'static,
+{
+    let (name, keeps) = (name.to_owned(), Arc::new(keeps));
+    versions.forgetting(move |number| {
+        let (runner, keeps) = (bookshelf::versions::versioned(&name, number), Arc::clone(&keeps));
+        async move {
+            if let Some(saved) = keeps.saved_view(&runner) {
+                saved.remove().await?;
+            }
+            if let Some(letters) = keeps.dead_letters() {
+                letters.forget(&runner, None).await?;
+            }
+            tracing::info!(runner = %runner, "a dropped version's state and letters forgotten");
+            Ok(())
+        }
+    })
+}
+
 /// The view `name` of this process.
 fn view(name: &str) -> Result<Arc<dyn Rebuildable>, ApiError> {
     registry()
