@@ -6,12 +6,13 @@
 //! [`Versions`] answers queries from the version it serves. A query is
 //! answered from one version's state, whole: never from a version still
 //! being built, never half from each. Versions may be views of different
-//! types (the new code), each giving the queries the same answer type `T`. [`Versions::rebuild`] takes the new
-//! version's running runner (named apart, `NAME@vN` by convention, see
-//! [`versioned`], so that it saves its state and sets its letters aside
-//! apart from the old one), waits until it has read the log as far as the
-//! version served has, and swaps. The old version keeps running, ready to
-//! serve again ([`Versions::serve_previous`], in one step too), until
+//! types (the new code), each giving the queries the same answer type `T`.
+//! [`Versions::rebuild`] takes the new version's running runner (named
+//! apart, `NAME@vN` by convention, see [`versioned`], so that it saves its
+//! state and sets its letters aside apart from the old one), waits until
+//! it has read the log as far as the version served has, and swaps. The
+//! old version keeps running, ready to serve again
+//! ([`Versions::serve_previous`], in one step too), until
 //! [`Versions::drop_previous`] stops it.
 //!
 //! Which version serves, which is kept and the highest number built are
@@ -19,7 +20,9 @@
 //! [`Versions::open`]: a restart serves the version that served before it
 //! (resumed from its own saved state) and keeps the one that was kept. A
 //! version still building when the process stopped is not remembered: its
-//! rebuild is started again.
+//! rebuild is started again. With [`Versions::forgetting`], a version once
+//! dropped has its saved state removed (and whatever else it kept), so
+//! what the store keeps does not grow with each rebuild.
 //!
 //! ```
 //! use bookshelf_core::versions::{versioned, whole, Versions};
@@ -401,7 +404,8 @@ impl<T: ?Sized + 'static> Versions<T> {
     /// version served had (checked twice, as that one reads on), serves it
     /// instead, in one step. The version it replaces keeps running until
     /// [`drop_previous`](Self::drop_previous); one replaced before and not
-    /// dropped is stopped then.
+    /// dropped is stopped then, and forgotten (see
+    /// [`forgetting`](Self::forgetting)).
     ///
     /// # Errors
     /// [`VersionsError::Ended`] when the new version's runner ended first
