@@ -61,26 +61,10 @@ type Later<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 /// A view that can be rebuilt, whatever its types.
 trait Rebuildable: Send + Sync {
     fn describe(&self) -> ViewBody;
+    /// Starts building the next version.
     fn start(&self) -> Result<Building, ApiError>;
-    fn versions(&self) -> Arc<dyn Changes>;
-}
-
-/// The changes made to the versions in place.
-trait Changes: Send + Sync {
     fn roll_back(&self) -> Later<Result<u32, VersionsError>>;
     fn drop_previous(&self) -> Later<Result<Option<u32>, VersionsError>>;
-}
-
-impl<T: ?Sized + Send + Sync + 'static> Changes for Versions<T> {
-    fn roll_back(&self) -> Later<Result<u32, VersionsError>> {
-        let versions = self.clone();
-        Box::pin(async move { versions.serve_previous().await })
-    }
-
-    fn drop_previous(&self) -> Later<Result<Option<u32>, VersionsError>> {
-        let versions = self.clone();
-        Box::pin(async move { versions.drop_previous().await })
-    }
 }
 
 /// The view's rebuild, if one runs, and why the last one failed.
@@ -162,8 +146,14 @@ where
         })
     }
 
-    fn versions(&self) -> Arc<dyn Changes> {
-        Arc::new(self.versions.clone())
+    fn roll_back(&self) -> Later<Result<u32, VersionsError>> {
+        let versions = self.versions.clone();
+        Box::pin(async move { versions.serve_previous().await })
+    }
+
+    fn drop_previous(&self) -> Later<Result<Option<u32>, VersionsError>> {
+        let versions = self.versions.clone();
+        Box::pin(async move { versions.drop_previous().await })
     }
 }
 
@@ -295,7 +285,7 @@ async fn rebuild(Path(name): Path<String>) -> Result<Response, ApiError> {
 )]
 async fn roll_back(Path(name): Path<String>) -> Result<axum::Json<ViewBody>, ApiError> {
     let view = view(&name)?;
-    view.versions().roll_back().await.map_err(|e| refused(&name, e))?;
+    view.roll_back().await.map_err(|e| refused(&name, e))?;
     Ok(axum::Json(view.describe()))
 }
 
@@ -313,7 +303,7 @@ async fn roll_back(Path(name): Path<String>) -> Result<axum::Json<ViewBody>, Api
 )]
 async fn drop_previous(Path(name): Path<String>) -> Result<axum::Json<ViewBody>, ApiError> {
     let view = view(&name)?;
-    match view.versions().drop_previous().await {
+    match view.drop_previous().await {
         Ok(Some(_)) => Ok(axum::Json(view.describe())),
         Ok(None) => Err(refused(&name, VersionsError::NoneKept(view.describe().serving))),
         Err(error) => Err(refused(&name, error)),
