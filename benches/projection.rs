@@ -6,7 +6,11 @@
 //! * (b) `decode_json_and_fold`: decoding each event's JSON envelope, then folding;
 //! * (c) `store_subscription_and_runner`: the full path, from the in-memory
 //!   store's subscription through the projection runner (with the view and its
-//!   checkpoint saved every 10,000 events).
+//!   checkpoint saved every 10,000 events);
+//! * (d) `rebuild_beside_the_one_serving`: (c) as a new version of the view,
+//!   built beside the version serving (`versions::Versions::rebuild`) and
+//!   swapped in, the version it replaced then dropped: what a side-by-side
+//!   rebuild costs beyond the catch-up itself.
 //!
 //! And command handling on the in-memory store: load + handle + append.
 //!
@@ -22,6 +26,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use books::{Book, BookEvent, Clock, LastRead};
+use bookshelf::versions::{versioned, whole, Versions};
 use bookshelf::{
     Envelope, EventCodec, EventId, EventStore, InMemoryStore, InMemoryViewStore, Metadata, Position, ProjectionRunner,
     RecordedEvent, Repository, StreamId, Version, View,
@@ -159,7 +164,29 @@ fn projection(c: &mut Criterion) {
             })
         })
     });
+    // The version serving, caught up once; each iteration builds the next
+    // version beside it, swaps it in and drops the one it replaced.
+    let serving = runtime.block_on(async {
+        let first = ProjectionRunner::<LastRead, _>::new(versioned("last-read", 1), store.clone()).start();
+        first.handle().wait_for(Position(events)).await.unwrap();
+        Versions::new(1, first, whole)
+    });
+    let mut number = 1;
+    group.bench_function("d_rebuild_beside_the_one_serving", |b| {
+        b.iter(|| {
+            number += 1;
+            runtime.block_on(async {
+                let next = ProjectionRunner::<LastRead, _>::new(versioned("last-read", number), store.clone())
+                    .persist_to(InMemoryViewStore::new())
+                    .start();
+                serving.rebuild(number, next, whole).await.unwrap();
+                serving.drop_previous().await.unwrap();
+                black_box(serving.read(LastRead::books))
+            })
+        })
+    });
     group.finish();
+    runtime.block_on(serving.stop()).unwrap();
 }
 
 fn commands(c: &mut Criterion) {
