@@ -67,19 +67,13 @@ pub(super) async fn ask(url: &str, asked: Asked, out: &mut impl Write) -> Result
         Asked::Rebuild { view, wait } => rebuild(&service, &view, wait, out).await,
         Asked::RollBack { view } => {
             let now = service.call(Method::POST, &format!("/views/{view}/roll-back")).await?;
-            let kept = now["previous"]
-                .as_u64()
-                .map_or_else(String::new, |p| format!("; version {p} kept until dropped"));
+            let kept = kept(&now);
             writeln!(out, "version {} of {view} serves again{kept}", now["serving"]).map_err(written)?;
             out.flush().map_err(written)
         }
         Asked::DropPrevious { view } => {
             let before = service.call(Method::GET, "/views").await?;
-            let dropped = before
-                .as_array()
-                .and_then(|all| all.iter().find(|v| v["name"] == view.as_str()))
-                .map(|v| v["previous"].clone())
-                .unwrap_or_default();
+            let dropped = named(&before, &view)["previous"].clone();
             let now = service.call(Method::DELETE, &format!("/views/{view}/previous")).await?;
             writeln!(
                 out,
@@ -127,6 +121,22 @@ impl Service {
             code: if status == StatusCode::NOT_FOUND { NOT_FOUND } else { 1 },
         })
     }
+}
+
+/// The entry of a `GET /views` or `GET /runners` answer named `name`, or
+/// null (whose every field reads null) when there is none.
+fn named(list: &serde_json::Value, name: &str) -> serde_json::Value {
+    let found = list
+        .as_array()
+        .and_then(|all| all.iter().find(|entry| entry["name"] == name));
+    found.cloned().unwrap_or_default()
+}
+
+/// What a view's answer says of the version kept, as a clause of a line.
+fn kept(view: &serde_json::Value) -> String {
+    view["previous"]
+        .as_u64()
+        .map_or_else(String::new, |p| format!("; version {p} kept until dropped"))
 }
 
 /// Writes each of `values` as one JSON line.
@@ -247,18 +257,12 @@ async fn rebuild(service: &Service, view: &str, wait: Option<u64>, out: &mut imp
     });
     loop {
         let views = service.call(Method::GET, "/views").await?;
-        let this = views
-            .as_array()
-            .and_then(|all| all.iter().find(|v| v["name"] == view))
-            .cloned()
-            .unwrap_or_default();
+        let this = named(&views, view);
         if this["serving"].as_u64() == Some(version) {
             if let Some(bar) = &bar {
                 bar.finish_and_clear();
             }
-            let kept = this["previous"]
-                .as_u64()
-                .map_or_else(String::new, |p| format!("; version {p} kept until dropped"));
+            let kept = kept(&this);
             writeln!(out, "version {version} of {view} serves{kept}").map_err(written)?;
             return out.flush().map_err(written);
         }
@@ -270,15 +274,11 @@ async fn rebuild(service: &Service, view: &str, wait: Option<u64>, out: &mut imp
         }
         let runners = service.call(Method::GET, "/runners").await?;
         let (mut position, mut end, mut seen) = (0, 0, false);
-        if let Some(found) = runners
-            .as_array()
-            .and_then(|all| all.iter().find(|r| r["name"] == runner.as_str()))
-        {
-            for at in found["partitions"].as_object().into_iter().flat_map(|p| p.values()) {
-                position += at["position"].as_u64().unwrap_or(0);
-                end += at["end"].as_u64().unwrap_or(0);
-                seen = true;
-            }
+        let found = named(&runners, &runner);
+        for at in found["partitions"].as_object().into_iter().flat_map(|p| p.values()) {
+            position += at["position"].as_u64().unwrap_or(0);
+            end += at["end"].as_u64().unwrap_or(0);
+            seen = true;
         }
         match &bar {
             Some(bar) => {

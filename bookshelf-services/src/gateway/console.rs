@@ -83,6 +83,20 @@ impl Console {
         }
         by_address
     }
+
+    /// Asks every instance `GET path` at once: each one's address, ids and
+    /// answer.
+    async fn ask_each(&self, path: &str) -> Vec<(String, Vec<String>, Result<Value, String>)> {
+        let mut asking = tokio::task::JoinSet::new();
+        for (address, (ids, _)) in self.by_address() {
+            let (client, path) = (self.client.clone(), path.to_owned());
+            asking.spawn(async move {
+                let answer = get_json(&client, &address, &path).await;
+                (address, ids, answer)
+            });
+        }
+        asking.join_all().await
+    }
 }
 
 /// `GET path` of the instance at `address`: its JSON answer, or why not
@@ -175,13 +189,8 @@ async fn streams(
         Some(category) => format!("/streams?category={}", in_path(category)),
         None => "/streams".to_owned(),
     };
-    let mut asking = tokio::task::JoinSet::new();
-    for (address, (ids, _)) in console.by_address() {
-        let (client, path) = (console.client.clone(), path.clone());
-        asking.spawn(async move { (ids, get_json(&client, &address, &path).await) });
-    }
     let (mut listed, mut unlisted, mut more) = (BTreeMap::<String, ListedStream>::new(), Vec::new(), false);
-    for (ids, answer) in asking.join_all().await {
+    for (_, ids, answer) in console.ask_each(&path).await {
         let instance = ids.first().cloned().unwrap_or_default();
         match answer {
             Ok(answer) => {
@@ -213,13 +222,8 @@ async fn stream(
     crate::api::Path(stream): crate::api::Path<String>,
 ) -> Result<axum::Json<Value>, ApiError> {
     let path = format!("/streams/{}/events", in_path(&stream));
-    let mut asking = tokio::task::JoinSet::new();
-    for (address, (ids, _)) in console.by_address() {
-        let (client, path) = (console.client.clone(), path.clone());
-        asking.spawn(async move { (address.clone(), ids, get_json(&client, &address, &path).await) });
-    }
-    let mut answers: Vec<(String, Vec<String>, Value)> = asking
-        .join_all()
+    let mut answers: Vec<(String, Vec<String>, Value)> = console
+        .ask_each(&path)
         .await
         .into_iter()
         .filter_map(|(address, ids, answer)| answer.ok().map(|answer| (address, ids, answer)))
