@@ -11,11 +11,18 @@
 //! [`Reader`] therefore checks the first record of every partition it
 //! starts: it must be at or before the offset asked for. When the first
 //! record comes later, or nothing comes for a while although the partition
-//! has not reported its end, the reader seeks back (1, 2, 4, … records
-//! before the wanted offset, never before the partition's start) until a
-//! fetch starts at or before a batch boundary, and drops the records before
-//! the wanted offset. On a broker that answers fetches as Kafka does, the
-//! first record is the wanted one and nothing is read twice.
+//! has not reported its end, the reader seeks back (2, 4, 8, … records
+//! before the wanted offset after a record too late, 4, 16, 64, … after
+//! silence; never before the partition's start) until a fetch starts at or
+//! before a batch boundary, and drops the records before the wanted offset.
+//! Each silence it waits for is twice the one before (250 ms, 500 ms, up to
+//! 2 s): a seek discards the fetch in flight, so a broker slower to answer
+//! than the reader's patience (a loaded one, or a new consumer's first
+//! fetch) would otherwise be asked again and again, and the reader would
+//! step back to the partition's start and read it whole, as the fault
+//! suite saw a restarted instance do. On a broker that answers fetches as
+//! Kafka does, the first record is the wanted one and nothing is read
+//! twice.
 //!
 //! Whatever the broker does, each partition hands out its records in offset
 //! order and each once: a record before the next offset due (read again
@@ -120,9 +127,10 @@ impl Start {
         !self.whole && self.from > self.low
     }
 
-    /// Reads again from further back (twice as far as the last time).
-    fn step_back(&mut self, consumer: &StreamConsumer<Quiet>, why: &str) -> Result<(), StoreError> {
-        let back = (self.want - self.from).max(1) * 2;
+    /// Reads again from further back: `factor` times as far as the last
+    /// time.
+    fn step_back(&mut self, consumer: &StreamConsumer<Quiet>, factor: i64, why: &str) -> Result<(), StoreError> {
+        let back = (self.want - self.from).max(1) * factor;
         self.from = (self.want - back).max(self.low);
         tracing::debug!(topic = %self.topic, partition = self.partition, want = self.want, from = self.from, why, "reading from further back");
         consumer
@@ -155,11 +163,25 @@ pub(crate) struct Reader {
     /// The next offset each partition hands out: a record before it (read
     /// again after a step back) is never handed out twice.
     next: HashMap<(String, i32), i64>,
+    /// How long a partition that has not started may stay silent before
+    /// the reader reads it from further back: [`PATIENCE`] at first, twice
+    /// as long after each such silence, up to [`MOST_PATIENCE`].
+    patience: Duration,
+    /// When the silence of the partitions that have not started runs out:
+    /// set when the reader first waits for them and after each step back.
+    /// What other partitions hand out meanwhile does not move it.
+    quiet_until: Option<tokio::time::Instant>,
+    /// Records received again and dropped: those before a start, read
+    /// because of a step back, and any handed out before.
+    again: u64,
 }
 
-/// How long a partition that has not started may stay silent before the
+/// The first silence a partition that has not started may keep before the
 /// reader reads it from further back.
 const PATIENCE: Duration = Duration::from_millis(250);
+
+/// The longest silence waited for before reading from further back.
+const MOST_PATIENCE: Duration = Duration::from_secs(2);
 
 impl Reader {
     /// Assigns `from` (topic, partition, first offset wanted); an offset
@@ -202,25 +224,37 @@ impl Reader {
             }
         }
         consumer.assign(&assignment).map_err(backend)?;
-        Ok(Reader { consumer, starts, next })
+        Ok(Reader {
+            consumer,
+            starts,
+            next,
+            patience: PATIENCE,
+            quiet_until: None,
+            again: 0,
+        })
     }
 
     /// The next record or end of partition. Waits for one; cancel-safe
     /// between records (a record is handed out once, when this returns).
     pub async fn next(&mut self) -> Result<Read<'_>, StoreError> {
         loop {
-            let waiting = self.starts.values().any(Start::unproven);
-            let received = if waiting {
-                tokio::time::timeout(PATIENCE, self.consumer.recv()).await.ok()
+            let received = if self.starting() {
+                let until = *self
+                    .quiet_until
+                    .get_or_insert_with(|| tokio::time::Instant::now() + self.patience);
+                tokio::time::timeout_at(until, self.consumer.recv()).await.ok()
             } else {
+                self.quiet_until = None;
                 Some(self.consumer.recv().await)
             };
             let Some(received) = received else {
                 // Silence from partitions not yet started: perhaps a fetch
                 // from inside the last batch, which returns nothing.
                 for start in self.starts.values_mut().filter(|s| s.unproven()) {
-                    start.step_back(&self.consumer, "no record yet")?;
+                    start.step_back(&self.consumer, 4, "no record yet")?;
                 }
+                self.patience = (self.patience * 2).min(MOST_PATIENCE);
+                self.quiet_until = Some(tokio::time::Instant::now() + self.patience);
                 continue;
             };
             match received {
@@ -229,7 +263,7 @@ impl Reader {
                     let offset = message.offset();
                     if let Some(start) = self.starts.get_mut(&key) {
                         if offset > start.want && start.unproven() {
-                            start.step_back(&self.consumer, "a fetch skipped records")?;
+                            start.step_back(&self.consumer, 2, "a fetch skipped records")?;
                             continue;
                         }
                         start.whole = true;
@@ -239,6 +273,7 @@ impl Reader {
                     }
                     let next = self.next.entry(key).or_insert(offset);
                     if offset < *next {
+                        self.again += 1;
                         continue; // handed out before, or before the offset wanted
                     }
                     *next = offset + 1;
@@ -266,6 +301,13 @@ impl Reader {
                 Err(error) => return Err(backend(error)),
             }
         }
+    }
+
+    /// Whether a partition has yet to show that its read starts at or
+    /// before the offset wanted: silence from it may be the reader's own
+    /// search for where to start.
+    fn starting(&self) -> bool {
+        self.starts.values().any(Start::unproven)
     }
 
     /// Like [`next`](Self::next), but gives up after `timeout` with `None`.
@@ -326,4 +368,77 @@ pub(crate) async fn read_to_end(
     let mut ends: Vec<(i32, i64)> = ends.into_iter().collect();
     ends.sort_unstable();
     Ok(ends)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bookshelf_testkit::tansu::OwnBroker;
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    use std::sync::Arc;
+
+    /// `records` records in partition 0 of a new topic `topic`, each sent
+    /// alone (a batch of its own).
+    async fn one_by_one(broker: &OwnBroker, topic: &str, records: i64) {
+        let client = || {
+            let mut client = rdkafka::ClientConfig::new();
+            client.set("bootstrap.servers", broker.address());
+            client
+        };
+        let admin: AdminClient<_> = client().create().unwrap();
+        let new = NewTopic::new(topic, 1, TopicReplication::Fixed(1));
+        for created in admin.create_topics([&new], &AdminOptions::new()).await.unwrap() {
+            created.unwrap();
+        }
+        let producer: FutureProducer = client().set("linger.ms", "0").create().unwrap();
+        for n in 0..records {
+            let body = n.to_string();
+            let record = FutureRecord::<str, str>::to(topic).payload(&body).partition(0);
+            producer.send(record, Duration::from_secs(10)).await.unwrap();
+        }
+    }
+
+    /// A broker that answers nothing for a while (paused here; loaded, or a
+    /// new consumer's first fetch, in the fault suite) is waited for: the
+    /// reader's silences grow, so it does not step back to the partition's
+    /// start meanwhile and read it all again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_reader_waits_for_a_slow_broker_rather_than_reading_the_partition_again() {
+        let broker = Arc::new(OwnBroker::start_in_memory());
+        let (records, want) = (1000, 900);
+        one_by_one(&broker, "slow", records).await;
+        let config = KafkaConfig::new(broker.address(), "slow");
+        let mut reader = Reader::open(&config, &[("slow", 0, want)], &[]).await.unwrap();
+        broker.pause();
+        let resumed = {
+            let broker = Arc::clone(&broker);
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(2500)).await;
+                broker.resume();
+            })
+        };
+        let mut offsets = Vec::new();
+        while offsets.last() != Some(&(records - 1)) {
+            match tokio::time::timeout(Duration::from_secs(30), reader.next()).await {
+                Ok(Ok(Read::Record(message))) => offsets.push(message.offset()),
+                Ok(Ok(Read::End { .. })) => {}
+                Ok(Err(error)) => panic!("the read failed: {error}"),
+                Err(_) => panic!("nothing within 30 s after {offsets:?}"),
+            }
+        }
+        resumed.await.unwrap();
+        assert_eq!(
+            offsets,
+            (want..records).collect::<Vec<_>>(),
+            "every record from {want}, once"
+        );
+        // Asking again every 250 ms, it stepped back 2, 4, … 1024 records in
+        // the 2.5 s: it read all 900 records before the one wanted again.
+        assert!(
+            reader.again <= 256,
+            "{} records read again for a start at {want}",
+            reader.again
+        );
+    }
 }

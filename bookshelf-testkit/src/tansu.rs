@@ -69,6 +69,24 @@ impl OwnBroker {
         }
     }
 
+    /// Stops the broker's process where it is (SIGSTOP): it keeps its
+    /// connections and answers nothing until [`resume`](Self::resume).
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a paused broker go on (SIGCONT): it answers what it was sent
+    /// meanwhile.
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("the broker runs").id().to_string();
+        let sent = Command::new("kill").args([signal, &pid]).status();
+        assert!(sent.is_ok_and(|s| s.success()), "kill {signal} {pid}");
+    }
+
     /// Starts the broker (again) on its port and file, and waits until it
     /// listens. (tansu 0.6 reads a `sqlite://` path relative to its working
     /// directory, even one that looks absolute, so it runs in its

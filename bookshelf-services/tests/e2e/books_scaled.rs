@@ -170,6 +170,21 @@ impl Cluster {
         (status, answer.json().await.unwrap_or(Value::Null))
     }
 
+    /// A read behind the instance's read barrier, asked again while the
+    /// instance answers 503 (it cannot yet tell that it has read the
+    /// partition to its end: after faults, its follower may still be
+    /// catching up), for at most 20 s. Also gives how long that took.
+    async fn fresh(&self, via: &str, path: &str) -> (StatusCode, Value, Duration) {
+        let began = Instant::now();
+        loop {
+            let (status, body) = self.get(via, path).await;
+            if status != StatusCode::SERVICE_UNAVAILABLE || began.elapsed() > Duration::from_secs(20) {
+                return (status, body, began.elapsed());
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     fn signal(&self, id: &str, signal: &str) {
         let pid = self.books[id].pid().to_string();
         let sent = std::process::Command::new("kill").args([signal, &pid]).status();
@@ -441,15 +456,21 @@ impl Load {
 /// Checks the ledger against the log, as read through every running
 /// instance: done commands once, refused ones never, unknown ones at most
 /// once; and each book's read count equals its `BookRead` events
-/// everywhere.
+/// everywhere. (The reads wait while an instance answers 503, unsure that
+/// it has read to the end: what is checked here is what they answer, not
+/// how soon; the load's own reads count the refusals.)
 async fn check_against_the_log(cluster: &Cluster, ledger: &Ledger, books: &[String]) {
     let commands = ledger.commands.lock().unwrap_or_else(|p| p.into_inner()).clone();
     let mut in_log: BTreeMap<String, usize> = BTreeMap::new();
     // The version each command's event has in its book's log.
     let mut version_of: BTreeMap<String, u64> = BTreeMap::new();
     let first = cluster.books.keys().next().expect("an instance").clone();
+    let mut unsure = Duration::ZERO;
     for book in books {
-        let (status, events) = cluster.get(cluster.url(&first), &format!("/books/{book}/events")).await;
+        let (status, events, waited) = cluster
+            .fresh(cluster.url(&first), &format!("/books/{book}/events"))
+            .await;
+        unsure = unsure.max(waited);
         assert_eq!(status, StatusCode::OK, "the event log of {book}: {events}");
         let events = events["events"].as_array().cloned().unwrap_or_default();
         let versions: Vec<u64> = events.iter().filter_map(|e| e["version"].as_u64()).collect();
@@ -463,7 +484,8 @@ async fn check_against_the_log(cluster: &Cluster, ledger: &Ledger, books: &[Stri
             }
         }
         for id in cluster.books.keys() {
-            let (status, body) = cluster.get(cluster.url(id), &format!("/books/{book}")).await;
+            let (status, body, waited) = cluster.fresh(cluster.url(id), &format!("/books/{book}")).await;
+            unsure = unsure.max(waited);
             assert_eq!(status, StatusCode::OK, "{book} through {id}: {body}");
             assert_eq!(
                 body["reads"].as_u64(),
@@ -471,6 +493,9 @@ async fn check_against_the_log(cluster: &Cluster, ledger: &Ledger, books: &[Stri
                 "{book} through {id} folds its log: {body}"
             );
         }
+    }
+    if unsure > Duration::from_secs(1) {
+        println!("the check's reads waited up to {unsure:?} for an instance to answer other than 503");
     }
     for Command {
         correlation,
