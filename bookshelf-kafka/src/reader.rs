@@ -374,27 +374,19 @@ pub(crate) async fn read_to_end(
 mod tests {
     use super::*;
     use bookshelf_testkit::tansu::OwnBroker;
-    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     use rdkafka::producer::{FutureProducer, FutureRecord};
     use std::sync::Arc;
 
-    /// `records` records in partition 0 of a new topic `topic`, each sent
-    /// alone (a batch of its own).
-    async fn one_by_one(broker: &OwnBroker, topic: &str, records: i64) {
-        let client = || {
-            let mut client = rdkafka::ClientConfig::new();
-            client.set("bootstrap.servers", broker.address());
-            client
-        };
-        let admin: AdminClient<_> = client().create().unwrap();
-        let new = NewTopic::new(topic, 1, TopicReplication::Fixed(1));
-        for created in admin.create_topics([&new], &AdminOptions::new()).await.unwrap() {
-            created.unwrap();
-        }
-        let producer: FutureProducer = client().set("linger.ms", "0").create().unwrap();
+    /// `records` records in partition 0 of `config`'s topic, made with one
+    /// partition, each sent alone (a batch of its own).
+    async fn one_by_one(config: &KafkaConfig, records: i64) {
+        crate::store::admin_create_topics(config, &[&config.topic], 1)
+            .await
+            .unwrap();
+        let producer: FutureProducer = config.client.clone().set("linger.ms", "0").create().unwrap();
         for n in 0..records {
             let body = n.to_string();
-            let record = FutureRecord::<str, str>::to(topic).payload(&body).partition(0);
+            let record = FutureRecord::<str, str>::to(&config.topic).payload(&body).partition(0);
             producer.send(record, Duration::from_secs(10)).await.unwrap();
         }
     }
@@ -407,8 +399,8 @@ mod tests {
     async fn a_reader_waits_for_a_slow_broker_rather_than_reading_the_partition_again() {
         let broker = Arc::new(OwnBroker::start_in_memory());
         let (records, want) = (1000, 900);
-        one_by_one(&broker, "slow", records).await;
         let config = KafkaConfig::new(broker.address(), "slow");
+        one_by_one(&config, records).await;
         let mut reader = Reader::open(&config, &[("slow", 0, want)], &[]).await.unwrap();
         broker.pause();
         let resumed = {
